@@ -1,0 +1,52 @@
+"""The ``ssmtl`` command line.
+
+Heavy imports (torch, h5py, accelerate) happen inside command bodies so that
+``--help`` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ssmtl import __version__
+from ssmtl.cli import cache_cmd, config_cmd, plugins_cmd, train_cmd
+
+app = typer.Typer(
+    name="ssmtl",
+    help="Self-supervised multi-task pre-training on sequential medical images (CT/MR slices).\n\n"
+    "Typical session: `ssmtl cache build` -> `ssmtl pretrain` -> `ssmtl finetune` -> `ssmtl evaluate`.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ssmtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    no_plugins: bool = typer.Option(False, "--no-plugins", help="Load built-in plugins only (ignore the `ssmtl` entry points)."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """ssmtl: pre-train one encoder-decoder with several pretext tasks at once, then fine-tune segmentation."""
+    from ssmtl.core.registry import set_default_external
+
+    if no_plugins:
+        set_default_external(False)
+
+
+app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(config_cmd.app, name="config")
+train_cmd.register(app)
+plugins_cmd.register(app)
+
+
+def main() -> None:
+    app()

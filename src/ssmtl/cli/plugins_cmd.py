@@ -1,0 +1,55 @@
+"""``ssmtl plugins`` and ``ssmtl tasks``: what the installed plugins provide."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ssmtl.cli.common import console, handle_errors, registry
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins)
+    app.command("tasks")(tasks)
+
+
+@handle_errors
+def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List every plugin (built-in and from entry points) with its version and what it provides."""
+    from rich.table import Table
+
+    reg = registry()
+    if as_json:
+        typer.echo(json.dumps({"plugins": [p.to_dict() for p in reg.plugins], "problems": reg.problems}, indent=2))
+        return
+    table = Table(title="ssmtl plugins", title_justify="left")
+    for col in ("plugin", "distribution", "version", "tasks", "datasets", "heads", "status"):
+        table.add_column(col)
+    for p in reg.plugins:
+        table.add_row(
+            p.name, p.distribution + (" (built-in)" if p.builtin else ""), p.version,
+            ", ".join(p.provides.get("tasks", [])), ", ".join(p.provides.get("datasets", [])),
+            ", ".join(p.provides.get("heads", [])), "[red]" + p.error + "[/]" if p.error else "ok",
+        )
+    console.print(table)
+
+
+@handle_errors
+def tasks() -> None:
+    """List the pretext tasks with what they train and their options (set with --set tasks.NAME.OPTION=V)."""
+    from rich.table import Table
+
+    reg = registry()
+    for name, spec in sorted(reg.tasks.items()):
+        table = Table(title=f"[bold]{name}[/]: {spec.description}", title_justify="left", show_edge=False)
+        table.add_column("option")
+        table.add_column("default")
+        table.add_column("description")
+        for field_name, field in spec.config_model.model_fields.items():
+            if field_name == "name":
+                continue
+            default = field.get_default(call_default_factory=True)
+            table.add_row(field_name, repr(default), field.description or "")
+        console.print(table)
+        console.print()

@@ -1,0 +1,135 @@
+"""Batched augmentation of 1-channel intensity slices, run on the training device.
+
+Augmentation happens inside the training step, not in the data loader, for two
+reasons: the random spatial transform of every view is kept (as an affine
+``theta``), so dense tasks know which pixel of one view corresponds to which pixel
+of another; and one batched ``grid_sample`` on the accelerator is much cheaper
+than per-sample work in loader processes. All randomness comes from torch's global
+RNG, which Accelerate checkpoints, so a resumed run draws the same views.
+
+There is no RGB colour jitter: slices are single-channel intensities, so the
+intensity transforms are contrast, brightness, gamma, blur and noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.nn import functional as F
+
+
+class AugmentConfig(BaseModel):
+    """Strength of the random views. Ranges are sampled uniformly per sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    flip: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip.")
+    rotate: float = Field(15.0, ge=0, le=180, description="Maximum rotation in degrees.")
+    crop_scale: tuple[float, float] = Field((0.6, 1.0), description="Side length of the random crop as a fraction of the slice (then resized back).")
+    translate: float = Field(0.1, ge=0, le=0.5, description="Maximum shift as a fraction of the slice.")
+    contrast: float = Field(0.3, ge=0, le=1, description="Contrast factor range 1 +/- contrast.")
+    brightness: float = Field(0.2, ge=0, le=2, description="Additive shift range, in units of the sample's std.")
+    gamma: tuple[float, float] = Field((0.7, 1.5), description="Gamma range (applied on the min-max rescaled slice).")
+    blur: float = Field(0.3, ge=0, le=1, description="Probability of a Gaussian blur (sigma 0.1-1.5 px).")
+    noise: float = Field(0.05, ge=0, le=1, description="Std of additive Gaussian noise, in units of the sample's std.")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        glo, ghi = self.gamma
+        if not 0 < glo <= ghi:
+            raise ValueError("gamma must satisfy 0 < low <= high")
+        return self
+
+
+def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
+    return torch.rand(n, device=device) * (hi - lo) + lo
+
+
+def random_affine(n: int, config: AugmentConfig, device) -> torch.Tensor:
+    """Random (n, 2, 3) affine matrices in ``affine_grid`` convention (output -> input coords)."""
+    angle = _uniform(n, -config.rotate, config.rotate, device) * (math.pi / 180)
+    scale = _uniform(n, *config.crop_scale, device)
+    flip = torch.where(torch.rand(n, device=device) < config.flip, -1.0, 1.0)
+    # keep the crop inside the slice: the shift is bounded by the unused margin
+    margin = (1 - scale) + config.translate
+    tx = _uniform(n, -1, 1, device) * margin
+    ty = _uniform(n, -1, 1, device) * margin
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], dim=-1), torch.stack([sin * flip, cos, ty], dim=-1)], dim=1
+    )
+    return theta
+
+
+def apply_affine(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Warp (n, C, H, W) by (n, 2, 3); out-of-slice pixels take the border value."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def correspondence(theta_a: torch.Tensor, theta_b: torch.Tensor) -> torch.Tensor:
+    """The (n, 2, 3) map from view-a coordinates to view-b coordinates.
+
+    Both views sample the same source slice: ``src = A_a p_a + t_a = A_b p_b + t_b``,
+    so ``p_b = A_b^-1 (A_a p_a + t_a - t_b)``.
+    """
+    a_a, t_a = theta_a[:, :, :2], theta_a[:, :, 2:]
+    a_b, t_b = theta_b[:, :, :2], theta_b[:, :, 2:]
+    inv_b = torch.linalg.inv(a_b)
+    return torch.cat([inv_b @ a_a, inv_b @ (t_a - t_b)], dim=2)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample separable blur of (n, 1, H, W) with per-sample sigma (n,)."""
+    n = x.shape[0]
+    radius = 3
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None].to(x.dtype)) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, 7)
+    y = x.reshape(1, n, *x.shape[-2:])
+    y = F.pad(y, (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, kernel.reshape(n, 1, 1, -1), groups=n)
+    y = F.conv2d(y, kernel.reshape(n, 1, -1, 1), groups=n)
+    return y.reshape_as(x)
+
+
+def random_intensity(x: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
+    """Contrast, brightness, gamma, blur and noise on (n, 1, H, W), per sample."""
+    n, device = x.shape[0], x.device
+    shape = (n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    span = (hi - lo).clamp_min(1e-6)
+    gamma = _uniform(n, *config.gamma, device).view(shape)
+    x = ((x - lo) / span).clamp(0, 1).pow(gamma) * span + lo
+    contrast = _uniform(n, 1 - config.contrast, 1 + config.contrast, device).view(shape)
+    shift = _uniform(n, -config.brightness, config.brightness, device).view(shape) * std
+    x = (x - mean) * contrast + mean + shift
+    if config.blur > 0:
+        do_blur = torch.rand(n, device=device) < config.blur
+        sigma = torch.where(do_blur, _uniform(n, 0.1, 1.5, device), torch.full((n,), 1e-3, device=device))
+        x = _gaussian_blur(x, sigma)
+    if config.noise > 0:
+        x = x + torch.randn_like(x) * config.noise * std
+    return x
+
+
+def augment(x: torch.Tensor, config: AugmentConfig, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random view of (n, 1, H, W). Consecutive ``group`` samples share one transform.
+
+    ``group=k`` keeps the k slices of a sequence spatially consistent (same crop,
+    flip and rotation) so order and neighbour tasks see a coherent sequence.
+    Returns the view and its (n, 2, 3) ``theta``.
+    """
+    n = x.shape[0]
+    if n % group:
+        raise ValueError(f"batch of {n} is not a multiple of the group size {group}")
+    theta = random_affine(n // group, config, x.device).repeat_interleave(group, dim=0)
+    view = apply_affine(x, theta)
+    return random_intensity(view, config), theta

@@ -1,0 +1,363 @@
+"""The HDF5 slice cache: one file, one group per volume.
+
+Layout (format version 1)::
+
+    /                       attrs: format, format_version, ssmtl_version, created,
+                                   dataset, dataset_config, preprocess, class_names,
+                                   fingerprint, num_volumes, num_slices
+    /volumes/<name>/image   float32 (D, H, W), chunks=(1, H, W)
+    /volumes/<name>/label   uint8   (D, H, W), chunks=(1, H, W)   (optional)
+                            attrs: subject, source, modality, spacing (z, y, x mm),
+                                   original_spacing, original_shape, sha256_image, sha256_label
+    /index/volume, /index/slice, /index/position     one row per slice (side table)
+    /index/names            volume group names in build order
+
+``chunks=(1, H, W)`` is set explicitly: one chunk per slice makes random slice
+reads cheap (auto-chunking was ~40x slower for random reads).
+
+Writes go to a hidden temporary file next to ``out`` and are renamed over it only
+when complete (``os.replace`` is atomic on POSIX), so an interrupted build never
+leaves a file at ``out`` and never damages an older cache there.
+
+Readers open the file lazily and never pickle an open handle, so a
+:class:`SliceCache` can be handed to forked or spawned data-loader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from ssmtl.core.errors import InputFileError, SsmtlError
+
+FORMAT = "ssmtl-slice-cache"
+FORMAT_VERSION = 1
+TMP_PREFIX = ".ssmtl-tmp-"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def sha256_array(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def group_name(subject: str, taken: set[str]) -> str:
+    """An HDF5-safe, unique group name for a subject id."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", subject).strip("._") or "volume"
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporaries left by killed builds (their writer process is gone)."""
+    removed = []
+    for path in Path(directory).glob(f"{TMP_PREFIX}*"):
+        match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def check_output_path(out: Path, force: bool) -> None:
+    """Refuse to overwrite without --force, and check the directory is writable, before any work."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise SsmtlError(f"{out}: a file already exists; pass --force to replace it")
+    if out.is_dir():
+        raise SsmtlError(f"{out}: is a directory; give a file path such as data.h5")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise SsmtlError(f"{parent}: output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise SsmtlError(f"{parent}: output directory is not writable")
+
+
+class CacheWriter:
+    """Writes a cache atomically. Use as a context manager; ``commit`` happens on success."""
+
+    def __init__(self, out: Path, *, force: bool, attrs: dict[str, Any], compression: str = "gzip"):
+        self.out = Path(out)
+        check_output_path(self.out, force)
+        remove_stale_temporaries(self.out.parent)
+        self.tmp = self.out.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{self.out.name}"
+        self.attrs = attrs
+        self.compression = compression
+        self.names: list[str] = []
+        self.checksums: list[str] = []
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> "CacheWriter":
+        self._file = h5py.File(self.tmp, "w", libver="latest")
+        self._file.create_group("volumes")
+        return self
+
+    def _compression_kwargs(self) -> dict[str, Any]:
+        if self.compression == "gzip":
+            return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+        if self.compression == "lzf":
+            return {"compression": "lzf", "shuffle": True}
+        return {}
+
+    def add_volume(
+        self,
+        subject: str,
+        image: np.ndarray,
+        label: np.ndarray | None,
+        attrs: dict[str, Any],
+    ) -> str:
+        """Write one preprocessed (D, H, W) volume; returns its group name."""
+        assert self._file is not None, "use CacheWriter as a context manager"
+        name = group_name(subject, set(self.names))
+        group = self._file["volumes"].create_group(name)
+        d, h, w = image.shape
+        kw = self._compression_kwargs()
+        group.create_dataset("image", data=image.astype(np.float32, copy=False), chunks=(1, h, w), **kw)
+        image_sha = sha256_array(image.astype(np.float32, copy=False))
+        group.attrs["sha256_image"] = image_sha
+        if label is not None:
+            group.create_dataset("label", data=label.astype(np.uint8, copy=False), chunks=(1, h, w), **kw)
+            group.attrs["sha256_label"] = sha256_array(label.astype(np.uint8, copy=False))
+        group.attrs["subject"] = subject
+        for key, value in attrs.items():
+            group.attrs[key] = value if isinstance(value, (str, int, float, np.ndarray)) else _json(value)
+        self.names.append(name)
+        self.checksums.append(image_sha + group.attrs.get("sha256_label", ""))
+        return name
+
+    def _write_index(self, f: h5py.File) -> int:
+        vol, sl, pos = [], [], []
+        for i, name in enumerate(self.names):
+            d = f["volumes"][name]["image"].shape[0]
+            vol.append(np.full(d, i, np.int32))
+            sl.append(np.arange(d, dtype=np.int32))
+            pos.append(np.linspace(0.0, 1.0, d, dtype=np.float32) if d > 1 else np.zeros(1, np.float32))
+        index = f.create_group("index")
+        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
+        index.create_dataset("volume", data=cat(vol, np.int32))
+        index.create_dataset("slice", data=cat(sl, np.int32))
+        index.create_dataset("position", data=cat(pos, np.float32))
+        index.create_dataset("names", data=np.array(self.names, dtype=h5py.string_dtype()))
+        return int(sum(len(v) for v in vol))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        f, self._file = self._file, None
+        try:
+            if exc_type is None:
+                if not self.names:
+                    raise SsmtlError("no volumes were written; nothing to cache")
+                num_slices = self._write_index(f)
+                attrs = dict(self.attrs)
+                attrs.update(
+                    format=FORMAT,
+                    format_version=FORMAT_VERSION,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    num_volumes=len(self.names),
+                    num_slices=num_slices,
+                    fingerprint=hashlib.sha256("".join(self.checksums).encode()).hexdigest(),
+                )
+                for key, value in attrs.items():
+                    f.attrs[key] = value if isinstance(value, (str, int, float)) else _json(value)
+                f.flush()
+                f.close()
+                _fsync(self.tmp)
+                os.replace(self.tmp, self.out)
+                return
+        except BaseException:
+            _close_quietly(f)
+            self.tmp.unlink(missing_ok=True)
+            raise
+        _close_quietly(f)
+        self.tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _close_quietly(f) -> None:
+    try:
+        if f is not None:
+            f.close()
+    except Exception:
+        pass
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    index: int
+    name: str
+    subject: str
+    num_slices: int
+    shape: tuple[int, int, int]
+    modality: str
+    has_label: bool
+    spacing: tuple[float, float, float]
+    source: str
+    split: str
+
+
+class SliceCache:
+    """Read access to a cache. Metadata is read eagerly; the data handle lazily per process."""
+
+    def __init__(self, path: Path, rdcc_mb: int = 16):
+        self.path = Path(path)
+        self.rdcc_nbytes = rdcc_mb * 1024 * 1024
+        self._handle: h5py.File | None = None
+        self._pid: int | None = None
+        if not self.path.is_file():
+            raise InputFileError(self.path, "cache file not found (build one with `ssmtl cache build`)")
+        try:
+            with h5py.File(self.path, "r", locking=False) as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise InputFileError(self.path, "not an ssmtl slice cache")
+                self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["index/names"][()]]
+                self.volumes = [self._meta(i, n, f[f"volumes/{n}"]) for i, n in enumerate(names)]
+        except InputFileError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputFileError(self.path, f"cannot read cache ({exc})") from None
+        raw_names = self.attrs.get("class_names") or {}
+        self.class_names = {int(k): v for k, v in raw_names.items()}
+
+    @staticmethod
+    def _meta(i: int, name: str, group: h5py.Group) -> VolumeMeta:
+        a = group.attrs
+        spacing = a.get("spacing")
+        spacing = tuple(float(s) for s in (json.loads(spacing) if isinstance(spacing, str) else spacing))
+        return VolumeMeta(
+            index=i,
+            name=name,
+            subject=str(a.get("subject", name)),
+            num_slices=int(group["image"].shape[0]),
+            shape=tuple(int(s) for s in group["image"].shape),
+            modality=str(a.get("modality", "unknown")),
+            has_label="label" in group,
+            spacing=spacing,
+            source=str(a.get("source", "")),
+            split=str(a.get("split", "")),
+        )
+
+    # -- lazy per-process handle --------------------------------------------------------
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = h5py.File(self.path, "r", locking=False, rdcc_nbytes=self.rdcc_nbytes)
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handle"] = None  # never pickle an open HDF5 handle
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    # -- reads ----------------------------------------------------------------------------
+    def read_slices(self, volume: int, indices: np.ndarray) -> np.ndarray:
+        """(k, H, W) float32 slices of one volume. ``indices`` must be increasing."""
+        dset = self._file()[f"volumes/{self.volumes[volume].name}/image"]
+        lo, hi = int(indices[0]), int(indices[-1]) + 1
+        if len(indices) == hi - lo:
+            return dset[lo:hi]
+        return dset[np.asarray(indices)]
+
+    def read_volume(self, volume: int) -> tuple[np.ndarray, np.ndarray | None]:
+        group = self._file()[f"volumes/{self.volumes[volume].name}"]
+        label = group["label"][()] if "label" in group else None
+        return group["image"][()], label
+
+    def iter_volumes(self) -> Iterator[VolumeMeta]:
+        return iter(self.volumes)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.attrs.get("fingerprint", ""))
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        return self.volumes[0].shape[1:] if self.volumes else (0, 0)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.class_names) + 1 if self.class_names else 0
+
+    def summary(self) -> dict[str, Any]:
+        """What `ssmtl cache info` shows."""
+        modalities: dict[str, int] = {}
+        for v in self.volumes:
+            modalities[v.modality] = modalities.get(v.modality, 0) + 1
+        spacings = np.array([v.spacing for v in self.volumes]) if self.volumes else np.zeros((0, 3))
+        return {
+            "path": str(self.path),
+            "format_version": int(self.attrs.get("format_version", 0)),
+            "dataset": self.attrs.get("dataset"),
+            "volumes": len(self.volumes),
+            "labeled_volumes": sum(v.has_label for v in self.volumes),
+            "slices": sum(v.num_slices for v in self.volumes),
+            "slice_shape": list(self.slice_shape),
+            "modalities": modalities,
+            "classes": {str(k): v for k, v in sorted(self.class_names.items())},
+            "spacing_mm": {
+                "z_min": float(spacings[:, 0].min()) if len(spacings) else None,
+                "z_max": float(spacings[:, 0].max()) if len(spacings) else None,
+                "in_plane": float(spacings[:, 1].mean()) if len(spacings) else None,
+            },
+            "fingerprint": self.fingerprint,
+            "created": self.attrs.get("created"),
+            "preprocess": self.attrs.get("preprocess"),
+            "subjects": [
+                {"name": v.name, "subject": v.subject, "slices": v.num_slices, "modality": v.modality,
+                 "labeled": v.has_label, "spacing": list(v.spacing), "source": v.source}
+                for v in self.volumes
+            ],
+        }
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,397 @@
+"""The run configuration and how it is resolved from its sources.
+
+Precedence, lowest to highest: model defaults, a TOML/YAML file (``--config``),
+``SSMTL_*`` environment variables (``SSMTL_TRAIN__STEPS=100``, ``__`` nests,
+``SSMTL_TASKS=contrastive,order``), CLI flags, then ``--set a.b=c``. Sources are
+merged as plain dicts and validated once.
+
+Task configs are a union discriminated by the task name: each registered task
+brings its own pydantic model. ``tasks`` is a table keyed by task name
+(``[tasks.order]`` in TOML, ``--set tasks.order.num_slices=4`` on the CLI); the
+validator resolves each entry to its plugin's model through the registry. Resolving
+in a ``mode="before"`` validator (instead of building the RunConfig class at run
+time with ``create_model``) keeps RunConfig a static, picklable class that spawned
+worker processes can import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Annotated
+
+from ssmtl.core.augment import AugmentConfig
+from ssmtl.core.errors import ConfigError
+from ssmtl.core.model import ModelConfig
+from ssmtl.core.task import TaskConfig
+
+ENV_PREFIX = "SSMTL_"
+# SSMTL_* variables that are not config fields
+_NON_CONFIG_ENV = {"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA"}
+DEFAULT_TASKS = ("contrastive", "order")
+
+
+class DataConfig(BaseModel):
+    """Where the slices come from and how sequences are sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: Path | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`.")
+    stride: int = Field(1, ge=1, description="Slice step between consecutive slices of a sequence.")
+    sequence_length: int | None = Field(None, ge=1, description="Slices per sequence (k). Default: the largest any enabled task needs.")
+    num_workers: int = Field(1, ge=0, le=64, description="Data loader worker processes.")
+    modality: Literal["ct", "mr"] | None = Field(None, description="Use only volumes of this modality (mixed caches).")
+    split: Literal["train", "all"] = Field("all", description="Which subjects pre-training reads: 'all', or 'train' to keep the cache's val/test subjects out.")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and bookkeeping."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Sequences per process per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps, then cosine decay to 0.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (None: off).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision.")
+    checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
+    log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
+    max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss.")
+    compile: bool = Field(False, description="torch.compile the shared network (falls back to eager if unavailable).")
+
+
+class WeightingConfig(BaseModel):
+    """How task losses are combined into one."""
+
+    model_config = ConfigDict(extra="forbid")
+    scheme: Literal["fixed", "uncertainty", "dwa"] = Field("fixed", description="Loss weighting: fixed weights, learned uncertainty (Kendall et al. 2018) or dynamic weight average (Liu et al. 2019).")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of dynamic weight averaging.")
+
+
+class RunConfig(BaseModel):
+    """Everything a pre-training run needs. Saved as config.json in every run."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
+    out: Path | None = Field(None, description="Run directory.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    tasks: dict[str, SerializeAsAny[TaskConfig]] = Field(
+        default_factory=lambda: {n: {"name": n} for n in DEFAULT_TASKS},
+        description="Enabled pretext tasks, keyed by name, each with its own options.",
+        validate_default=True,
+    )
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _resolve_tasks(cls, value: Any, info: ValidationInfo) -> dict[str, TaskConfig]:
+        registry = (info.context or {}).get("registry") if info.context else None
+        resolved, errors = resolve_task_configs(value, registry)
+        if errors:
+            raise ValueError("; ".join(f"{loc}: {msg}" for loc, msg in errors))
+        return resolved
+
+    @model_validator(mode="after")
+    def _needs_tasks(self):
+        if not self.tasks:
+            raise ValueError("at least one task must be enabled")
+        return self
+
+    @property
+    def sequence_length(self) -> int:
+        """k: the configured value, or the largest any task needs."""
+        return self.data.sequence_length or 1
+
+
+def _registry(registry):
+    if registry is None:
+        from ssmtl.core.registry import get_registry
+
+        registry = get_registry()
+    return registry
+
+
+def _normalise_tasks(value: Any) -> dict[str, Any]:
+    """Accept {name: {...}}, [name, ...] or [{name: ..., ...}, ...]."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (list, tuple)):
+        out: dict[str, Any] = {}
+        for item in value:
+            if isinstance(item, str):
+                out[item] = {}
+            elif isinstance(item, TaskConfig):
+                out[item.name] = item
+            elif isinstance(item, Mapping) and "name" in item:
+                out[str(item["name"])] = dict(item)
+            else:
+                raise ValueError(f"cannot read task entry {item!r}")
+        return out
+    raise ValueError("tasks must be a table keyed by task name")
+
+
+def resolve_task_configs(value: Any, registry=None) -> tuple[dict[str, TaskConfig], list[tuple[str, str]]]:
+    """Validate each task entry with its plugin's config model. Returns (configs, errors)."""
+    registry = _registry(registry)
+    try:
+        entries = _normalise_tasks(value)
+    except ValueError as exc:
+        return {}, [("tasks", str(exc))]
+    resolved: dict[str, TaskConfig] = {}
+    errors: list[tuple[str, str]] = []
+    for key, entry in entries.items():
+        if key not in registry.tasks:
+            available = ", ".join(sorted(registry.tasks)) or "none"
+            errors.append((f"tasks.{key}", f"unknown task {key!r}; available: {available}"))
+            continue
+        model = registry.tasks[key].config_model
+        if isinstance(entry, model):
+            resolved[key] = entry
+            continue
+        data = entry.model_dump() if isinstance(entry, BaseModel) else dict(entry or {})
+        data.setdefault("name", key)
+        try:
+            resolved[key] = model.model_validate(data)
+        except ValidationError as exc:
+            errors.extend(_rows(exc, prefix=f"tasks.{key}"))
+    return resolved, errors
+
+
+def _rows(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "(root)")
+        msg = err["msg"]
+        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        rows.append((loc, msg))
+    return rows
+
+
+# -- sources -----------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI/env value: YAML scalars and flow lists (8, 1e-3, true, [1, 2], null)."""
+    try:
+        return yaml.safe_load(text) if text.strip() != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = [k for k in dotted.split(".")]
+    if not all(keys):
+        raise ConfigError(f"invalid key {dotted!r}: expected a dotted path like train.steps")
+    node = target
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a table")
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: unsupported config format (use .toml, .yaml or .json)")
+    except ConfigError:
+        raise
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: cannot parse config: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a table/mapping at the top level")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``SSMTL_SECTION__FIELD=value`` -> {"section": {"field": value}}; ``SSMTL_TASKS=a,b``."""
+    environ = os.environ if environ is None else environ
+    fields = set(RunConfig.model_fields)
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in _NON_CONFIG_ENV:
+            continue
+        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+        if dotted.split(".")[0] not in fields:
+            continue  # not a config variable
+        if dotted == "tasks":
+            out["tasks"] = {n.strip(): {} for n in raw.split(",") if n.strip()}
+            continue
+        set_path(out, dotted, parse_value(raw))
+    return out
+
+
+def parse_task_flags(task_flags: list[str]) -> dict[str, dict[str, Any]]:
+    """``--task NAME`` or ``--task NAME:WEIGHT`` -> {name: {} or {"weight": w}}."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for flag in task_flags:
+        name, _, weight = flag.partition(":")
+        name = name.strip()
+        if not name:
+            raise ConfigError(f"--task {flag!r}: expected NAME or NAME:WEIGHT")
+        entry: dict[str, Any] = {}
+        if weight:
+            try:
+                entry["weight"] = float(weight)
+            except ValueError:
+                raise ConfigError(f"--task {flag!r}: weight {weight!r} is not a number") from None
+        tasks[name] = entry
+    return tasks
+
+
+def parse_set_flags(set_flags: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in set_flags:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+        pairs.append((key.strip(), parse_value(value)))
+    return pairs
+
+
+def _replace_tasks(merged: dict[str, Any], tasks: Any) -> None:
+    """A source that lists tasks defines the enabled set; options of kept tasks carry over."""
+    old = merged.get("tasks") or {}
+    new = _normalise_tasks(tasks)
+    merged["tasks"] = {
+        name: deep_merge(dict(old.get(name) or {}), dict(opts or {})) if isinstance(opts, Mapping) or opts is None else opts
+        for name, opts in new.items()
+    }
+
+
+def resolve_run_config(
+    *,
+    file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    tasks: list[str] | None = None,
+    sets: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    registry=None,
+) -> RunConfig:
+    """Merge all sources in precedence order and validate once."""
+    merged: dict[str, Any] = {"tasks": {n: {} for n in DEFAULT_TASKS}}
+    layers: list[dict[str, Any]] = []
+    if file is not None:
+        layers.append(read_config_file(file))
+    layers.append(env_overrides(environ))
+    if flags:
+        flag_layer: dict[str, Any] = {}
+        for dotted, value in flags.items():
+            if value is not None:
+                set_path(flag_layer, dotted, value)
+        layers.append(flag_layer)
+    if tasks:
+        layers.append({"tasks": parse_task_flags(tasks)})
+    for layer in layers:
+        layer = dict(layer)
+        if "tasks" in layer:
+            _replace_tasks(merged, layer.pop("tasks"))
+        merged = deep_merge(merged, layer)
+    for key, value in parse_set_flags(sets or []):
+        parts = key.split(".")
+        if parts[0] == "tasks" and len(parts) >= 2 and parts[1] not in (merged.get("tasks") or {}):
+            enabled = ", ".join(merged.get("tasks") or {}) or "none"
+            raise ConfigError(
+                f"--set {key}: task {parts[1]!r} is not enabled (enabled: {enabled}); add --task {parts[1]}"
+            )
+        set_path(merged, key, value)
+    return validate_run_config(merged, registry)
+
+
+def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
+    """Validate a merged dict; raise :class:`ConfigError` with one row per problem."""
+    registry = _registry(registry)
+    data = dict(data)
+    resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in DEFAULT_TASKS}), registry)
+    data["tasks"] = resolved
+    try:
+        config = RunConfig.model_validate(data, context={"registry": registry})
+    except ValidationError as exc:
+        rows += [r for r in _rows(exc) if not r[0].startswith("tasks")] or _rows(exc)
+        config = None
+    if rows:
+        raise ConfigError(_summary(rows), rows)
+    return config
+
+
+def _summary(rows: list[tuple[str, str]]) -> str:
+    loc, msg = rows[0]
+    more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+    return f"invalid configuration: {loc}: {msg}{more}"
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def load_saved_config(path: Path, registry=None) -> RunConfig:
+    """Read a run's config.json (written by :func:`config_to_dict`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read saved config: {exc}") from None
+    return validate_run_config(data, registry)
+
+
+def run_config_schema(registry=None) -> dict[str, Any]:
+    """JSON Schema of RunConfig with ``tasks`` as the union of every registered task model."""
+    registry = _registry(registry)
+    models = [spec.config_model for spec in registry.tasks.values()]
+    if not models:
+        return RunConfig.model_json_schema()
+    union = Union[tuple(models)] if len(models) > 1 else models[0]
+    task_type = Annotated[union, Field(discriminator="name")] if len(models) > 1 else union
+    schema_model = create_model(
+        "RunConfig",
+        __base__=RunConfig,
+        tasks=(dict[str, task_type], Field(default_factory=dict, description=RunConfig.model_fields["tasks"].description)),
+    )
+    return schema_model.model_json_schema()

@@ -1,0 +1,330 @@
+"""Turn a canonical :class:`~ssmtl.core.volume.RawVolume` into network-ready slices.
+
+Steps, in order:
+
+1. **Slice layout.** The canonical RAS array (x, y, z) becomes a stack of axial
+   slices (D, H, W) in the radiological display convention, see :func:`to_slices`.
+2. **In-plane resampling** to the target spacing (never through-plane: the pretext
+   tasks reason about slice order, so slices are kept as acquired). Images are
+   resampled bilinearly (antialiased when downsampling), labels by nearest
+   neighbour on the same sampling grid so they stay aligned with the image.
+3. **Centre crop / pad** to ``size x size``. Images are padded with the volume
+   minimum (air) before normalisation, labels with 0 (background).
+4. **Intensity normalisation** by modality: CT is clipped to a HU window and scaled
+   to [0, 1]; MR is clipped to intensity percentiles and z-scored.
+
+Memory: the volume is processed in chunks of slices written straight into the
+preallocated output, so peak memory is about the input plus the output plus one
+chunk, whatever the number of slices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ssmtl.core.errors import InputFileError
+from ssmtl.core.volume import Modality, RawVolume
+
+# Voxels per resampling chunk: bounds the float32 temporaries (~64 MiB each).
+_CHUNK_VOXELS = 1 << 24
+# MR foreground: voxels brighter than the minimum by this fraction of the range.
+_MR_FOREGROUND_FRACTION = 0.01
+# Below this many foreground voxels the percentiles are taken over all voxels.
+_MR_MIN_FOREGROUND = 100
+# A volume whose std is below this fraction of its intensity scale is constant up to
+# float32 resampling round-off; z-scoring it would blow that noise up to unit variance.
+_CONSTANT_RELATIVE_STD = 1e-5
+
+
+class PreprocessConfig(BaseModel):
+    """How volumes are resampled and normalised before they are cached."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(128, ge=16, le=2048, description="Output in-plane size in pixels (square, size x size).")
+    spacing: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Target in-plane pixel spacing in mm. None: choose the isotropic spacing that fits the "
+            "whole field of view into size x size, keeping the aspect ratio."
+        ),
+    )
+    ct_window: tuple[float, float] = Field(
+        (-250.0, 750.0), description="CT intensity window (low, high) in HU, mapped linearly to [0, 1]."
+    )
+    mr_percentiles: tuple[float, float] = Field(
+        (1.0, 99.0),
+        description="MR clipping percentiles (low, high) of the foreground intensities, applied before z-scoring.",
+    )
+
+    @field_validator("ct_window")
+    @classmethod
+    def _window_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"ct_window must be finite with low < high, got {value}")
+        return value
+
+    @field_validator("mr_percentiles")
+    @classmethod
+    def _percentiles_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {value}")
+        return value
+
+
+@dataclass
+class ProcessedVolume:
+    """A resampled, normalised volume as a stack of axial slices.
+
+    Slice layout (radiological convention, as a CT viewer shows an axial slice
+    seen from the patient's feet): ``image[d]`` is the canonical (x, y) plane at
+    z index ``d``, transposed and flipped on both axes, so that
+
+    * rows run anterior -> posterior (row 0 is the most anterior row),
+    * columns run patient right -> left (the patient's right is on the image's
+      left, column 0 is the most rightward column),
+    * slices run inferior -> superior (index ``d`` is canonical z index ``d``).
+
+    Attributes:
+        image: float32 (D, H, W), D = number of slices, H = W = ``size``.
+        label: uint8 class ids (D, H, W), or None for an unlabeled volume.
+        spacing: (sz, sy, sx) in mm after resampling: slice spacing (unchanged),
+            row spacing (along y) and column spacing (along x).
+        original_spacing: (sx, sy, sz) in mm of the canonical input.
+        original_shape: (X, Y, Z) of the canonical input.
+        modality: "ct" or "mr".
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, float, float]
+    original_spacing: tuple[float, float, float]
+    original_shape: tuple[int, int, int]
+    modality: Modality
+
+
+# -- slice layout -------------------------------------------------------------------
+
+
+def to_slices(array_xyz: np.ndarray) -> np.ndarray:
+    """Canonical RAS (X, Y, Z) -> radiological slice stack (Z, Y, X); a view, no copy.
+
+    In RAS, x grows towards the patient's right and y towards anterior. Flipping
+    both puts the patient's right and anterior at index 0; transposing makes z the
+    leading (slice) axis, y the rows and x the columns.
+    """
+    return np.transpose(array_xyz[::-1, ::-1, :], (2, 1, 0))
+
+
+def from_slices(array_dhw: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_slices`: slice stack (D, H, W) -> canonical (X, Y, Z); a view."""
+    return np.transpose(array_dhw, (2, 1, 0))[::-1, ::-1, :]
+
+
+# -- validation ---------------------------------------------------------------------
+
+
+def check_finite(image: np.ndarray, source: str) -> None:
+    """Raise :class:`InputFileError` if ``image`` has NaN or infinite voxels.
+
+    ``min`` propagates NaN and exposes -inf, ``max`` exposes +inf, so two
+    reductions replace a full boolean mask the size of the volume.
+    """
+    if image.size and not (np.isfinite(image.min()) and np.isfinite(image.max())):
+        raise InputFileError(source, "image contains NaN or infinite voxel values")
+
+
+def _validate(raw: RawVolume, source: str) -> None:
+    image = raw.image
+    if image.ndim != 3:
+        raise InputFileError(source, f"expected a 3D volume, got shape {tuple(image.shape)}")
+    if image.size == 0:
+        raise InputFileError(source, f"volume is empty, shape {tuple(image.shape)}")
+    check_finite(image, source)
+    spacing = tuple(float(s) for s in raw.spacing)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputFileError(source, f"invalid voxel spacing {raw.spacing}: expected three positive sizes in mm")
+    if raw.label is not None and raw.label.shape != image.shape:
+        raise InputFileError(
+            source, f"label shape {tuple(raw.label.shape)} does not match image shape {tuple(image.shape)}"
+        )
+    if raw.modality not in ("ct", "mr"):
+        raise InputFileError(source, f"unknown modality {raw.modality!r}; expected 'ct' or 'mr'")
+
+
+# -- geometry -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """Resampling of one in-plane axis: scale factor, resampled length, output spacing."""
+
+    scale: float
+    length: int
+    spacing: float
+
+
+def _plan_axis(n: int, spacing: float, target: float) -> _AxisPlan:
+    """Scale factor that gives exactly ``target`` spacing, with an integer length.
+
+    torch sizes the output as ``floor(n * scale)``; when ``n * spacing / target`` is
+    an integer up to rounding noise, floor could drop a pixel, so the scale is
+    nudged up by a few ulps until floor reaches the intended length.
+    """
+    scale = spacing / target
+    length = max(1, math.floor(n * scale + 1e-6))
+    scale = max(scale, length / n)  # only differs from spacing/target by rounding, or if < 1 pixel
+    while math.floor(n * scale) < length:
+        scale = math.nextafter(scale, math.inf)
+    return _AxisPlan(scale=scale, length=length, spacing=spacing / scale)
+
+
+def _target_spacing(shape_hw: tuple[int, int], spacing_hw: tuple[float, float], config: PreprocessConfig) -> float:
+    """The configured spacing, or the isotropic spacing fitting the field of view into ``size``."""
+    if config.spacing is not None:
+        return config.spacing
+    field_of_view = max(n * s for n, s in zip(shape_hw, spacing_hw))
+    return field_of_view / config.size
+
+
+def _crop_pad(length: int, size: int) -> tuple[slice, slice]:
+    """Centre crop/pad along one axis: (source slice, destination slice)."""
+    if length >= size:
+        start = (length - size) // 2
+        return slice(start, start + size), slice(0, size)
+    start = (size - length) // 2
+    return slice(0, length), slice(start, start + length)
+
+
+# -- resampling ---------------------------------------------------------------------
+
+
+def _resample_stack(
+    stack: np.ndarray,
+    rows: _AxisPlan,
+    cols: _AxisPlan,
+    out: np.ndarray,
+    crop: tuple[tuple[slice, slice], tuple[slice, slice]],
+    *,
+    is_label: bool,
+) -> None:
+    """Resample a (D, H, W) stack (any strides) chunk by chunk into the crop window of ``out``."""
+    (src_r, dst_r), (src_c, dst_c) = crop
+    depth, height, width = stack.shape
+    chunk = max(1, _CHUNK_VOXELS // (height * width))
+    downsampling = rows.scale < 1.0 or cols.scale < 1.0
+    for start in range(0, depth, chunk):
+        stop = min(depth, start + chunk)
+        dtype = np.uint8 if is_label else np.float32
+        block = torch.from_numpy(np.ascontiguousarray(stack[start:stop], dtype=dtype)).unsqueeze(1)
+        if is_label:
+            # nearest-exact samples at pixel centres, i.e. the same grid as bilinear
+            # with align_corners=False; plain "nearest" would shift labels by up to a pixel.
+            resampled = F.interpolate(
+                block, scale_factor=(rows.scale, cols.scale), mode="nearest-exact", recompute_scale_factor=False
+            )
+        else:
+            resampled = F.interpolate(
+                block,
+                scale_factor=(rows.scale, cols.scale),
+                mode="bilinear",
+                align_corners=False,
+                antialias=downsampling,
+                recompute_scale_factor=False,
+            )
+        resampled = resampled[:, 0].numpy()
+        if resampled.shape[1:] != (rows.length, cols.length):  # a bug, not bad input
+            raise RuntimeError(f"resampled to {resampled.shape[1:]}, planned {(rows.length, cols.length)}")
+        out[start:stop, dst_r, dst_c] = resampled[:, src_r, src_c]
+
+
+# -- normalisation ------------------------------------------------------------------
+
+
+def _normalise_ct(image: np.ndarray, window: tuple[float, float]) -> None:
+    """In place: clip to the HU window and scale it linearly to [0, 1]."""
+    low, high = window
+    np.clip(image, low, high, out=image)
+    image -= low
+    image /= high - low
+
+
+def _mr_clip_range(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Intensity percentiles of the foreground (background air would dominate otherwise)."""
+    vmin, vmax = float(values.min()), float(values.max())
+    foreground = values[values > vmin + _MR_FOREGROUND_FRACTION * (vmax - vmin)]
+    if foreground.size < _MR_MIN_FOREGROUND:
+        foreground = values.ravel()
+    low, high = np.percentile(foreground, percentiles)
+    return float(low), float(high)
+
+
+def _normalise_mr(image: np.ndarray, clip_range: tuple[float, float]) -> None:
+    """In place: clip to ``clip_range`` then z-score over the whole volume (constant -> zeros)."""
+    low, high = clip_range
+    np.clip(image, low, high, out=image)
+    mean = float(image.mean(dtype=np.float64))
+    std = float(image.std(dtype=np.float64))
+    if std <= _CONSTANT_RELATIVE_STD * max(abs(low), abs(high), 1.0):
+        image.fill(0.0)
+        return
+    image -= mean
+    image /= std
+
+
+# -- entry point --------------------------------------------------------------------
+
+
+def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<volume>") -> ProcessedVolume:
+    """Resample, crop/pad and normalise one canonical volume.
+
+    Args:
+        raw: the volume in canonical RAS orientation, axes (x, y, z).
+        config: output size, spacing and intensity settings.
+        source: the file the volume came from, used in error messages.
+
+    Raises:
+        InputFileError: non-finite voxels, an empty or non-3D image, a bad spacing,
+            or a label whose shape differs from the image's.
+    """
+    _validate(raw, source)
+    sx, sy, sz = (float(s) for s in raw.spacing)
+    stack = to_slices(raw.image)
+    depth, height, width = stack.shape
+    target = _target_spacing((height, width), (sy, sx), config)
+    rows, cols = _plan_axis(height, sy, target), _plan_axis(width, sx, target)
+    crop = (_crop_pad(rows.length, config.size), _crop_pad(cols.length, config.size))
+
+    # Pad value = the volume minimum (air), so padding looks like outside-body background.
+    image = np.full((depth, config.size, config.size), float(raw.image.min()), dtype=np.float32)
+    _resample_stack(stack, rows, cols, image, crop, is_label=False)
+
+    label = None
+    if raw.label is not None:
+        label = np.zeros((depth, config.size, config.size), dtype=np.uint8)
+        _resample_stack(to_slices(raw.label), rows, cols, label, crop, is_label=True)
+
+    if raw.modality == "ct":
+        _normalise_ct(image, config.ct_window)
+    else:
+        # Percentiles over the resampled data only, not the padding.
+        (_, dst_r), (_, dst_c) = crop
+        _normalise_mr(image, _mr_clip_range(image[:, dst_r, dst_c], config.mr_percentiles))
+
+    return ProcessedVolume(
+        image=image,
+        label=label,
+        spacing=(sz, rows.spacing, cols.spacing),
+        original_spacing=(sx, sy, sz),
+        original_shape=tuple(int(n) for n in raw.image.shape),
+        modality=raw.modality,
+    )

@@ -1,0 +1,115 @@
+"""Sequence sampling from a slice cache.
+
+:class:`SequenceDataset` yields windows of k slices from one volume with a stride,
+with their normalised positions and the volume index. :class:`StepBatchSampler`
+decides which windows form the micro-batch of every step *as a pure function of
+the step*, so a resumed run reads exactly the batches the uninterrupted run would
+have read, on every rank, with no loader state to save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ssmtl.core.cache import SliceCache
+from ssmtl.core.errors import SsmtlError
+from ssmtl.core.views import SequenceBatch
+
+
+class SequenceDataset(Dataset):
+    """Windows (volume, first slice) of ``length`` slices ``stride`` apart."""
+
+    def __init__(
+        self,
+        cache: SliceCache | Path,
+        length: int,
+        stride: int = 1,
+        volumes: Sequence[int] | None = None,
+    ):
+        self.cache = cache if isinstance(cache, SliceCache) else SliceCache(Path(cache))
+        self.length = length
+        self.stride = stride
+        chosen = list(range(len(self.cache.volumes))) if volumes is None else list(volumes)
+        span = (length - 1) * stride + 1
+        windows = []
+        for v in chosen:
+            d = self.cache.volumes[v].num_slices
+            windows += [(v, s) for s in range(0, d - span + 1)]
+        if not windows:
+            raise SsmtlError(
+                f"{self.cache.path}: no volume has {span} slices, needed for sequences of "
+                f"{length} slices with stride {stride}; lower data.sequence_length or data.stride"
+            )
+        self.windows = np.asarray(windows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        volume, start = (int(x) for x in self.windows[i])
+        indices = start + self.stride * np.arange(self.length)
+        slices = self.cache.read_slices(volume, indices)
+        depth = self.cache.volumes[volume].num_slices
+        positions = indices / max(depth - 1, 1)
+        return {
+            "slices": torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)),
+            "positions": torch.from_numpy(positions.astype(np.float32)),
+            "volume": torch.tensor(volume, dtype=torch.int64),
+            "slice_index": torch.from_numpy(indices.astype(np.int64)),
+        }
+
+
+def collate_sequences(items: list[dict[str, torch.Tensor]]) -> SequenceBatch:
+    return SequenceBatch(
+        slices=torch.stack([it["slices"] for it in items]),
+        positions=torch.stack([it["positions"] for it in items]),
+        volume=torch.stack([it["volume"] for it in items]),
+        slice_index=torch.stack([it["slice_index"] for it in items]),
+    )
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Deterministic, resumable, rank-aware batches.
+
+    The items of all epochs form one stream: epoch e is the permutation
+    ``rng(seed, e)`` of the dataset. Micro-batch m of rank r takes the stream
+    positions ``[(m * world + r) * B, ... + B)``. Every item is seen once per epoch
+    across ranks, batches never run short, and micro-batch m is computable without
+    replaying the ones before it.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int, rank: int = 0, world: int = 1,
+                 start: int = 0, stop: int | None = None):
+        self.n, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world, self.start, self.stop = rank, world, start, stop
+        self._perm_epoch = -1
+        self._perm = np.arange(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self, micro: int) -> list[int]:
+        first = (micro * self.world + self.rank) * self.batch_size
+        out = []
+        for p in range(first, first + self.batch_size):
+            out.append(int(self._permutation(p // self.n)[p % self.n]))
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m = self.start
+        while self.stop is None or m < self.stop:
+            yield self.batch(m)
+            m += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("infinite sampler")
+        return self.stop - self.start

@@ -1,0 +1,85 @@
+"""The pretext-task contract.
+
+A task plugin provides a :class:`TaskConfig` subclass and a factory that builds a
+:class:`PretextTask`. The engine calls ``task(ctx)`` once per step inside the
+shared forward pass; the task asks the :class:`~ssmtl.core.views.StepContext` for
+encoder or decoder features of named views (computed once and shared with every
+other task that asks for the same view) and returns its loss. It owns its heads,
+and everything it returns is trained by the engine's single backward pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+if TYPE_CHECKING:
+    from ssmtl.core.model import NetworkInfo, UNet
+    from ssmtl.core.views import StepContext, View
+
+
+class TaskConfig(BaseModel):
+    """Options every task has. Subclasses set ``name: Literal["their-name"]``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weight: float = Field(1.0, ge=0, description="Fixed weight of this task's loss in the sum (also the initial weight of adaptive schemes).")
+    warmup_steps: int = Field(0, ge=0, description="Ramp this task's weight linearly from 0 over this many steps.")
+
+
+@dataclass
+class TaskOutput:
+    """A task's result for one step: the loss to weight, plus detached metrics to log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PretextTask(nn.Module, ABC):
+    """Base class of every pretext task.
+
+    Class attributes:
+        trains: which parts of the shared network the task's loss reaches
+            (``{"encoder"}`` or ``{"encoder", "decoder"}``). The engine freezes the
+            decoder when no enabled task trains it, so DDP never sees unused
+            parameters.
+    """
+
+    trains: ClassVar[frozenset[str]] = frozenset({"encoder"})
+
+    def __init__(self, config: TaskConfig, network: "NetworkInfo"):
+        super().__init__()
+        self.config = config
+        self.network_info = network
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def sequence_length(self) -> int:
+        """The number of consecutive slices per sample this task needs (k)."""
+        return 1
+
+    def view_builders(self) -> dict[str, Callable[["StepContext"], "View"]]:
+        """Extra named views this task defines (e.g. a masked input). Names must be unique."""
+        return {}
+
+    def setup(self, network: "UNet") -> None:
+        """Called once after the shared network is built, e.g. to copy a momentum encoder."""
+
+    @abstractmethod
+    def forward(self, ctx: "StepContext") -> TaskOutput:
+        """Compute this step's loss from shared features (``ctx.encode`` / ``ctx.decode``)."""
+
+    def after_optimizer_step(self, network: "UNet", step: int) -> None:
+        """Called under ``no_grad`` on the unwrapped modules after every optimizer step."""
+
+    def ddp_ignored_names(self) -> list[str]:
+        """Names (relative to this module) of parameters/buffers DDP must not broadcast."""
+        return []

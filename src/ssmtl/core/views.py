@@ -1,0 +1,124 @@
+"""Named views and the per-step feature cache shared by all tasks.
+
+A *view* is a batch of network inputs derived from the sampled sequences (for
+example the augmented sequence, or a masked copy). :class:`StepContext` builds
+each view at most once per step and runs the shared encoder (and decoder) on it
+at most once, however many tasks ask: tasks that need the same view share one
+forward pass, and no input is encoded twice.
+
+Built-in views (N = batch size x sequence length k):
+
+* ``raw``: the sampled slices, un-augmented, (N, 1, H, W).
+* ``sequence``: one random view per sequence (same crop/flip/rotation for its k
+  slices, per-slice intensity jitter).
+* ``sequence_b``: a second, independent random view of the same slices (MoCo keys,
+  dense correspondence).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ssmtl.core.augment import AugmentConfig, augment
+from ssmtl.core.model import UNet, global_pool
+
+
+@dataclass
+class SequenceBatch:
+    """What the data loader yields: B sequences of k slices from one volume each."""
+
+    slices: torch.Tensor  # (B, k, H, W) float
+    positions: torch.Tensor  # (B, k) normalised slice position in [0, 1]
+    volume: torch.Tensor  # (B,) int64 volume index in the cache
+    slice_index: torch.Tensor  # (B, k) int64 slice index in the volume
+
+    @property
+    def batch_size(self) -> int:
+        return self.slices.shape[0]
+
+    @property
+    def sequence_length(self) -> int:
+        return self.slices.shape[1]
+
+    def to(self, device, non_blocking: bool = True) -> "SequenceBatch":
+        return SequenceBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.slices, self.positions, self.volume, self.slice_index)))
+
+    def flat_positions(self) -> torch.Tensor:
+        return self.positions.reshape(-1)
+
+
+@dataclass
+class View:
+    """A batch of network inputs. ``theta`` maps view pixels to raw-slice pixels."""
+
+    images: torch.Tensor  # (N, 1, H, W)
+    theta: torch.Tensor | None = None  # (N, 2, 3) affine_grid convention
+    group: int = 1  # consecutive samples that come from one sequence
+
+
+ViewBuilder = Callable[["StepContext"], View]
+
+
+def _raw(ctx: "StepContext") -> View:
+    b = ctx.batch
+    x = b.slices.reshape(-1, 1, *b.slices.shape[-2:])
+    return View(images=x, theta=None, group=b.sequence_length)
+
+
+def _augmented(ctx: "StepContext") -> View:
+    raw = ctx.view("raw")
+    images, theta = augment(raw.images, ctx.augment, group=raw.group)
+    return View(images=images, theta=theta, group=raw.group)
+
+
+BUILTIN_VIEWS: dict[str, ViewBuilder] = {"raw": _raw, "sequence": _augmented, "sequence_b": _augmented}
+
+
+class StepContext:
+    """Per-step cache of views and of the shared network's features on them."""
+
+    def __init__(
+        self,
+        batch: SequenceBatch,
+        network: UNet,
+        augment_config: AugmentConfig,
+        builders: dict[str, ViewBuilder],
+        step: int = 0,
+    ):
+        self.batch = batch
+        self.network = network
+        self.augment = augment_config
+        self.builders = builders
+        self.step = step
+        self._views: dict[str, View] = {}
+        self._encoded: dict[str, list[torch.Tensor]] = {}
+        self._decoded: dict[str, torch.Tensor] = {}
+        self.encoder_calls: Counter[str] = Counter()  # observable sharing, used by tests/benchmarks
+
+    def view(self, name: str) -> View:
+        if name not in self._views:
+            if name not in self.builders:
+                raise KeyError(f"unknown view {name!r}; known: {', '.join(sorted(self.builders))}")
+            self._views[name] = self.builders[name](self)
+        return self._views[name]
+
+    def encode(self, name: str) -> list[torch.Tensor]:
+        """Multi-scale encoder features of a view (full resolution first)."""
+        if name not in self._encoded:
+            self.encoder_calls[name] += 1
+            self._encoded[name] = self.network.encoder(self.view(name).images)
+        return self._encoded[name]
+
+    def decode(self, name: str) -> torch.Tensor:
+        """Full-resolution decoder features of a view (reuses its encoder pass)."""
+        if name not in self._decoded:
+            self._decoded[name] = self.network.decoder(self.encode(name))
+        return self._decoded[name]
+
+    def pooled(self, name: str) -> torch.Tensor:
+        """Globally pooled bottleneck features, (N, C)."""
+        return global_pool(self.encode(name)[-1])
