@@ -1,0 +1,95 @@
+"""The built-in ``segmentation`` head: a 1x1 convolution trained with cross-entropy + soft Dice.
+
+The decoder of the pre-trained U-Net already produces full-resolution features, so
+the head is deliberately minimal: everything that is learned beyond a linear
+per-pixel classifier is learned (or fine-tuned) in the shared network.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from ssmtl.core.head import DownstreamHead, HeadConfig
+from ssmtl.core.hookspecs import hookimpl
+from ssmtl.core.model import NetworkInfo
+from ssmtl.core.specs import HeadSpec
+
+
+class SegmentationConfig(HeadConfig):
+    """Options of the ``segmentation`` head."""
+
+    name: Literal["segmentation"] = "segmentation"
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the soft Dice loss (mean over the foreground classes present in the batch).")
+    ce_weight: float = Field(1.0, ge=0, description="Weight of the pixel-wise cross-entropy loss.")
+    smooth: float = Field(1e-5, gt=0, description="Smoothing added to the numerator and denominator of the soft Dice.")
+
+    @model_validator(mode="after")
+    def _some_loss(self):
+        if self.dice_weight == 0 and self.ce_weight == 0:
+            raise ValueError("dice_weight and ce_weight are both 0: the head would have no loss")
+        return self
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes present in ``target``.
+
+    Dice is computed per class over the whole batch (sums over slices and pixels),
+    so a class that appears in one slice of the batch is scored on all of them.
+    Classes absent from the batch's labels are left out of the mean: with few
+    labeled volumes most 2D slices miss most structures, and scoring an absent
+    class only adds a term near 1 that swamps the others. False positives of such
+    classes are still penalised by the cross-entropy term. When the batch has no
+    foreground at all the Dice term is 0.
+    """
+    num_classes = logits.shape[1]
+    probs = logits.float().softmax(dim=1)
+    one_hot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    present = one_hot.sum(dims) > 0
+    present[0] = False  # background is not scored
+    if not bool(present.any()):
+        return probs.sum() * 0.0  # keeps the graph (and the dtype) without contributing
+    return 1.0 - dice[present].mean()
+
+
+class SegmentationHead(DownstreamHead):
+    """Per-pixel class logits (N, num_classes, H, W) from the decoder features."""
+
+    def __init__(self, config: SegmentationConfig, network_info: NetworkInfo, num_classes: int):
+        super().__init__(config, network_info, num_classes)
+        self.classifier = nn.Conv2d(network_info.decoder_channels, num_classes, kernel_size=1)
+
+    def forward(self, decoder_features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(decoder_features)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        if self.config.ce_weight > 0:
+            total = total + self.config.ce_weight * F.cross_entropy(logits.float(), target)
+        if self.config.dice_weight > 0:
+            total = total + self.config.dice_weight * soft_dice_loss(logits, target, self.config.smooth)
+        return total
+
+
+def build_head(config: SegmentationConfig, network_info: NetworkInfo, num_classes: int) -> SegmentationHead:
+    return SegmentationHead(config, network_info, num_classes)
+
+
+@hookimpl
+def ssmtl_register_heads():
+    return [
+        HeadSpec(
+            name="segmentation",
+            config_model=SegmentationConfig,
+            factory=build_head,
+            description="1x1 conv on the decoder features, cross-entropy + soft Dice loss",
+        )
+    ]
