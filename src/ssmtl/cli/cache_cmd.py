@@ -74,23 +74,30 @@ def build(
         pre["ct_window"] = (lo, hi)
     preprocess = validate_model(PreprocessConfig, pre, prefix="preprocess")
 
-    with _progress() as progress:
-        task = progress.add_task(f"caching {dataset}", total=None)
+    progress = _progress()
+    state: dict = {}
 
-        def on_volume(done: int, total: int, subject: str) -> None:
-            progress.update(task, completed=done, total=total, description=f"cached {subject}")
+    def on_volume(done: int, total: int, subject: str) -> None:
+        # started lazily: errors found while listing inputs print no half-drawn bar
+        if "task" not in state:
+            progress.start()
+            state["task"] = progress.add_task(f"caching {dataset}", total=total)
+        progress.update(state["task"], completed=done, description=f"cached {subject}" if subject else f"caching {dataset}")
 
+    try:
         build_cache(
             dataset=dataset, dataset_options=options, preprocess=preprocess, out=out, force=force,
             compression=compression, registry=reg, on_volume=on_volume,
         )
+    finally:
+        progress.stop()
     _print_info(out)
 
 
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
 
 
 def _print_info(path: Path) -> None:

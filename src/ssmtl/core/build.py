@@ -56,6 +56,8 @@ def build_cache(
         "class_names": {str(k): v for k, v in source.class_names.items()},
     }
     with CacheWriter(Path(out), force=force, attrs=attrs, compression=compression) as writer:
+        if on_volume is not None:
+            on_volume(0, len(source.items), "")
         for i, item in enumerate(source.items):
             raw = item.load()
             processed = preprocess_volume(raw, preprocess, source=item.source)

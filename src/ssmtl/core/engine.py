@@ -218,6 +218,8 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
         raise SsmtlError("no data: pass --data CACHE.h5")
 
     accelerator = Accelerator(
+        # without a GPU, Accelerate only forms a process group (gloo) when told it runs on CPU
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.train.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)],
     )
@@ -360,7 +362,7 @@ def save_checkpoint(accelerator, root: Path, step: int, keep: int) -> Path:
     tmp = ckpt.temporary_dir(root, step)
     final = ckpt.checkpoint_dir(root, step)
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()

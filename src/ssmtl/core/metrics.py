@@ -83,22 +83,18 @@ def _monai_hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]
     from monai.metrics import compute_hausdorff_distance
 
     with warnings.catch_warnings():
-        # MONAI 1.5+ warns about an argument it passes to itself; not actionable here
+        # MONAI 1.5+ warns about a deprecated argument it passes to itself; not actionable here
         warnings.simplefilter("ignore", FutureWarning)
-        value = _monai_call(compute_hausdorff_distance, pred, target, spacing)
+        # one-hot (batch, channel, *spatial) with a single channel and include_background=True
+        # scores exactly this binary mask
+        value = compute_hausdorff_distance(
+            pred[None, None].astype(np.float32),
+            target[None, None].astype(np.float32),
+            include_background=True,
+            percentile=95,
+            spacing=[float(s) for s in spacing],
+        )
     return float(value.reshape(-1)[0])
-
-
-def _monai_call(compute, pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]):
-    # MONAI wants one-hot (batch, channel, *spatial); one channel and include_background=True
-    # scores exactly this binary mask
-    return compute(
-        pred[None, None].astype(np.float32),
-        target[None, None].astype(np.float32),
-        include_background=True,
-        percentile=95,
-        spacing=[float(s) for s in spacing],
-    )
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

@@ -35,6 +35,10 @@ DISABLE_ENV = "SSMTL_NO_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmtl.plugins.tasks.contrastive",
     "ssmtl.plugins.tasks.order",
+    "ssmtl.plugins.tasks.reconstruct",
+    "ssmtl.plugins.tasks.neighbor",
+    "ssmtl.plugins.tasks.position",
+    "ssmtl.plugins.tasks.local_contrastive",
     "ssmtl.plugins.datasets.phantom",
     "ssmtl.plugins.datasets.nifti",
     "ssmtl.plugins.heads.segmentation",

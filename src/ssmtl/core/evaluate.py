@@ -1,0 +1,209 @@
+"""3D evaluation of a fine-tuning run: slice-by-slice prediction, per-class Dice and HD95.
+
+The model is rebuilt from the run's ``run.json`` and ``model.safetensors`` alone
+(safetensors, ``strict=True``), the volumes of the run's ``split.json`` are
+predicted slice by slice, stacked back into volumes and scored in 3D with the
+volume's voxel spacing. Results go to ``eval.json`` (NaN written as ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.table import Table
+from safetensors.torch import load_file
+
+from ssmtl.core.cache import SliceCache
+from ssmtl.core.errors import SsmtlError
+from ssmtl.core.finetune import WEIGHTS, FinetuneModel, build_head
+from ssmtl.core.metrics import dice_per_class, hd95_per_class, nanmean, summarise
+from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.rundir import write_json_atomic
+from ssmtl.core.splits import volumes_of
+
+EVAL_FILE = "eval.json"
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise SsmtlError(f"{path}: not found; is {path.parent} a finished fine-tuning run ({what})?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SsmtlError(f"{path}: corrupt JSON ({exc})") from None
+
+
+def load_finetuned(run_dir: Path, registry=None) -> tuple[FinetuneModel, dict[str, Any]]:
+    """Rebuild network + head from ``run.json`` and load ``model.safetensors`` with ``strict=True``."""
+    if registry is None:
+        from ssmtl.core.registry import get_registry
+
+        registry = get_registry()
+    run_dir = Path(run_dir)
+    run = _read_json(run_dir / "run.json", "run.json is written when training ends")
+    network = UNet(ModelConfig.model_validate(run["model"]))
+    head_options = {k: v for k, v in run["head"].items() if k != "name"}
+    head = build_head(registry, run["head"]["name"], head_options, network, int(run["num_classes"]))
+    model = FinetuneModel(network, head)
+    weights = run_dir / WEIGHTS
+    try:
+        state = load_file(weights)
+    except Exception as exc:
+        raise SsmtlError(f"{weights}: cannot read weights ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SsmtlError(f"{weights}: weights do not match run.json: {first}") from None
+    return model, run
+
+
+@torch.no_grad()
+def predict_volume(model: FinetuneModel, image: np.ndarray, *, batch_size: int = 32, device: torch.device | str = "cpu") -> np.ndarray:
+    """(D, H, W) class ids for a (D, H, W) image, predicted in batches of slices in eval mode."""
+    model.eval()
+    slices = []
+    for lo in range(0, image.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(image[lo:lo + batch_size, None], dtype=np.float32)).to(device)
+        slices.append(model.head.predict(model(x)).to("cpu", torch.uint8).numpy())
+    return np.concatenate(slices, axis=0)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None recursively (JSON has no NaN; ``null`` means "undefined" here)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _open_cache(path: Path, subjects: list[str], explicit: bool) -> SliceCache:
+    cache = SliceCache(path)
+    present = {v.subject for v in cache.volumes if v.has_label}
+    missing = [s for s in subjects if s not in present]
+    if missing:
+        hint = "" if explicit else "; pass data= (--data) to evaluate on a copy of the cache at another path"
+        raise SsmtlError(f"{path}: the cache has no labeled volume for subject(s) {', '.join(missing)}{hint}")
+    return cache
+
+
+def evaluate_run(
+    run_dir: Path,
+    data: Path | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    device: str | None = None,
+    registry=None,
+) -> dict[str, Any]:
+    """Score a fine-tuning run on the ``split`` subjects of its split.json; writes ``run_dir/eval.json``.
+
+    ``data`` overrides the cache path recorded in run.json (same subjects, e.g. a
+    copied cache); it must hold labeled volumes of every evaluated subject and
+    the same class names.
+    """
+    run_dir = Path(run_dir)
+    model, run = load_finetuned(run_dir, registry)
+    splits = _read_json(run_dir / "split.json", "split.json is written when training starts")
+    if split not in ("train", "val", "test"):
+        raise SsmtlError(f"unknown split {split!r}; use train, val or test")
+    subjects = list(splits.get(split) or [])
+    if not subjects:
+        raise SsmtlError(f"{run_dir / 'split.json'}: the {split!r} split has no subjects")
+    data_path = Path(data) if data is not None else Path(run["data"]["path"])
+    cache = _open_cache(data_path, subjects, explicit=data is not None)
+    class_names = {int(k): v for k, v in run["class_names"].items()}
+    if cache.class_names and cache.class_names != class_names:
+        raise SsmtlError(f"{data_path}: classes {cache.class_names} differ from the run's {class_names}")
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    num_classes = int(run["num_classes"])
+    foreground = [class_names.get(c, f"class_{c}") for c in range(1, num_classes)]
+    per_volume = []
+    for index in volumes_of(cache, subjects):
+        meta = cache.volumes[index]
+        image, label = cache.read_volume(index)
+        pred = predict_volume(model, image, batch_size=batch_size, device=device)
+        dice = dice_per_class(pred, label, num_classes)
+        hd95 = hd95_per_class(pred, label, num_classes, meta.spacing)
+        per_volume.append({
+            "subject": meta.subject,
+            "volume": meta.name,
+            "dice": {foreground[c - 1]: dice[c] for c in dice},
+            "hd95": {foreground[c - 1]: hd95[c] for c in hd95},
+            "mean_dice": nanmean(dice.values()),
+        })
+    summary = summarise(per_volume)
+    results = _json_safe({
+        "mean_dice": summary["mean_dice"],
+        "mean_hd95": summary["mean_hd95"],
+        "per_class": {name: summary["per_class"].get(name, {"dice": math.nan, "hd95": math.nan}) for name in foreground},
+        "per_volume": per_volume,
+        "class_names": foreground,
+        "split": split,
+        "test_subjects": subjects,
+        "init": run.get("init"),
+        "data": str(data_path),
+        "data_fingerprint": cache.fingerprint,
+        "labeled_volumes": run.get("labeled_volumes"),
+        "labeled_subjects": run.get("labeled_subjects"),
+        "init_saw_test_subjects": run.get("init_saw_test_subjects", []),
+    })
+    write_json_atomic(run_dir / EVAL_FILE, results)
+    return results
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def render_eval_table(results: dict[str, Any]) -> Table:
+    """Per-class Dice and HD95 (mm) of one evaluation, with the mean as the last row."""
+    n = len(results.get("test_subjects") or [])
+    table = Table(title=f"{results.get('split', 'test')} set: {n} subject(s), init={results.get('init')}")
+    table.add_column("class")
+    table.add_column("Dice", justify="right")
+    table.add_column("HD95 (mm)", justify="right")
+    for name in results["class_names"]:
+        scores = results["per_class"].get(name, {})
+        table.add_row(name, _fmt(scores.get("dice"), 3), _fmt(scores.get("hd95"), 2))
+    table.add_section()
+    table.add_row("[bold]mean", f"[bold]{_fmt(results.get('mean_dice'), 3)}", f"[bold]{_fmt(results.get('mean_hd95'), 2)}")
+    return table
+
+
+def render_comparison_table(runs: dict[str, dict[str, Any]], metric: str = "dice") -> Table:
+    """Classes as rows, one column per run (``{label: eval results}``), and a mean row.
+
+    The caption warns when the runs were not scored on the same subjects, since
+    their numbers are then not comparable.
+    """
+    unit = " (mm)" if metric == "hd95" else ""
+    digits = 2 if metric == "hd95" else 3
+    table = Table(title=f"{'HD95' if metric == 'hd95' else 'Dice'}{unit} per class")
+    table.add_column("class")
+    for label in runs:
+        table.add_column(label, justify="right")
+    classes: list[str] = []
+    for results in runs.values():
+        classes.extend(c for c in results.get("class_names", []) if c not in classes)
+    for name in classes:
+        table.add_row(name, *(_fmt(r["per_class"].get(name, {}).get(metric), digits) for r in runs.values()))
+    table.add_section()
+    table.add_row("[bold]mean", *(f"[bold]{_fmt(r.get(f'mean_{metric}'), digits)}" for r in runs.values()))
+    test_sets = {tuple(sorted(r.get("test_subjects") or [])) for r in runs.values()}
+    if len(test_sets) > 1:
+        table.caption = "warning: these runs were evaluated on different subjects; the columns are not comparable"
+    return table

@@ -1,0 +1,124 @@
+"""``neighbor``: predict an adjacent slice, pixel by pixel, from the decoder features.
+
+Consecutive slices of a volume (``data.stride`` slices apart) show the same anatomy
+slightly displaced, so predicting one from another asks the network how structures
+continue through the volume: a dense, sequence-aware objective for the decoder
+(Dong et al., ECML PKDD 2021; related to slice interpolation and to inter-frame
+prediction in video self-supervision).
+
+Modes (``mode``):
+
+* ``next`` (default): from slice i of a sequence predict slice i+s, where the
+  direction s = +1 or -1 (one position in the sampled sequence) is drawn at random
+  per slice (the other direction at the ends) and *given* to the head as an extra
+  constant channel (+1 / -1) concatenated to the decoder features. Every slice of
+  the ``sequence`` view is an input. Needs sequences of 2 slices.
+* ``middle``: predict the middle slice of every triplet (i-1, i, i+1) from the
+  decoder features of its two neighbours, concatenated in that order. Needs
+  sequences of 3 slices.
+
+The input is the shared ``ctx.decode("sequence")``, computed once for every
+decoder task. The target is the *raw* neighbour slice warped with the input's
+spatial transform (``apply_affine(raw, theta)``; the k slices of a sequence share
+one transform), i.e. aligned with the view but free of the per-slice intensity
+jitter, which cannot be predicted. The head is 3x3 conv + ReLU + 1x1 conv; the
+loss is L1 (or L2) over the slice.
+
+What it trains: the encoder and the decoder (plus its head).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ssmtl.core.augment import apply_affine
+from ssmtl.core.hookspecs import hookimpl
+from ssmtl.core.model import NetworkInfo
+from ssmtl.core.specs import TaskSpec
+from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
+from ssmtl.core.views import StepContext
+
+
+class NeighborConfig(TaskConfig):
+    name: Literal["neighbor"] = "neighbor"
+    mode: Literal["next", "middle"] = Field("next", description="'next': predict the slice one position above or below (direction given to the head); 'middle': predict the middle slice of a triplet from its two neighbours.")
+    loss: Literal["l1", "l2"] = Field("l1", description="Pixel loss between the prediction and the aligned raw neighbour slice.")
+    hidden_channels: int | None = Field(None, ge=1, description="Channels of the head's 3x3 convolution (default: decoder width).")
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean absolute (``"l1"``) or squared (``"l2"``) error over every element."""
+    diff = pred.float() - target.float()
+    return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
+
+
+def next_pairs(batch_size: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every flat slice index i of (B, k) sequences, a random direction s (+1/-1)
+    that stays inside its sequence. Returns (s, i + s)."""
+    n = batch_size * length
+    index = torch.arange(n, device=device)
+    j = index % length
+    step = torch.where(torch.rand(n, device=device) < 0.5, -1, 1)
+    outside = (j + step < 0) | (j + step >= length)
+    step = torch.where(outside, -step, step)
+    return step, index + step
+
+
+class NeighborTask(PretextTask):
+    trains = frozenset({"encoder", "decoder"})
+
+    def __init__(self, config: NeighborConfig, network: NetworkInfo):
+        super().__init__(config, network)
+        c = network.decoder_channels
+        in_ch = c + 1 if config.mode == "next" else 2 * c
+        hidden = config.hidden_channels or c
+        self.head = nn.Sequential(
+            nn.Conv2d(in_ch, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, network.in_channels, 1),
+        )
+
+    @property
+    def sequence_length(self) -> int:
+        return 2 if self.config.mode == "next" else 3
+
+    def forward(self, ctx: StepContext) -> TaskOutput:
+        b, k = ctx.batch.batch_size, ctx.batch.sequence_length
+        view = ctx.view("sequence")
+        feats = ctx.decode("sequence")
+        n, c, h, w = feats.shape
+        with torch.no_grad():
+            raw = ctx.view("raw").images
+            aligned = apply_affine(raw, view.theta) if view.theta is not None else raw
+        if self.config.mode == "next":
+            step, partner = next_pairs(b, k, feats.device)
+            direction = step.to(feats.dtype).view(n, 1, 1, 1).expand(n, 1, h, w)
+            pred = self.head(torch.cat([feats, direction], dim=1))
+            target = aligned[partner]
+        else:
+            seq = feats.view(b, k, c, h, w)
+            pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2).reshape(-1, 2 * c, h, w)
+            pred = self.head(pair)
+            target = aligned.view(b, k, -1, h, w)[:, 1:-1].reshape(-1, aligned.shape[1], h, w)
+        loss = pixel_loss(pred, target, self.config.loss)
+        return TaskOutput(loss=loss)
+
+
+def build(config: NeighborConfig, network: NetworkInfo) -> NeighborTask:
+    return NeighborTask(config, network)
+
+
+@hookimpl
+def ssmtl_register_tasks():
+    return [
+        TaskSpec(
+            name="neighbor",
+            config_model=NeighborConfig,
+            factory=build,
+            description="Predict the adjacent slice (direction given) or the middle slice of a triplet, pixel-wise (encoder + decoder).",
+        )
+    ]

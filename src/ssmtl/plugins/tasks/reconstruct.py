@@ -1,0 +1,198 @@
+"""``reconstruct``: masked-slice modelling, or context restoration, with the full U-Net.
+
+The task defines its own view, ``reconstruct/masked``: the ``sequence`` view (same
+augmentation, shared with the other tasks) with part of every slice destroyed. The
+shared encoder *and* decoder run on it, a 1x1 convolution on the full-resolution
+decoder features predicts the intact ``sequence`` image, and the loss (L1 or L2)
+is taken on the destroyed pixels only (``loss_region="masked"``) or on the whole
+slice (``"all"``).
+
+Modes (``mode``):
+
+* ``mask`` (default): the slice is cut into a grid of ``patch_size`` x
+  ``patch_size`` cells and a random ``mask_ratio`` of them (the same count in every
+  slice) is replaced by ``fill``: by default the slice's own mean intensity, which
+  keeps the first-order statistics the normalisation layers see unchanged (zero is
+  an arbitrary intensity in normalised CT/MR; ``noise`` draws from the slice's mean
+  and std). References: Pathak et al., "Context Encoders: Feature Learning by
+  Inpainting", CVPR 2016; He et al., "Masked Autoencoders Are Scalable Vision
+  Learners", CVPR 2022 (a convolutional U-Net sees the filled cells, as in Xie et
+  al.'s SimMIM, CVPR 2022).
+* ``restore``: context restoration (Chen et al., "Self-supervised learning for
+  medical image analysis using image context restoration", Medical Image Analysis
+  2019): ``num_swaps`` times, two random non-overlapping cells of the slice swap
+  places; the network restores the original. The loss region is the swapped cells.
+
+Cells lie on a grid anchored at the top-left corner; a margin narrower than
+``patch_size`` at the bottom/right is never altered.
+
+What it trains: the encoder and the decoder (plus its 1x1 head). Use it to give
+the decoder a dense, pixel-level objective next to encoder-level tasks
+(``contrastive``, ``order``), so that the exported decoder is pre-trained too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ssmtl.core.errors import SsmtlError
+from ssmtl.core.hookspecs import hookimpl
+from ssmtl.core.model import NetworkInfo
+from ssmtl.core.specs import TaskSpec
+from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
+from ssmtl.core.views import StepContext, View
+
+MASKED_VIEW = "reconstruct/masked"
+
+
+class ReconstructConfig(TaskConfig):
+    name: Literal["reconstruct"] = "reconstruct"
+    mode: Literal["mask", "restore"] = Field("mask", description="'mask': fill random patches and predict them (MAE / context encoders); 'restore': swap pairs of patches and restore the slice (Chen et al. 2019).")
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="Fraction of the patch cells masked in 'mask' mode (at least one cell, never all).")
+    patch_size: int = Field(16, ge=1, description="Side length in pixels of the square patches (masked cells, or swapped patches in 'restore' mode).")
+    fill: Literal["mean", "zero", "noise"] = Field("mean", description="What masked cells are filled with: the slice's mean intensity, zero, or Gaussian noise with the slice's mean and std.")
+    num_swaps: int = Field(10, ge=1, description="Patch pairs swapped per slice in 'restore' mode (capped at half the number of cells).")
+    loss: Literal["l1", "l2"] = Field("l2", description="Pixel loss between prediction and the intact slice.")
+    loss_region: Literal["masked", "all"] = Field("masked", description="Average the loss over the altered pixels only, or over the whole slice.")
+
+
+@dataclass
+class MaskedView(View):
+    """A view with part of every image altered; ``mask`` (N, 1, H, W) is True there."""
+
+    mask: torch.Tensor | None = None
+
+
+def _grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    gh, gw = height // patch_size, width // patch_size
+    if gh * gw == 0:
+        raise SsmtlError(f"reconstruct: patch_size={patch_size} is larger than the {height}x{width} slices; lower tasks.reconstruct.patch_size")
+    return gh, gw
+
+
+def _cells_to_pixels(cells: torch.Tensor, gh: int, gw: int, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """(N, gh*gw) bool -> (N, 1, H, W) bool; the margin outside the grid is False."""
+    n = cells.shape[0]
+    m = cells.view(n, 1, gh, gw).repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+    out = torch.zeros((n, 1, height, width), dtype=torch.bool, device=cells.device)
+    out[:, :, : gh * patch_size, : gw * patch_size] = m
+    return out
+
+
+def mask_patches(images: torch.Tensor, mask_ratio: float, patch_size: int, fill: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace a random ``mask_ratio`` of the patch cells of each (N, C, H, W) image.
+
+    Returns the masked images and the (N, 1, H, W) bool mask of the replaced pixels.
+    Every image gets the same number of masked cells, between 1 and all but one.
+    """
+    n, _, h, w = images.shape
+    gh, gw = _grid(h, w, patch_size)
+    cells = gh * gw
+    count = min(max(int(round(mask_ratio * cells)), 1), max(cells - 1, 1))
+    rank = torch.rand(n, cells, device=images.device).argsort(dim=1).argsort(dim=1)
+    mask = _cells_to_pixels(rank < count, gh, gw, patch_size, h, w)
+    if fill == "zero":
+        value = torch.zeros_like(images)
+    else:
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        if fill == "mean":
+            value = mean.expand_as(images)
+        else:
+            std = images.std(dim=(1, 2, 3), keepdim=True)
+            value = mean + std * torch.randn_like(images)
+    return torch.where(mask, value, images), mask
+
+
+def swap_patches(images: torch.Tensor, num_swaps: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swap ``num_swaps`` pairs of distinct random patch cells in each (N, C, H, W) image.
+
+    Returns the altered images and the (N, 1, H, W) bool mask of the swapped cells.
+    """
+    n, c, h, w = images.shape
+    gh, gw = _grid(h, w, patch_size)
+    cells = gh * gw
+    if cells < 2:
+        raise SsmtlError(f"reconstruct: restore mode needs at least two {patch_size}px patches in a {h}x{w} slice; lower tasks.reconstruct.patch_size")
+    s = min(num_swaps, cells // 2)
+    order = torch.rand(n, cells, device=images.device).argsort(dim=1)
+    first, second = order[:, :s], order[:, s:2 * s]
+    source = torch.arange(cells, device=images.device).repeat(n, 1)
+    source.scatter_(1, first, second)
+    source.scatter_(1, second, first)
+    p = patch_size
+    crop = images[:, :, : gh * p, : gw * p]
+    patches = crop.reshape(n, c, gh, p, gw, p).permute(0, 1, 2, 4, 3, 5).reshape(n, c, cells, p, p)
+    index = source.view(n, 1, cells, 1, 1).expand(n, c, cells, p, p)
+    moved = torch.gather(patches, 2, index)
+    moved = moved.reshape(n, c, gh, gw, p, p).permute(0, 1, 2, 4, 3, 5).reshape(n, c, gh * p, gw * p)
+    out = images.clone()
+    out[:, :, : gh * p, : gw * p] = moved
+    changed = torch.zeros(n, cells, dtype=torch.bool, device=images.device)
+    changed.scatter_(1, order[:, : 2 * s], True)
+    return out, _cells_to_pixels(changed, gh, gw, p, h, w)
+
+
+def masked_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, kind: str = "l2") -> torch.Tensor:
+    """Mean L1 (``kind="l1"``) or squared (``"l2"``) error over the pixels where ``mask`` is True.
+
+    ``mask`` broadcasts against ``pred``; ``None`` averages over every pixel. An
+    empty mask gives 0 (still attached to the graph).
+    """
+    diff = pred.float() - target.float()
+    err = diff.abs() if kind == "l1" else diff.pow(2)
+    if mask is None:
+        return err.mean()
+    weight = mask.to(err.dtype).expand_as(err)
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class ReconstructTask(PretextTask):
+    trains = frozenset({"encoder", "decoder"})
+
+    def __init__(self, config: ReconstructConfig, network: NetworkInfo):
+        super().__init__(config, network)
+        self.head = nn.Conv2d(network.decoder_channels, network.in_channels, kernel_size=1)
+
+    def view_builders(self) -> dict[str, Callable[[StepContext], View]]:
+        return {MASKED_VIEW: self._masked_view}
+
+    def _masked_view(self, ctx: StepContext) -> MaskedView:
+        source = ctx.view("sequence")
+        c = self.config
+        with torch.no_grad():
+            if c.mode == "mask":
+                images, mask = mask_patches(source.images, c.mask_ratio, c.patch_size, c.fill)
+            else:
+                images, mask = swap_patches(source.images, c.num_swaps, c.patch_size)
+        return MaskedView(images=images, theta=source.theta, group=source.group, mask=mask)
+
+    def forward(self, ctx: StepContext) -> TaskOutput:
+        view = ctx.view(MASKED_VIEW)
+        target = ctx.view("sequence").images.detach()
+        pred = self.head(ctx.decode(MASKED_VIEW))
+        mask = view.mask if self.config.loss_region == "masked" else None
+        loss = masked_reconstruction_loss(pred, target, mask, self.config.loss)
+        with torch.no_grad():
+            mae = masked_reconstruction_loss(pred, target, view.mask, "l1")
+        return TaskOutput(loss=loss, metrics={"masked_l1": mae})
+
+
+def build(config: ReconstructConfig, network: NetworkInfo) -> ReconstructTask:
+    return ReconstructTask(config, network)
+
+
+@hookimpl
+def ssmtl_register_tasks():
+    return [
+        TaskSpec(
+            name="reconstruct",
+            config_model=ReconstructConfig,
+            factory=build,
+            description="Predict masked patches (MAE / context encoders) or restore swapped patches (Chen et al. 2019) (encoder + decoder).",
+        )
+    ]

@@ -1,0 +1,189 @@
+"""Fine-tuning and 3D evaluation end to end on a tiny synthetic cache."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from ssmtl.core.cache import CacheWriter
+from ssmtl.core.errors import SsmtlError
+from ssmtl.core.evaluate import evaluate_run, render_comparison_table, render_eval_table
+from ssmtl.core.export import write_export
+from ssmtl.core.finetune import FinetuneConfig, run_finetune
+from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.registry import build_registry
+
+CLASS_NAMES = {"0": "background", "1": "square", "2": "disc"}
+SUBJECTS = [f"sub{i}" for i in range(6)]
+TINY = ModelConfig(base_channels=4, depth=2)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return build_registry(external=False, builtins=["ssmtl.plugins.heads.segmentation"])
+
+
+def _subject_volume(i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(8, 32, 32): a bright square (class 1) and a dim disc (class 2) on noise."""
+    image = rng.normal(0.0, 0.1, (8, 32, 32)).astype(np.float32)
+    label = np.zeros((8, 32, 32), np.uint8)
+    top, left = 3 + i % 3, 4 + i % 4
+    label[1:7, top:top + 9, left:left + 9] = 1
+    yy, xx = np.mgrid[:32, :32]
+    disc = (yy - 22) ** 2 + (xx - 22 + i % 2) ** 2 <= 5 ** 2
+    label[2:6][:, disc] = 2
+    image[label == 1] += 2.0
+    image[label == 2] += 1.0
+    return image, label
+
+
+def _write_cache(path, subjects=SUBJECTS, labeled=True):
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, force=False, attrs={"class_names": CLASS_NAMES, "dataset": "test"}) as writer:
+        for i, subject in enumerate(subjects):
+            image, label = _subject_volume(i, rng)
+            attrs = {"spacing": np.array([2.0, 1.0, 1.0]), "modality": "ct", "source": "synthetic"}
+            writer.add_volume(subject, image, label if labeled else None, attrs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    return _write_cache(tmp_path_factory.mktemp("data") / "cache.h5")
+
+
+def _config(cache_path, out, **overrides) -> FinetuneConfig:
+    values = dict(data=cache_path, out=out, model=TINY, steps=30, batch_size=8, lr=3e-3, labeled_volumes=2)
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def scratch_run(cache_path, registry, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "scratch"
+    summary = run_finetune(_config(cache_path, out), registry=registry, progress=False)
+    return out, summary
+
+
+def test_run_files_and_split(scratch_run):
+    out, summary = scratch_run
+    for name in ("config.json", "split.json", "metrics.jsonl", "model.safetensors", "run.json"):
+        assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["test"])
+    assert len(split["test"]) == 2  # round(0.3 * 6)
+    assert len(split["labeled"]) == 2 and set(split["labeled"]) <= set(split["train"])
+    assert split["split_seed"] == 0
+    assert summary["labeled_subjects"] == split["labeled"]
+    keys = load_file(out / "model.safetensors").keys()
+    assert any(k.startswith("network.encoder.") for k in keys)
+    assert any(k.startswith("network.decoder.") for k in keys)
+    assert any(k.startswith("head.") for k in keys)
+    run = json.loads((out / "run.json").read_text())
+    assert run["init"] == "none" and run["num_classes"] == 3
+    assert run["class_names"] == CLASS_NAMES
+
+
+def test_loss_decreases(scratch_run):
+    out, _ = scratch_run
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_evaluate_writes_eval_json(scratch_run, registry):
+    out, _ = scratch_run
+    results = evaluate_run(out, registry=registry)
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved == results
+    assert 0.0 <= results["mean_dice"] <= 1.0
+    assert set(results["per_class"]) == {"square", "disc"}
+    split = json.loads((out / "split.json").read_text())
+    assert results["test_subjects"] == split["test"]
+    assert [v["subject"] for v in results["per_volume"]] == split["test"]
+    assert results["labeled_volumes"] == 2
+    console = Console(file=io.StringIO(), width=120)
+    console.print(render_eval_table(results))
+    console.print(render_comparison_table({"scratch": results, "again": results}))
+    text = console.file.getvalue()
+    assert "square" in text and "mean" in text and "not comparable" not in text
+
+
+def test_evaluate_on_another_cache_needs_the_test_subjects(scratch_run, registry, tmp_path, cache_path):
+    out, _ = scratch_run
+    copy = tmp_path / "copy.h5"
+    shutil.copy(cache_path, copy)
+    assert evaluate_run(out, copy, registry=registry)["data"] == str(copy)
+    split = json.loads((out / "split.json").read_text())
+    others = _write_cache(tmp_path / "others.h5", subjects=[s for s in SUBJECTS if s != split["test"][0]])
+    with pytest.raises(SsmtlError, match=split["test"][0]):
+        evaluate_run(out, others, registry=registry)
+
+
+def _export(run_dir, seed=1) -> UNet:
+    torch.manual_seed(seed)
+    network = UNet(TINY)
+    write_export(run_dir, network, {
+        "tasks": {"contrastive": {"name": "contrastive"}},
+        "steps": 10,
+        "data": {"path": "pretrain.h5", "fingerprint": "abc123", "volumes": ["sub0"]},
+    })
+    return network
+
+
+def test_init_from_export_loads_its_weights(cache_path, registry, tmp_path):
+    network = _export(tmp_path / "pretrain")
+    out = tmp_path / "ft"
+    run_finetune(
+        _config(cache_path, out, init=str(tmp_path / "pretrain"), model=None, steps=1, lr=1e-12),
+        registry=registry, progress=False,
+    )
+    saved = load_file(out / "model.safetensors")
+    for name, param in network.named_parameters():
+        torch.testing.assert_close(saved[f"network.{name}"], param.detach(), rtol=0, atol=1e-6)
+    run = json.loads((out / "run.json").read_text())
+    assert run["init_manifest"]["tasks"] == {"contrastive": {"name": "contrastive"}}
+    assert run["init_manifest"]["data"]["fingerprint"] == "abc123"
+    assert run["model"] == TINY.model_dump(mode="json")
+
+
+def test_mismatching_export_fails(cache_path, registry, tmp_path):
+    _export(tmp_path / "pretrain")
+    manifest_path = tmp_path / "pretrain" / "export" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"]["base_channels"] = 8
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SsmtlError, match="do not match"):
+        run_finetune(_config(cache_path, tmp_path / "ft", init=str(tmp_path / "pretrain"), model=None, steps=1), registry=registry, progress=False)
+
+
+def test_model_options_conflicting_with_export_fail(cache_path, registry, tmp_path):
+    _export(tmp_path / "pretrain")
+    wide = ModelConfig(base_channels=8, depth=2)
+    with pytest.raises(SsmtlError, match="model"):
+        run_finetune(_config(cache_path, tmp_path / "ft", init=str(tmp_path / "pretrain"), model=wide, steps=1), registry=registry, progress=False)
+
+
+def test_too_many_labeled_volumes_fails_before_creating_the_run(cache_path, registry, tmp_path):
+    out = tmp_path / "ft"
+    with pytest.raises(SsmtlError, match=r"asked for 5 .* only 4"):
+        run_finetune(_config(cache_path, out, labeled_volumes=5), registry=registry, progress=False)
+    assert not out.exists()
+
+
+def test_cache_without_labels_fails(registry, tmp_path):
+    path = _write_cache(tmp_path / "unlabeled.h5", labeled=False)
+    with pytest.raises(SsmtlError, match="no labeled volumes"):
+        run_finetune(_config(path, tmp_path / "ft"), registry=registry, progress=False)
+
+
+def test_unknown_head_option_fails(cache_path, registry, tmp_path):
+    with pytest.raises(SsmtlError, match="dice_wieght"):
+        run_finetune(_config(cache_path, tmp_path / "ft", head_options={"dice_wieght": 2}), registry=registry, progress=False)
