@@ -187,3 +187,36 @@ def test_cache_without_labels_fails(registry, tmp_path):
 def test_unknown_head_option_fails(cache_path, registry, tmp_path):
     with pytest.raises(SsmtlError, match="dice_wieght"):
         run_finetune(_config(cache_path, tmp_path / "ft", head_options={"dice_wieght": 2}), registry=registry, progress=False)
+
+
+def test_segmentation_head_loss_and_predict(registry):
+    from ssmtl.plugins.heads.segmentation import SegmentationConfig, soft_dice_loss
+
+    head = registry.head("segmentation").factory(SegmentationConfig(), UNet(TINY).info, 3)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:5, 2:5] = 1  # class 2 absent: left out of the Dice mean
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target, 1e-5).item() == pytest.approx(0.0, abs=1e-4)
+    assert head.loss(perfect, target).item() == pytest.approx(0.0, abs=1e-4)
+    assert torch.equal(head.predict(perfect), target)
+    assert head.loss(torch.zeros(2, 3, 8, 8), target).item() > 1.0
+    logits = head(torch.randn(2, TINY.base_channels, 8, 8))
+    assert logits.shape == (2, 3, 8, 8)
+
+
+def test_augment_pair_moves_image_and_label_together():
+    from ssmtl.core.augment import AugmentConfig
+    from ssmtl.core.finetune import augment_pair
+
+    torch.manual_seed(0)
+    label = torch.zeros(4, 32, 32, dtype=torch.long)
+    label[:, 8:20, 10:24] = 1
+    label[:, 22:28, 4:12] = 2
+    image = label[:, None].float()
+    spatial_only = AugmentConfig(flip=0.5, rotate=30, crop_scale=(0.7, 1.0), translate=0.1,
+                                 contrast=0, brightness=0, gamma=(1, 1), blur=0, noise=0)
+    warped_image, warped_label = augment_pair(image, label, spatial_only)
+    assert warped_label.dtype == torch.long
+    assert set(warped_label.unique().tolist()) <= {0, 1, 2}
+    agreement = (warped_image[:, 0].round().long() == warped_label).float().mean().item()
+    assert agreement > 0.97  # only bilinear edge pixels may differ

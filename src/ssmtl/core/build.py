@@ -13,6 +13,7 @@ from ssmtl.core.cache import CacheWriter, check_output_path
 from ssmtl.core.config import _rows
 from ssmtl.core.errors import ConfigError, InputFileError
 from ssmtl.core.preprocess import PreprocessConfig, preprocess_volume
+from ssmtl.core.splits import make_split
 from ssmtl.core.volume import VolumeSource
 
 
@@ -36,8 +37,17 @@ def build_cache(
     compression: str = "gzip",
     registry=None,
     on_volume: Callable[[int, int, str], None] | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.3,
+    val_fraction: float = 0.0,
 ) -> Path:
-    """Build ``out`` from the named dataset plugin. Nothing is written at ``out`` unless it all succeeds."""
+    """Build ``out`` from the named dataset plugin. Nothing is written at ``out`` unless it all succeeds.
+
+    A subject-level split is stored with the cache (``split`` attribute per volume):
+    ``test_fraction`` of the labeled subjects, drawn with ``split_seed``, are held
+    out for testing, so pre-training (``data.split=train``) and fine-tuning never
+    see them. ``test_fraction=0`` stores no held-out subjects.
+    """
     if registry is None:
         from ssmtl.core.registry import get_registry
 
@@ -55,6 +65,8 @@ def build_cache(
         "preprocess": preprocess.model_dump(mode="json"),
         "class_names": {str(k): v for k, v in source.class_names.items()},
     }
+    subjects: list[str] = []
+    labeled: set[str] = set()
     with CacheWriter(Path(out), force=force, attrs=attrs, compression=compression) as writer:
         if on_volume is not None:
             on_volume(0, len(source.items), "")
@@ -78,6 +90,20 @@ def build_cache(
                     "orientation": "RAS",
                 },
             )
+            subjects.append(item.subject)
+            if processed.label is not None:
+                labeled.add(item.subject)
             if on_volume is not None:
                 on_volume(i + 1, len(source.items), item.subject)
+        writer.set_split(*_subject_split(subjects, labeled, split_seed, test_fraction, val_fraction))
     return Path(out)
+
+
+def _subject_split(subjects, labeled, seed, test_fraction, val_fraction) -> tuple[dict[str, str], dict[str, Any]]:
+    """subject -> split, and a record of how it was drawn. Too few labeled subjects: all train."""
+    meta = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
+    if test_fraction <= 0 and val_fraction <= 0 or len(labeled) < 2:
+        return {}, {**meta, "held_out": 0}
+    split = make_split(subjects, labeled, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    split_of = {s: name for name in ("train", "val", "test") for s in split[name]}
+    return split_of, {**meta, "held_out": len(split["test"]) + len(split["val"])}

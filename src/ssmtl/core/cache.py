@@ -153,6 +153,14 @@ class CacheWriter:
         self.checksums.append(image_sha + group.attrs.get("sha256_label", ""))
         return name
 
+    def set_split(self, split_of: dict[str, str], attrs: dict[str, Any]) -> None:
+        """Record each volume's subject-level split (``train``/``val``/``test``) before commit."""
+        assert self._file is not None
+        for name in self.names:
+            group = self._file["volumes"][name]
+            group.attrs["split"] = split_of.get(str(group.attrs["subject"]), "train")
+        self.attrs["split"] = attrs
+
     def _write_index(self, f: h5py.File) -> int:
         vol, sl, pos = [], [], []
         for i, name in enumerate(self.names):
@@ -297,6 +305,10 @@ class SliceCache:
         if len(indices) == hi - lo:
             return dset[lo:hi]
         return dset[np.asarray(indices)]
+
+    def read_label_slice(self, volume: int, index: int) -> np.ndarray:
+        """(H, W) uint8 label of one slice; raises KeyError for an unlabeled volume."""
+        return self._file()[f"volumes/{self.volumes[volume].name}/label"][int(index)]
 
     def read_volume(self, volume: int) -> tuple[np.ndarray, np.ndarray | None]:
         group = self._file()[f"volumes/{self.volumes[volume].name}"]

@@ -56,7 +56,7 @@ class DataConfig(BaseModel):
     sequence_length: int | None = Field(None, ge=1, description="Slices per sequence (k). Default: the largest any enabled task needs.")
     num_workers: int = Field(1, ge=0, le=64, description="Data loader worker processes.")
     modality: Literal["ct", "mr"] | None = Field(None, description="Use only volumes of this modality (mixed caches).")
-    split: Literal["train", "all"] = Field("all", description="Which subjects pre-training reads: 'all', or 'train' to keep the cache's val/test subjects out.")
+    split: Literal["train", "all"] = Field("train", description="Which subjects pre-training reads: 'train' keeps the cache's held-out val/test subjects out (honest evaluation); 'all' reads every volume.")
 
 
 class TrainConfig(BaseModel):

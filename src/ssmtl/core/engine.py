@@ -277,6 +277,9 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
         dataset, batch_sampler=sampler, num_workers=config.data.num_workers, collate_fn=collate_sequences,
         pin_memory=accelerator.device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if config.data.num_workers > 0 else None,
+        # a private generator: creating the iterator must not draw from the global RNG,
+        # which the checkpoint restores (augmentations must match an uninterrupted run)
+        generator=torch.Generator().manual_seed(config.seed),
     )
     names = list(unwrapped.tasks)
     log = MetricsLog(out / "metrics.jsonl" if main else None, names)

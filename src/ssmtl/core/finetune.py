@@ -176,8 +176,7 @@ class LabeledSliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         v, s = (int(x) for x in self.items[i])
         image = self.cache.read_slices(v, np.array([s]))
-        # SliceCache has no per-slice label read; its per-process handle keeps this fork-safe
-        label = self.cache._file()[f"volumes/{self.cache.volumes[v].name}/label"][s]
+        label = self.cache.read_label_slice(v, s)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(label.astype(np.int64))
 
 

@@ -36,6 +36,7 @@ from pydantic import Field
 from torch import nn
 
 from ssmtl.core.augment import apply_affine
+from ssmtl.core.errors import SsmtlError
 from ssmtl.core.hookspecs import hookimpl
 from ssmtl.core.model import NetworkInfo
 from ssmtl.core.specs import TaskSpec
@@ -86,8 +87,16 @@ class NeighborTask(PretextTask):
     def sequence_length(self) -> int:
         return 2 if self.config.mode == "next" else 3
 
-    def forward(self, ctx: StepContext) -> TaskOutput:
+    def prepare(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's input and the target slices for this step.
+
+        ``next``: input = decoder features of every slice + a constant channel s (+1/-1),
+        target = aligned raw slice i+s. ``middle``: input = features of slices i-1 and
+        i+1 concatenated, target = aligned raw slice i, for every inner slice i.
+        """
         b, k = ctx.batch.batch_size, ctx.batch.sequence_length
+        if k < self.sequence_length:
+            raise SsmtlError(f"neighbor: mode {self.config.mode!r} needs sequences of {self.sequence_length} slices, got {k}")
         view = ctx.view("sequence")
         feats = ctx.decode("sequence")
         n, c, h, w = feats.shape
@@ -97,15 +106,16 @@ class NeighborTask(PretextTask):
         if self.config.mode == "next":
             step, partner = next_pairs(b, k, feats.device)
             direction = step.to(feats.dtype).view(n, 1, 1, 1).expand(n, 1, h, w)
-            pred = self.head(torch.cat([feats, direction], dim=1))
-            target = aligned[partner]
-        else:
-            seq = feats.view(b, k, c, h, w)
-            pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2).reshape(-1, 2 * c, h, w)
-            pred = self.head(pair)
-            target = aligned.view(b, k, -1, h, w)[:, 1:-1].reshape(-1, aligned.shape[1], h, w)
-        loss = pixel_loss(pred, target, self.config.loss)
-        return TaskOutput(loss=loss)
+            return torch.cat([feats, direction], dim=1), aligned[partner]
+        seq = feats.view(b, k, c, h, w)
+        pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2).reshape(-1, 2 * c, h, w)
+        target = aligned.view(b, k, -1, h, w)[:, 1:-1].reshape(-1, aligned.shape[1], h, w)
+        return pair, target
+
+    def forward(self, ctx: StepContext) -> TaskOutput:
+        inputs, target = self.prepare(ctx)
+        pred = self.head(inputs)
+        return TaskOutput(loss=pixel_loss(pred, target, self.config.loss))
 
 
 def build(config: NeighborConfig, network: NetworkInfo) -> NeighborTask:

@@ -1,0 +1,79 @@
+"""Shared fixtures: small slice caches written directly or built from the phantom plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+
+from ssmtl.core.cache import CacheWriter
+
+CACHE_SIZE = 8  # in-plane size of caches written by `cache_factory`
+
+
+def slice_value(volume: int, slice_index: int) -> float:
+    """The constant intensity `cache_factory` writes into slice `slice_index` of volume `volume`."""
+    return 100.0 * volume + slice_index
+
+
+def write_cache(
+    out: Path,
+    depths: Sequence[int],
+    *,
+    size: int = CACHE_SIZE,
+    labeled: bool = True,
+    force: bool = False,
+) -> Path:
+    """A cache whose volume v has depths[v] slices; slice d of volume v is filled with slice_value(v, d).
+
+    Labels (when ``labeled``) are ``d % 3`` everywhere in slice d, so image and label alignment
+    can be checked slice by slice. Spacing attrs are (2 + v, 1.5, 1.5).
+    """
+    attrs = {"dataset": "synthetic", "class_names": {"0": "background", "1": "a", "2": "b"}}
+    with CacheWriter(Path(out), force=force, attrs=attrs) as writer:
+        for v, depth in enumerate(depths):
+            image = np.empty((depth, size, size), dtype=np.float32)
+            label = np.empty((depth, size, size), dtype=np.uint8)
+            for d in range(depth):
+                image[d] = slice_value(v, d)
+                label[d] = d % 3
+            writer.add_volume(
+                f"subject/{v:02d}",
+                image,
+                label if labeled else None,
+                {
+                    "source": f"synthetic://{v}",
+                    "modality": "ct" if v % 2 == 0 else "mr",
+                    "spacing": np.array([2.0 + v, 1.5, 1.5]),
+                },
+            )
+    return Path(out)
+
+
+@pytest.fixture
+def cache_factory(tmp_path) -> Callable[..., Path]:
+    """``cache_factory(depths, name="cache.h5", **kw)`` writes a synthetic cache under tmp_path."""
+
+    def _make(depths: Sequence[int], name: str = "cache.h5", **kwargs) -> Path:
+        return write_cache(tmp_path / name, depths, **kwargs)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A phantom cache: 4 CT subjects, 8 slices of 32x32 each (built once per session)."""
+    from ssmtl.core.build import build_cache
+    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.core.registry import build_registry
+
+    out = tmp_path_factory.mktemp("tiny_cache") / "ph.h5"
+    return build_cache(
+        dataset="phantom",
+        dataset_options={"subjects": 4, "size": 32, "num_slices": 8},
+        preprocess=PreprocessConfig(size=32),
+        out=out,
+        registry=build_registry(external=False),
+    )

@@ -1,0 +1,329 @@
+"""Plugin discovery: guarded loading, duplicate names, malformed plugins, allow-list."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib import metadata
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel
+
+from ssmtl.core import registry as registry_module
+from ssmtl.core.errors import SsmtlError
+from ssmtl.core.hookspecs import hookimpl
+from ssmtl.core.registry import build_registry
+from ssmtl.core.specs import DatasetSpec, TaskSpec
+from ssmtl.core.task import TaskConfig
+from ssmtl.core.volume import DatasetConfig
+
+BUILTIN_TASKS = {"contrastive", "order"}
+
+
+class ToyConfig(TaskConfig):
+    name: Literal["toy"] = "toy"
+    width: int = 3
+
+
+class OtherToyConfig(TaskConfig):
+    name: Literal["toy2"] = "toy2"
+
+
+class DupOrderConfig(TaskConfig):
+    """A third-party config claiming the built-in name ``order``."""
+
+    name: Literal["order"] = "order"
+
+
+def toy_factory(config, network):  # never called here
+    raise AssertionError("not built in these tests")
+
+
+def toy_spec(name="toy", model=ToyConfig) -> TaskSpec:
+    return TaskSpec(name=name, config_model=model, factory=toy_factory, description="a toy task")
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    """A module-like plugin with the given hook functions (decorated with hookimpl)."""
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        fn.__name__ = hook_name
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+def tasks_plugin(name: str, *specs) -> types.ModuleType:
+    return plugin_module(name, ssmtl_register_tasks=lambda: list(specs))
+
+
+def problems_about(registry, name: str) -> list[str]:
+    return [p for p in registry.problems if repr(name) in p or f"({name})" in p]
+
+
+def info_of(registry, name: str):
+    matches = [p for p in registry.plugins if p.name == name]
+    assert len(matches) == 1, registry.plugins
+    return matches[0]
+
+
+# -- baseline ---------------------------------------------------------------------------
+
+
+def test_builtins_only():
+    registry = build_registry(external=False)
+    assert registry.problems == []
+    assert BUILTIN_TASKS <= set(registry.tasks)
+    assert {"phantom", "nifti"} <= set(registry.datasets)
+    assert "segmentation" in registry.heads
+    order = info_of(registry, "ssmtl.plugins.tasks.order")
+    assert order.builtin and order.distribution == "ssmtl" and order.provides == {"tasks": ["order"]}
+    assert order.hooks == ["ssmtl_register_tasks"]
+
+
+def test_lookup_of_unknown_name_lists_available():
+    registry = build_registry(external=False)
+    with pytest.raises(SsmtlError, match="unknown task 'nope'; available: .*contrastive.*order"):
+        registry.task("nope")
+    with pytest.raises(SsmtlError, match="unknown dataset 'nope'"):
+        registry.dataset("nope")
+    assert registry.task("order").name == "order"
+
+
+# -- in-process plugins ----------------------------------------------------------------------
+
+
+def test_valid_module_and_class_plugins_are_loaded():
+    class ClassPlugin:
+        @hookimpl
+        def ssmtl_register_tasks(self):
+            return [toy_spec("toy2", OtherToyConfig)]
+
+    registry = build_registry(external=False, extra=[tasks_plugin("toy_plugin", toy_spec()), ClassPlugin()])
+    assert registry.problems == []
+    assert registry.tasks["toy"].config_model is ToyConfig
+    assert registry.tasks["toy2"].config_model is OtherToyConfig
+    assert BUILTIN_TASKS <= set(registry.tasks)
+    info = info_of(registry, "toy_plugin")
+    assert info.distribution == "(in-process)" and not info.builtin and info.error is None
+    assert info.provides == {"tasks": ["toy"]}
+    assert info_of(registry, "ClassPlugin").provides == {"tasks": ["toy2"]}
+
+
+def test_plugin_whose_hook_raises_is_reported_and_skipped():
+    def boom():
+        raise RuntimeError("kaboom in hook")
+
+    broken = plugin_module("broken_plugin", ssmtl_register_tasks=boom)
+    registry = build_registry(external=False, extra=[broken, tasks_plugin("fine_plugin", toy_spec())])
+    [problem] = problems_about(registry, "broken_plugin")
+    assert "skipped" in problem and "RuntimeError: kaboom in hook" in problem
+    assert info_of(registry, "broken_plugin").error == "RuntimeError: kaboom in hook"
+    # built-ins and later plugins keep working
+    assert BUILTIN_TASKS <= set(registry.tasks) and "toy" in registry.tasks
+    assert "phantom" in registry.datasets
+
+
+def test_failure_in_one_kind_rejects_the_whole_plugin():
+    def datasets():
+        raise ValueError("no datasets today")
+
+    mixed = plugin_module("mixed_plugin", ssmtl_register_tasks=lambda: [toy_spec()], ssmtl_register_datasets=datasets)
+    registry = build_registry(external=False, extra=[mixed])
+    assert "toy" not in registry.tasks  # nothing half-registered
+    assert problems_about(registry, "mixed_plugin")
+
+
+def test_duplicate_task_name_names_both_plugins():
+    dup = tasks_plugin("dup_plugin", toy_spec("order", DupOrderConfig))
+    registry = build_registry(external=False, extra=[dup])
+    [problem] = [p for p in registry.problems if "'order'" in p]
+    assert "(in-process) (dup_plugin)" in problem
+    assert "ssmtl (ssmtl.plugins.tasks.order)" in problem
+    assert "rejected" in problem and "already provided" in problem
+    # the built-in keeps the name
+    from ssmtl.plugins.tasks.order import OrderConfig
+
+    assert registry.tasks["order"].config_model is OrderConfig
+
+
+def test_duplicate_between_two_external_plugins():
+    first, second = tasks_plugin("first_plugin", toy_spec()), tasks_plugin("second_plugin", toy_spec())
+    registry = build_registry(external=False, extra=[first, second])
+    [problem] = [p for p in registry.problems if "'toy'" in p]
+    assert "second_plugin" in problem and "first_plugin" in problem
+    assert info_of(registry, "first_plugin").provides == {"tasks": ["toy"]}
+    assert info_of(registry, "second_plugin").provides == {}
+
+
+class NotATaskConfig(BaseModel):
+    name: Literal["toy"] = "toy"
+
+
+class WrongNameConfig(TaskConfig):
+    name: Literal["other"] = "other"
+
+
+class NoDefaultsConfig(TaskConfig):
+    name: Literal["toy"] = "toy"
+    required: int
+
+
+class ToyDatasetConfig(DatasetConfig):
+    name: Literal["toy"] = "toy"
+
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        (toy_spec(model=NotATaskConfig), "config_model must subclass TaskConfig"),
+        (toy_spec(model=ToyDatasetConfig), "config_model must subclass TaskConfig"),
+        (toy_spec(model=dict), "config_model must subclass TaskConfig"),
+        (toy_spec(model=WrongNameConfig), "defaults to 'other'"),
+        (toy_spec(model=NoDefaultsConfig), "no valid defaults"),
+        (TaskSpec(name="toy", config_model=ToyConfig, factory=None), "factory is not callable"),
+        (TaskSpec(name="bad name!", config_model=ToyConfig, factory=toy_factory), "invalid name"),
+        (DatasetSpec(name="toy", config_model=ToyDatasetConfig, factory=toy_factory), "expected TaskSpec"),
+        ({"name": "toy"}, "expected TaskSpec"),
+    ],
+)
+def test_malformed_spec_is_rejected(spec, needle):
+    registry = build_registry(external=False, extra=[tasks_plugin("malformed_plugin", spec)])
+    [problem] = problems_about(registry, "malformed_plugin")
+    assert needle in problem
+    assert "toy" not in registry.tasks and "bad name!" not in registry.tasks
+    assert BUILTIN_TASKS <= set(registry.tasks)
+
+
+def test_hook_with_unknown_argument_is_rejected():
+    def ssmtl_register_tasks(config):  # the spec takes no arguments
+        return [toy_spec()]
+
+    registry = build_registry(external=False, extra=[plugin_module("sig_plugin", ssmtl_register_tasks=ssmtl_register_tasks)])
+    [problem] = problems_about(registry, "sig_plugin")
+    assert "invalid hooks" in problem and "config" in problem
+    assert "toy" not in registry.tasks
+
+
+def test_unknown_hook_name_is_rejected():
+    registry = build_registry(external=False, extra=[plugin_module("widget_plugin", ssmtl_register_widgets=lambda: [])])
+    [problem] = problems_about(registry, "widget_plugin")
+    assert "ssmtl_register_widgets" in problem
+    assert BUILTIN_TASKS <= set(registry.tasks)
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+class FakeDist:
+    def __init__(self, name: str, version: str = "1.0"):
+        self.metadata = {"Name": name}
+        self.version = version
+
+
+class FakeEntryPoint:
+    """Duck-typed importlib.metadata.EntryPoint with a distribution attached."""
+
+    def __init__(self, name: str, value: str, dist: FakeDist | None):
+        self._ep = metadata.EntryPoint(name=name, value=value, group="ssmtl")
+        self.name, self.value, self.group, self.dist = name, value, "ssmtl", dist
+
+    def load(self):
+        return self._ep.load()
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    """Replace the ``ssmtl`` entry-point group with fake ones; returns a setter."""
+    monkeypatch.delenv("SSMTL_PLUGINS", raising=False)
+    monkeypatch.delenv("SSMTL_NO_PLUGINS", raising=False)
+    good = tasks_plugin("fake_good_plugin", toy_spec())
+    other = tasks_plugin("fake_other_plugin", toy_spec("toy2", OtherToyConfig))
+    monkeypatch.setitem(sys.modules, "fake_good_plugin", good)
+    monkeypatch.setitem(sys.modules, "fake_other_plugin", other)
+    exits = types.ModuleType("fake_exit_plugin")
+    monkeypatch.setitem(sys.modules, "fake_exit_plugin", exits)
+    eps = [
+        FakeEntryPoint("good", "fake_good_plugin", FakeDist("good-dist", "2.1")),
+        FakeEntryPoint("other", "fake_other_plugin", FakeDist("other-dist")),
+        FakeEntryPoint("missing", "ssmtl_no_such_module_xyz.plugin", FakeDist("missing-dist")),
+        FakeEntryPoint("exits", "fake_exit_plugin:does_not_exist", None),
+        # ssmtl's own entry points are the built-ins: skipped, not registered twice
+        FakeEntryPoint("order", "ssmtl.plugins.tasks.order", FakeDist("ssmtl")),
+    ]
+    calls = []
+
+    def entry_points(**kwargs):
+        calls.append(kwargs)
+        return [ep for ep in eps if ep.group == kwargs.get("group")]
+
+    monkeypatch.setattr(registry_module.metadata, "entry_points", entry_points)
+    return calls
+
+
+def test_entry_points_are_loaded_and_failures_reported(fake_entry_points):
+    registry = build_registry(external=True)
+    assert fake_entry_points == [{"group": "ssmtl"}]
+    assert "toy" in registry.tasks and "toy2" in registry.tasks and BUILTIN_TASKS <= set(registry.tasks)
+    good = info_of(registry, "good")
+    assert (good.distribution, good.version, good.builtin) == ("good-dist", "2.1", False)
+    [missing] = problems_about(registry, "missing")
+    assert "missing-dist" in missing and "import failed" in missing and "ModuleNotFoundError" in missing
+    [exits] = problems_about(registry, "exits")
+    assert "unknown" in exits and "import failed" in exits
+    assert info_of(registry, "missing").error.startswith("import failed")
+    # no problem about the skipped ssmtl entry point (it would be a duplicate otherwise)
+    assert not any("'order'" in p for p in registry.problems)
+    assert len(registry.problems) == 2
+
+
+def test_entry_point_that_calls_sys_exit_is_reported(fake_entry_points, monkeypatch):
+    def load_and_exit(self):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(FakeEntryPoint, "load", load_and_exit)
+    registry = build_registry(external=True)
+    assert all("import failed: SystemExit" in p for p in registry.problems)
+    assert len(registry.problems) == 4  # good, other, missing, exits; ssmtl's own is skipped before loading
+    assert BUILTIN_TASKS <= set(registry.tasks)
+
+
+def test_external_false_loads_builtins_only(fake_entry_points):
+    registry = build_registry(external=False)
+    assert fake_entry_points == []  # entry points not even listed
+    assert "toy" not in registry.tasks and registry.problems == []
+
+
+def test_no_plugins_env_disables_external(fake_entry_points, monkeypatch):
+    monkeypatch.setenv("SSMTL_NO_PLUGINS", "1")
+    registry = build_registry()
+    assert "toy" not in registry.tasks and fake_entry_points == []
+    monkeypatch.setenv("SSMTL_NO_PLUGINS", "0")
+    assert "toy" in build_registry().tasks
+
+
+def test_allow_list_env(fake_entry_points, monkeypatch):
+    monkeypatch.setenv("SSMTL_PLUGINS", "good, missing")
+    registry = build_registry(external=True)
+    assert "toy" in registry.tasks and "toy2" not in registry.tasks
+    assert {p.name for p in registry.plugins if not p.builtin} == {"good", "missing"}
+    assert len(registry.problems) == 1 and "'missing'" in registry.problems[0]
+
+
+def test_allow_argument_overrides_env(fake_entry_points, monkeypatch):
+    monkeypatch.setenv("SSMTL_PLUGINS", "good")
+    registry = build_registry(external=True, allow=["other"])
+    assert "toy2" in registry.tasks and "toy" not in registry.tasks
+    assert registry.problems == []
+    empty = build_registry(external=True, allow=[])
+    assert {p.name for p in empty.plugins if not p.builtin} == set()
+
+
+def test_external_plugin_duplicate_of_builtin_names_distribution(fake_entry_points, monkeypatch):
+    clash = tasks_plugin("clash_plugin", toy_spec("order", DupOrderConfig))
+    monkeypatch.setitem(sys.modules, "fake_clash_plugin", clash)
+    eps = [FakeEntryPoint("clash", "fake_clash_plugin", FakeDist("clash-dist", "0.3"))]
+    monkeypatch.setattr(registry_module.metadata, "entry_points", lambda **kw: eps)
+    registry = build_registry(external=True)
+    [problem] = registry.problems
+    assert "clash-dist (clash)" in problem and "ssmtl (ssmtl.plugins.tasks.order)" in problem
