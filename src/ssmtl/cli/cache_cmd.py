@@ -32,6 +32,8 @@ def build(
     ct_window: Optional[str] = typer.Option(None, help="CT window in HU as LOW,HIGH (default -250,750)."),
     compression: str = typer.Option("gzip", help="HDF5 compression: gzip (portable), lzf (fast, h5py only) or none."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Extra dataset option KEY=VALUE (repeatable)."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stored subject-level train/test split."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing (0: none). Pre-training never reads them."),
     force: bool = typer.Option(False, "--force", help="Replace an existing cache at --out (the old one stays intact until the new one is complete)."),
 ) -> None:
     """Read volumes through a dataset plugin, reorient, resample, normalise and write one HDF5 cache.
@@ -88,6 +90,7 @@ def build(
         build_cache(
             dataset=dataset, dataset_options=options, preprocess=preprocess, out=out, force=force,
             compression=compression, registry=reg, on_volume=on_volume,
+            split_seed=split_seed, test_fraction=test_fraction,
         )
     finally:
         progress.stop()
@@ -117,6 +120,9 @@ def _print_info(path: Path) -> None:
     sp = s["spacing_mm"]
     if sp["in_plane"] is not None:
         table.add_row("spacing (mm)", f"in-plane {sp['in_plane']:.3g}, slices {sp['z_min']:.3g}-{sp['z_max']:.3g}")
+    split = s.get("split") or {}
+    if split:
+        table.add_row("split", ", ".join(f"{k}: {v}" for k, v in split.items()))
     table.add_row("dataset", str(s["dataset"]))
     table.add_row("fingerprint", s["fingerprint"][:16])
     console.print(table)

@@ -330,6 +330,14 @@ class SliceCache:
     def num_classes(self) -> int:
         return max(self.class_names) + 1 if self.class_names else 0
 
+    def split_counts(self) -> dict[str, int]:
+        """Subjects per stored split (empty when the cache has no split)."""
+        subjects: dict[str, set[str]] = {}
+        for v in self.volumes:
+            if v.split:
+                subjects.setdefault(v.split, set()).add(v.subject)
+        return {k: len(v) for k, v in sorted(subjects.items())}
+
     def summary(self) -> dict[str, Any]:
         """What `ssmtl cache info` shows."""
         modalities: dict[str, int] = {}
@@ -351,12 +359,13 @@ class SliceCache:
                 "z_max": float(spacings[:, 0].max()) if len(spacings) else None,
                 "in_plane": float(spacings[:, 1].mean()) if len(spacings) else None,
             },
+            "split": self.split_counts(),
             "fingerprint": self.fingerprint,
             "created": self.attrs.get("created"),
             "preprocess": self.attrs.get("preprocess"),
             "subjects": [
                 {"name": v.name, "subject": v.subject, "slices": v.num_slices, "modality": v.modality,
-                 "labeled": v.has_label, "spacing": list(v.spacing), "source": v.source}
+                 "labeled": v.has_label, "split": v.split, "spacing": list(v.spacing), "source": v.source}
                 for v in self.volumes
             ],
         }
