@@ -316,15 +316,6 @@ def test_nifti_to_cache_orientation_and_alignment(tmp_path, registry, diag):
     assert (excess * c).sum() / excess.sum() == pytest.approx(cols.mean(), abs=0.25)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "phantom_anatomy draws x growing towards the patient's LEFT ('x: patient right -> left') "
-        "but hands the arrays over as canonical RAS, where +x is the patient's right (nibabel: "
-        "aff2axcodes(eye(4)) == ('R','A','S')). Cached phantom slices are mirrored left-right "
-        "relative to NIfTI data: the LV lies on the patient's right of the RV."
-    ),
-)
 def test_phantom_cache_follows_the_radiological_convention(tiny_cache):
     cache = SliceCache(tiny_cache)
     for v in range(len(cache.volumes)):

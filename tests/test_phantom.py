@@ -130,12 +130,12 @@ def test_myocardium_surrounds_the_left_ventricle(subjects):
 
 
 def test_right_ventricle_lies_right_of_the_left_ventricle(subjects):
-    # RAS: x grows towards the patient's left, so the RV has the smaller x.
+    # RAS: x grows towards the patient's right, so the RV (patient right) has the larger x.
     _, subs = subjects
     for s in subs:
         x_lv = np.nonzero(s.label == LEFT_VENTRICLE)[0].mean()
         x_rv = np.nonzero(s.label == RIGHT_VENTRICLE)[0].mean()
-        assert x_rv < x_lv
+        assert x_rv > x_lv
 
 
 def test_heart_fills_the_middle_of_the_stack(subjects):

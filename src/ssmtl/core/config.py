@@ -355,7 +355,11 @@ def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
     try:
         config = RunConfig.model_validate(data, context={"registry": registry})
     except ValidationError as exc:
-        rows += [r for r in _rows(exc) if not r[0].startswith("tasks")] or _rows(exc)
+        task_rows = bool(rows)
+        more = [r for r in _rows(exc) if not r[0].startswith("tasks")]
+        if task_rows:  # the empty task table is a consequence of the task errors already listed
+            more = [r for r in more if "at least one task" not in r[1]]
+        rows += more if (more or task_rows) else _rows(exc)
         config = None
     if rows:
         raise ConfigError(_summary(rows), rows)

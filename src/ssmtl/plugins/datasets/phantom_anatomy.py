@@ -5,9 +5,11 @@ a half torus) evaluated on a 3D grid with numpy broadcasting, so one 64x64x32
 subject takes a few milliseconds and the same ``(seed, index, domain)`` always
 gives the same arrays on every platform.
 
-Geometry is defined in millimetres, in the canonical RAS frame the cache builder
-expects (x: patient right -> left, y: posterior -> anterior, z: inferior ->
-superior), with the origin at the centre of the volume. The grid only decides how
+Geometry is drawn in millimetres with x growing towards the patient's left
+(y: posterior -> anterior, z: inferior -> superior), origin at the centre of the
+volume; :func:`render_subject` then mirrors x so the arrays it returns are in the
+canonical RAS frame the cache builder expects (+x = the patient's right, as in
+nibabel). The grid only decides how
 finely the anatomy is sampled: the in-plane field of view and the cranio-caudal
 extent are fixed per domain, so a larger ``size`` or ``num_slices`` renders the
 same subject at a higher resolution.
@@ -454,7 +456,14 @@ def render_subject(index: int, *, seed: int, domain: Domain, size: int, num_slic
     _paint_heart(tissue, label, grid, layout)
     _paint_aorta(tissue, label, grid, layout)
     image = _acquire(tissue, acquisition_rng, grid, domain).astype(np.float32, copy=False)
-    return PhantomSubject(image=image, label=label, tissue=tissue, spacing=grid.spacing)
+    # drawn with x towards the patient's left; RAS has +x towards the patient's right
+    mirror = (slice(None, None, -1),)
+    return PhantomSubject(
+        image=np.ascontiguousarray(image[mirror]),
+        label=np.ascontiguousarray(label[mirror]),
+        tissue=np.ascontiguousarray(tissue[mirror]),
+        spacing=grid.spacing,
+    )
 
 
 def generate_subject(
