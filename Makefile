@@ -1,12 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   builds the phantom cache, pre-trains, fine-tunes (pre-trained vs scratch), evaluates
 #   make test   runs the test suite
+#   make docs   regenerates the reference pages and builds the docs site (warnings are errors)
 # Both create .venv when it is missing. torch is pinned to the CPU wheel available offline.
 
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ssmtl-installed
+DOCS_STAMP := $(VENV)/.ssmtl-docs-installed
 TORCH  ?= torch==2.13.0
 
 .PHONY: venv demo test docs clean
@@ -25,5 +27,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	@touch $(DOCS_STAMP)
+
+# cli.md, config.md and the `ssmtl plugins` block of hooks.md are generated from the code
+docs: $(DOCS_STAMP)
+	$(PY) scripts/gen_docs.py
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf demo .pytest_cache
+	rm -rf demo .pytest_cache site

@@ -1,29 +1,27 @@
-"""``ssmtl cache``: build and inspect HDF5 slice caches."""
+"""``ssmtl cache``: build, describe and verify HDF5 slice caches."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from ssmtl.cli.common import console, err_console, handle_errors, registry
 
-app = typer.Typer(help="Build and inspect HDF5 slice caches (the training input).", no_args_is_help=True)
-
-# CLI flags forwarded to the dataset plugin when its config has a field of that name
-_DATASET_FLAGS = ("images", "labels", "modality", "subjects", "domain", "seed", "size")
+app = typer.Typer(help="Build, describe and verify HDF5 slice caches (the training input).", no_args_is_help=True)
 
 
 @app.command("build")
 @handle_errors
 def build(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset plugin: `nifti`, `phantom`, ... (see `ssmtl plugins`)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset plugin: nifti, dicom, itk, mmwhs, acdc, manifest, phantom, ... (see `ssmtl plugins`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache file to write, e.g. data.h5. Written atomically."),
-    images: Optional[Path] = typer.Option(None, help="[nifti] Folder of image volumes."),
-    labels: Optional[Path] = typer.Option(None, help="[nifti] Folder of label maps (paired by file name)."),
-    modality: Optional[str] = typer.Option(None, help="[nifti] ct or mr (default: detect per volume)."),
+    path: Optional[Path] = typer.Option(None, help="[dicom, mmwhs, acdc] Data folder; [manifest] the CSV/JSON file."),
+    images: Optional[Path] = typer.Option(None, help="[nifti, itk] Folder of image volumes."),
+    labels: Optional[Path] = typer.Option(None, help="[nifti, itk] Folder of label maps (paired by file name); [dicom] a label file or folder."),
+    modality: Optional[str] = typer.Option(None, help="[nifti, itk] ct or mr (default: detect per volume); [dicom, mmwhs] keep only ct or mr."),
     subjects: Optional[int] = typer.Option(None, help="[phantom] Number of generated subjects (default 16)."),
     domain: Optional[str] = typer.Option(None, help="[phantom] ct or mr appearance (default ct)."),
     seed: Optional[int] = typer.Option(None, help="[phantom] Generator seed."),
@@ -31,9 +29,11 @@ def build(
     spacing: Optional[float] = typer.Option(None, help="Target in-plane spacing in mm (default: fit the field of view into --size)."),
     ct_window: Optional[str] = typer.Option(None, help="CT window in HU as LOW,HIGH (default -250,750)."),
     compression: str = typer.Option("gzip", help="HDF5 compression: gzip (portable), lzf (fast, h5py only) or none."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Extra dataset option KEY=VALUE (repeatable)."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stored subject-level train/test split."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Extra dataset option KEY=VALUE (repeatable), e.g. --set label_values=[205,420]."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stored subject-level train/test split (a manifest's split column takes precedence)."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing (0: none). Pre-training never reads them."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Processes that load and preprocess volumes (0: this process). Memory: about one volume per worker."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip inputs that fail to load and list them at the end (default: stop at the first)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing cache at --out (the old one stays intact until the new one is complete)."),
 ) -> None:
     """Read volumes through a dataset plugin, reorient, resample, normalise and write one HDF5 cache.
@@ -43,20 +43,26 @@ def build(
       ssmtl cache build --dataset phantom --out demo.h5 --subjects 16 --domain ct --size 64
 
       ssmtl cache build --dataset nifti --images imgs/ --labels labels/ --out data.h5 --modality ct --size 128 --spacing 1.5
+
+      ssmtl cache build --dataset dicom --path export/ --labels seg.nii.gz --out ct.h5
+
+      ssmtl cache build --dataset mmwhs --path MM-WHS/ --modality ct --out whs_ct.h5 --workers 2
+
+      ssmtl cache build --dataset manifest --path volumes.csv --out mixed.h5 --skip-bad
     """
-    from ssmtl.core.build import build_cache
+    from ssmtl.core.build import build_cache, validate_model
     from ssmtl.core.config import parse_set_flags
     from ssmtl.core.errors import SsmtlError
     from ssmtl.core.preprocess import PreprocessConfig
-    from ssmtl.core.build import validate_model
 
     reg = registry()
     spec = reg.dataset(dataset)
     if compression not in ("gzip", "lzf", "none"):
         raise SsmtlError(f"--compression {compression!r}: use gzip, lzf or none")
     fields = spec.config_model.model_fields
-    given = {"images": images, "labels": labels, "modality": modality, "subjects": subjects, "domain": domain, "seed": seed}
-    options = {}
+    given = {"path": path, "images": images, "labels": labels, "modality": modality, "subjects": subjects,
+             "domain": domain, "seed": seed}
+    options: dict[str, Any] = {}
     for key, value in given.items():
         if value is None:
             continue
@@ -67,7 +73,7 @@ def build(
         options["size"] = size
     for key, value in parse_set_flags(set_ or []):
         options[key] = value
-    pre = {"size": size, "spacing": spacing}
+    pre: dict[str, Any] = {"size": size, "spacing": spacing}
     if ct_window:
         try:
             lo, hi = (float(v) for v in ct_window.split(","))
@@ -90,17 +96,36 @@ def build(
         build_cache(
             dataset=dataset, dataset_options=options, preprocess=preprocess, out=out, force=force,
             compression=compression, registry=reg, on_volume=on_volume,
-            split_seed=split_seed, test_fraction=test_fraction,
+            split_seed=split_seed, test_fraction=test_fraction, workers=workers, skip_bad=skip_bad,
         )
     finally:
         progress.stop()
     _print_info(out)
+    _print_skipped(out)
 
 
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
+
+
+def _print_skipped(path: Path) -> None:
+    """List the inputs ``--skip-bad`` left out (path: reason), after the summary."""
+    from ssmtl.core.cache import SliceCache
+
+    skipped = SliceCache(path).attrs.get("skipped") or []
+    if skipped:
+        err_console.print(f"[yellow]warning:[/] skipped {len(skipped)} bad input(s):", highlight=False)
+        for entry in skipped:
+            err_console.print(f"  {entry['path']}: {entry['reason']}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _fmt_stats(stats: dict[str, Any]) -> str:
+    if stats["min"] is None:
+        return "-"
+    low, mid, high = stats["min"], stats["median"], stats["max"]
+    return f"{low:.3g}" if low == high else f"{low:.3g} / {mid:.3g} / {high:.3g}"
 
 
 def _print_info(path: Path) -> None:
@@ -117,12 +142,26 @@ def _print_info(path: Path) -> None:
     table.add_row("slice shape", " x ".join(map(str, s["slice_shape"])))
     table.add_row("modality", ", ".join(f"{m}: {n}" for m, n in s["modalities"].items()))
     table.add_row("classes", ", ".join(f"{k}={v}" for k, v in s["classes"].items()) or "none")
-    sp = s["spacing_mm"]
-    if sp["in_plane"] is not None:
-        table.add_row("spacing (mm)", f"in-plane {sp['in_plane']:.3g}, slices {sp['z_min']:.3g}-{sp['z_max']:.3g}")
+    voxels = s.get("class_voxels") or {}
+    if voxels:
+        total = sum(c["total"] for c in voxels.values()) or 1
+        table.add_row("class voxels", ", ".join(f"{c['name']}: {c['total']} ({100 * c['total'] / total:.3g}%)" for c in voxels.values()))
+    stats = s["spacing_stats_mm"]
+    cached = stats["cached"]
+    if cached["slice"]["min"] is not None:
+        table.add_row("spacing (mm)", f"slices {_fmt_stats(cached['slice'])}, in-plane {_fmt_stats(cached['row'])} (min / median / max)")
+    original = stats["original"]
+    if original["x"]["min"] is not None:
+        table.add_row("source spacing (mm)", ", ".join(f"{axis} {_fmt_stats(original[axis])}" for axis in ("x", "y", "z")))
     split = s.get("split") or {}
     if split:
-        table.add_row("split", ", ".join(f"{k}: {v}" for k, v in split.items()))
+        by_modality = s.get("split_by_modality") or {}
+        table.add_row("split (subjects)", ", ".join(
+            f"{k}: {v}" + (f" ({', '.join(f'{m} {n}' for m, n in by_modality.get(k, {}).items())})" if len(s["modalities"]) > 1 else "")
+            for k, v in split.items()
+        ) + (" from the dataset" if (s.get("split_info") or {}).get("source") == "dataset" else ""))
+    if s.get("skipped"):
+        table.add_row("skipped inputs", str(len(s["skipped"])))
     table.add_row("dataset", str(s["dataset"]))
     table.add_row("fingerprint", s["fingerprint"][:16])
     console.print(table)
@@ -134,10 +173,21 @@ def info(
     path: Path = typer.Argument(..., help="Cache file (.h5)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Describe a cache: volumes, slices, slice shape, classes, modalities and spacing."""
+    """Describe a cache: volumes per modality, spacing statistics, class voxel counts, the stored split."""
     from ssmtl.core.cache import SliceCache
 
     if as_json:
         typer.echo(json.dumps(SliceCache(path).summary(), indent=2))
     else:
         _print_info(path)
+
+
+@app.command("verify")
+@handle_errors
+def verify(path: Path = typer.Argument(..., help="Cache file (.h5).")) -> None:
+    """Recompute every dataset's SHA-256 and the fingerprint; exit 2 naming the first volume that differs."""
+    from ssmtl.core.cache_verify import verify_cache
+
+    report = verify_cache(path)
+    typer.echo(f"OK {report.path}: {report.datasets} datasets in {report.volumes} volumes match their "
+               f"build-time checksums (fingerprint {report.fingerprint[:16]})")

@@ -1,7 +1,28 @@
-"""Building a slice cache from a dataset plugin: load -> preprocess -> write, one volume at a time."""
+"""Building a slice cache from a dataset plugin: list -> load + preprocess -> write, volume by volume.
+
+What a dataset plugin may add to the :class:`~ssmtl.core.volume.VolumeSource`
+contract (both optional, read with ``getattr``):
+
+* ``item.volume_id``: the cache group name of the volume when a subject has
+  several (ACDC's ``patient001_ED`` / ``patient001_ES``); default: the subject.
+* ``source.split``: ``{subject: "train" | "val" | "test"}`` chosen by the data
+  (a manifest's split column); it is stored instead of a random split.
+
+Guarantees:
+
+* Nothing appears at ``out`` unless the whole build succeeds; an older file there
+  is replaced only with ``force`` and stays byte-identical until the new one is
+  complete (see :class:`~ssmtl.core.cache.CacheWriter`), even after ``kill -9``.
+* A bad input stops the build with an :class:`InputFileError` naming the file;
+  with ``skip_bad`` it is left out and recorded (path and reason) in the cache's
+  ``skipped`` attribute instead.
+* Peak memory is about one volume per worker whatever the number of volumes
+  (see :mod:`~ssmtl.core.ingest`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,10 +32,11 @@ from pydantic import BaseModel, ValidationError
 from ssmtl import __version__
 from ssmtl.core.cache import CacheWriter, check_output_path
 from ssmtl.core.config import _rows
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.preprocess import PreprocessConfig, preprocess_volume
-from ssmtl.core.splits import make_split
-from ssmtl.core.volume import VolumeSource
+from ssmtl.core.errors import ConfigError, InputFileError, SsmtlError
+from ssmtl.core.ingest import Failure, iter_processed, release_freed_memory
+from ssmtl.core.preprocess import PreprocessConfig, ProcessedVolume
+from ssmtl.core.splits import SPLITS, make_split
+from ssmtl.core.volume import VolumeItem, VolumeSource
 
 
 def validate_model(model: type[BaseModel], data: dict[str, Any], prefix: str) -> BaseModel:
@@ -25,6 +47,51 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], prefix: str) ->
         rows = _rows(exc, prefix=prefix)
         loc, msg = rows[0]
         raise ConfigError(f"invalid {prefix} option {loc}: {msg}", rows) from None
+
+
+@dataclass
+class _Tally:
+    """What the builder learns while writing: subjects, labels, class voxels, skipped inputs."""
+
+    num_classes: int
+    subjects: list[str] = field(default_factory=list)
+    labeled: set[str] = field(default_factory=set)
+    voxels: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def count_classes(self, label: np.ndarray, modality: str) -> np.ndarray:
+        counts = np.bincount(label.ravel(), minlength=self.num_classes).astype(np.int64)
+        self.voxels[modality] = self.voxels.get(modality, np.zeros_like(counts)) + counts
+        return counts
+
+    def class_voxels(self) -> dict[str, Any]:
+        if not self.voxels:
+            return {}
+        total = sum(self.voxels.values())
+        as_dict = (lambda counts: {str(k): int(n) for k, n in enumerate(counts)})
+        return {"total": as_dict(total), "by_modality": {m: as_dict(c) for m, c in sorted(self.voxels.items())}}
+
+
+def _unknown_labels(processed: ProcessedVolume, class_names: dict[int, str], item: VolumeItem) -> Failure | None:
+    if processed.label is None:
+        return None
+    unknown = set(np.unique(processed.label).tolist()) - set(class_names)
+    return Failure(item.source, f"label values {sorted(unknown)} have no class name") if unknown else None
+
+
+def volume_name(item: VolumeItem) -> str:
+    """The cache group name an item asks for: its ``volume_id`` if it has one, else its subject."""
+    return getattr(item, "volume_id", None) or item.subject
+
+
+def preset_split(source: VolumeSource) -> dict[str, str]:
+    """A split chosen by the data (``source.split``), checked; empty if the source has none."""
+    preset = dict(getattr(source, "split", None) or {})
+    bad = {s: v for s, v in preset.items() if v not in SPLITS}
+    if bad:
+        subject, value = next(iter(bad.items()))
+        raise SsmtlError(f"the dataset assigns subject {subject!r} to split {value!r}; expected {', '.join(SPLITS)}")
+    return preset
 
 
 def build_cache(
@@ -40,14 +107,24 @@ def build_cache(
     split_seed: int = 0,
     test_fraction: float = 0.3,
     val_fraction: float = 0.0,
+    workers: int = 0,
+    skip_bad: bool = False,
 ) -> Path:
     """Build ``out`` from the named dataset plugin. Nothing is written at ``out`` unless it all succeeds.
 
-    A subject-level split is stored with the cache (``split`` attribute per volume):
-    ``test_fraction`` of the labeled subjects, drawn with ``split_seed``, are held
-    out for testing, so pre-training (``data.split=train``) and fine-tuning never
-    see them. ``test_fraction=0`` stores no held-out subjects.
+    A subject-level split is stored with the cache (``split`` attribute per volume).
+    If the dataset provides one (a manifest's split column) it is stored as given;
+    otherwise ``test_fraction`` of the labeled subjects, drawn with ``split_seed``,
+    are held out for testing, so pre-training (``data.split=train``) and
+    fine-tuning never see them. ``test_fraction=0`` stores no held-out subjects.
+
+    Args:
+        workers: processes that load and preprocess volumes (0: this process).
+        skip_bad: leave out inputs that fail to load and record them in the
+            cache's ``skipped`` attribute, instead of stopping at the first one.
     """
+    if workers < 0:
+        raise SsmtlError(f"--workers {workers}: expected 0 (load in this process) or more")
     if registry is None:
         from ssmtl.core.registry import get_registry
 
@@ -57,7 +134,9 @@ def build_cache(
     config = validate_model(spec.config_model, {"name": dataset, **dataset_options}, prefix=dataset)
     source: VolumeSource = spec.factory(config)
     if not source.items:
-        raise InputFileError(dataset_options.get("images", dataset), "the dataset has no volumes")
+        where = dataset_options.get("path") or dataset_options.get("images") or dataset
+        raise InputFileError(where, "the dataset has no volumes")
+    preset = preset_split(source)
     attrs = {
         "ssmtl_version": __version__,
         "dataset": dataset,
@@ -65,45 +144,61 @@ def build_cache(
         "preprocess": preprocess.model_dump(mode="json"),
         "class_names": {str(k): v for k, v in source.class_names.items()},
     }
-    subjects: list[str] = []
-    labeled: set[str] = set()
+    tally = _Tally(num_classes=max(source.class_names) + 1 if source.class_names else 1)
+    total = len(source.items)
     with CacheWriter(Path(out), force=force, attrs=attrs, compression=compression) as writer:
         if on_volume is not None:
-            on_volume(0, len(source.items), "")
-        for i, item in enumerate(source.items):
-            raw = item.load()
-            processed = preprocess_volume(raw, preprocess, source=item.source)
-            if processed.label is not None:
-                unknown = set(np.unique(processed.label).tolist()) - set(source.class_names)
-                if unknown:
-                    raise InputFileError(item.source, f"label values {sorted(unknown)} have no class name")
-            writer.add_volume(
-                item.subject,
-                processed.image,
-                processed.label,
-                {
-                    "source": item.source,
-                    "modality": processed.modality,
-                    "spacing": np.asarray(processed.spacing, dtype=np.float64),
-                    "original_spacing": np.asarray(processed.original_spacing, dtype=np.float64),
-                    "original_shape": np.asarray(processed.original_shape, dtype=np.int64),
-                    "orientation": "RAS",
-                },
-            )
-            subjects.append(item.subject)
-            if processed.label is not None:
-                labeled.add(item.subject)
+            on_volume(0, total, "")
+        for done, (item, result) in enumerate(iter_processed(source.items, preprocess, workers), start=1):
+            failure = result if isinstance(result, Failure) else _unknown_labels(result, source.class_names, item)
+            if failure is not None:
+                if not skip_bad:
+                    raise InputFileError(failure.path, failure.reason)
+                tally.skipped.append({"path": failure.path, "reason": failure.reason})
+            else:
+                _write(writer, item, result, tally)
+            del result
+            release_freed_memory()
             if on_volume is not None:
-                on_volume(i + 1, len(source.items), item.subject)
-        writer.set_split(*_subject_split(subjects, labeled, split_seed, test_fraction, val_fraction))
+                on_volume(done, total, item.subject)
+        if not writer.names:
+            first = tally.skipped[0]
+            raise InputFileError(first["path"], f"{first['reason']} (and all {total} inputs were bad; nothing to cache)")
+        writer.set_split(*_subject_split(tally, preset, split_seed, test_fraction, val_fraction))
+        writer.attrs["class_voxels"] = tally.class_voxels()
+        writer.attrs["skipped"] = tally.skipped
     return Path(out)
 
 
-def _subject_split(subjects, labeled, seed, test_fraction, val_fraction) -> tuple[dict[str, str], dict[str, Any]]:
-    """subject -> split, and a record of how it was drawn. Too few labeled subjects: all train."""
-    meta = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
+def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, tally: _Tally) -> None:
+    attrs: dict[str, Any] = {
+        "source": item.source,
+        "modality": processed.modality,
+        "spacing": np.asarray(processed.spacing, dtype=np.float64),
+        "original_spacing": np.asarray(processed.original_spacing, dtype=np.float64),
+        "original_shape": np.asarray(processed.original_shape, dtype=np.int64),
+        "orientation": "RAS",
+    }
+    if processed.label is not None:
+        attrs["class_voxels"] = tally.count_classes(processed.label, processed.modality)
+        tally.labeled.add(item.subject)
+    writer.add_volume(item.subject, processed.image, processed.label, attrs, name=volume_name(item))
+    tally.subjects.append(item.subject)
+
+
+def _subject_split(tally: _Tally, preset: dict[str, str], seed: int, test_fraction: float,
+                   val_fraction: float) -> tuple[dict[str, str], dict[str, Any]]:
+    """subject -> split, and a record of how it was chosen. Too few labeled subjects: all train."""
+    subjects, labeled = tally.subjects, tally.labeled
+    present = {s: v for s, v in preset.items() if s in set(subjects)}  # skipped subjects drop out
+    if present:
+        split = make_split(subjects, labeled, seed=seed, preset=present)
+        split_of = {s: name for name in SPLITS for s in split[name]}
+        split_of.update({s: present.get(s, "train") for s in split["unlabeled"]})
+        return split_of, {"source": "dataset", "held_out": len(split["test"]) + len(split["val"])}
+    meta = {"source": "random", "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
     if test_fraction <= 0 and val_fraction <= 0 or len(labeled) < 2:
         return {}, {**meta, "held_out": 0}
     split = make_split(subjects, labeled, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
-    split_of = {s: name for name in ("train", "val", "test") for s in split[name]}
+    split_of = {s: name for name in SPLITS for s in split[name]}
     return split_of, {**meta, "held_out": len(split["test"]) + len(split["val"])}

@@ -4,20 +4,32 @@ Layout (format version 1)::
 
     /                       attrs: format, format_version, ssmtl_version, created,
                                    dataset, dataset_config, preprocess, class_names,
-                                   fingerprint, num_volumes, num_slices
+                                   fingerprint, num_volumes, num_slices, split,
+                                   class_voxels, skipped
     /volumes/<name>/image   float32 (D, H, W), chunks=(1, H, W)
     /volumes/<name>/label   uint8   (D, H, W), chunks=(1, H, W)   (optional)
-                            attrs: subject, source, modality, spacing (z, y, x mm),
-                                   original_spacing, original_shape, sha256_image, sha256_label
+                            attrs: subject, source, modality, split, spacing (z, y, x mm),
+                                   original_spacing, original_shape, class_voxels,
+                                   sha256_image, sha256_label
     /index/volume, /index/slice, /index/position     one row per slice (side table)
     /index/names            volume group names in build order
+
+JSON-valued root attributes: ``split`` (how the stored split was chosen),
+``class_voxels`` (voxels per class id over the cache, in total and per modality,
+computed at build time so ``cache info`` reads no voxel), ``skipped`` (inputs left
+out by ``--skip-bad``: path and reason). ``fingerprint`` is the SHA-256 of the
+volumes' checksums in index order; ``ssmtl cache verify`` recomputes all of them.
 
 ``chunks=(1, H, W)`` is set explicitly: one chunk per slice makes random slice
 reads cheap (auto-chunking was ~40x slower for random reads).
 
-Writes go to a hidden temporary file next to ``out`` and are renamed over it only
-when complete (``os.replace`` is atomic on POSIX), so an interrupted build never
-leaves a file at ``out`` and never damages an older cache there.
+Writes go to a hidden temporary file next to ``out`` (``.ssmtl-tmp-<pid>-...``)
+and are renamed over it only when complete (``os.replace`` is atomic on POSIX), so
+an interrupted build, even one killed with ``kill -9``, never leaves a file at
+``out`` and never damages an older cache there. Without ``force`` the new file is
+hard-linked into place, which fails if ``out`` appeared meanwhile: only ``force``
+replaces a cache. Temporaries of dead writers are deleted by the next build in
+that directory.
 
 Readers open the file lazily and never pickle an open handle, so a
 :class:`SliceCache` can be handed to forked or spawned data-loader workers.
@@ -49,8 +61,19 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def sha256_array(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+def sha256_array(array) -> str:
+    """SHA-256 of the array's C-order bytes, fed one leading-axis slice at a time.
+
+    The digest equals ``sha256(array.tobytes())`` without materialising that copy,
+    and works as well on an h5py dataset (read one slice at a time).
+    """
+    digest = hashlib.sha256()
+    if getattr(array, "ndim", 0) == 0:
+        digest.update(np.ascontiguousarray(array[()]))
+    else:
+        for i in range(array.shape[0]):
+            digest.update(np.ascontiguousarray(array[i]))
+    return digest.hexdigest()
 
 
 def group_name(subject: str, taken: set[str]) -> str:
@@ -110,6 +133,7 @@ class CacheWriter:
         remove_stale_temporaries(self.out.parent)
         self.tmp = self.out.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{self.out.name}"
         self.attrs = attrs
+        self.force = force
         self.compression = compression
         self.names: list[str] = []
         self.checksums: list[str] = []
@@ -133,10 +157,15 @@ class CacheWriter:
         image: np.ndarray,
         label: np.ndarray | None,
         attrs: dict[str, Any],
+        name: str | None = None,
     ) -> str:
-        """Write one preprocessed (D, H, W) volume; returns its group name."""
+        """Write one preprocessed (D, H, W) volume; returns its group name.
+
+        ``name`` proposes the group name (default: the subject, e.g. ``patient001_ED``
+        for one of several volumes of ``patient001``); it is made HDF5-safe and unique.
+        """
         assert self._file is not None, "use CacheWriter as a context manager"
-        name = group_name(subject, set(self.names))
+        name = group_name(name or subject, set(self.names))
         group = self._file["volumes"].create_group(name)
         d, h, w = image.shape
         kw = self._compression_kwargs()
@@ -197,7 +226,7 @@ class CacheWriter:
                 f.flush()
                 f.close()
                 _fsync(self.tmp)
-                os.replace(self.tmp, self.out)
+                self._commit()
                 return
         except BaseException:
             _close_quietly(f)
@@ -205,6 +234,37 @@ class CacheWriter:
             raise
         _close_quietly(f)
         self.tmp.unlink(missing_ok=True)
+
+
+    def _commit(self) -> None:
+        """Put the finished temporary at ``out`` atomically; without ``force``, never over a file."""
+        if self.force:
+            os.replace(self.tmp, self.out)
+        else:
+            try:
+                os.link(self.tmp, self.out)  # fails if out exists: no check-then-replace race
+            except FileExistsError:
+                raise SsmtlError(f"{self.out}: a file appeared there during the build; pass --force to replace it") from None
+            except OSError:
+                check_output_path(self.out, force=False)  # filesystem without hard links
+                os.replace(self.tmp, self.out)
+            else:
+                self.tmp.unlink()
+        _fsync_directory(self.out.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (a crash right after it must not bring back the old entry)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:
@@ -235,6 +295,20 @@ class VolumeMeta:
     spacing: tuple[float, float, float]
     source: str
     split: str
+    original_spacing: tuple[float, ...] | None = None
+
+
+def _spacing_attr(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    values = json.loads(value) if isinstance(value, (str, bytes)) else value
+    return tuple(float(v) for v in values)
+
+
+def _stats(values: np.ndarray) -> dict[str, float | None]:
+    if values.size == 0:
+        return {"min": None, "median": None, "max": None}
+    return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
 
 
 class SliceCache:
@@ -264,8 +338,7 @@ class SliceCache:
     @staticmethod
     def _meta(i: int, name: str, group: h5py.Group) -> VolumeMeta:
         a = group.attrs
-        spacing = a.get("spacing")
-        spacing = tuple(float(s) for s in (json.loads(spacing) if isinstance(spacing, str) else spacing))
+        spacing = _spacing_attr(a.get("spacing"))
         return VolumeMeta(
             index=i,
             name=name,
@@ -277,6 +350,7 @@ class SliceCache:
             spacing=spacing,
             source=str(a.get("source", "")),
             split=str(a.get("split", "")),
+            original_spacing=_spacing_attr(a.get("original_spacing")),
         )
 
     # -- lazy per-process handle --------------------------------------------------------
@@ -338,6 +412,37 @@ class SliceCache:
                 subjects.setdefault(v.split, set()).add(v.subject)
         return {k: len(v) for k, v in sorted(subjects.items())}
 
+    def split_by_modality(self) -> dict[str, dict[str, int]]:
+        """Subjects per stored split and modality (a subject with CT and MR volumes counts in both)."""
+        subjects: dict[str, dict[str, set[str]]] = {}
+        for v in self.volumes:
+            if v.split:
+                subjects.setdefault(v.split, {}).setdefault(v.modality, set()).add(v.subject)
+        return {k: {m: len(s) for m, s in sorted(by.items())} for k, by in sorted(subjects.items())}
+
+    def spacing_statistics(self) -> dict[str, Any]:
+        """min / median / max voxel spacing (mm) per axis: cached (slice, row, col) and original (x, y, z)."""
+        cached = np.array([v.spacing for v in self.volumes if v.spacing], dtype=np.float64).reshape(-1, 3)
+        original = np.array([v.original_spacing for v in self.volumes if v.original_spacing is not None],
+                            dtype=np.float64).reshape(-1, 3)
+        return {
+            "cached": {axis: _stats(cached[:, i]) for i, axis in enumerate(("slice", "row", "col"))},
+            "original": {axis: _stats(original[:, i]) for i, axis in enumerate(("x", "y", "z"))},
+        }
+
+    def class_voxels(self) -> dict[str, Any]:
+        """Voxels per class over the cache, total and per modality, as recorded at build time."""
+        recorded = self.attrs.get("class_voxels") or {}
+        total, by_modality = recorded.get("total") or {}, recorded.get("by_modality") or {}
+        return {
+            str(k): {
+                "name": name,
+                "total": int(total.get(str(k), 0)),
+                "by_modality": {m: int(counts.get(str(k), 0)) for m, counts in sorted(by_modality.items())},
+            }
+            for k, name in sorted(self.class_names.items())
+        } if recorded else {}
+
     def summary(self) -> dict[str, Any]:
         """What `ssmtl cache info` shows."""
         modalities: dict[str, int] = {}
@@ -354,18 +459,24 @@ class SliceCache:
             "slice_shape": list(self.slice_shape),
             "modalities": modalities,
             "classes": {str(k): v for k, v in sorted(self.class_names.items())},
+            "class_voxels": self.class_voxels(),
             "spacing_mm": {
                 "z_min": float(spacings[:, 0].min()) if len(spacings) else None,
                 "z_max": float(spacings[:, 0].max()) if len(spacings) else None,
                 "in_plane": float(spacings[:, 1].mean()) if len(spacings) else None,
             },
+            "spacing_stats_mm": self.spacing_statistics(),
             "split": self.split_counts(),
+            "split_by_modality": self.split_by_modality(),
+            "split_info": self.attrs.get("split") or {},
+            "skipped": self.attrs.get("skipped") or [],
             "fingerprint": self.fingerprint,
             "created": self.attrs.get("created"),
             "preprocess": self.attrs.get("preprocess"),
             "subjects": [
                 {"name": v.name, "subject": v.subject, "slices": v.num_slices, "modality": v.modality,
-                 "labeled": v.has_label, "split": v.split, "spacing": list(v.spacing), "source": v.source}
+                 "labeled": v.has_label, "split": v.split, "spacing": list(v.spacing),
+                 "original_spacing": list(v.original_spacing) if v.original_spacing else None, "source": v.source}
                 for v in self.volumes
             ],
         }

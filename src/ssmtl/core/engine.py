@@ -356,9 +356,9 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
         )
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t_start
-    result = PretrainResult(run_dir=out, steps=config.train.steps, seconds=seconds, final_losses=dict(log.last))
-    accelerator.end_training()
-    return result
+    # no accelerator.end_training(): it destroys the process group, and a caller (the
+    # benchmark, a notebook, a test under debug_launcher) may run several trainings
+    return PretrainResult(run_dir=out, steps=config.train.steps, seconds=seconds, final_losses=dict(log.last))
 
 
 def save_checkpoint(accelerator, root: Path, step: int, keep: int) -> Path:

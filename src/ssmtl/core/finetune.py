@@ -235,7 +235,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True) -
         from ssmtl.core.registry import get_registry
 
         registry = get_registry()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process
     out = Path(config.out)
 
@@ -303,8 +303,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True) -
             "seconds": seconds,
             "final_loss": losses[-1] if losses else None,
         })
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    accelerator.wait_for_everyone()  # no end_training(): it would destroy a caller's process group
     return {
         "run_dir": str(out),
         "init": init["init"],

@@ -41,6 +41,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssmtl.plugins.tasks.local_contrastive",
     "ssmtl.plugins.datasets.phantom",
     "ssmtl.plugins.datasets.nifti",
+    "ssmtl.plugins.datasets.dicom",
+    "ssmtl.plugins.datasets.itk",
+    "ssmtl.plugins.datasets.mmwhs",
+    "ssmtl.plugins.datasets.acdc",
+    "ssmtl.plugins.datasets.manifest",
     "ssmtl.plugins.heads.segmentation",
 )
 

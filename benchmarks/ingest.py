@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Ingestion benchmarks; prints one JSON object.
+
+1. ``sequence_reads``: random k=3 slice windows read from the HDF5 cache
+   (``SequenceDataset``) versus decoding the source ``.nii.gz`` for every sample
+   (nibabel's array proxy, the cheapest way to get three slices out of a gzip
+   NIfTI; it still has to inflate the file up to them, and it skips the resampling
+   the cache has already done, so the ratio is a lower bound). Target: >= 20x.
+2. ``loader_throughput``: slices/s of ``SequenceDataset`` + ``StepBatchSampler`` +
+   ``collate_sequences`` through a ``DataLoader`` with 0, 1 and 2 workers, each
+   batch then augmented with ``ssmtl.core.augment.augment`` (as the training step
+   does), on this machine's CPU.
+3. ``build_peak_rss``: peak resident memory of ``cache build`` for 1 and for 20
+   volumes, each build in a fresh process (``ru_maxrss``; with workers, the largest
+   worker too). Target: the 20-volume peak <= 1.5x the 1-volume peak.
+
+Usage: ``python benchmarks/ingest.py [--quick]``. Volumes are synthetic CT-like
+scans (512 x 512 x 120 int16 for the memory runs, the size of a clinical CT);
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+SEQUENCE = 3
+
+
+def synthetic_ct(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A CT-like int16 volume in HU: air, an elliptic body with noise, a few dense and dark blobs."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    body = (x / 0.8) ** 2 + (y / 0.6) ** 2 < 1
+    volume = np.full(shape, -1000, dtype=np.int16)
+    for z in range(shape[2]):
+        plane = np.where(body, 40 + rng.normal(0, 20, body.shape), -1000 + rng.normal(0, 10, body.shape))
+        cx, cy = 0.3 * np.sin(z / 9 + seed), 0.2 * np.cos(z / 7)
+        plane[(x - cx) ** 2 + (y - cy) ** 2 < 0.02] = 700  # bone
+        plane[(x + cx) ** 2 + (y + 0.1) ** 2 < 0.05] = -850  # lung
+        volume[:, :, z] = plane.astype(np.int16)
+    return volume
+
+
+def write_volumes(folder: Path, count: int, shape: tuple[int, int, int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    paths = []
+    for i in range(count):
+        path = folder / f"case{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(synthetic_ct(shape, i), affine), str(path))
+        paths.append(path)
+    return paths
+
+
+def build(images: Path, out: Path, workers: int = 0, size: int = 128) -> Path:
+    from ssmtl.core.build import build_cache
+    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.core.registry import build_registry
+
+    return build_cache(dataset="nifti", dataset_options={"images": str(images), "modality": "ct"},
+                       preprocess=PreprocessConfig(size=size), out=out, registry=build_registry(external=False),
+                       workers=workers, force=True)
+
+
+# -- 1. random sequence reads ------------------------------------------------------------------
+
+
+def bench_reads(tmp: Path, volumes: int, samples: int) -> dict:
+    from ssmtl.core.cache import SliceCache
+    from ssmtl.core.sampling import SequenceDataset
+
+    shape = (256, 256, 96)
+    paths = write_volumes(tmp / "reads", volumes, shape)
+    cache_path = build(tmp / "reads", tmp / "reads.h5")
+    dataset = SequenceDataset(SliceCache(cache_path), length=SEQUENCE)
+    rng = np.random.default_rng(0)
+    windows = rng.integers(0, len(dataset), samples)
+
+    dataset[int(windows[0])]  # open the handle once, as a loader worker does
+    start = time.perf_counter()
+    for i in windows:
+        item = dataset[int(i)]
+    cache_s = (time.perf_counter() - start) / samples
+    assert item["slices"].shape[0] == SEQUENCE
+
+    start = time.perf_counter()
+    for i in windows:
+        volume, first = (int(v) for v in dataset.windows[int(i)])
+        image = nib.load(str(paths[volume]))
+        block = np.asarray(image.dataobj[:, :, first:first + SEQUENCE], dtype=np.float32)
+    nifti_s = (time.perf_counter() - start) / samples
+    assert block.shape[2] == SEQUENCE
+    return {
+        "volumes": volumes, "volume_shape": list(shape), "cache_slice_shape": list(dataset.cache.slice_shape),
+        "samples": samples, "k": SEQUENCE,
+        "cache_ms_per_sample": round(cache_s * 1e3, 3),
+        "nifti_decode_ms_per_sample": round(nifti_s * 1e3, 3),
+        "speedup": round(nifti_s / cache_s, 1),
+        "target_speedup": 20,
+        "cache_path": str(cache_path),
+    }
+
+
+# -- 2. loader + augmentation throughput ----------------------------------------------------------
+
+
+def bench_loader(cache_path: Path, steps: int, batch_size: int = 16) -> dict:
+    import torch
+
+    from ssmtl.core.augment import AugmentConfig, augment
+    from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
+
+    torch.manual_seed(0)
+    config = AugmentConfig()
+    results = {}
+    for workers in (0, 1, 2):
+        dataset = SequenceDataset(cache_path, length=SEQUENCE)  # fresh: no handle open before workers start
+        warmup = 3
+        sampler = StepBatchSampler(len(dataset), batch_size, seed=0, stop=steps + warmup)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                             collate_fn=collate_sequences, persistent_workers=False,
+                                             prefetch_factor=4 if workers else None)
+        batches = iter(loader)
+        for _ in range(warmup):  # worker start-up is not throughput
+            next(batches)
+        slices = 0
+        start = time.perf_counter()
+        for batch in batches:
+            b, k, h, w = batch.slices.shape
+            view, _ = augment(batch.slices.reshape(b * k, 1, h, w), config, group=k)
+            slices += view.shape[0]
+        elapsed = time.perf_counter() - start
+        results[f"workers_{workers}"] = round(slices / elapsed, 1)
+    return {"slices_per_s": results, "batch_size": batch_size, "k": SEQUENCE, "steps": steps,
+            "torch_threads": torch.get_num_threads()}
+
+
+# -- 3. build peak memory -------------------------------------------------------------------------
+
+
+def _child_build(images: str, out: str, workers: int) -> None:
+    """Runs in a fresh process: build, then report this process's and its workers' peak RSS."""
+    build(Path(images), Path(out), workers=workers)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"self_kb": own, "largest_child_kb": children}))
+
+
+def measure_build(images: Path, out: Path, workers: int) -> dict:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, __file__, "--child-build", str(images), str(out), str(workers)],
+                            check=True, capture_output=True, text=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"seconds": round(time.perf_counter() - start, 1),
+            "builder_peak_mb": round(report["self_kb"] / 1024, 1),
+            "largest_worker_peak_mb": round(report["largest_child_kb"] / 1024, 1) if workers else None}
+
+
+def bench_memory(tmp: Path, shape: tuple[int, int, int], many: int) -> dict:
+    source = write_volumes(tmp / "rss-source", 1, shape)[0]
+    folders = {}
+    for count in (1, many):
+        folder = tmp / f"rss-{count}"
+        folder.mkdir()
+        for i in range(count):  # the same scan under many names: each is read and processed on its own
+            (folder / f"case{i:03d}.nii.gz").symlink_to(source)
+        folders[count] = folder
+    runs = {}
+    for count in (1, many):
+        runs[f"volumes_{count}"] = measure_build(folders[count], tmp / f"rss-{count}.h5", workers=0)
+    runs[f"volumes_{many}_workers_2"] = measure_build(folders[many], tmp / f"rss-{many}-w2.h5", workers=2)
+    one, lots = runs["volumes_1"]["builder_peak_mb"], runs[f"volumes_{many}"]["builder_peak_mb"]
+    raw_mb = np.prod(shape) * 4 / 2**20
+    return {"volume_shape": list(shape), "float32_volume_mb": round(float(raw_mb), 1), "runs": runs,
+            "ratio_many_over_one": round(lots / one, 3), "target_ratio": 1.5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and steps")
+    parser.add_argument("--child-build", nargs=3, metavar=("IMAGES", "OUT", "WORKERS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_build:
+        images, out, workers = args.child_build
+        _child_build(images, out, int(workers))
+        return
+    with tempfile.TemporaryDirectory(prefix="ssmtl-bench-") as tmp:
+        tmp = Path(tmp)
+        reads = bench_reads(tmp, volumes=4 if args.quick else 8, samples=60 if args.quick else 300)
+        loader = bench_loader(Path(reads.pop("cache_path")), steps=10 if args.quick else 40)
+        memory = bench_memory(tmp, (256, 256, 60) if args.quick else (512, 512, 120), many=20)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "sequence_reads": reads,
+        "loader_throughput": loader,
+        "build_peak_rss": memory,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The ``manifest`` dataset: volumes listed in a CSV or JSON file, any format, any mix.
+
+Columns (CSV header, or keys of JSON objects)::
+
+    image      required   a .nii/.nii.gz, .nrrd/.nhdr/.mha/.mhd file, or a folder holding one DICOM series
+    label      optional   a label map (NIfTI, NRRD, MetaImage) on the image's grid; empty: unlabeled
+    subject    optional   subject id; volumes of one subject always share a split (default: the image name)
+    modality   optional   ct or mr (default: the DICOM header, else detected from the intensities)
+    split      optional   train, val or test; stored in the cache as the subject-level split
+
+Relative paths are relative to the manifest's folder. JSON is a list of such
+objects, or ``{"volumes": [...]}``. CSV may be comma, semicolon or tab separated.
+
+CT and MR volumes can share one cache: the modality is kept per volume, so
+CT-only or MR-only subsets can be selected later. When any row has a split, the
+split column becomes the cache's stored split (subjects without one go to train;
+val and test subjects need a label, since only labeled subjects can be evaluated);
+otherwise ``--split-seed`` draws one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ssmtl.core.errors import ConfigError, InputFileError
+from ssmtl.core.hookspecs import hookimpl
+from ssmtl.core.specs import DatasetSpec
+from ssmtl.core.splits import SPLITS
+from ssmtl.core.volume import Modality, VolumeItem, VolumeSource
+from ssmtl.plugins.datasets import nifti
+from ssmtl.plugins.datasets.label_options import LabeledDatasetConfig
+from ssmtl.plugins.datasets.volume_files import VolumeFileItem, collect_label_values, volume_stem
+
+COLUMNS = ("image", "label", "subject", "modality", "split")
+_MODALITIES: dict[str, Modality] = {"ct": "ct", "mr": "mr", "mri": "mr"}
+
+
+class ManifestConfig(LabeledDatasetConfig):
+    """Options of the ``manifest`` dataset."""
+
+    name: Literal["manifest"] = Field("manifest", description="Dataset plugin name.")
+    path: Path | None = Field(
+        None, description="CSV or JSON manifest with columns image, label, subject, modality, split. Required."
+    )
+
+
+@dataclass
+class ManifestRow:
+    """One validated manifest entry; ``where`` names it in messages (``line 3``, ``entry 2``)."""
+
+    where: str
+    image: Path
+    label: Path | None
+    subject: str
+    modality: Modality | None
+    split: str | None
+
+
+@dataclass
+class ManifestSource(VolumeSource):
+    """A :class:`VolumeSource` with the manifest's subject -> split column (empty: none given)."""
+
+    split: dict[str, str] = field(default_factory=dict)
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    try:
+        rows = [(f"line {reader.line_num}", row) for row in reader]
+    except csv.Error as exc:
+        raise InputFileError(path, f"cannot parse CSV ({exc})") from exc
+    if reader.fieldnames is None:
+        raise InputFileError(path, "the manifest is empty (expected a header line: image,label,subject,modality,split)")
+    return rows
+
+
+def _read_json(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(path, f"cannot parse JSON ({exc})") from exc
+    if isinstance(data, dict) and "volumes" in data:
+        data = data["volumes"]
+    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        raise InputFileError(path, 'expected a JSON list of objects, or {"volumes": [...]}')
+    return [(f"entry {i}", entry) for i, entry in enumerate(data, start=1)]
+
+
+def read_manifest(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, raw row) pairs from a CSV or JSON manifest (by extension; ``.json`` is JSON)."""
+    if not path.exists():
+        raise InputFileError(path, "manifest not found")
+    if not path.is_file():
+        raise InputFileError(path, "the manifest must be a CSV or JSON file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet programs write a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise InputFileError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    return _read_json(path, text) if path.suffix.lower() == ".json" else _read_csv(path, text)
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def parse_row(manifest: Path, where: str, raw: dict[str, Any]) -> ManifestRow:
+    """Validate one raw row; paths are resolved against the manifest's folder."""
+    row = {(_text(k)).lower(): _text(v) for k, v in raw.items() if k is not None}
+    unknown = sorted(k for k in row if k not in COLUMNS and k)
+    if unknown:
+        raise InputFileError(manifest, f"{where}: unknown column(s) {', '.join(unknown)}; expected {', '.join(COLUMNS)}")
+    if not row.get("image"):
+        raise InputFileError(manifest, f"{where}: the image column is empty")
+    base = manifest.parent
+    image = base / row["image"]
+    label = base / row["label"] if row.get("label") else None
+    modality_text = row.get("modality", "").lower()
+    if modality_text and modality_text not in _MODALITIES:
+        raise InputFileError(manifest, f"{where}: modality {row['modality']!r}; expected ct or mr (or empty)")
+    split = row.get("split", "").lower() or None
+    if split is not None and split not in SPLITS:
+        raise InputFileError(manifest, f"{where}: split {row['split']!r}; expected {', '.join(SPLITS)} (or empty)")
+    subject = row.get("subject") or nifti._IMAGE_SUFFIX.sub("", volume_stem(image))
+    return ManifestRow(where, image, label, subject, _MODALITIES.get(modality_text), split)
+
+
+def subject_splits(manifest: Path, rows: list[ManifestRow]) -> dict[str, str]:
+    """subject -> split from the split column; rows of one subject must agree, val/test need a label."""
+    splits: dict[str, str] = {}
+    for row in rows:
+        if row.split is None:
+            continue
+        if splits.setdefault(row.subject, row.split) != row.split:
+            raise InputFileError(
+                manifest, f"{row.where}: subject {row.subject!r} is in split {row.split} here but "
+                f"{splits[row.subject]} in an earlier row; the volumes of a subject share one split"
+            )
+    labeled = {row.subject for row in rows if row.label is not None}
+    for subject, split in sorted(splits.items()):
+        if split != "train" and subject not in labeled:
+            raise InputFileError(
+                manifest, f"subject {subject!r} is in split {split} but has no label; only labeled subjects can be evaluated"
+            )
+    return splits
+
+
+def _volume_ids(rows: list[ManifestRow]) -> list[str]:
+    """The subject for a one-volume subject, else subject_imagename."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.subject] = counts.get(row.subject, 0) + 1
+    return [row.subject if counts[row.subject] == 1 else f"{row.subject}_{volume_stem(row.image)}" for row in rows]
+
+
+def build_source(config: ManifestConfig) -> ManifestSource:
+    """Read and validate the manifest. Volumes load lazily; only labels are read here (for label values)."""
+    if config.path is None:
+        raise ConfigError("the manifest dataset needs a CSV or JSON file (--path FILE)", rows=[("path", "required")])
+    manifest = config.path
+    rows = [parse_row(manifest, where, raw) for where, raw in read_manifest(manifest)]
+    if not rows:
+        raise InputFileError(manifest, "the manifest lists no volumes")
+    seen: dict[Path, str] = {}
+    for row in rows:
+        if row.image in seen:
+            raise InputFileError(manifest, f"{row.where}: image {row.image} is already listed ({seen[row.image]})")
+        seen[row.image] = row.where
+    split = subject_splits(manifest, rows)
+    label_paths = [row.label for row in rows if row.label is not None]
+    if label_paths:
+        label_values = tuple(config.label_values) if config.label_values else collect_label_values(label_paths)
+        class_names = nifti._class_names(config, label_values)
+    else:
+        label_values, class_names = (), {}
+    items: list[VolumeItem] = [
+        VolumeFileItem(
+            subject=row.subject,
+            source=str(row.image),
+            image_path=row.image,
+            label_path=row.label,
+            modality=row.modality,
+            label_values=label_values,
+            volume_id=volume_id,
+        )
+        for row, volume_id in zip(rows, _volume_ids(rows))
+    ]
+    modalities = sorted({row.modality or "auto" for row in rows})
+    description = (f"{len(items)} volumes listed in {manifest} ({len(label_paths)} labeled; modality "
+                   f"{', '.join(modalities)}{'; split from the manifest' if split else ''})")
+    return ManifestSource(items=items, class_names=class_names, description=description, split=split)
+
+
+@hookimpl
+def ssmtl_register_datasets():
+    return [
+        DatasetSpec(
+            name="manifest",
+            config_model=ManifestConfig,
+            factory=build_source,
+            description="Volumes listed in a CSV/JSON manifest (image, label, subject, modality, split); any format, CT and MR mixed",
+        )
+    ]

@@ -1,0 +1,47 @@
+"""Small helpers shared by the training tests (tiny, fast settings)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = [
+    "--set", "model.base_channels=4",
+    "--set", "model.depth=2",
+    "--set", "tasks.contrastive.queue_size=64",
+]
+
+ALL_TASKS = ["contrastive", "order", "reconstruct", "neighbor", "position", "local-contrastive"]
+
+
+def tiny_sets(tasks: list[str]) -> list[str]:
+    """``--set`` pairs making a run tiny; task options only for enabled tasks."""
+    sets = ["model.base_channels=4", "model.depth=2", "train.log_every=1", "data.num_workers=0"]
+    if "contrastive" in tasks:
+        sets.append("tasks.contrastive.queue_size=64")
+    if "reconstruct" in tasks:
+        sets.append("tasks.reconstruct.patch_size=4")
+    if "local-contrastive" in tasks:
+        sets.append("tasks.local-contrastive.num_points=16")
+    return sets
+
+
+def ssmtl_cmd() -> list[str]:
+    return [sys.executable, "-m", "ssmtl"]
+
+
+def accelerate_cmd(num_processes: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "-m", "ssmtl",
+    ]
+
+
+def run(cmd: list[str], cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f"{' '.join(cmd)}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    return result

@@ -1,0 +1,179 @@
+"""Long-run safety: exact resume after kill -9, truncated checkpoints, non-finite losses, bad --out."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import run, ssmtl_cmd, tiny_sets
+
+pytestmark = pytest.mark.slow
+
+TASKS = ["contrastive", "order", "reconstruct"]
+
+
+def pretrain_args(cache: Path, out: Path, steps: int = 10) -> list[str]:
+    sets = tiny_sets(TASKS) + ["train.checkpoint_every=2", "train.keep_checkpoints=3", "weighting.scheme=dwa"]
+    args = ["pretrain", "--data", str(cache), "--out", str(out), "--steps", str(steps), "--batch-size", "2",
+            "--num-workers", "1"]
+    for t in TASKS:
+        args += ["--task", t]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def losses(run_dir: Path) -> dict[int, dict[str, float]]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = {name: t["loss"] for name, t in record["tasks"].items()} | {"total": record["loss"]}
+    return out
+
+
+def kill_after_checkpoint(args: list[str], run_dir: Path, step: int) -> None:
+    """Start a run, kill -9 it a random moment after checkpoint ``step`` is published."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(ssmtl_cmd() + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    target = run_dir / "checkpoints" / f"step-{step:08d}"
+    deadline = time.monotonic() + 120
+    while not target.is_dir():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.3))  # somewhere in the next steps, maybe mid-checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full") / "run"
+    run(ssmtl_cmd() + pretrain_args(tiny_cache, out))
+    return out
+
+
+@pytest.mark.parametrize("kill_step", [2, 4, 6])
+def test_kill_and_resume_matches_uninterrupted_run(tiny_cache, tmp_path, uninterrupted, kill_step):
+    out = tmp_path / "run"
+    args = pretrain_args(tiny_cache, out)
+    kill_after_checkpoint(args, out, kill_step)
+    assert not (out / "export").exists()
+    run(ssmtl_cmd() + args + ["--resume"])
+
+    expected, got = losses(uninterrupted), losses(out)
+    assert sorted(got) == list(range(10))  # no step lost, none repeated
+    for step in range(10):
+        for key, value in expected[step].items():
+            assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+    a = load_file(uninterrupted / "export" / "model.safetensors")
+    b = load_file(out / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    # the MoCo queue and key encoder came back too
+    qa = load_file(uninterrupted / "checkpoints" / "step-00000010" / "model.safetensors")
+    qb = load_file(out / "checkpoints" / "step-00000010" / "model.safetensors")
+    for key in ("tasks.contrastive.queue.keys", "tasks.contrastive.queue.pointer"):
+        torch.testing.assert_close(qb[key], qa[key], rtol=1e-5, atol=1e-6)
+    assert any(k.startswith("tasks.contrastive.key_encoder.") for k in qb)
+
+
+def test_truncated_checkpoint_falls_back_to_previous(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    args = pretrain_args(tiny_cache, out, steps=6)
+    run(ssmtl_cmd() + args)
+    newest = out / "checkpoints" / "step-00000006" / "model.safetensors"
+    blob = newest.read_bytes()
+    newest.write_bytes(blob[: len(blob) // 2])
+    result = run(ssmtl_cmd() + args + ["--resume"])
+    assert "skipping checkpoint" in result.stderr and "step-00000006" in result.stderr
+    assert "resuming from" in result.stderr and "step-00000004" in result.stderr
+    assert sorted(losses(out)) == list(range(6))
+
+
+def _nan_plugin():
+    from typing import Literal
+
+    from ssmtl import hookimpl
+    from ssmtl.core.specs import TaskSpec
+    from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
+
+    class NanConfig(TaskConfig):
+        name: Literal["nan"] = "nan"
+
+    class NanTask(PretextTask):
+        def forward(self, ctx):
+            return TaskOutput(loss=ctx.pooled("sequence").sum() * float("nan"))
+
+    module = types.ModuleType("nan_plugin")
+    module.ssmtl_register_tasks = hookimpl(lambda: [TaskSpec("nan", NanConfig, NanTask, "always NaN")])
+    return module
+
+
+def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
+    from ssmtl.core.config import resolve_run_config
+    from ssmtl.core.engine import run_pretraining
+    from ssmtl.core.errors import SsmtlError
+    from ssmtl.core.registry import build_registry
+
+    registry = build_registry(external=False, extra=[_nan_plugin()])
+    config = resolve_run_config(
+        flags={"data.path": str(tiny_cache), "out": str(tmp_path / "run"), "train.steps": 10, "train.batch_size": 2},
+        tasks=["order", "nan"], sets=tiny_sets(["order"]) + ["train.max_nonfinite_steps=3"], registry=registry,
+    )
+    with pytest.raises(SsmtlError, match=r"3 consecutive steps.*nan"):
+        run_pretraining(config, registry=registry, progress=False)
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert all(r["skipped"] and r["nonfinite_tasks"] == ["nan"] for r in records)
+
+
+def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monkeypatch):
+    from ssmtl.core.config import resolve_run_config
+    from ssmtl.core.engine import run_pretraining
+    from ssmtl.core.errors import SsmtlError
+    import ssmtl.core.rundir as rundir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    config = resolve_run_config(
+        flags={"data.path": str(tiny_cache), "out": str(blocker / "run"), "train.steps": 1},
+        sets=tiny_sets(["contrastive", "order"]),
+    )
+    with pytest.raises(SsmtlError, match="cannot create run directory"):
+        run_pretraining(config, progress=False)
+
+    full = namedtuple_usage(free=1024)
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: full)
+    config = config.model_copy(update={"out": tmp_path / "run"})
+    with pytest.raises(SsmtlError, match="MiB free"):
+        run_pretraining(config, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def namedtuple_usage(free: int):
+    from collections import namedtuple
+
+    return namedtuple("usage", "total used free")(free * 10, free * 9, free)
+
+
+def test_resume_refuses_to_overwrite_without_flag(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    run(ssmtl_cmd() + pretrain_args(tiny_cache, out, steps=2))
+    before = (out / "export" / "model.safetensors").read_bytes()
+    result = subprocess.run(ssmtl_cmd() + pretrain_args(tiny_cache, out, steps=2), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--resume" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "export" / "model.safetensors").read_bytes() == before
