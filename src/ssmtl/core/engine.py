@@ -30,7 +30,7 @@ from ssmtl.core.export import write_export
 from ssmtl.core.model import UNet
 from ssmtl.core.rundir import prepare_run_dir, write_json_atomic
 from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
-from ssmtl.core.task import PretextTask
+from ssmtl.core.task import DataInfo, PretextTask
 from ssmtl.core.views import BUILTIN_VIEWS, SequenceBatch, StepContext
 from ssmtl.core.weighting import LossWeighting, build_weighting
 
@@ -234,6 +234,15 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     set_seed(config.seed)
     module = build_pretrain_module(config, registry)
     k = sequence_length(config, module.tasks)
+    data_info = DataInfo(
+        num_volumes=len(volumes),
+        num_slices=sum(cache.volumes[v].num_slices for v in volumes),
+        sequence_length=k,
+        global_batch=config.train.batch_size * accelerator.num_processes,
+    )
+    for task in module.tasks.values():
+        for note in task.on_data(data_info):
+            accelerator.print(f"note: {note}", file=sys.stderr)
     if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if config.train.compile:

@@ -176,7 +176,7 @@ def iter_processed(
             if following is not None:
                 pending.append((following, pool.submit(load_and_preprocess, following, preprocess)))
             yield item, result
-            del result  # the parent keeps no finished volume beyond the one being written
+            del result, future  # the parent keeps no finished volume beyond the one being written
     finally:
         # On an error (or a stopped consumer) drop queued work; running loads finish, at most one per worker.
         pool.shutdown(wait=True, cancel_futures=True)

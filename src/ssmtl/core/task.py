@@ -32,6 +32,16 @@ class TaskConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0, description="Ramp this task's weight linearly from 0 over this many steps.")
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a task may need to know about the training data before the first step."""
+
+    num_volumes: int
+    num_slices: int  # slices the run samples from (after modality/split selection)
+    sequence_length: int
+    global_batch: int  # sequences per optimizer micro-step, all processes together
+
+
 @dataclass
 class TaskOutput:
     """A task's result for one step: the loss to weight, plus detached metrics to log."""
@@ -72,6 +82,13 @@ class PretextTask(nn.Module, ABC):
 
     def setup(self, network: "UNet") -> None:
         """Called once after the shared network is built, e.g. to copy a momentum encoder."""
+
+    def on_data(self, info: DataInfo) -> list[str]:
+        """Called once before training (and before a resume loads state) with the data size.
+
+        Returns human-readable notes about adjustments the task made (printed once).
+        """
+        return []
 
     @abstractmethod
     def forward(self, ctx: "StepContext") -> TaskOutput:

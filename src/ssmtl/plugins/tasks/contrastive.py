@@ -42,13 +42,14 @@ from ssmtl.core.losses import info_nce, multi_positive_info_nce
 from ssmtl.core.model import NetworkInfo, UNet, global_pool
 from ssmtl.core.queue import KeyQueue
 from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
+from ssmtl.core.task import DataInfo, PretextTask, TaskConfig, TaskOutput
 from ssmtl.core.views import StepContext
 
 
 class ContrastiveConfig(TaskConfig):
     name: Literal["contrastive"] = "contrastive"
     queue_size: int = Field(4096, ge=1, description="Number of negative keys in the queue (K).")
+    max_queue_fraction: float = Field(0.5, gt=0, le=10, description="Cap K at this fraction of the slices the run samples from: a queue larger than the data holds stale keys of the query's own slice as negatives.")
     temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (T).")
     momentum: float = Field(0.999, ge=0, le=1, description="EMA momentum of the key encoder (m).")
     projection_dim: int = Field(128, ge=1, description="Output size of the projection head.")
@@ -83,6 +84,18 @@ class ContrastiveTask(PretextTask):
         self.key_encoder = copy.deepcopy(network.encoder)
         self.key_encoder.requires_grad_(False)
         self.key_projection.load_state_dict(self.projection.state_dict())
+
+    def on_data(self, info: DataInfo) -> list[str]:
+        cap = max(info.global_batch * (info.sequence_length if self.config.query_slices == "all" else 1),
+                  int(self.config.max_queue_fraction * info.num_slices))
+        if self.queue.size <= cap:
+            return []
+        old = self.queue.size
+        self.queue = KeyQueue(cap, self.config.projection_dim).to(self.queue.keys.device)
+        return [
+            f"contrastive: queue_size {old} > {self.config.max_queue_fraction:g} x {info.num_slices} training slices; "
+            f"using {cap} keys so a slice's own stale keys are not its negatives (tasks.contrastive.max_queue_fraction)"
+        ]
 
     def ddp_ignored_names(self) -> list[str]:
         names = [f"queue.{n}" for n, _ in self.queue.named_buffers()]
