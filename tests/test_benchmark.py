@@ -1,0 +1,108 @@
+"""`ssmtl benchmark`: the paper's protocol end to end on a tiny phantom cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ssmtl.cli.app import app
+from ssmtl.core.benchmark import Method, parse_methods, summarise_cells
+from ssmtl.core.errors import SsmtlError
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory) -> Path:
+    from ssmtl.core.build import build_cache
+    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.core.registry import build_registry
+
+    out = tmp_path_factory.mktemp("bench") / "ct.h5"
+    return build_cache(dataset="phantom", dataset_options={"subjects": 6, "size": 32, "num_slices": 8},
+                       preprocess=PreprocessConfig(size=32), out=out, registry=build_registry(external=False))
+
+
+def bench(cache: Path, out: Path, *extra: str):
+    args = ["--no-plugins", "benchmark", "--data", str(cache), "--methods", "scratch,contrastive", "--labeled-volumes", "1",
+            "--seeds", "1", "--out", str(out), "--pretrain-steps", "2", "--finetune-steps", "2",
+            "--set", "model.base_channels=4", "--set", "model.depth=2", *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_tiny_benchmark_outputs_and_reuse(bench_cache, tmp_path):
+    out = tmp_path / "bench"
+    bench(bench_cache, out)
+    for name in ("results.json", "results.md", "dice_vs_labels.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert (out / "dice_vs_labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    assert {c["method"] for c in results["cells"]} == {"scratch", "contrastive"}
+    cell = results["cells"][0]
+    assert set(cell["per_class"]) == {"myocardium", "left_atrium", "left_ventricle", "right_atrium", "right_ventricle", "aorta"}
+    assert all("hd95" in v and "dice" in v for v in cell["per_volume"])
+    assert "| contrastive |" in (out / "results.md").read_text()
+
+    # splits are disjoint by subject, and identical test subjects in every cell
+    test = set(results["test_subjects"])
+    assert test and all(set(c["test_subjects"]) == test for c in results["cells"])
+    for c in results["cells"]:
+        assert not test & set(c["labeled_subjects"])
+        split = json.loads((out / "finetune" / c["method"] / "finetune" / "n1" / "seed0" / "split.json").read_text())
+        assert not set(split["train"]) & set(split["test"])
+    manifest = json.loads((out / "pretrain" / "contrastive" / "export" / "manifest.json").read_text())
+    assert not test & set(manifest["data"]["volumes"])  # pre-training never saw the test subjects
+
+    # a re-run reuses the pre-training and the cells
+    export = out / "pretrain" / "contrastive" / "export" / "model.safetensors"
+    stamp = export.stat().st_mtime_ns
+    again = bench(bench_cache, out)
+    assert "reusing" in again.output
+    assert "benchmark finetune" not in again.output and "training" not in again.output
+    assert export.stat().st_mtime_ns == stamp
+
+    # corrupt intermediates are detected and recomputed
+    cell_eval = out / "finetune" / "scratch" / "finetune" / "n1" / "seed0" / "eval.json"
+    cell_eval.write_text("{not json")
+    export.write_bytes(export.read_bytes()[:64])
+    third = bench(bench_cache, out)
+    assert "no usable export" in third.output
+    assert "finetune scratch/finetune n=1 seed=0" in third.output
+    json.loads(cell_eval.read_text())
+    from safetensors.torch import load_file
+
+    assert load_file(export)  # rebuilt and readable
+
+
+def test_parse_methods():
+    tasks = {"contrastive", "order", "reconstruct", "neighbor", "position"}
+    methods = parse_methods("scratch,contrastive,multitask,dec=reconstruct+neighbor", tasks)
+    assert methods[0] == Method("scratch", ())
+    assert methods[2].tasks == ("contrastive", "order", "position", "reconstruct", "neighbor")
+    assert methods[3] == Method("dec", ("reconstruct", "neighbor"))
+    with pytest.raises(SsmtlError, match="unknown task"):
+        parse_methods("x=bogus", tasks)
+    with pytest.raises(SsmtlError, match="unknown method"):
+        parse_methods("mocov3", tasks)
+    with pytest.raises(SsmtlError, match="twice"):
+        parse_methods("scratch,scratch", tasks)
+
+
+def test_summary_pairs_by_seed():
+    def cell(method, seed, dice):
+        return {"method": method, "protocol": "finetune", "labeled_volumes": 1, "seed": seed, "mean_dice": dice,
+                "mean_hd95": 1.0, "per_class": {"a": {"dice": dice}}}
+
+    cells = [cell("scratch", 0, 0.5), cell("scratch", 1, 0.7), cell("multi", 0, 0.6), cell("multi", 1, 0.6)]
+    rows = {r["method"]: r for r in summarise_cells(cells)}
+    assert rows["scratch"]["dice_mean"] == pytest.approx(0.6)
+    assert rows["scratch"]["dice_std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std of 0.5, 0.7
+    diff = rows["multi"]["vs_scratch"]
+    assert diff["mean"] == pytest.approx(0.0) and diff["wins"] == 1 and diff["pairs"] == 2
+    assert diff["std"] == pytest.approx(0.1414213, rel=1e-5)  # paired diffs +0.1, -0.1
