@@ -203,10 +203,110 @@ class MetricsLog:
         return records
 
 
+def make_accelerator(config: RunConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(
+        # without a GPU, Accelerate only forms a process group (gloo) when told it runs on CPU
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=config.train.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)],
+    )
+
+
+@dataclass
+class StepOutcome:
+    losses: torch.Tensor  # (num_tasks,) detached, on the device
+    weights: torch.Tensor  # (num_tasks,) effective weights
+    metrics: dict[str, torch.Tensor]
+    skipped: bool  # a non-finite loss on some rank: no update was made
+    nonfinite_tasks: list[str]
+
+
+class Trainer:
+    """The mechanics of one optimizer step, separate from the run's bookkeeping.
+
+    Builds the network, task heads and weighting, wraps them with Accelerate, and
+    runs ``step``: forward on every micro-batch, one backward each, gradient
+    clipping, the optimizer and scheduler step and the tasks' post-step hooks.
+    ``run_pretraining`` and the benchmarks use the same object, so what is timed is
+    exactly what trains.
+    """
+
+    def __init__(self, config: RunConfig, registry, accelerator, *, num_volumes: int, num_slices: int):
+        self.config = config
+        self.accelerator = accelerator
+        module = build_pretrain_module(config, registry)
+        self.sequence_length = sequence_length(config, module.tasks)
+        info = DataInfo(
+            num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
+            global_batch=config.train.batch_size * accelerator.num_processes,
+        )
+        self.notes = [note for task in module.tasks.values() for note in task.on_data(info)]
+        if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        if config.train.compile:
+            _maybe_compile(module, config, self.sequence_length, accelerator)
+        ignored = ddp_ignored_names(module)
+        if ignored:
+            from torch.nn.parallel import DistributedDataParallel
+
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
+        optimizer = torch.optim.AdamW(parameter_groups(module, config.train.weight_decay), lr=config.train.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.train.warmup_steps, config.train.steps))
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(module, optimizer, scheduler)
+        self.unwrapped: PretrainModule = accelerator.unwrap_model(self.model)
+        self.names = list(self.unwrapped.tasks)
+
+    def step(self, batches: list[SequenceBatch], step: int) -> StepOutcome:
+        acc, model = self.accelerator, self.model
+        model.train()
+        for micro, batch in enumerate(batches):
+            last = micro == len(batches) - 1
+            with (acc.no_sync(model) if not last and acc.num_processes > 1 else _null()):
+                with acc.autocast():
+                    total, losses, weights, metrics = model(batch, step)
+                acc.backward(total / len(batches))
+        finite = torch.isfinite(total.detach()).float()
+        if acc.num_processes > 1:
+            finite = acc.reduce(finite, reduction="min")
+        if finite.item() < 1:  # the one host sync per step; every rank takes the same branch
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            bad = [n for n, v in zip(self.names, losses.tolist()) if not math.isfinite(v)]
+            return StepOutcome(losses, weights, metrics, True, bad)
+        if self.config.train.grad_clip is not None:
+            acc.clip_grad_norm_(model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for task in self.unwrapped.tasks.values():
+                task.after_optimizer_step(self.unwrapped.network, step)
+        return StepOutcome(losses, weights, metrics, False, [])
+
+
+def make_loader(config: RunConfig, dataset: SequenceDataset, accelerator, start_step: int) -> torch.utils.data.DataLoader:
+    accum = config.train.grad_accum
+    sampler = StepBatchSampler(
+        len(dataset), config.train.batch_size, seed=config.seed,
+        rank=accelerator.process_index, world=accelerator.num_processes,
+        start=start_step * accum, stop=config.train.steps * accum,
+    )
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.data.num_workers, collate_fn=collate_sequences,
+        pin_memory=accelerator.device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if config.data.num_workers > 0 else None,
+        # a private generator: creating the iterator must not draw from the global RNG,
+        # which the checkpoint restores (augmentations must match an uninterrupted run)
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
 def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, progress: bool = True) -> PretrainResult:
     """Pre-train ``config.tasks`` on ``config.data.path`` into ``config.out``."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import set_seed
 
     if registry is None:
         from ssmtl.core.registry import get_registry
@@ -217,12 +317,7 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     if config.data.path is None:
         raise SsmtlError("no data: pass --data CACHE.h5")
 
-    accelerator = Accelerator(
-        # without a GPU, Accelerate only forms a process group (gloo) when told it runs on CPU
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=config.train.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)],
-    )
+    accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     out = Path(config.out)
     # every rank checks inputs; only the main process creates the directory
@@ -232,31 +327,11 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
         prepare_run_dir(out, resume=resume)
     accelerator.wait_for_everyone()
     set_seed(config.seed)
-    module = build_pretrain_module(config, registry)
-    k = sequence_length(config, module.tasks)
-    data_info = DataInfo(
-        num_volumes=len(volumes),
-        num_slices=sum(cache.volumes[v].num_slices for v in volumes),
-        sequence_length=k,
-        global_batch=config.train.batch_size * accelerator.num_processes,
-    )
-    for task in module.tasks.values():
-        for note in task.on_data(data_info):
-            accelerator.print(f"note: {note}", file=sys.stderr)
-    if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if config.train.compile:
-        module.network = _maybe_compile(module.network, accelerator)
-    ignored = ddp_ignored_names(module)
-    if ignored:
-        from torch.nn.parallel import DistributedDataParallel
-
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
-
-    optimizer = torch.optim.AdamW(parameter_groups(module, config.train.weight_decay), lr=config.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.train.warmup_steps, config.train.steps))
-    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    unwrapped: PretrainModule = accelerator.unwrap_model(model)
+    trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
+                      num_slices=sum(cache.volumes[v].num_slices for v in volumes))
+    for note in trainer.notes:
+        accelerator.print(f"note: {note}", file=sys.stderr)
+    k, names = trainer.sequence_length, trainer.names
 
     ckpt_root = out / "checkpoints"
     start_step = 0
@@ -275,84 +350,51 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
         else:
             _truncate_metrics(out / "metrics.jsonl", start_step)
 
-    dataset = SequenceDataset(cache, k, config.data.stride, volumes)
     accum = config.train.grad_accum
-    sampler = StepBatchSampler(
-        len(dataset), config.train.batch_size, seed=config.seed,
-        rank=accelerator.process_index, world=accelerator.num_processes,
-        start=start_step * accum, stop=config.train.steps * accum,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=config.data.num_workers, collate_fn=collate_sequences,
-        pin_memory=accelerator.device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if config.data.num_workers > 0 else None,
-        # a private generator: creating the iterator must not draw from the global RNG,
-        # which the checkpoint restores (augmentations must match an uninterrupted run)
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    names = list(unwrapped.tasks)
+    batches = iter(make_loader(config, SequenceDataset(cache, k, config.data.stride, volumes), accelerator, start_step))
     log = MetricsLog(out / "metrics.jsonl" if main else None, names)
     slices_per_step = config.train.batch_size * k * accum * accelerator.num_processes
     bar = _Progress(enabled=progress and main, total=config.train.steps, start=start_step, names=names)
-    batches = iter(loader)
+    reduce = (lambda t: accelerator.reduce(t, reduction="mean")) if accelerator.num_processes > 1 else (lambda t: t)
     nonfinite_run = 0
-    t_start = time.perf_counter()
-    t_last = t_start
-    step = start_step
+    t_start = t_last = time.perf_counter()
     try:
         for step in range(start_step, config.train.steps):
-            model.train()
-            for micro in range(accum):
-                batch: SequenceBatch = next(batches).to(accelerator.device)
-                sync = micro == accum - 1
-                with (accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else _null()):
-                    with accelerator.autocast():
-                        total, losses, weights, metrics = model(batch, step)
-                    accelerator.backward(total / accum)
-            finite = torch.isfinite(total.detach()).float()
-            finite = accelerator.reduce(finite, reduction="min") if accelerator.num_processes > 1 else finite
-            if finite.item() < 1:  # the one host sync per step; every rank takes the same branch
+            micro = [next(batches).to(accelerator.device) for _ in range(accum)]
+            outcome = trainer.step(micro, step)
+            if outcome.skipped:
                 nonfinite_run += 1
-                optimizer.zero_grad(set_to_none=True)
-                bad = [n for n, v in zip(names, losses.tolist()) if not math.isfinite(v)]
-                accelerator.print(f"warning: step {step}: non-finite loss from task(s) {', '.join(bad) or '(another rank)'}; step skipped", file=sys.stderr)
+                bad = ", ".join(outcome.nonfinite_tasks) or "(another rank)"
+                accelerator.print(f"warning: step {step}: non-finite loss from task(s) {bad}; step skipped", file=sys.stderr)
                 if main:
                     with open(out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps({"step": step, "skipped": True, "nonfinite_tasks": bad}) + "\n")
+                        f.write(json.dumps({"step": step, "skipped": True, "nonfinite_tasks": outcome.nonfinite_tasks}) + "\n")
                 if nonfinite_run >= config.train.max_nonfinite_steps:
                     raise SsmtlError(
-                        f"stopping: {nonfinite_run} consecutive steps had a non-finite loss (last from {', '.join(bad) or 'another rank'}); "
+                        f"stopping: {nonfinite_run} consecutive steps had a non-finite loss (last from {bad}); "
                         "lower train.lr, enable train.grad_clip, or check the data"
                     )
-                scheduler.step()
                 continue
             nonfinite_run = 0
-            if config.train.grad_clip is not None:
-                accelerator.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for task in unwrapped.tasks.values():
-                    task.after_optimizer_step(unwrapped.network, step)
             done = step + 1
             now = time.perf_counter()
-            log.add(step, scheduler.get_last_lr()[0], losses, weights, metrics, slices_per_step / max(now - t_last, 1e-9))
+            log.add(step, trainer.scheduler.get_last_lr()[0], outcome.losses, outcome.weights, outcome.metrics,
+                    slices_per_step / max(now - t_last, 1e-9))
             t_last = now
             if done % config.train.log_every == 0 or done == config.train.steps:
-                log.flush(lambda t: accelerator.reduce(t, reduction="mean") if accelerator.num_processes > 1 else t)
+                log.flush(reduce)
                 bar.update(done, log.last, slices_per_step * (done - start_step) / max(now - t_start, 1e-9))
             if done % config.train.checkpoint_every == 0 and done < config.train.steps:
                 save_checkpoint(accelerator, ckpt_root, done, config.train.keep_checkpoints)
-        step = config.train.steps
-        log.flush(lambda t: accelerator.reduce(t, reduction="mean") if accelerator.num_processes > 1 else t)
+        log.flush(reduce)
         save_checkpoint(accelerator, ckpt_root, config.train.steps, config.train.keep_checkpoints)
     finally:
         bar.close()
+    unwrapped = trainer.unwrapped
     if main:
         write_export(
             out,
-            unwrapped.network,
+            _plain_network(unwrapped.network),
             {
                 "config": config_to_dict(config),
                 "tasks": {n: config.tasks[n].model_dump(mode="json") for n in names},
@@ -401,12 +443,34 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _maybe_compile(network: UNet, accelerator) -> nn.Module:
+def _maybe_compile(module: PretrainModule, config: RunConfig, k: int, accelerator) -> None:
+    """``torch.compile`` the encoder and decoder in place; fall back to eager if it fails.
+
+    Compilation errors surface at the first call, not at ``torch.compile``, so a tiny
+    forward runs here inside the guard.
+    """
+    network = module.network
+    eager = (network.encoder, network.decoder)
     try:
         network.encoder = torch.compile(network.encoder)
         network.decoder = torch.compile(network.decoder)
-    except Exception as exc:  # compilation unavailable (no compiler toolchain, unsupported platform)
-        accelerator.print(f"warning: torch.compile unavailable ({exc}); running eagerly", file=sys.stderr)
+        side = 2 ** config.model.depth * 2
+        probe = torch.zeros(2, config.model.in_channels, side, side)
+        with torch.no_grad():
+            network.decoder(network.encoder(probe))
+    except Exception as exc:  # no compiler toolchain, unsupported platform or op
+        network.encoder, network.decoder = eager
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        accelerator.print(f"warning: torch.compile unavailable ({first}); running eagerly", file=sys.stderr)
+
+
+def _plain_network(network: UNet) -> UNet:
+    """The network with compiled submodules unwrapped, so exported keys have no ``_orig_mod``."""
+    for name in ("encoder", "decoder"):
+        part = getattr(network, name)
+        original = getattr(part, "_orig_mod", None)
+        if original is not None:
+            setattr(network, name, original)
     return network
 
 
