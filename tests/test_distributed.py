@@ -19,7 +19,7 @@ COMBOS = [list(p) for p in itertools.combinations(ALL_TASKS, 2)] + [ALL_TASKS]
 def test_two_processes_share_one_queue(tiny_cache, tmp_path):
     """Keys are gathered from both ranks before enqueue: the queue holds keys of rank 0 and rank 1."""
     out = tmp_path / "run"
-    sets = [a for s in tiny_sets(["contrastive", "order"]) for a in ("--set", s)]
+    sets = [a for s in tiny_sets(["contrastive", "order"]) + ["tasks.contrastive.max_queue_fraction=10"] for a in ("--set", s)]
     run(accelerate_cmd(2) + ["pretrain", "--data", str(tiny_cache), "--out", str(out), "--steps", "4",
                              "--batch-size", "2", "--task", "contrastive", "--task", "order", *sets])
     state = load_file(out / "checkpoints" / "step-00000004" / "model.safetensors")
