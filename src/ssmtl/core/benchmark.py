@@ -122,8 +122,11 @@ class Benchmark:
         self.ft_cache = SliceCache(self.ft_path)
         if not any(v.has_label for v in self.ft_cache.volumes):
             raise SsmtlError(f"{self.ft_path}: no labeled volumes to fine-tune and test on")
-        # scratch gets exactly the network the pre-trained methods export
-        self.model_config = self._pretrain_config(BUILTIN_METHODS["contrastive"], self.out).model
+        # scratch gets exactly the network the pre-trained methods export, and fine-tuning
+        # runs at the pre-training precision
+        reference = self._pretrain_config(BUILTIN_METHODS["contrastive"], self.out)
+        self.model_config = reference.model
+        self.mixed_precision = reference.train.mixed_precision
 
     # -- pre-training -------------------------------------------------------------------
     def _pretrain_config(self, tasks: tuple[str, ...], out: Path) -> RunConfig:
@@ -177,6 +180,7 @@ class Benchmark:
             steps=self.config.finetune_steps, batch_size=self.config.finetune_batch_size, lr=self.config.finetune_lr,
             seed=seed, labeled_seed=seed, split_seed=self.config.split_seed,
             freeze_encoder=protocol == "frozen", model=None if init else self.model_config,
+            mixed_precision=self.mixed_precision,
         )
         key = _digest({"finetune": ft.model_dump(mode="json"), "init": self._export_id(init), "data": self.ft_cache.fingerprint})
         record = cell_dir / "cell.json"
