@@ -32,7 +32,11 @@ def test_two_processes_share_one_queue(tiny_cache, tmp_path):
 
 
 def _combos_two_steps(cache: str, root: str) -> None:
-    """Runs inside each of the 2 processes started by debug_launcher."""
+    """Runs inside each process (2 under debug_launcher, or this one)."""
+    from accelerate.state import AcceleratorState
+
+    # forked children inherit the parent's (single-process) Accelerate state: start afresh
+    AcceleratorState._reset_state(reset_partial_state=True)
     from ssmtl.core.config import resolve_run_config
     from ssmtl.core.engine import run_pretraining
     from ssmtl.core.registry import build_registry

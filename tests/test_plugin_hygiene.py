@@ -149,11 +149,6 @@ def test_broken_plugins_are_reported_by_name_and_skipped(ssmtl_cli):
     assert shown.exit_code == 0 and "contrastive" in shown.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the registry validates config_model() but pydantic does not validate defaults, so a default that breaks "
-    "its own field constraint loads and fails later; registry._check_spec could validate model().model_dump(). "
-    "check_task_contract catches it (tests/test_testing_kit.py)"
-))
 def test_a_default_that_breaks_its_own_constraint_is_rejected_at_load(ssmtl_registry_factory):
     class BadDefaultConfig(TaskConfig):
         name: Literal["bad-default"] = "bad-default"
@@ -162,6 +157,7 @@ def test_a_default_that_breaks_its_own_constraint_is_rejected_at_load(ssmtl_regi
     plugin = plugin_module("bad_default", ssmtl_register_tasks=lambda: [TaskSpec("bad-default", BadDefaultConfig, _never_built)])
     registry = ssmtl_registry_factory(plugin, strict=False)
     assert "bad-default" not in registry.tasks
+    assert any("bad_default" in p and "width" in p for p in registry.problems), registry.problems
 
 
 # -- the heads hook ----------------------------------------------------------------------------

@@ -38,8 +38,7 @@ def root(
     """ssmtl: pre-train one encoder-decoder with several pretext tasks at once, then fine-tune segmentation."""
     from ssmtl.core.registry import set_default_external
 
-    if no_plugins:
-        set_default_external(False)
+    set_default_external(False if no_plugins else None)
 
 
 app.add_typer(cache_cmd.app, name="cache")

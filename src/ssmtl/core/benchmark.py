@@ -126,7 +126,7 @@ class Benchmark:
         # runs at the pre-training precision
         reference = self._pretrain_config(BUILTIN_METHODS["contrastive"], self.out)
         self.model_config = reference.model
-        self.mixed_precision = reference.train.mixed_precision
+        self.mixed_precision = reference.train.mixed_precision or "no"
 
     # -- pre-training -------------------------------------------------------------------
     def _pretrain_config(self, tasks: tuple[str, ...], out: Path) -> RunConfig:

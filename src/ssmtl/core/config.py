@@ -70,12 +70,15 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps, then cosine decay to 0.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (None: off).")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision.")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
+        None, description="Autocast precision. None: what `accelerate launch --mixed_precision` / `accelerate config` set, else no."
+    )
     checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
     log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
     max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss.")
     compile: bool = Field(False, description="torch.compile the shared network (falls back to eager if unavailable).")
+    channels_last: bool = Field(False, description="Keep the network weights and input views in channels_last (NHWC) memory format: faster convolutions on GPU tensor cores (bf16/fp16), often on CPU too.")
 
 
 class WeightingConfig(BaseModel):

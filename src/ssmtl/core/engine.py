@@ -27,7 +27,7 @@ from ssmtl.core.cache import SliceCache
 from ssmtl.core.config import RunConfig, config_to_dict
 from ssmtl.core.errors import SsmtlError
 from ssmtl.core.export import write_export
-from ssmtl.core.model import UNet
+from ssmtl.core.model import Encoder, UNet
 from ssmtl.core.rundir import prepare_run_dir, write_json_atomic
 from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 from ssmtl.core.task import DataInfo, PretextTask
@@ -55,9 +55,15 @@ class PretrainModule(nn.Module):
                     raise SsmtlError(f"task {name!r} defines view {view!r}, which already exists")
                 self.builders[view] = builder
         self.last_context: StepContext | None = None
+        self.memory_format = torch.contiguous_format
+
+    def use_channels_last(self) -> None:
+        """NHWC weights (every 4-D parameter and buffer) and input views: faster convolutions."""
+        self.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
 
     def forward(self, batch: SequenceBatch, step: int):
-        ctx = StepContext(batch, self.network, self.augment, self.builders, step)
+        ctx = StepContext(batch, self.network, self.augment, self.builders, step, self.memory_format)
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
@@ -246,6 +252,8 @@ class Trainer:
         self.notes = [note for task in module.tasks.values() for note in task.on_data(info)]
         if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        if config.train.channels_last:
+            module.use_channels_last()
         if config.train.compile:
             _maybe_compile(module, config, self.sequence_length, accelerator)
         ignored = ddp_ignored_names(module)
@@ -403,6 +411,7 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
                 "data": {"path": str(config.data.path), "fingerprint": cache.fingerprint, "volumes": [cache.volumes[v].subject for v in volumes]},
                 "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
                 "world_size": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision,
             },
         )
     accelerator.wait_for_everyone()
@@ -444,22 +453,33 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _maybe_compile(module: PretrainModule, config: RunConfig, k: int, accelerator) -> None:
-    """``torch.compile`` the encoder and decoder in place; fall back to eager if it fails.
+    """``torch.compile`` the encoder, the decoder and every copy of the encoder a task
+    holds (MoCo's key encoder) in place; fall back to eager if compilation fails.
+
+    Shapes are static (``dynamic=False``): every step has the same batch shape. With
+    the default, the recompile that follows the probe below produces dynamic-shape
+    kernels, which on an H200 were slower than eager (wide model, 256²: 42.8 ms per
+    step against 38.9 ms eager; static, key encoder included: 30.2 ms).
 
     Compilation errors surface at the first call, not at ``torch.compile``, so a tiny
-    forward runs here inside the guard.
+    forward runs here inside the guard, on the training device: a CPU probe on a GPU
+    run would build (and need a C++ toolchain for) CPU kernels that never run.
     """
     network = module.network
-    eager = (network.encoder, network.decoder)
+    parts = [(network, "encoder"), (network, "decoder")]
+    parts += [(task, name) for task in module.tasks.values() for name, child in task.named_children() if isinstance(child, Encoder)]
+    eager = [(owner, name, getattr(owner, name)) for owner, name in parts]
     try:
-        network.encoder = torch.compile(network.encoder)
-        network.decoder = torch.compile(network.decoder)
+        for owner, name, part in eager:
+            setattr(owner, name, torch.compile(part, dynamic=False))
         side = 2 ** config.model.depth * 2
-        probe = torch.zeros(2, config.model.in_channels, side, side)
+        module.to(accelerator.device)  # where accelerator.prepare would put it anyway
+        probe = torch.zeros(2, config.model.in_channels, side, side, device=accelerator.device)
         with torch.no_grad():
             network.decoder(network.encoder(probe))
     except Exception as exc:  # no compiler toolchain, unsupported platform or op
-        network.encoder, network.decoder = eager
+        for owner, name, part in eager:
+            setattr(owner, name, part)
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         accelerator.print(f"warning: torch.compile unavailable ({first}); running eagerly", file=sys.stderr)
 

@@ -179,7 +179,9 @@ def _check_spec(spec: Any, spec_cls: type, base: type) -> None:
             f"{name_field.default!r}, expected {spec.name!r}"
         )
     try:
-        model()
+        # pydantic does not validate defaults: round-trip them so a default that breaks
+        # its own constraint is caught here, at load time, with the plugin's name
+        model.model_validate(model().model_dump())
     except Exception as exc:
         raise TypeError(f"{spec_cls.__name__} {spec.name!r}: config_model() has no valid defaults: {exc}") from exc
     if not callable(spec.factory):
@@ -250,15 +252,23 @@ _CACHE: dict[tuple, Registry] = {}
 
 def get_registry(external: bool | None = None) -> Registry:
     """The process-wide registry (loaded once per process and option set)."""
+    if external is None:
+        external = _DEFAULT_EXTERNAL
     key = (external, os.environ.get(ALLOW_ENV), os.environ.get(DISABLE_ENV))
     if key not in _CACHE:
         _CACHE[key] = build_registry(external=external)
     return _CACHE[key]
 
 
-def set_default_external(external: bool) -> None:
-    """Used by the CLI's ``--no-plugins``: later ``get_registry()`` calls load built-ins only."""
-    if not external:
-        os.environ[DISABLE_ENV] = "1"
-    else:
-        os.environ.pop(DISABLE_ENV, None)
+_DEFAULT_EXTERNAL: bool | None = None
+
+
+def set_default_external(external: bool | None) -> None:
+    """The CLI's ``--no-plugins`` (False): later ``get_registry()`` calls load built-ins only.
+
+    A process-level setting rather than an environment variable, so one in-process
+    invocation (a test's CliRunner) does not leak into the next; ``None`` defers to
+    ``SSMTL_NO_PLUGINS``. ``accelerate launch`` passes the flag to every rank anyway.
+    """
+    global _DEFAULT_EXTERNAL
+    _DEFAULT_EXTERNAL = external
