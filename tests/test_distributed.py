@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from helpers import ALL_TASKS, accelerate_cmd, run, tiny_sets
+from combo_driver import COMBOS
+from helpers import accelerate_cmd, run, tiny_sets
 
 pytestmark = pytest.mark.slow
-
-COMBOS = [list(p) for p in itertools.combinations(ALL_TASKS, 2)] + [ALL_TASKS]
 
 
 def test_two_processes_share_one_queue(tiny_cache, tmp_path):
@@ -31,34 +30,14 @@ def test_two_processes_share_one_queue(tiny_cache, tmp_path):
     assert (out / "checkpoints" / "step-00000004" / "random_states_1.pkl").is_file()
 
 
-def _combos_two_steps(cache: str, root: str) -> None:
-    """Runs inside each process (2 under debug_launcher, or this one)."""
-    from accelerate.state import AcceleratorState
-
-    # forked children inherit the parent's (single-process) Accelerate state: start afresh
-    AcceleratorState._reset_state(reset_partial_state=True)
-    from ssmtl.core.config import resolve_run_config
-    from ssmtl.core.engine import run_pretraining
-    from ssmtl.core.registry import build_registry
-
-    registry = build_registry(external=False)
-    for i, tasks in enumerate(COMBOS):
-        config = resolve_run_config(
-            flags={"data.path": cache, "out": f"{root}/combo{i}", "train.steps": 2, "train.batch_size": 2},
-            tasks=tasks, sets=tiny_sets(tasks), registry=registry,
-        )
-        result = run_pretraining(config, registry=registry, progress=False)
-        assert result.steps == 2
-
-
 @pytest.mark.parametrize("processes", [1, 2])
 def test_every_pair_of_tasks_and_all_together(tiny_cache, tmp_path, processes):
-    from accelerate import debug_launcher
-
+    driver = Path(__file__).with_name("combo_driver.py")
     if processes == 1:
-        _combos_two_steps(str(tiny_cache), str(tmp_path))
+        run([sys.executable, str(driver), str(tiny_cache), str(tmp_path)], cwd=driver.parent)
     else:
-        debug_launcher(_combos_two_steps, args=(str(tiny_cache), str(tmp_path)), num_processes=2)
+        launch = accelerate_cmd(2)[:-2]  # the launcher without "-m ssmtl": it runs the driver script
+        run(launch + [str(driver), str(tiny_cache), str(tmp_path)], cwd=driver.parent)
     for i, tasks in enumerate(COMBOS):
         records = [json.loads(l) for l in (tmp_path / f"combo{i}" / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [0, 1], tasks
