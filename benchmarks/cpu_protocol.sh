@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The protocol behind docs/benchmarks.md, sized for 2 CPU cores (about 45 minutes).
+#
+#   bash benchmarks/cpu_protocol.sh            # from the repository root, with .venv/bin on PATH
+#
+# Phantom caches (16 subjects, 64 px, 32 slices; 5 subjects held out for testing),
+# U-Net base width 8, 400 pre-training steps per method, 200 fine-tuning steps per cell,
+# label budgets 1 and 4, 2 seeds. Settings: CT->CT (plus an ablation without the
+# decoder tasks, in ablation/), CT->MR (the same CT pre-trainings), MR->MR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SSMTL=${SSMTL:-ssmtl}
+OUT=${OUT:-benchmarks/out}/cpu
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-400}
+FINETUNE_STEPS=${FINETUNE_STEPS:-200}
+mkdir -p "$OUT"
+for domain in ct mr; do
+  [ -f "$OUT/$domain.h5" ] || $SSMTL cache build --dataset phantom --out "$OUT/$domain.h5" --subjects 16 --domain "$domain" --size 64 > /dev/null
+done
+COMMON=(--seeds 2 --pretrain-steps "$PRETRAIN_STEPS" --finetune-steps "$FINETUNE_STEPS" --set model.base_channels=8)
+t0=$(date +%s)
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods scratch,contrastive,multitask --labeled-volumes 1,4 "${COMMON[@]}"
+echo "ct-ct: $(( $(date +%s) - t0 ))s"
+# ablation: the same encoder tasks without the decoder tasks (a copy reuses the runs above)
+rm -rf "$OUT/ablation" && cp -r "$OUT/ct-ct" "$OUT/ablation"
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation" --methods scratch,contrastive,multitask,encoder-only=contrastive+order+position \
+    --labeled-volumes 1 "${COMMON[@]}"
+echo "ablation: $(( $(date +%s) - t0 ))s"
+mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"
+$SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods scratch,contrastive,multitask --labeled-volumes 1,4 "${COMMON[@]}"
+echo "ct-mr: $(( $(date +%s) - t0 ))s"
+$SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods scratch,contrastive,multitask --labeled-volumes 1,4 "${COMMON[@]}"
+echo "total: $(( $(date +%s) - t0 ))s"
