@@ -5,7 +5,8 @@
    (``SequenceDataset``) versus decoding the source ``.nii.gz`` for every sample
    (nibabel's array proxy, the cheapest way to get three slices out of a gzip
    NIfTI; it still has to inflate the file up to them, and it skips the resampling
-   the cache has already done, so the ratio is a lower bound). Target: >= 20x.
+   the cache has already done, so the ratio is a lower bound), for small
+   (256 x 256 x 96) and clinical-size (512 x 512 x 120) sources. Target: >= 20x.
 2. ``loader_throughput``: slices/s of ``SequenceDataset`` + ``StepBatchSampler`` +
    ``collate_sequences`` through a ``DataLoader`` with 0, 1 and 2 workers, each
    batch then augmented with ``ssmtl.core.augment.augment`` (as the training step
@@ -76,13 +77,13 @@ def build(images: Path, out: Path, workers: int = 0, size: int = 128) -> Path:
 # -- 1. random sequence reads ------------------------------------------------------------------
 
 
-def bench_reads(tmp: Path, volumes: int, samples: int) -> dict:
+def bench_reads(tmp: Path, volumes: int, samples: int, shape: tuple[int, int, int]) -> dict:
     from ssmtl.core.cache import SliceCache
     from ssmtl.core.sampling import SequenceDataset
 
-    shape = (256, 256, 96)
-    paths = write_volumes(tmp / "reads", volumes, shape)
-    cache_path = build(tmp / "reads", tmp / "reads.h5")
+    name = "reads-{}x{}x{}".format(*shape)
+    paths = write_volumes(tmp / name, volumes, shape)
+    cache_path = build(tmp / name, tmp / f"{name}.h5")
     dataset = SequenceDataset(SliceCache(cache_path), length=SEQUENCE)
     rng = np.random.default_rng(0)
     windows = rng.integers(0, len(dataset), samples)
@@ -115,35 +116,50 @@ def bench_reads(tmp: Path, volumes: int, samples: int) -> dict:
 # -- 2. loader + augmentation throughput ----------------------------------------------------------
 
 
-def bench_loader(cache_path: Path, steps: int, batch_size: int = 16) -> dict:
+def _loader_slices_per_s(cache_path: Path, workers: int, steps: int, batch_size: int) -> float:
     import torch
 
     from ssmtl.core.augment import AugmentConfig, augment
     from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 
-    torch.manual_seed(0)
     config = AugmentConfig()
+    dataset = SequenceDataset(cache_path, length=SEQUENCE)  # fresh: no handle open before workers start
+    warmup = 3
+    sampler = StepBatchSampler(len(dataset), batch_size, seed=0, stop=steps + warmup)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                         collate_fn=collate_sequences, persistent_workers=False,
+                                         prefetch_factor=4 if workers else None)
+    batches = iter(loader)
+    for _ in range(warmup):  # worker start-up is not throughput
+        next(batches)
+    slices = 0
+    start = time.perf_counter()
+    for batch in batches:
+        b, k, h, w = batch.slices.shape
+        view, _ = augment(batch.slices.reshape(b * k, 1, h, w), config, group=k)
+        slices += view.shape[0]
+    return round(slices / (time.perf_counter() - start), 1)
+
+
+def bench_loader(cache_path: Path, steps: int, batch_size: int = 16) -> dict:
+    """Loader + augmentation, with torch's default intra-op threads and with one.
+
+    Augmentation runs in the main process; on a small or shared CPU its thread pool
+    can oversubscribe the cores (measured here: 8x slower with 2 threads than with
+    1 while other jobs ran), so both settings are reported.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    default_threads = torch.get_num_threads()
     results = {}
-    for workers in (0, 1, 2):
-        dataset = SequenceDataset(cache_path, length=SEQUENCE)  # fresh: no handle open before workers start
-        warmup = 3
-        sampler = StepBatchSampler(len(dataset), batch_size, seed=0, stop=steps + warmup)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                             collate_fn=collate_sequences, persistent_workers=False,
-                                             prefetch_factor=4 if workers else None)
-        batches = iter(loader)
-        for _ in range(warmup):  # worker start-up is not throughput
-            next(batches)
-        slices = 0
-        start = time.perf_counter()
-        for batch in batches:
-            b, k, h, w = batch.slices.shape
-            view, _ = augment(batch.slices.reshape(b * k, 1, h, w), config, group=k)
-            slices += view.shape[0]
-        elapsed = time.perf_counter() - start
-        results[f"workers_{workers}"] = round(slices / elapsed, 1)
-    return {"slices_per_s": results, "batch_size": batch_size, "k": SEQUENCE, "steps": steps,
-            "torch_threads": torch.get_num_threads()}
+    for threads in dict.fromkeys((default_threads, 1)):
+        torch.set_num_threads(threads)
+        results[f"torch_threads_{threads}"] = {
+            f"workers_{workers}": _loader_slices_per_s(cache_path, workers, steps, batch_size) for workers in (0, 1, 2)
+        }
+    torch.set_num_threads(default_threads)
+    return {"slices_per_s": results, "batch_size": batch_size, "k": SEQUENCE, "steps": steps}
 
 
 # -- 3. build peak memory -------------------------------------------------------------------------
@@ -241,8 +257,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="ssmtl-bench-") as tmp:
         tmp = Path(tmp)
-        reads = bench_reads(tmp, volumes=4 if args.quick else 8, samples=60 if args.quick else 300)
-        loader = bench_loader(Path(reads.pop("cache_path")), steps=10 if args.quick else 40)
+        shapes = [(256, 256, 96)] if args.quick else [(256, 256, 96), (512, 512, 120)]
+        reads = [bench_reads(tmp, volumes=4 if args.quick else 8, samples=60 if args.quick else 300, shape=shape)
+                 for shape in shapes]
+        loader = bench_loader(Path(reads[0]["cache_path"]), steps=10 if args.quick else 40)
+        for entry in reads:
+            del entry["cache_path"]
         memory = bench_memory(tmp, (256, 256, 60) if args.quick else (512, 512, 120), many=20)
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

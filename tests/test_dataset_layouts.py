@@ -34,7 +34,7 @@ def build(registry, tmp_path, dataset, name="c.h5", **options):
 # -- itk ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".mhd"])
+@pytest.mark.parametrize("ext", [".nrrd", ".nhdr", ".mha", ".mhd"])
 def test_itk_reader_matches_nifti_export(tmp_path, ext):
     """A flipped, shifted LPS geometry read by SimpleITK equals the NIfTI SimpleITK writes of it."""
     import SimpleITK as sitk
@@ -254,3 +254,12 @@ def test_manifest_missing_image_is_reported_at_load(mixed_files, registry):
     with pytest.raises(InputFileError) as info:
         build(registry, mixed_files, "manifest", path=str(manifest))
     assert info.value.path == str(mixed_files / "data" / "missing.nii.gz") and "not found" in info.value.reason
+
+
+def test_manifest_split_is_stored_even_without_labeled_training_subjects(mixed_files, registry):
+    """Pre-training only on unlabeled scans, every labeled subject held out: a valid cache to build."""
+    manifest = mixed_files / "m.csv"
+    manifest.write_text("image,label,split\ndata/ct1.nii.gz,data/ct1_seg.nii.gz,test\ndata/mr2.nii.gz,,train\n")
+    cache = build(registry, mixed_files, "manifest", path=str(manifest))
+    assert [(v.subject, v.split) for v in cache.volumes] == [("ct1", "test"), ("mr2", "train")]
+    assert cache.attrs["split"] == {"source": "dataset", "held_out": 1}

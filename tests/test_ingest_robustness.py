@@ -18,7 +18,6 @@ byte-identical, and the next build removes the dead build's temporary.
 from __future__ import annotations
 
 import gzip
-import os
 import random
 import signal
 import subprocess

@@ -85,7 +85,8 @@ def test_cli_fixture_keeps_stdout_and_stderr_apart_and_isolates_no_plugins(ssmtl
     assert failed.exit_code == 2 and failed.stdout == "" and failed.stderr.startswith("error:")
 
 
-def test_cli_fixture_injects_plugins_without_installing_them(ssmtl_cli):
+def test_cli_fixture_injects_plugins_without_installing_them(ssmtl_cli, monkeypatch):
+    monkeypatch.setenv("SSMTL_NO_PLUGINS", "1")  # as an earlier in-process `--no-plugins` leaves it
     data = json.loads(ssmtl_cli("plugins", "--json", plugins=[toy_plugin("toy")]).stdout)
     toy = [p for p in data["plugins"] if p["name"] == "toy_plugin_toy"]
     assert toy and toy[0]["provides"] == {"tasks": ["toy"]}
@@ -94,6 +95,9 @@ def test_cli_fixture_injects_plugins_without_installing_them(ssmtl_cli):
     assert [p["name"] for p in only["plugins"]] == ["toy_plugin_toy"]
     hidden = json.loads(ssmtl_cli("--no-plugins", "plugins", "--json", plugins=[toy_plugin("toy")]).stdout)
     assert "toy_plugin_toy" not in [p["name"] for p in hidden["plugins"]]
+    by_env = json.loads(ssmtl_cli("plugins", "--json", plugins=[toy_plugin("toy")], env={"SSMTL_NO_PLUGINS": "1"}).stdout)
+    assert "toy_plugin_toy" not in [p["name"] for p in by_env["plugins"]]
+    assert os.environ["SSMTL_NO_PLUGINS"] == "1"  # restored after every call
 
 
 def test_tiny_batch_is_a_sequence_batch_with_positions():

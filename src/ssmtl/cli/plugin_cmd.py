@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ssmtl.cli.common import handle_errors
+from ssmtl.cli.common import handle_errors, registry
 
 app = typer.Typer(help="Create plugin packages (list installed plugins with `ssmtl plugins`).", no_args_is_help=True)
 
@@ -22,10 +22,9 @@ def new(
     Example: ssmtl plugin new slice-stats --dir plugins/ && pip install -e plugins/ssmtl-slice-stats
     """
     from ssmtl.cli.scaffold import write_plugin_package
-    from ssmtl.core.registry import build_registry
 
-    builtin_tasks = set(build_registry(external=False).tasks)
-    root, files = write_plugin_package(name, directory, taken=builtin_tasks)
+    # a name an installed plugin already provides would be rejected when the new one loads
+    root, files = write_plugin_package(name, directory, taken=registry().tasks)
     # plain echo, not rich: paths must not be wrapped or highlighted when copied from the terminal
     typer.echo(f"created {root}")
     for path in files:

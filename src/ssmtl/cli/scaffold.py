@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Iterable
 
 from ssmtl import __version__
 from ssmtl.core.errors import SsmtlError
@@ -280,7 +281,7 @@ def render(names: PluginNames) -> dict[str, str]:
     }
 
 
-def write_plugin_package(task: str, parent: Path, taken: set[str] = frozenset()) -> tuple[Path, list[Path]]:
+def write_plugin_package(task: str, parent: Path, taken: Iterable[str] = ()) -> tuple[Path, list[Path]]:
     """Write the package for task ``task`` into ``parent/ssmtl-TASK``; return (root, files).
 
     ``taken`` holds task names already provided (a clash would be rejected at load
@@ -288,7 +289,7 @@ def write_plugin_package(task: str, parent: Path, taken: set[str] = frozenset())
     not empty.
     """
     names = PluginNames.from_task(task)
-    if names.task in taken:
+    if names.task in set(taken):
         raise SsmtlError(f"a task named {names.task!r} already exists; choose another name")
     root = Path(parent) / names.distribution
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

@@ -125,6 +125,9 @@ def build_cache(
     """
     if workers < 0:
         raise SsmtlError(f"--workers {workers}: expected 0 (load in this process) or more")
+    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise SsmtlError(f"--test-fraction {test_fraction} and val_fraction {val_fraction}: each must be in [0, 1) "
+                         "and together below 1")
     if registry is None:
         from ssmtl.core.registry import get_registry
 
@@ -192,10 +195,12 @@ def _subject_split(tally: _Tally, preset: dict[str, str], seed: int, test_fracti
     subjects, labeled = tally.subjects, tally.labeled
     present = {s: v for s, v in preset.items() if s in set(subjects)}  # skipped subjects drop out
     if present:
-        split = make_split(subjects, labeled, seed=seed, preset=present)
-        split_of = {s: name for name in SPLITS for s in split[name]}
-        split_of.update({s: present.get(s, "train") for s in split["unlabeled"]})
-        return split_of, {"source": "dataset", "held_out": len(split["test"]) + len(split["val"])}
+        # Stored as given: whether it leaves enough subjects to fine-tune is for fine-tuning to say.
+        # Only labeled subjects can be evaluated; one whose labeled volumes were all skipped trains.
+        moved = sorted(s for s, v in present.items() if v != "train" and s not in labeled)
+        split_of = {s: "train" if s in moved else present.get(s, "train") for s in set(subjects)}
+        meta = {"source": "dataset", "held_out": sum(v != "train" for v in split_of.values())}
+        return split_of, {**meta, "moved_to_train_unlabeled": moved} if moved else meta
     meta = {"source": "random", "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
     if test_fraction <= 0 and val_fraction <= 0 or len(labeled) < 2:
         return {}, {**meta, "held_out": 0}

@@ -38,7 +38,7 @@ from ssmtl.core.volume import VolumeItem
 # Futures kept in flight per worker: one being computed, one queued so a worker never waits.
 IN_FLIGHT_PER_WORKER = 2
 # How often a worker checks whether the builder is gone, where no pidfd is available (seconds).
-_PARENT_POLL_S = 0.5
+_BUILDER_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _wait_for_exit(pid: int) -> None:
             return
         except PermissionError:
             pass
-        time.sleep(_PARENT_POLL_S)
+        time.sleep(_BUILDER_POLL_S)
 
 
 def _exit_with(builder: int) -> None:

@@ -179,11 +179,15 @@ def _check_spec(spec: Any, spec_cls: type, base: type) -> None:
             f"{name_field.default!r}, expected {spec.name!r}"
         )
     try:
-        # pydantic does not validate defaults: round-trip them so a default that breaks
-        # its own constraint is caught here, at load time, with the plugin's name
-        model.model_validate(model().model_dump())
+        defaults = model()
     except Exception as exc:
         raise TypeError(f"{spec_cls.__name__} {spec.name!r}: config_model() has no valid defaults: {exc}") from exc
+    try:
+        # pydantic does not validate defaults: round-trip them so a default that breaks
+        # its own constraint is caught here, at load time, with the plugin's name
+        model.model_validate(defaults.model_dump())
+    except Exception as exc:
+        raise TypeError(f"{spec_cls.__name__} {spec.name!r}: the defaults of {model.__name__} break its own constraints: {exc}") from exc
     if not callable(spec.factory):
         raise TypeError(f"{spec_cls.__name__} {spec.name!r}: factory is not callable")
 

@@ -1,9 +1,8 @@
 """Run the ``ssmtl`` command line in-process, isolated from the test session's state.
 
 The CLI keeps process-wide state that would leak between invocations in one
-pytest process: the registry is cached per process, ``--no-plugins`` works by
-setting ``SSMTL_NO_PLUGINS`` in the environment, and plugin problems are printed
-once per process. :class:`SsmtlCli` resets all three around every call, and can
+pytest process: the registry is cached per process, ``--no-plugins`` is a
+process-level setting, and plugin problems are printed once per process. :class:`SsmtlCli` resets all three around every call, and can
 inject plugin objects that are importable but not installed, so a plugin's tests
 can drive the real CLI before (or without) ``pip install``.
 """
@@ -58,11 +57,16 @@ class SsmtlCli:
 
     @contextlib.contextmanager
     def isolated(self, plugins: Sequence[Any] | None = None, builtins: bool | Iterable[str] = True) -> Iterator[None]:
-        """Fresh registry, plugin warnings and plugin-related environment for the duration."""
+        """Fresh registry, plugin warnings and plugin-selection environment for the duration.
+
+        ``SSMTL_NO_PLUGINS`` and ``SSMTL_PLUGINS`` are unset during the call (pass
+        them with ``env=`` to test them) and restored afterwards.
+        """
         from ssmtl.cli import common
         from ssmtl.core import registry as registry_module
 
-        saved = {key: os.environ.get(key) for key in _ENV_KEYS}
+        # start from no plugin selection, whatever the test session set before
+        saved = {key: os.environ.pop(key, None) for key in _ENV_KEYS}
         _reset(registry_module, common)
         patch = contextlib.nullcontext()
         if plugins is not None:
@@ -81,6 +85,7 @@ class SsmtlCli:
 
 def _reset(registry_module, common) -> None:
     registry_module._CACHE.clear()
+    registry_module.set_default_external(None)
     if hasattr(common.registry, "_warned"):
         del common.registry._warned
 
@@ -90,6 +95,8 @@ def _injected(registry_module, plugins: list[Any], builtins: bool | Iterable[str
     modules = registry_module.BUILTIN_PLUGINS if builtins is True else (() if builtins is False else tuple(builtins))
 
     def get_registry(external: bool | None = None):
+        if external is None:
+            external = registry_module._DEFAULT_EXTERNAL  # the CLI's --no-plugins
         disabled = os.environ.get(registry_module.DISABLE_ENV, "") not in ("", "0", "false")
         extra = () if disabled or external is False else plugins
         return registry_module.build_registry(external=False, builtins=modules, extra=extra)

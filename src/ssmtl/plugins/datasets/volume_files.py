@@ -74,10 +74,11 @@ def _existing(path: Path) -> Path:
 def read_dicom_image(folder: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, Modality | None]:
     """The one image series in ``folder``: (array, spacing, affine, modality from the header)."""
     scan = scan_dicom_folder(folder)
-    if len(scan.series) != 1:
-        found = ", ".join(s.describe() for s in scan.series) or "none"
-        raise InputFileError(folder, f"expected one DICOM image series in the folder, found {len(scan.series)}: {found}")
-    series = scan.series[0]
+    images = [s for s in scan.series if s.modality in DICOM_MODALITIES] or scan.series  # e.g. a SEG beside its CT
+    if len(images) != 1:
+        found = ", ".join(s.describe() for s in images) or "none"
+        raise InputFileError(folder, f"expected one DICOM image series in the folder, found {len(images)}: {found}")
+    series = images[0]  # a modality other than CT/MR gives None: the manifest's column, else detection
     array, spacing, affine = read_series(series)
     return array, spacing, affine, DICOM_MODALITIES.get(series.modality)
 
