@@ -58,3 +58,14 @@ def test_cuda_channels_last_and_compile(tiny_cache, tmp_path):
     records, _ = _pretrain(tiny_cache, tmp_path / "run", "bf16", steps=3,
                            extra=["train.channels_last=true", "train.compile=true"])
     _assert_finite(records, 3)
+
+
+def test_one_process_can_train_at_several_precisions(tiny_cache, tmp_path):
+    """Accelerate keeps one precision per process; trainings in one process may differ (seen on CUDA)."""
+    from ssmtl.core.engine import allow_precision
+    from accelerate import Accelerator
+
+    allow_precision("bf16")
+    assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+    records, manifest = _pretrain(tiny_cache, tmp_path / "run", "no", steps=1)
+    assert manifest["mixed_precision"] == "no"

@@ -33,7 +33,7 @@ from ssmtl import __version__
 from ssmtl.core.augment import AugmentConfig, apply_affine, random_affine, random_intensity
 from ssmtl.core.build import validate_model
 from ssmtl.core.cache import SliceCache
-from ssmtl.core.engine import lr_lambda, parameter_groups
+from ssmtl.core.engine import allow_precision, lr_lambda, parameter_groups
 from ssmtl.core.errors import SsmtlError
 from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
 from ssmtl.core.head import DownstreamHead
@@ -235,6 +235,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True) -
         from ssmtl.core.registry import get_registry
 
         registry = get_registry()
+    allow_precision(config.mixed_precision)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process
     out = Path(config.out)
