@@ -18,7 +18,7 @@ Built-in views (N = batch size x sequence length k):
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -88,22 +88,29 @@ class StepContext:
         augment_config: AugmentConfig,
         builders: dict[str, ViewBuilder],
         step: int = 0,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ):
         self.batch = batch
         self.network = network
         self.augment = augment_config
         self.builders = builders
         self.step = step
+        self.memory_format = memory_format  # of every view's images (channels_last with train.channels_last)
         self._views: dict[str, View] = {}
         self._encoded: dict[str, list[torch.Tensor]] = {}
         self._decoded: dict[str, torch.Tensor] = {}
-        self.encoder_calls: Counter[str] = Counter()  # observable sharing, used by tests/benchmarks
+        # observable sharing, used by tests and benchmarks: network passes per view this step
+        self.encoder_calls: Counter[str] = Counter()
+        self.decoder_calls: Counter[str] = Counter()
 
     def view(self, name: str) -> View:
         if name not in self._views:
             if name not in self.builders:
                 raise KeyError(f"unknown view {name!r}; known: {', '.join(sorted(self.builders))}")
-            self._views[name] = self.builders[name](self)
+            view = self.builders[name](self)
+            if self.memory_format != torch.contiguous_format:
+                view = replace(view, images=view.images.contiguous(memory_format=self.memory_format))
+            self._views[name] = view
         return self._views[name]
 
     def encode(self, name: str) -> list[torch.Tensor]:
@@ -116,6 +123,7 @@ class StepContext:
     def decode(self, name: str) -> torch.Tensor:
         """Full-resolution decoder features of a view (reuses its encoder pass)."""
         if name not in self._decoded:
+            self.decoder_calls[name] += 1
             self._decoded[name] = self.network.decoder(self.encode(name))
         return self._decoded[name]
 

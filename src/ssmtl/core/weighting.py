@@ -78,12 +78,12 @@ class DynamicWeightAverage(LossWeighting):
     def adaptive(self, losses):
         detached = losses.detach().float()
         with torch.no_grad():
-            if int(self.seen) == 0:
-                self.current.copy_(detached)
-                self.previous.copy_(detached)
-            else:
-                self.previous.copy_(self.current)
-                self.current.mul_(self.smoothing).add_(detached, alpha=1 - self.smoothing)
+            # both levels start at the first loss; a tensor condition, not `if int(seen)`,
+            # so that the step makes no host-device sync
+            first = self.seen == 0
+            smoothed = torch.add(self.current * self.smoothing, detached, alpha=1 - self.smoothing)
+            self.previous.copy_(torch.where(first, detached, self.current))
+            self.current.copy_(torch.where(first, detached, smoothed))
             self.seen.add_(1)
             ratio = self.current / self.previous.clamp_min(1e-12)
             factor = len(self.names) * torch.softmax(ratio / self.temperature, dim=0)

@@ -114,13 +114,19 @@ class ContrastiveTask(PretextTask):
         with torch.no_grad():
             return encode(images)
 
-    def _select(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of query slices and of their positive key slices in the flat (B*k) views."""
+    def _select(self, ctx: StepContext) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Indices of query slices and of their positive key slices in the flat (B*k) views.
+
+        ``None`` stands for every slice in order: the default (every slice a query, its
+        positive its own other view) then needs no gather, which would copy the
+        features and key images every step.
+        """
+        if self.config.query_slices == "all" and self.config.positives != "neighbors":
+            return None, None
         b, k = ctx.batch.batch_size, ctx.batch.sequence_length
         device = ctx.batch.slices.device
-        base = torch.arange(b, device=device) * k
         if self.config.query_slices == "center":
-            q = base + k // 2
+            q = torch.arange(b, device=device) * k + k // 2
         else:
             q = torch.arange(b * k, device=device)
         if self.config.positives != "neighbors":
@@ -133,20 +139,20 @@ class ContrastiveTask(PretextTask):
 
     def forward(self, ctx: StepContext) -> TaskOutput:
         q_index, k_index = self._select(ctx)
-        features = ctx.pooled("sequence")[q_index]
+        features = _take(ctx.pooled("sequence"), q_index)
         query = F.normalize(self.projection(features), dim=1)
+        n = query.shape[0]
         with torch.no_grad():
-            key_images = ctx.view("sequence_b").images[k_index]
-            keys = self._keys(key_images).to(query.dtype)
-            key_positions = ctx.batch.flat_positions()[k_index]
+            keys = self._keys(_take(ctx.view("sequence_b").images, k_index)).to(query.dtype)
+            key_positions = _take(ctx.batch.flat_positions(), k_index)
         negatives = self.queue.keys.clone().detach().to(query.dtype)
         if self.config.positives == "position":
             all_keys = torch.cat([keys, negatives], dim=0)
             all_pos = torch.cat([key_positions, self.queue.positions], dim=0)
-            q_pos = ctx.batch.flat_positions()[q_index]
+            q_pos = _take(ctx.batch.flat_positions(), q_index)
             mask = (q_pos[:, None] - all_pos[None, :]).abs() <= self.config.position_threshold
             mask &= all_pos[None, :] >= 0  # unfilled queue slots have no position
-            mask[torch.arange(len(q_index)), torch.arange(len(q_index))] = True  # own key
+            mask[torch.arange(n), torch.arange(n)] = True  # own key
             loss = multi_positive_info_nce(query, all_keys, mask, self.config.temperature)
         else:
             loss = info_nce(query, keys, negatives, self.config.temperature)
@@ -163,9 +169,15 @@ class ContrastiveTask(PretextTask):
     @torch.no_grad()
     def after_optimizer_step(self, network: UNet, step: int) -> None:
         m = self.config.momentum
-        for online, key in ((network.encoder, self.key_encoder), (self.projection, self.key_projection)):
-            for p_q, p_k in zip(online.parameters(), key.parameters()):
-                p_k.mul_(m).add_(p_q.detach(), alpha=1 - m)
+        online = [p.detach() for p in (*network.encoder.parameters(), *self.projection.parameters())]
+        keys = [*self.key_encoder.parameters(), *self.key_projection.parameters()]
+        # p_k = m * p_k + (1 - m) * p_q, as two multi-tensor ops instead of two per parameter
+        torch._foreach_mul_(keys, m)
+        torch._foreach_add_(keys, online, alpha=1 - m)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return x if index is None else x[index]
 
 
 def build(config: ContrastiveConfig, network: NetworkInfo) -> ContrastiveTask:
