@@ -67,6 +67,15 @@ def test_tiny_benchmark_outputs_and_reuse(bench_cache, tmp_path):
     assert "benchmark finetune" not in again.output and "training" not in again.output
     assert export.stat().st_mtime_ns == stamp
 
+    # a copied (or moved) benchmark directory is still reusable: paths are not identity
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    relocated = bench(bench_cache, moved)
+    assert "reusing" in relocated.output
+    assert "benchmark finetune" not in relocated.output and "training" not in relocated.output
+
     # corrupt intermediates are detected and recomputed
     cell_eval = out / "finetune" / "scratch" / "finetune" / "n1" / "seed0" / "eval.json"
     cell_eval.write_text("{not json")

@@ -103,6 +103,15 @@ class BenchmarkConfig(BaseModel):
         return sorted(set(v))
 
 
+def _relocatable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config without its paths: a moved or copied benchmark directory stays reusable
+    (the data is identified by its fingerprint, checked separately)."""
+    config = dict(config)
+    config.pop("out", None)
+    config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k != "path"}
+    return config
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -145,10 +154,10 @@ class Benchmark:
 
         run_dir = self.out / "pretrain" / method.name
         config = self._pretrain_config(method.tasks, run_dir)
-        expected = config_to_dict(config)
+        expected = _relocatable(config_to_dict(config))
         try:
             _, manifest = load_pretrained_network(run_dir)
-            if manifest.get("config") == expected and manifest["data"]["fingerprint"] == self.pre_cache.fingerprint:
+            if _relocatable(manifest.get("config") or {}) == expected and manifest["data"]["fingerprint"] == self.pre_cache.fingerprint:
                 self.log(f"pretrain {method.name}: reusing {run_dir / 'export'}")
                 return run_dir
             self.log(f"pretrain {method.name}: export is from another configuration or data; recomputing")
@@ -160,7 +169,7 @@ class Benchmark:
         saved = run_dir / "config.json"
         if (run_dir / "checkpoints").is_dir() and saved.is_file():
             try:
-                resume = json.loads(saved.read_text()) == expected
+                resume = _relocatable(json.loads(saved.read_text())) == expected
             except json.JSONDecodeError:
                 resume = False
         if not resume and run_dir.exists():
@@ -182,7 +191,8 @@ class Benchmark:
             freeze_encoder=protocol == "frozen", model=None if init else self.model_config,
             mixed_precision=self.mixed_precision,
         )
-        key = _digest({"finetune": ft.model_dump(mode="json"), "init": self._export_id(init), "data": self.ft_cache.fingerprint})
+        settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
+        key = _digest({"finetune": settings, "init": self._export_id(init), "data": self.ft_cache.fingerprint})
         record = cell_dir / "cell.json"
         try:
             if json.loads(record.read_text())["key"] == key:
