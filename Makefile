@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
+	# the example third-party plugin: installed before pytest starts, so every test
+	# process (and in-process CLI run) can import it through its entry point
+	$(PY) -m pip install --quiet --no-deps -e examples/ssmtl-rotation
 	@touch $(STAMP)
 
 venv: $(STAMP)
