@@ -5,7 +5,7 @@
 set -euo pipefail
 
 OUT=${DEMO_DIR:-demo}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-400}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-300}
 FINETUNE_STEPS=${FINETUNE_STEPS:-300}
 LABELED=${LABELED:-2}
 
@@ -14,13 +14,12 @@ run() { printf '\n$ %s\n' "$*"; "$@"; }
 rm -rf "$OUT" && mkdir -p "$OUT"
 run ssmtl cache build --dataset phantom --out "$OUT/phantom-ct.h5" --subjects 16 --domain ct --size 64
 run ssmtl pretrain --data "$OUT/phantom-ct.h5" --task contrastive --task order --out "$OUT/pre" \
-    --steps "$PRETRAIN_STEPS" --batch-size 16 --set model.base_channels=16 --set train.checkpoint_every=100 \
-    --set tasks.contrastive.queue_size=1024
+    --steps "$PRETRAIN_STEPS" --batch-size 16 --set model.base_channels=8 --set train.checkpoint_every=100
 for init in pre none; do
     name=$([ "$init" = none ] && echo scratch || echo pretrained)
     init_dir=$([ "$init" = none ] && echo none || echo "$OUT/pre")
     run ssmtl finetune --data "$OUT/phantom-ct.h5" --init "$init_dir" --labeled-volumes "$LABELED" \
-        --out "$OUT/ft-$name" --steps "$FINETUNE_STEPS" --set model.base_channels=16
+        --out "$OUT/ft-$name" --steps "$FINETUNE_STEPS" --set model.base_channels=8
     run ssmtl evaluate --run "$OUT/ft-$name"
 done
 run ssmtl compare "scratch=$OUT/ft-scratch" "contrastive+order=$OUT/ft-pretrained"

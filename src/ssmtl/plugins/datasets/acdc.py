@@ -43,7 +43,7 @@ class AcdcConfig(DatasetConfig):
 
     name: Literal["acdc"] = Field("acdc", description="Dataset plugin name.")
     path: Path | None = Field(
-        None, description="Folder holding the patientXXX folders (searched recursively for Info.cfg). Required."
+        None, description="Folder holding the patientNNN folders (searched recursively for Info.cfg). Required."
     )
     phases: list[Literal["ED", "ES"]] = Field(
         ["ED", "ES"], min_length=1, description="Cardiac phases to cache, from Info.cfg: ED, ES or both."
@@ -53,7 +53,7 @@ class AcdcConfig(DatasetConfig):
 
 @dataclass
 class AcdcItem(NiftiItem):
-    """One ED or ES frame; ``volume_id`` (patientXXX_ED) names its group in the cache."""
+    """One ED or ES frame; ``volume_id`` (patientNNN_ED) names its group in the cache."""
 
     volume_id: str | None = None
 
@@ -125,7 +125,7 @@ def build_source(config: AcdcConfig) -> VolumeSource:
     infos = sorted((p for p in config.path.rglob("Info.cfg") if not any(part.startswith(".") for part in p.parts)),
                    key=lambda p: (p.parent.name, p))  # by patient, wherever training/ and testing/ put them
     if not infos:
-        raise InputFileError(config.path, "no ACDC patient folders found (patientXXX/Info.cfg)")
+        raise InputFileError(config.path, "no ACDC patient folders found (patientNNN/Info.cfg)")
     seen: dict[str, Path] = {}
     items: list[VolumeItem] = []
     for info in infos:
@@ -136,7 +136,7 @@ def build_source(config: AcdcConfig) -> VolumeSource:
         items += [i for i in patient_items(info, list(dict.fromkeys(config.phases)))
                   if i.label_path is not None or not config.labeled_only]
     if not items:
-        raise InputFileError(config.path, "no labeled ACDC frames found (patientXXX_frameYY_gt.nii.gz)")
+        raise InputFileError(config.path, "no labeled ACDC frames found (patientNNN_frameYY_gt.nii.gz)")
     labeled = sum(i.label_path is not None for i in items)
     description = f"{len(items)} ACDC frames of {len(seen)} patients from {config.path} ({labeled} labeled)"
     return VolumeSource(items=items, class_names=dict(CLASS_NAMES), description=description)
@@ -149,6 +149,6 @@ def ssmtl_register_datasets():
             name="acdc",
             config_model=AcdcConfig,
             factory=build_source,
-            description="ACDC cardiac MR by name (patientXXX/patientXXX_frameYY.nii.gz + _gt), ED/ES from Info.cfg",
+            description="ACDC cardiac MR by name (patientNNN/patientNNN_frameYY.nii.gz + _gt), ED/ES from Info.cfg",
         )
     ]
