@@ -28,7 +28,7 @@ def show(
     batch_size: o.BatchSize = None, config: o.ConfigFile = None, set_: o.Sets = None,
     mixed_precision: o.MixedPrecision = None, seed: o.Seed = None, compile_: o.Compile = None,
     workers: o.Workers = None,
-    fmt: str = typer.Option("yaml", "--format", help="yaml, json or toml-like json."),
+    fmt: str = typer.Option("yaml", "--format", help="Output format: yaml or json."),
 ) -> None:
     """Print the resolved config: defaults < --config file < SSMTL_* env < flags < --set."""
     import yaml
