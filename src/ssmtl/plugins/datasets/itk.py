@@ -21,7 +21,7 @@ from pydantic import Field
 from ssmtl.core.errors import ConfigError, InputFileError
 from ssmtl.core.hookspecs import hookimpl
 from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import VolumeItem, VolumeSource
+from ssmtl.core.volume import VolumeSource
 from ssmtl.plugins.datasets import nifti
 from ssmtl.plugins.datasets.itk_io import ITK_EXTENSIONS, is_itk_file, itk_stem
 from ssmtl.plugins.datasets.volume_files import VolumeFileItem, collect_label_values
@@ -89,25 +89,7 @@ def build_source(config: ItkConfig) -> VolumeSource:
     named_pairs = pair_files(config.images, config.labels)
     subjects = nifti._unique_subjects(named_pairs, config.images)
     pairs = [(real[image], real[label] if label is not None else None) for image, label in named_pairs]
-    label_paths = [label for _, label in pairs if label is not None]
-    if label_paths:
-        label_values = tuple(config.label_values) if config.label_values else collect_label_values(label_paths)
-        class_names = nifti._class_names(config, label_values)
-    else:
-        label_values, class_names = (), {}
-    items: list[VolumeItem] = [
-        VolumeFileItem(
-            subject=subject,
-            source=str(image),
-            image_path=image,
-            label_path=label,
-            modality=config.modality,
-            label_values=label_values,
-        )
-        for subject, (image, label) in zip(subjects, pairs)
-    ]
-    description = f"{len(items)} NRRD/MetaImage volumes from {config.images} ({len(label_paths)} labeled)"
-    return VolumeSource(items=items, class_names=class_names, description=description)
+    return nifti.source_from_pairs(config, pairs, subjects, VolumeFileItem, "NRRD/MetaImage", collect_label_values)
 
 
 @hookimpl

@@ -366,11 +366,15 @@ class NiftiItem(VolumeItem):
         return RawVolume(image=image, spacing=spacing, modality=modality, label=label, affine=affine)
 
 
-def collect_label_values(label_paths: list[Path]) -> tuple[int, ...]:
-    """Sorted non-zero values over all label files (reads only the labels)."""
+def collect_label_values(label_paths: list[Path], read=None) -> tuple[int, ...]:
+    """Sorted non-zero values over all label files (reads only the labels).
+
+    ``read(path) -> (values, affine)`` reads one label file (default: NIfTI).
+    """
+    read = read or read_label_values
     found: set[int] = set()
     for path in label_paths:
-        values, _ = read_label_values(path)
+        values, _ = read(path)
         found.update(int(v) for v in np.unique(values))
     found.discard(0)
     if len(found) > _MAX_CLASSES:
@@ -399,15 +403,19 @@ def build_source(config: NiftiConfig) -> VolumeSource:
         message = "the nifti dataset needs an images directory (--images DIR)"
         raise ConfigError(message, rows=[("images", "required")])
     pairs = pair_files(config.images, config.labels)
-    subjects = _unique_subjects(pairs, config.images)
+    return source_from_pairs(config, pairs, _unique_subjects(pairs, config.images), NiftiItem, "NIfTI")
+
+
+def source_from_pairs(config, pairs, subjects, item_class, kind: str, collect=collect_label_values) -> VolumeSource:
+    """Items and class names for (image, label) file pairs; shared by the file-folder plugins."""
     label_paths = [label for _, label in pairs if label is not None]
     if label_paths:
-        label_values = tuple(config.label_values) if config.label_values else collect_label_values(label_paths)
+        label_values = tuple(config.label_values) if config.label_values else collect(label_paths)
         class_names = _class_names(config, label_values)
     else:
         label_values, class_names = (), {}
     items: list[VolumeItem] = [
-        NiftiItem(
+        item_class(
             subject=subject,
             source=str(image),
             image_path=image,
@@ -417,7 +425,7 @@ def build_source(config: NiftiConfig) -> VolumeSource:
         )
         for subject, (image, label) in zip(subjects, pairs)
     ]
-    description = f"{len(items)} NIfTI volumes from {config.images} ({len(label_paths)} labeled)"
+    description = f"{len(items)} {kind} volumes from {config.images} ({len(label_paths)} labeled)"
     return VolumeSource(items=items, class_names=class_names, description=description)
 
 

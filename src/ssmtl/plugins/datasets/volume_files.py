@@ -31,7 +31,6 @@ from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 
 Format = Literal["nifti", "itk", "dicom"]
 SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a folder holding one DICOM series"
-_MAX_CLASSES = 255  # class ids are stored as uint8
 # DICOM Modality tag -> ssmtl modality
 DICOM_MODALITIES: dict[str, Modality] = {"CT": "ct", "MR": "mr"}
 
@@ -105,16 +104,7 @@ def read_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def collect_label_values(label_paths: list[Path]) -> tuple[int, ...]:
     """Sorted non-zero values over all label files, whatever their format (reads only the labels)."""
-    found: set[int] = set()
-    for path in label_paths:
-        values, _ = read_label(path)
-        found.update(int(v) for v in np.unique(values))
-    found.discard(0)
-    if len(found) > _MAX_CLASSES:
-        raise InputFileError(
-            label_paths[0].parent, f"{len(found)} distinct label values found; at most {_MAX_CLASSES} are supported"
-        )
-    return tuple(sorted(found))
+    return nifti.collect_label_values(label_paths, read=read_label)
 
 
 def load_pair(
