@@ -291,8 +291,12 @@ def test_killed_builds_leave_the_old_cache_byte_identical(tmp_path):
 def test_killed_first_build_leaves_no_file(tmp_path):
     out = tmp_path / "fresh.h5"
     process = subprocess.Popen([*BUILD, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.5)
+    # kill while the temporary file is being written (a fixed sleep let a fast machine finish first)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir()):
+        assert process.poll() is None and time.monotonic() < deadline, "the build ended before it could be killed"
+        time.sleep(0.01)
     process.kill()
-    process.wait(timeout=60)
+    assert process.wait(timeout=60) == -9
     assert not out.exists()
     assert all(p.name.startswith(TMP_PREFIX) for p in tmp_path.iterdir())
