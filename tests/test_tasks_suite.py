@@ -22,7 +22,7 @@ from ssmtl.core.config import resolve_run_config
 from ssmtl.core.engine import build_pretrain_module, parameter_groups, sequence_length
 from ssmtl.core.errors import ConfigError
 from ssmtl.core.registry import BUILTIN_PLUGINS, get_registry
-from ssmtl.core.views import BUILTIN_VIEWS, SequenceBatch, StepContext
+from ssmtl.core.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
 from ssmtl.plugins.tasks import local_contrastive, neighbor, position, reconstruct
 
 SIZE = 32
@@ -242,14 +242,47 @@ def test_swap_patches_is_a_pairwise_exchange_of_cells():
     assert mask.all()
 
 
-def test_masked_view_is_the_sequence_view_with_holes():
-    config, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])
-    ctx = StepContext(make_batch(), module.network, config.augment, module.builders)
-    view = ctx.view("reconstruct/masked")
-    source = ctx.view("sequence")
-    assert torch.equal(view.theta, source.theta)
-    assert torch.equal(view.images[~view.mask], source.images[~view.mask])
+@pytest.mark.parametrize("where", ["shared", "separate"])
+def test_masked_view_is_the_sequence_view_with_holes(where):
+    config, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8", f"tasks.reconstruct.view={where}"])
+    torch.manual_seed(0)
+    ctx = module.context(make_batch())
+    view = ctx.view("sequence" if where == "shared" else "reconstruct/masked")
+    assert isinstance(view, reconstruct.MaskedView)
+    torch.manual_seed(0)  # the same augmentation, built without the task's transform
+    intact = StepContext(make_batch(), module.network, config.augment, dict(BUILTIN_VIEWS)).view("sequence")
+    assert torch.equal(view.original, intact.images)
+    assert torch.equal(view.theta, intact.theta)
+    assert torch.equal(view.images[~view.mask], intact.images[~view.mask])
+    assert not torch.equal(view.images[view.mask], intact.images[view.mask])
     assert view.mask.float().mean().item() == pytest.approx(10 / 16)  # round(0.6 * 16) of 16 cells
+    # shared: every task's `sequence` is the masked one; separate: it stays intact
+    assert ctx.view("sequence").images.equal(view.images if where == "shared" else intact.images)
+    assert ("reconstruct/masked" in module.builders) == (where == "separate")
+
+
+@pytest.mark.parametrize("where", ["shared", "separate"])
+@pytest.mark.parametrize("policy", ["all", "one"])
+def test_reconstruct_loss_is_the_masked_error_on_the_decoded_rows(where, policy):
+    config, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8", f"tasks.reconstruct.view={where}",
+                                                   f"train.decoder_slices={policy}", "data.sequence_length=3"])
+    task = module.tasks["reconstruct"]
+    torch.manual_seed(0)
+    ctx = module.context(make_batch(b=4, k=3))
+    out = task(ctx)
+    name = "sequence" if where == "shared" else "reconstruct/masked"
+    view = ctx.view(name)
+    rows = torch.arange(12) if policy == "all" else ctx.decoder_rows
+    if policy == "one":
+        assert torch.equal(rows // 3, torch.arange(4))  # one slice of each sequence
+    # reference: the decoder on the chosen rows' encoder features, then the squared error on masked pixels
+    feats = ctx.encode(name)
+    pred = task.head(module.network.decoder([f[rows] for f in feats]))
+    err = (pred - view.original[rows]) ** 2
+    mask = view.mask[rows]
+    assert pred.shape[0] == (12 if policy == "all" else 4)
+    assert out.loss.item() == pytest.approx((err[mask]).mean().item(), rel=1e-5)
+    assert ctx.decoder_calls[name] == 1
 
 
 @pytest.mark.parametrize(
@@ -281,8 +314,8 @@ def test_pixel_loss_matches_reference(kind):
 def test_next_pairs_stay_inside_their_sequence():
     torch.manual_seed(0)
     b, k = 50, 3
-    step, partner = neighbor.next_pairs(b, k, "cpu")
     index = torch.arange(b * k)
+    step, partner = neighbor.next_pairs(index, k)
     assert set(step.tolist()) == {-1, 1}
     assert torch.equal(partner, index + step)
     assert torch.equal(partner // k, index // k)  # same sequence
@@ -291,29 +324,33 @@ def test_next_pairs_stay_inside_their_sequence():
     assert 0 < (middle == 1).float().mean() < 1  # random direction where both exist
 
 
+@pytest.mark.parametrize("policy", ["all", "one"])
 @pytest.mark.parametrize("mode, k", [("next", 2), ("next", 3), ("middle", 3), ("middle", 4)])
-def test_neighbor_inputs_and_targets(mode, k):
-    config, module = make_module(["neighbor"], [f"tasks.neighbor.mode={mode}"])
+def test_neighbor_inputs_and_targets(mode, k, policy):
+    config, module = make_module(["neighbor"], [f"tasks.neighbor.mode={mode}", f"train.decoder_slices={policy}"])
     task = module.tasks["neighbor"]
     batch = make_batch(b=3, k=k)
     torch.manual_seed(0)
-    ctx = StepContext(batch, module.network, config.augment, module.builders)
+    ctx = module.context(batch)
     inputs, target = task.prepare(ctx)
     feats = ctx.decode("sequence")
     theta = ctx.view("sequence").theta
     n, c = feats.shape[:2]
+    # middle mode needs every slice: it overrides decoder_slices=one
+    rows = list(range(3 * k)) if ctx.decoder_rows is None else ctx.decoder_rows.tolist()
+    assert len(rows) == (3 if policy == "one" and mode == "next" else 3 * k) == n
     # reference: raw slices (B, k, H, W) warped one by one with the view's transform
     raw = batch.slices.reshape(-1, 1, SIZE, SIZE)
-    aligned = torch.stack([apply_affine(raw[i:i + 1], theta[i:i + 1])[0] for i in range(n)])
+    aligned = torch.stack([apply_affine(raw[i:i + 1], theta[i:i + 1])[0] for i in range(3 * k)])
     if mode == "next":
         assert inputs.shape == (n, c + 1, SIZE, SIZE)
         assert torch.equal(inputs[:, :c], feats)
         direction = inputs[:, c]
         assert (direction == direction[:, :1, :1]).all()
-        for i in range(n):
-            s = int(direction[i, 0, 0])
+        for row, i in enumerate(rows):
+            s = int(direction[row, 0, 0])
             assert s in (-1, 1) and 0 <= i % k + s < k
-            assert torch.allclose(target[i], aligned[i + s], atol=1e-6)
+            assert torch.allclose(target[row], aligned[i + s], atol=1e-6)
     else:
         assert inputs.shape == (3 * (k - 2), 2 * c, SIZE, SIZE)
         row = 0
@@ -507,18 +544,79 @@ def test_encoder_tasks_leave_the_decoder_frozen(tasks):
     assert any(not torch.equal(a, p) for a, p in zip(encoder_before, module.network.encoder.parameters()))
 
 
-def test_all_tasks_share_one_encoder_pass_per_view():
+@pytest.mark.parametrize("where", ["shared", "separate"])
+def test_all_tasks_share_one_encoder_pass_per_view(where):
     tasks = ["reconstruct", "neighbor", "local-contrastive", "position", "order", "contrastive"]
-    config, module = make_module(tasks, ["tasks.contrastive.queue_size=32", "tasks.reconstruct.patch_size=8", "tasks.local-contrastive.num_points=16"])
+    config, module = make_module(tasks, ["tasks.contrastive.queue_size=32", "tasks.reconstruct.patch_size=8",
+                                         "tasks.local-contrastive.num_points=16", f"tasks.reconstruct.view={where}"])
     k = sequence_length(config, module.tasks)
     assert k == 3
     torch.manual_seed(0)
     total, losses, weights, metrics = module(make_batch(k=k), 0)
-    calls = module.last_context.encoder_calls
-    assert set(calls) == {"sequence", "sequence_b", "reconstruct/masked"}
+    ctx = module.last_context
+    calls = ctx.encoder_calls
+    expected = {"sequence", "sequence_b"} | ({"reconstruct/masked"} if where == "separate" else set())
+    assert set(calls) == expected and set(ctx.decoder_calls) == expected
     assert all(v == 1 for v in calls.values()), dict(calls)
+    assert all(v == 1 for v in ctx.decoder_calls.values()), dict(ctx.decoder_calls)
+    assert ctx.decoder_rows is not None and ctx.decode("sequence").shape[0] == make_batch(k=k).batch_size
     assert losses.shape == (6,) and torch.isfinite(losses).all()
     assert {"local-contrastive/acc", "position/mae", "reconstruct/masked_l1"} <= set(metrics)
     total.backward()
     for name, p in module.network.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# -- decoder slices and view transforms -------------------------------------------------------
+
+
+def test_decoder_rows_pick_one_slice_per_sequence_from_torch_rng():
+    _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8", "data.sequence_length=3"])
+    assert module.decoder_slices == "one"  # the default
+    batch = make_batch(b=50, k=3)
+    torch.manual_seed(5)
+    rows = module.context(batch).decoder_rows
+    assert rows.shape == (50,) and torch.equal(rows // 3, torch.arange(50))
+    assert set((rows % 3).tolist()) == {0, 1, 2}  # random position in the sequence
+    torch.manual_seed(5)
+    assert torch.equal(module.context(batch).decoder_rows, rows)  # reproducible (resume restores the RNG)
+    ctx = module.context(batch)
+    per_slice = torch.arange(150).view(150, 1) * 10
+    assert torch.equal(ctx.decoded(per_slice), per_slice[ctx.decoder_rows])
+    # single slices, or decoder_slices=all: every row
+    assert module.context(make_batch(b=4, k=1)).decoder_rows is None
+    _, every = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8", "train.decoder_slices=all"])
+    ctx = every.context(batch)
+    assert ctx.decoder_rows is None and ctx.decoded(per_slice) is per_slice
+
+
+def test_decoder_slices_one_is_overridden_by_a_task_that_needs_every_slice():
+    from ssmtl.core.engine import decoder_slices
+
+    config, module = make_module(["neighbor", "reconstruct"], ["tasks.neighbor.mode=middle", "tasks.reconstruct.patch_size=8"])
+    assert module.decoder_slices == "all"
+    policy, notes = decoder_slices(config, module.tasks)
+    assert policy == "all" and notes == ["train.decoder_slices=one ignored: task(s) neighbor need the decoder on every slice of a sequence"]
+    batch = make_batch(b=2, k=3)
+    total, *_ = module(batch, 0)
+    assert module.last_context.decode("sequence").shape[0] == 6  # every slice of 2 x 3
+
+
+def test_view_transform_of_an_unknown_view_is_refused():
+    from ssmtl.core.engine import PretrainModule
+    from ssmtl.core.errors import SsmtlError
+
+    _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])
+    task = module.tasks["reconstruct"]
+    task.view_transforms = lambda: {"nope": lambda ctx, view: view}
+    with pytest.raises(SsmtlError, match="task 'reconstruct' transforms view 'nope', which no task defines"):
+        PretrainModule(module.network, {"reconstruct": task}, module.weighting, module.augment)
+
+
+def test_reconstruct_refuses_a_shared_view_another_task_replaced():
+    from ssmtl.core.errors import SsmtlError
+
+    _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])
+    module.transforms["sequence"].append(lambda ctx, view: View(images=view.images, theta=view.theta, group=view.group))
+    with pytest.raises(SsmtlError, match="reconstruct: view 'sequence' is not the masked view"):
+        module(make_batch(), 0)

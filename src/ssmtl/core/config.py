@@ -78,6 +78,7 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
     max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss.")
     compile: bool = Field(False, description="torch.compile the shared network (falls back to eager if unavailable).")
+    decoder_slices: Literal["all", "one"] = Field("one", description="Slices of each sampled sequence the shared decoder runs on: 'all', or 'one' picked at random per sequence (the encoder still sees every slice). 'one' divides the decoder's cost by the sequence length, and consecutive slices add little to a dense loss; tasks that need every slice (neighbor mode 'middle') switch it back to 'all' with a note.")
     channels_last: bool = Field(False, description="Keep the network weights and input views in channels_last (NHWC) memory format: faster convolutions on GPU tensor cores (bf16/fp16), often on CPU too.")
 
 

@@ -42,7 +42,8 @@ class PretrainModule(nn.Module):
     ``task_losses`` and ``effective_weights`` are (num_tasks,) tensors in task order.
     """
 
-    def __init__(self, network: UNet, tasks: dict[str, PretextTask], weighting: LossWeighting, augment):
+    def __init__(self, network: UNet, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
+                 decoder_slices: str = "all"):
         super().__init__()
         self.network = network
         self.tasks = nn.ModuleDict(tasks)
@@ -54,6 +55,13 @@ class PretrainModule(nn.Module):
                 if view in self.builders:
                     raise SsmtlError(f"task {name!r} defines view {view!r}, which already exists")
                 self.builders[view] = builder
+        self.transforms: dict[str, list] = {}
+        for name, task in tasks.items():
+            for view, transform in task.view_transforms().items():
+                if view not in self.builders:
+                    raise SsmtlError(f"task {name!r} transforms view {view!r}, which no task defines; known: {', '.join(sorted(self.builders))}")
+                self.transforms.setdefault(view, []).append(transform)
+        self.decoder_slices = decoder_slices
         self.last_context: StepContext | None = None
         self.memory_format = torch.contiguous_format
 
@@ -62,8 +70,13 @@ class PretrainModule(nn.Module):
         self.to(memory_format=torch.channels_last)
         self.memory_format = torch.channels_last
 
+    def context(self, batch: SequenceBatch, step: int = 0) -> StepContext:
+        """A fresh step context with this module's views, view transforms and decoder policy."""
+        return StepContext(batch, self.network, self.augment, self.builders, step, self.memory_format,
+                           self.transforms, self.decoder_slices)
+
     def forward(self, batch: SequenceBatch, step: int):
-        ctx = StepContext(batch, self.network, self.augment, self.builders, step, self.memory_format)
+        ctx = self.context(batch, step)
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
@@ -114,7 +127,16 @@ def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
         {n: config.tasks[n].warmup_steps for n in names},
         temperature=config.weighting.temperature,
     )
-    return PretrainModule(network, tasks, weighting, config.augment)
+    return PretrainModule(network, tasks, weighting, config.augment, decoder_slices(config, tasks)[0])
+
+
+def decoder_slices(config: RunConfig, tasks: dict[str, PretextTask]) -> tuple[str, list[str]]:
+    """The decoder-slices policy the step uses, and a note when a task overrides the config."""
+    wanted = config.train.decoder_slices
+    needs_all = [n for n, t in tasks.items() if t.decodes_every_slice]
+    if wanted == "one" and needs_all:
+        return "all", [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice of a sequence"]
+    return wanted, []
 
 
 def ddp_ignored_names(module: PretrainModule) -> list[str]:
@@ -265,7 +287,8 @@ class Trainer:
             num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
             global_batch=config.train.batch_size * accelerator.num_processes,
         )
-        self.notes = [note for task in module.tasks.values() for note in task.on_data(info)]
+        self.notes = decoder_slices(config, module.tasks)[1]
+        self.notes += [note for task in module.tasks.values() for note in task.on_data(info)]
         if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if config.train.channels_last:

@@ -80,6 +80,24 @@ class PretextTask(nn.Module, ABC):
         """Extra named views this task defines (e.g. a masked input). Names must be unique."""
         return {}
 
+    def view_transforms(self) -> dict[str, Callable[["StepContext", "View"], "View"]]:
+        """Changes this task makes to an existing view *for every task*, by view name.
+
+        Each callable receives the step context and the view as built (or as changed
+        by an earlier task's transform, in task order) and returns the view every task
+        then sees, e.g. ``reconstruct`` masks the shared ``sequence`` view so that one
+        network pass serves all tasks. Keep the original pixels on the returned view if
+        your loss needs them.
+        """
+        return {}
+
+    @property
+    def decodes_every_slice(self) -> bool:
+        """True when the task needs decoder features of every slice of a sequence (e.g.
+        to predict the middle slice from both neighbours); the engine then ignores
+        ``train.decoder_slices="one"`` and says so."""
+        return False
+
     def setup(self, network: "UNet") -> None:
         """Called once after the shared network is built, e.g. to copy a momentum encoder."""
 

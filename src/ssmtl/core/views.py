@@ -13,6 +13,15 @@ Built-in views (N = batch size x sequence length k):
   slices, per-slice intensity jitter).
 * ``sequence_b``: a second, independent random view of the same slices (MoCo keys,
   dense correspondence).
+
+Tasks may also *transform* a view every task sees (``PretextTask.view_transforms``):
+``reconstruct`` masks the shared ``sequence`` view itself by default, so one
+encoder + decoder pass serves the encoder tasks and the dense tasks alike.
+
+The decoder runs on every slice of a view, or (``train.decoder_slices="one"``) on
+one random slice per sequence: ``ctx.decoder_rows`` says which rows of the flat
+view ``ctx.decode`` returned, and ``ctx.decoded(t)`` picks the same rows of any
+per-slice tensor. Dense tasks take their targets through it.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class View:
 
 
 ViewBuilder = Callable[["StepContext"], View]
+ViewTransform = Callable[["StepContext", View], View]
+DECODER_SLICES = ("all", "one")
 
 
 def _raw(ctx: "StepContext") -> View:
@@ -89,13 +100,21 @@ class StepContext:
         builders: dict[str, ViewBuilder],
         step: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
+        transforms: dict[str, list[ViewTransform]] | None = None,
+        decoder_slices: str = "all",
     ):
+        if decoder_slices not in DECODER_SLICES:
+            raise ValueError(f"decoder_slices must be one of {DECODER_SLICES}, got {decoder_slices!r}")
         self.batch = batch
         self.network = network
         self.augment = augment_config
         self.builders = builders
         self.step = step
         self.memory_format = memory_format  # of every view's images (channels_last with train.channels_last)
+        self.transforms = transforms or {}
+        self.decoder_slices = decoder_slices
+        self._decoder_rows: torch.Tensor | None = None
+        self._rows_drawn = False
         self._views: dict[str, View] = {}
         self._encoded: dict[str, list[torch.Tensor]] = {}
         self._decoded: dict[str, torch.Tensor] = {}
@@ -108,6 +127,8 @@ class StepContext:
             if name not in self.builders:
                 raise KeyError(f"unknown view {name!r}; known: {', '.join(sorted(self.builders))}")
             view = self.builders[name](self)
+            for transform in self.transforms.get(name, ()):
+                view = transform(self, view)
             if self.memory_format != torch.contiguous_format:
                 view = replace(view, images=view.images.contiguous(memory_format=self.memory_format))
             self._views[name] = view
@@ -120,11 +141,36 @@ class StepContext:
             self._encoded[name] = self.network.encoder(self.view(name).images)
         return self._encoded[name]
 
+    @property
+    def decoder_rows(self) -> torch.Tensor | None:
+        """Flat indices (into every view's N = B x k rows) of the slices the decoder runs
+        on this step, the same for every view; ``None`` when it runs on all of them.
+
+        With ``decoder_slices="one"`` and k > 1: one slice per sequence, drawn at random
+        (from torch's RNG, so a resumed run draws the same ones).
+        """
+        if not self._rows_drawn:
+            self._rows_drawn = True
+            b, k = self.batch.batch_size, self.batch.sequence_length
+            if self.decoder_slices == "one" and k > 1:
+                device = self.batch.slices.device
+                self._decoder_rows = torch.arange(b, device=device) * k + torch.randint(k, (b,), device=device)
+        return self._decoder_rows
+
+    def decoded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows of a per-slice tensor (N, ...) that match ``decode``'s output."""
+        rows = self.decoder_rows
+        return tensor if rows is None else tensor.index_select(0, rows)
+
     def decode(self, name: str) -> torch.Tensor:
-        """Full-resolution decoder features of a view (reuses its encoder pass)."""
+        """Full-resolution decoder features of a view (reuses its encoder pass), for the
+        rows ``decoder_rows`` selects: (N, C, H, W), or (B, C, H, W) with one slice per sequence."""
         if name not in self._decoded:
             self.decoder_calls[name] += 1
-            self._decoded[name] = self.network.decoder(self.encode(name))
+            feats = self.encode(name)
+            if self.decoder_rows is not None:
+                feats = [f.index_select(0, self.decoder_rows).contiguous(memory_format=self.memory_format) for f in feats]
+            self._decoded[name] = self.network.decoder(feats)
         return self._decoded[name]
 
     def pooled(self, name: str) -> torch.Tensor:

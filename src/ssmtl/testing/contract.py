@@ -28,7 +28,11 @@ broken promise:
    trainable parameter that gets no gradient would stall multi-GPU training.
 
 The pass runs ``steps`` times (default 2) with ``after_optimizer_step`` in between,
-which catches state that breaks on the second step (queues, momentum copies).
+which catches state that breaks on the second step (queues, momentum copies). Odd
+steps decode one slice per sequence (``train.decoder_slices="one"``, the engine's
+default) unless the task's ``decodes_every_slice`` says it cannot: a dense task that
+takes targets without ``ctx.decoded`` fails there with a shape error. The task's
+``view_transforms`` are applied, as in the engine.
 """
 
 from __future__ import annotations
@@ -256,6 +260,11 @@ def check_task_contract(
         if view in builders:
             raise _fail(spec.name, f"defines view {view!r}, which is a built-in view; prefix it, e.g. '{spec.name}/{view}'")
         builders[view] = builder
+    transforms = {}
+    for view, transform in task.view_transforms().items():
+        if view not in builders:
+            raise _fail(spec.name, f"transforms view {view!r}, which does not exist; known: {', '.join(sorted(builders))}")
+        transforms[view] = [transform]
     k = sequence_length or task.sequence_length
     batch = tiny_batch(batch_size=batch_size, sequence_length=k, size=size, seed=seed)
     report = ContractReport(
@@ -271,7 +280,9 @@ def check_task_contract(
     for step in range(steps):
         network.zero_grad(set_to_none=True)
         task.zero_grad(set_to_none=True)
-        ctx = StepContext(batch, network, AugmentConfig(), builders, step)
+        # odd steps decode one slice per sequence (train.decoder_slices="one", the default)
+        policy = "one" if step % 2 == 1 and not task.decodes_every_slice else "all"
+        ctx = StepContext(batch, network, AugmentConfig(), builders, step, transforms=transforms, decoder_slices=policy)
         out = _check_output(spec.name, task(ctx), metric_keys)
         metric_keys = set(out.metrics)
         out.loss.backward()

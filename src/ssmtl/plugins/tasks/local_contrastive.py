@@ -157,7 +157,8 @@ class LocalContrastiveTask(PretextTask):
         n = feats_a.shape[0]
         with torch.no_grad():
             points_a = sample_points(n, c.num_points, c.sampling, feats_a.device)
-            points_b = map_points(points_a, correspondence(view_a.theta.float(), view_b.theta.float()))
+            theta_a, theta_b = ctx.decoded(view_a.theta.float()), ctx.decoded(view_b.theta.float())
+            points_b = map_points(points_a, correspondence(theta_a, theta_b))
             valid = (points_b.abs() <= 1).all(dim=2)
         za = self._embed(feats_a, points_a)
         zb = self._embed(feats_b, points_b)

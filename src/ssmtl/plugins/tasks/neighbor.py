@@ -11,11 +11,13 @@ Modes (``mode``):
 * ``next`` (default): from slice i of a sequence predict slice i+s, where the
   direction s = +1 or -1 (one position in the sampled sequence) is drawn at random
   per slice (the other direction at the ends) and *given* to the head as an extra
-  constant channel (+1 / -1) concatenated to the decoder features. Every slice of
-  the ``sequence`` view is an input. Needs sequences of 2 slices.
+  constant channel (+1 / -1) concatenated to the decoder features. Every decoded
+  slice of the ``sequence`` view is an input (all of them, or one per sequence with
+  ``train.decoder_slices="one"``). Needs sequences of 2 slices.
 * ``middle``: predict the middle slice of every triplet (i-1, i, i+1) from the
   decoder features of its two neighbours, concatenated in that order. Needs
-  sequences of 3 slices.
+  sequences of 3 slices, and the decoder on every slice (it overrides
+  ``train.decoder_slices="one"``).
 
 The input is the shared ``ctx.decode("sequence")``, computed once for every
 decoder task. The target is the *raw* neighbour slice warped with the input's
@@ -57,11 +59,11 @@ def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> to
     return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
 
 
-def next_pairs(batch_size: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every flat slice index i of (B, k) sequences, a random direction s (+1/-1)
-    that stays inside its sequence. Returns (s, i + s)."""
-    n = batch_size * length
-    index = torch.arange(n, device=device)
+def next_pairs(index: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every flat slice index i (into B sequences of ``length`` slices, flattened),
+    a random direction s (+1/-1) that stays inside its sequence. Returns (s, i + s)."""
+    n = index.numel()
+    device = index.device
     j = index % length
     step = torch.where(torch.rand(n, device=device) < 0.5, -1, 1)
     outside = (j + step < 0) | (j + step >= length)
@@ -87,6 +89,10 @@ class NeighborTask(PretextTask):
     def sequence_length(self) -> int:
         return 2 if self.config.mode == "next" else 3
 
+    @property
+    def decodes_every_slice(self) -> bool:
+        return self.config.mode == "middle"  # both neighbours of every inner slice
+
     def prepare(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input and the target slices for this step.
 
@@ -104,7 +110,9 @@ class NeighborTask(PretextTask):
             raw = ctx.view("raw").images
             aligned = apply_affine(raw, view.theta) if view.theta is not None else raw
         if self.config.mode == "next":
-            step, partner = next_pairs(b, k, feats.device)
+            rows = ctx.decoder_rows  # the slices decoded this step (None: all of them)
+            index = torch.arange(b * k, device=feats.device) if rows is None else rows
+            step, partner = next_pairs(index, k)
             direction = step.to(feats.dtype).view(n, 1, 1, 1).expand(n, 1, h, w)
             return torch.cat([feats, direction], dim=1), aligned[partner]
         seq = feats.view(b, k, c, h, w)

@@ -1,11 +1,20 @@
 """``reconstruct``: masked-slice modelling, or context restoration, with the full U-Net.
 
-The task defines its own view, ``reconstruct/masked``: the ``sequence`` view (same
-augmentation, shared with the other tasks) with part of every slice destroyed. The
-shared encoder *and* decoder run on it, a 1x1 convolution on the full-resolution
-decoder features predicts the intact ``sequence`` image, and the loss (L1 or L2)
-is taken on the destroyed pixels only (``loss_region="masked"``) or on the whole
-slice (``"all"``).
+Part of every slice of the ``sequence`` view is destroyed, the shared encoder *and*
+decoder run on it, a 1x1 convolution on the full-resolution decoder features
+predicts the intact image, and the loss (L1 or L2) is taken on the destroyed
+pixels only (``loss_region="masked"``) or on the whole slice (``"all"``).
+
+Where the destroyed slices live (``view``):
+
+* ``shared`` (default): the task *transforms* the shared ``sequence`` view, so every
+  task sees the masked slices and one encoder + decoder pass serves them all (the
+  MoCo keys, from ``sequence_b``, stay intact: the masked query must match an intact
+  key, as in masked siamese networks, Assran et al., ECCV 2022). This is what keeps
+  the multi-task step close to the cost of a single decoder task.
+* ``separate``: the task defines its own view, ``reconstruct/masked``, a masked copy
+  of ``sequence``; the other tasks keep intact inputs, at the price of one more
+  encoder + decoder pass per step.
 
 Modes (``mode``):
 
@@ -52,6 +61,7 @@ MASKED_VIEW = "reconstruct/masked"
 
 class ReconstructConfig(TaskConfig):
     name: Literal["reconstruct"] = "reconstruct"
+    view: Literal["shared", "separate"] = Field("shared", description="'shared': mask the shared `sequence` view itself, so one encoder+decoder pass serves every task; 'separate': mask a copy (one more encoder+decoder pass per step, other tasks see intact slices).")
     mode: Literal["mask", "restore"] = Field("mask", description="'mask': fill random patches and predict them (MAE / context encoders); 'restore': swap pairs of patches and restore the slice (Chen et al. 2019).")
     mask_ratio: float = Field(0.6, gt=0, lt=1, description="Fraction of the patch cells masked in 'mask' mode (at least one cell, never all).")
     patch_size: int = Field(16, ge=1, description="Side length in pixels of the square patches (masked cells, or swapped patches in 'restore' mode).")
@@ -66,6 +76,7 @@ class MaskedView(View):
     """A view with part of every image altered; ``mask`` (N, 1, H, W) is True there."""
 
     mask: torch.Tensor | None = None
+    original: torch.Tensor | None = None  # the images before they were altered
 
 
 def _grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -159,26 +170,39 @@ class ReconstructTask(PretextTask):
         self.head = nn.Conv2d(network.decoder_channels, network.in_channels, kernel_size=1)
 
     def view_builders(self) -> dict[str, Callable[[StepContext], View]]:
-        return {MASKED_VIEW: self._masked_view}
+        if self.config.view == "separate":
+            return {MASKED_VIEW: lambda ctx: self._alter(ctx.view("sequence"))}
+        return {}
 
-    def _masked_view(self, ctx: StepContext) -> MaskedView:
-        source = ctx.view("sequence")
+    def view_transforms(self) -> dict[str, Callable[[StepContext, View], View]]:
+        if self.config.view == "shared":
+            return {"sequence": lambda ctx, view: self._alter(view)}
+        return {}
+
+    @property
+    def view_name(self) -> str:
+        return MASKED_VIEW if self.config.view == "separate" else "sequence"
+
+    def _alter(self, source: View) -> MaskedView:
         c = self.config
         with torch.no_grad():
             if c.mode == "mask":
                 images, mask = mask_patches(source.images, c.mask_ratio, c.patch_size, c.fill)
             else:
                 images, mask = swap_patches(source.images, c.num_swaps, c.patch_size)
-        return MaskedView(images=images, theta=source.theta, group=source.group, mask=mask)
+        return MaskedView(images=images, theta=source.theta, group=source.group, mask=mask, original=source.images)
 
     def forward(self, ctx: StepContext) -> TaskOutput:
-        view = ctx.view(MASKED_VIEW)
-        target = ctx.view("sequence").images.detach()
-        pred = self.head(ctx.decode(MASKED_VIEW))
-        mask = view.mask if self.config.loss_region == "masked" else None
-        loss = masked_reconstruction_loss(pred, target, mask, self.config.loss)
+        view = ctx.view(self.view_name)
+        if not isinstance(view, MaskedView):
+            raise SsmtlError(f"reconstruct: view {self.view_name!r} is not the masked view (another task replaced it)")
+        pred = self.head(ctx.decode(self.view_name))
+        target = ctx.decoded(view.original).detach()
+        altered = ctx.decoded(view.mask)
+        region = altered if self.config.loss_region == "masked" else None
+        loss = masked_reconstruction_loss(pred, target, region, self.config.loss)
         with torch.no_grad():
-            mae = masked_reconstruction_loss(pred, target, view.mask, "l1")
+            mae = masked_reconstruction_loss(pred, target, altered, "l1")
         return TaskOutput(loss=loss, metrics={"masked_l1": mae})
 
 
