@@ -101,6 +101,26 @@ def test_parse_methods():
         parse_methods("mocov3", tasks)
     with pytest.raises(SsmtlError, match="twice"):
         parse_methods("scratch,scratch", tasks)
+    enc = parse_methods("multitask,mt-enc=multitask:encoder,c-enc=contrastive+order:encoder,c=contrastive:all", tasks)
+    assert enc[1] == Method("mt-enc", methods[2].tasks, "encoder")
+    assert enc[2] == Method("c-enc", ("contrastive", "order"), "encoder")
+    assert enc[3] == Method("c", ("contrastive",), "all")
+    with pytest.raises(SsmtlError, match="unknown suffix ':decoder'"):
+        parse_methods("x=multitask:decoder", tasks)
+    with pytest.raises(SsmtlError, match="needs a pre-trained method"):
+        parse_methods("x=scratch:encoder", tasks)
+
+
+def test_encoder_only_method_shares_the_pretraining(bench_cache, tmp_path):
+    out = tmp_path / "bench"
+    result = bench(bench_cache, out, "--methods", "contrastive,c-enc=contrastive:encoder")
+    assert result.output.count("training contrastive") == 1
+    assert not (out / "pretrain" / "c-enc").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["init_parts"] == {"contrastive": "all", "c-enc": "encoder"}
+    runs = {m: json.loads((out / "finetune" / m / "finetune" / "n1" / "seed0" / "run.json").read_text()) for m in ("contrastive", "c-enc")}
+    assert runs["contrastive"]["init"] == runs["c-enc"]["init"] == str(out / "pretrain" / "contrastive")
+    assert (runs["contrastive"]["init_parts"], runs["c-enc"]["init_parts"]) == ("all", "encoder")
 
 
 def test_summary_pairs_by_seed():

@@ -154,6 +154,27 @@ def test_init_from_export_loads_its_weights(cache_path, registry, tmp_path):
     assert run["model"] == TINY.model_dump(mode="json")
 
 
+def test_init_parts_encoder_loads_the_encoder_and_a_seeded_random_decoder(cache_path, registry, tmp_path):
+    network = _export(tmp_path / "pretrain")
+    saved = {}
+    for name in ("a", "b"):
+        out = tmp_path / name
+        run_finetune(
+            _config(cache_path, out, init=str(tmp_path / "pretrain"), model=None, steps=1, lr=1e-12, init_parts="encoder", seed=3),
+            registry=registry, progress=False,
+        )
+        saved[name] = load_file(out / "model.safetensors")
+        assert json.loads((out / "run.json").read_text())["init_parts"] == "encoder"
+    for key, param in network.encoder.named_parameters():
+        torch.testing.assert_close(saved["a"][f"network.encoder.{key}"], param.detach(), rtol=0, atol=1e-6)
+    decoder = dict(network.decoder.named_parameters())
+    conv_keys = [k for k, p in decoder.items() if p.ndim == 4]
+    assert conv_keys
+    for key in conv_keys:  # not the export's decoder, but the same random one for the same seed
+        assert not torch.allclose(saved["a"][f"network.decoder.{key}"], decoder[key].detach())
+        torch.testing.assert_close(saved["a"][f"network.decoder.{key}"], saved["b"][f"network.decoder.{key}"], rtol=0, atol=0)
+
+
 def test_mismatching_export_fails(cache_path, registry, tmp_path):
     _export(tmp_path / "pretrain")
     manifest_path = tmp_path / "pretrain" / "export" / "manifest.json"

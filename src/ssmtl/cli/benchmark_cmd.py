@@ -28,7 +28,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def benchmark(
     data: Path = typer.Option(..., "--data", help="Cache to pre-train on (its train subjects)."),
     finetune_data: Optional[Path] = typer.Option(None, "--finetune-data", help="Labeled cache to fine-tune and test on (default: --data). Another modality = cross-domain."),
-    methods: str = typer.Option("scratch,contrastive,multitask", "--methods", help="Comma-separated: scratch, contrastive (MoCo v2), multitask (contrastive+order+position+reconstruct+neighbor), or NAME=task+task."),
+    methods: str = typer.Option("scratch,contrastive,multitask", "--methods", help="Comma-separated: scratch, contrastive (MoCo v2), multitask (contrastive+order+position+reconstruct+neighbor), NAME=task+task, or NAME=METHOD:encoder to fine-tune from the pre-trained encoder only (random decoder; shares METHOD's pre-training)."),
     labeled_volumes: str = typer.Option("1,2,4", "--labeled-volumes", help="Label budgets in subjects, comma-separated."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per (method, budget): labeled subjects and initialisation."),
     out: Path = typer.Option(..., "--out", "-o", help="Benchmark directory; re-running reuses what is already done."),

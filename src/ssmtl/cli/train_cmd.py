@@ -47,6 +47,7 @@ def pretrain(
 def finetune(
     data: Path = typer.Option(..., "--data", help="Labeled HDF5 slice cache."),
     init: str = typer.Option(..., "--init", help="Pre-training run directory, or `none` for the from-scratch baseline."),
+    init_parts: str = typer.Option("all", "--init-parts", help="Load `all` of the export (encoder and decoder) or only the `encoder` (random decoder: the ablation of decoder pre-training)."),
     out: Path = typer.Option(..., "--out", "-o", help="Fine-tuning run directory."),
     labeled_volumes: int = typer.Option(2, "--labeled-volumes", "-n", help="Label budget, counted in volumes (subjects)."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
@@ -69,7 +70,7 @@ def finetune(
     from ssmtl.core.finetune import FinetuneConfig, run_finetune
 
     raw = {
-        "data": data, "init": init, "out": out, "labeled_volumes": labeled_volumes, "steps": steps,
+        "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes, "steps": steps,
         "batch_size": batch_size, "lr": lr, "seed": seed, "split_seed": split_seed,
         "test_fraction": test_fraction, "head": head, "mixed_precision": mixed_precision,
         "freeze_encoder": freeze_encoder,

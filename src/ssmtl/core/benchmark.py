@@ -42,10 +42,14 @@ MULTITASK = ("contrastive", "order", "position", "reconstruct", "neighbor")
 BUILTIN_METHODS = {"scratch": (), "contrastive": ("contrastive",), "multitask": MULTITASK}
 
 
+INIT_PARTS = ("all", "encoder")
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     tasks: tuple[str, ...]  # empty: no pre-training (random init)
+    init_parts: str = "all"  # what fine-tuning loads from the export: "all" or "encoder"
 
     @property
     def pretrained(self) -> bool:
@@ -53,17 +57,29 @@ class Method:
 
 
 def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Method]:
-    """``scratch,contrastive,multitask,NAME=task+task`` -> methods (order kept, names unique)."""
+    """``scratch,contrastive,multitask,NAME=task+task[:encoder]`` -> methods (order kept, names unique).
+
+    The right-hand side of ``NAME=`` is a task combination or a built-in method name;
+    a ``:encoder`` suffix fine-tunes from the pre-trained encoder only (random decoder).
+    """
     items = text if isinstance(text, list) else [t for t in text.split(",")]
     methods: list[Method] = []
     for raw in (i.strip() for i in items):
         if not raw:
             continue
         name, sep, combo = raw.partition("=")
+        parts = "all"
         if sep:
-            tasks = tuple(t.strip() for t in combo.split("+") if t.strip())
-            if not tasks:
-                raise SsmtlError(f"--methods {raw!r}: name a combination as NAME=task+task")
+            combo, colon, parts = combo.partition(":")
+            parts = parts.strip() if colon else "all"
+            if parts not in INIT_PARTS:
+                raise SsmtlError(f"--methods {raw!r}: unknown suffix ':{parts}'; use ':encoder' (load only the pre-trained encoder) or ':all'")
+            if combo.strip() in BUILTIN_METHODS:
+                tasks = BUILTIN_METHODS[combo.strip()]
+            else:
+                tasks = tuple(t.strip() for t in combo.split("+") if t.strip())
+                if not tasks:
+                    raise SsmtlError(f"--methods {raw!r}: name a combination as NAME=task+task")
         elif name in BUILTIN_METHODS:
             tasks = BUILTIN_METHODS[name]
         else:
@@ -73,7 +89,9 @@ def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Meth
             raise SsmtlError(f"--methods {raw!r}: unknown task(s) {', '.join(unknown)}; available: {', '.join(sorted(available_tasks))}")
         if any(m.name == name for m in methods):
             raise SsmtlError(f"--methods: {name!r} is given twice")
-        methods.append(Method(name, tasks))
+        if parts == "encoder" and not tasks:
+            raise SsmtlError(f"--methods {raw!r}: ':encoder' needs a pre-trained method, not scratch")
+        methods.append(Method(name, tasks, parts))
     if not methods:
         raise SsmtlError("--methods: give at least one method")
     return methods
@@ -84,7 +102,7 @@ class BenchmarkConfig(BaseModel):
     data: Path = Field(description="Cache for pre-training (its train subjects).")
     finetune_data: Path | None = Field(None, description="Labeled cache for fine-tuning and testing (default: data).")
     out: Path = Field(description="Benchmark directory (reused across re-runs).")
-    methods: list[str] = Field(default_factory=lambda: ["scratch", "contrastive", "multitask"], description="Methods: scratch, contrastive, multitask, NAME=task+task.")
+    methods: list[str] = Field(default_factory=lambda: ["scratch", "contrastive", "multitask"], description="Methods: scratch, contrastive, multitask, NAME=task+task, NAME=METHOD_OR_TASKS:encoder (fine-tune from the pre-trained encoder only).")
     labeled_volumes: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Label budgets, in subjects.")
     seeds: int = Field(3, ge=1, le=100, description="Fine-tuning seeds per cell (labeled subjects and initialisation).")
     pretrain_steps: int = Field(500, ge=1, description="Pre-training steps per method.")
@@ -188,7 +206,7 @@ class Benchmark:
             data=self.ft_path, out=cell_dir, init=str(init) if init else "none", labeled_volumes=budget,
             steps=self.config.finetune_steps, batch_size=self.config.finetune_batch_size, lr=self.config.finetune_lr,
             seed=seed, labeled_seed=seed, split_seed=self.config.split_seed,
-            freeze_encoder=protocol == "frozen", model=None if init else self.model_config,
+            freeze_encoder=protocol == "frozen", model=None if init else self.model_config, init_parts=method.init_parts,
             mixed_precision=self.mixed_precision,
         )
         settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
@@ -224,7 +242,12 @@ class Benchmark:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         available = sum(1 for v in self.ft_cache.volumes if v.has_label)
-        inits = {m.name: (self.pretrain(m) if m.pretrained else None) for m in self.methods}
+        inits: dict[str, Path | None] = {}
+        by_tasks: dict[tuple[str, ...], Path] = {}  # methods with the same tasks share one pre-training
+        for m in self.methods:
+            if m.pretrained and m.tasks not in by_tasks:
+                by_tasks[m.tasks] = self.pretrain(m)
+            inits[m.name] = by_tasks.get(m.tasks) if m.pretrained else None
         protocols = ["finetune"] + (["frozen"] if self.config.frozen_encoder else [])
         cells = []
         for protocol in protocols:
@@ -235,7 +258,7 @@ class Benchmark:
                     for seed in range(self.config.seeds):
                         evaluation = self.cell(method, protocol, budget, seed, inits[method.name])
                         cells.append({
-                            "method": method.name, "tasks": list(method.tasks), "protocol": protocol,
+                            "method": method.name, "tasks": list(method.tasks), "init_parts": method.init_parts, "protocol": protocol,
                             "labeled_volumes": budget, "seed": seed,
                             "labeled_subjects": evaluation.get("labeled_subjects"),
                             "test_subjects": evaluation.get("test_subjects"),
@@ -252,6 +275,7 @@ class Benchmark:
         results = {
             "config": self.config.model_dump(mode="json"),
             "methods": {m.name: list(m.tasks) for m in self.methods},
+            "init_parts": {m.name: m.init_parts for m in self.methods if m.pretrained},
             "pretrain_data": {"path": str(self.config.data), "fingerprint": self.pre_cache.fingerprint},
             "finetune_data": {"path": str(self.ft_path), "fingerprint": self.ft_cache.fingerprint, "labeled_subjects": available},
             "test_subjects": test_subjects,

@@ -64,6 +64,7 @@ class FinetuneConfig(BaseModel):
     data: Path = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
     out: Path = Field(description="Run directory (must be new or empty).")
     init: str = Field("none", description="'none' (random init, the baseline) or a pre-training run directory with an export/.")
+    init_parts: Literal["all", "encoder"] = Field("all", description="What to load from the export: 'all' (encoder and decoder) or 'encoder' (the decoder starts from random init, seeded by `seed`: the ablation of decoder pre-training).")
     labeled_volumes: int = Field(2, ge=1, description="Labeled training subjects to fine-tune on (all labeled volumes of each chosen subject are used).")
     steps: int = Field(300, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Slices per process per step.")
@@ -135,6 +136,10 @@ def build_network(config: FinetuneConfig) -> tuple[UNet, dict[str, Any] | None]:
             f"model is set but init={config.init} loads an export with a different model config "
             f"({network.config.model_dump()}); drop the model options when starting from an export"
         )
+    if config.init_parts == "encoder":
+        fresh = UNet(network.config)  # random decoder, from the seeded RNG
+        fresh.encoder.load_state_dict(network.encoder.state_dict(), strict=True)
+        network = fresh
     return network, manifest
 
 
@@ -214,6 +219,7 @@ def _init_record(config: FinetuneConfig, manifest: dict[str, Any] | None, test: 
     seen = sorted(set(data.get("volumes") or []) & set(test))
     return {
         "init": str(resolve_init(config.init)),
+        "init_parts": config.init_parts,
         "init_manifest": {
             "tasks": manifest.get("tasks"),
             "steps": manifest.get("steps"),
