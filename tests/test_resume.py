@@ -184,3 +184,18 @@ def test_resume_refuses_to_overwrite_without_flag(tiny_cache, tmp_path):
     assert result.returncode == 2
     assert "--resume" in result.stderr and "Traceback" not in result.stderr
     assert (out / "export" / "model.safetensors").read_bytes() == before
+
+
+def test_checkpoint_of_a_compiled_run_resumes_without_compile(tiny_cache, tmp_path):
+    """torch.compile works in place: checkpoint and export keys are the plain module names."""
+    out = tmp_path / "run"
+    args = pretrain_args(tiny_cache, out, steps=4)
+    compiled = run(ssmtl_cmd() + args[:args.index("--steps") + 1] + ["2", "--compile"] + args[args.index("--steps") + 2:])
+    if shutil.which("g++") or shutil.which("c++"):  # inductor's CPU backend needs a C++ compiler
+        assert "torch.compile unavailable" not in compiled.stderr  # it really compiled
+    names = set(load_file(out / "export" / "model.safetensors"))
+    assert names and not any("_orig_mod" in n for n in names)
+    result = run(ssmtl_cmd() + args + ["--resume"])  # eager, 2 more steps from the compiled run's step 2
+    assert "resuming from" in result.stderr and "step-00000002" in result.stderr
+    assert sorted(losses(out)) == [0, 1, 2, 3]
+    assert set(load_file(out / "export" / "model.safetensors")) == names

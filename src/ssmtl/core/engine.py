@@ -441,7 +441,7 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     if main:
         write_export(
             out,
-            _plain_network(unwrapped.network),
+            unwrapped.network,
             {
                 "config": config_to_dict(config),
                 "tasks": {n: config.tasks[n].model_dump(mode="json") for n in names},
@@ -505,32 +505,23 @@ def _maybe_compile(module: PretrainModule, config: RunConfig, k: int, accelerato
     run would build (and need a C++ toolchain for) CPU kernels that never run.
     """
     network = module.network
-    parts = [(network, "encoder"), (network, "decoder")]
-    parts += [(task, name) for task in module.tasks.values() for name, child in task.named_children() if isinstance(child, Encoder)]
-    eager = [(owner, name, getattr(owner, name)) for owner, name in parts]
+    parts = [network.encoder, network.decoder]
+    parts += [child for task in module.tasks.values() for child in task.children() if isinstance(child, Encoder)]
     try:
-        for owner, name, part in eager:
-            setattr(owner, name, torch.compile(part, dynamic=False))
+        for part in parts:
+            # in place (nn.Module.compile): the state dict keeps its plain names, so a
+            # checkpoint of a compiled run resumes without --compile and vice versa
+            part.compile(dynamic=False)
         side = 2 ** config.model.depth * 2
         module.to(accelerator.device)  # where accelerator.prepare would put it anyway
         probe = torch.zeros(2, config.model.in_channels, side, side, device=accelerator.device)
         with torch.no_grad():
             network.decoder(network.encoder(probe))
     except Exception as exc:  # no compiler toolchain, unsupported platform or op
-        for owner, name, part in eager:
-            setattr(owner, name, part)
+        for part in parts:
+            part._compiled_call_impl = None  # what nn.Module.compile set: back to eager
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         accelerator.print(f"warning: torch.compile unavailable ({first}); running eagerly", file=sys.stderr)
-
-
-def _plain_network(network: UNet) -> UNet:
-    """The network with compiled submodules unwrapped, so exported keys have no ``_orig_mod``."""
-    for name in ("encoder", "decoder"):
-        part = getattr(network, name)
-        original = getattr(part, "_orig_mod", None)
-        if original is not None:
-            setattr(network, name, original)
-    return network
 
 
 class _null:
