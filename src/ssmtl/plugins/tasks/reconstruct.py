@@ -7,11 +7,14 @@ pixels only (``loss_region="masked"``) or on the whole slice (``"all"``).
 
 Where the destroyed slices live (``view``):
 
-* ``shared`` (default): the task *transforms* the shared ``sequence`` view, so every
-  task sees the masked slices and one encoder + decoder pass serves them all (the
-  MoCo keys, from ``sequence_b``, stay intact: the masked query must match an intact
-  key, as in masked siamese networks, Assran et al., ECCV 2022). This is what keeps
-  the multi-task step close to the cost of a single decoder task.
+* ``shared`` (default): the task *transforms* the shared ``sequence`` view, so one
+  encoder + decoder pass serves every task. Only the slices the decoder runs on are
+  altered: with ``train.decoder_slices="one"`` (the default) one slice per sequence,
+  and the other k-1 slices reach the encoder tasks intact (order and position, which
+  compare the slices of a sequence, learned little within 400 steps when every
+  slice was masked). The MoCo keys, from ``sequence_b``, are never masked: a masked
+  query must match an intact key, as in masked siamese networks (Assran et al.,
+  ECCV 2022). With ``decoder_slices="all"`` every slice is altered.
 * ``separate``: the task defines its own view, ``reconstruct/masked``, a masked copy
   of ``sequence``; the other tasks keep intact inputs, at the price of one more
   encoder + decoder pass per step.
@@ -176,20 +179,29 @@ class ReconstructTask(PretextTask):
 
     def view_transforms(self) -> dict[str, Callable[[StepContext, View], View]]:
         if self.config.view == "shared":
-            return {"sequence": lambda ctx, view: self._alter(view)}
+            # only the slices the decoder reconstructs are altered; with one decoded slice
+            # per sequence the other k-1 reach the encoder tasks intact
+            return {"sequence": lambda ctx, view: self._alter(view, ctx.decoder_rows)}
         return {}
 
     @property
     def view_name(self) -> str:
         return MASKED_VIEW if self.config.view == "separate" else "sequence"
 
-    def _alter(self, source: View) -> MaskedView:
+    def _alter(self, source: View, rows: torch.Tensor | None = None) -> MaskedView:
+        """``source`` with its images altered: every row, or only ``rows`` (flat indices)."""
         c = self.config
         with torch.no_grad():
+            picked = source.images if rows is None else source.images.index_select(0, rows)
             if c.mode == "mask":
-                images, mask = mask_patches(source.images, c.mask_ratio, c.patch_size, c.fill)
+                altered, mask = mask_patches(picked, c.mask_ratio, c.patch_size, c.fill)
             else:
-                images, mask = swap_patches(source.images, c.num_swaps, c.patch_size)
+                altered, mask = swap_patches(picked, c.num_swaps, c.patch_size)
+            if rows is not None:
+                images = source.images.index_copy(0, rows, altered)
+                mask = torch.zeros((source.images.shape[0], *mask.shape[1:]), dtype=torch.bool, device=mask.device).index_copy(0, rows, mask)
+            else:
+                images = altered
         return MaskedView(images=images, theta=source.theta, group=source.group, mask=mask, original=source.images)
 
     def forward(self, ctx: StepContext) -> TaskOutput:
