@@ -4,16 +4,17 @@
 #   bash benchmarks/cpu_protocol.sh            # from the repository root, with .venv/bin on PATH
 #
 # Phantom caches (16 subjects, 64 px, 32 slices; 5 subjects held out for testing),
-# U-Net base width 8, 600 pre-training steps per method, 500 fine-tuning steps per cell
+# U-Net base width 8, 600 pre-training steps per method, 400 fine-tuning steps per cell
 # at a peak learning rate of 3e-3, label budgets 1 and 4, 2 seeds. Settings: CT->CT (plus an ablation in ablation/: the
 # encoder tasks without the decoder tasks, and the multi-task encoder fine-tuned with a
-# random decoder), CT->MR (the same CT pre-trainings), MR->MR.
+# random decoder), CT->MR (the same CT pre-trainings), MR->MR, and multitask with learned
+# (uncertainty) loss weights in weighting/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SSMTL=${SSMTL:-ssmtl}
 OUT=${OUT:-benchmarks/out}/cpu
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-600}
-FINETUNE_STEPS=${FINETUNE_STEPS:-500}
+FINETUNE_STEPS=${FINETUNE_STEPS:-400}
 FINETUNE_LR=${FINETUNE_LR:-3e-3}
 mkdir -p "$OUT"
 for domain in ct mr; do
@@ -33,4 +34,8 @@ mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretr
 $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods scratch,contrastive,multitask --labeled-volumes 1,4 "${COMMON[@]}"
 echo "ct-mr: $(( $(date +%s) - t0 ))s"
 $SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods scratch,contrastive,multitask --labeled-volumes 1,4 "${COMMON[@]}"
+echo "mr-mr: $(( $(date +%s) - t0 ))s"
+# Investigation 1: learned loss weights (Kendall et al.) instead of equal weights, 1 labeled subject.
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/weighting" --methods multitask-uncertainty=multitask \
+    --labeled-volumes 1 "${COMMON[@]}" --set weighting.scheme=uncertainty
 echo "total: $(( $(date +%s) - t0 ))s"

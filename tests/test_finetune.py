@@ -241,3 +241,43 @@ def test_augment_pair_moves_image_and_label_together():
     assert set(warped_label.unique().tolist()) <= {0, 1, 2}
     agreement = (warped_image[:, 0].round().long() == warped_label).float().mean().item()
     assert agreement > 0.97  # only bilinear edge pixels may differ
+
+
+def test_slice_weights_match_the_hand_computed_mixture():
+    from ssmtl.core.finetune import slice_weights
+
+    presence = np.array([  # background, class 1, class 2
+        [1, 0, 0],  # background only
+        [1, 1, 0],
+        [1, 1, 1],
+        [1, 0, 1],
+    ], dtype=bool)
+    # class first: class 1 or 2 with 1/2 each, then one of its 2 slices: 0, 1/4, 1/2, 1/4
+    expected = 0.5 * np.full(4, 0.25) + 0.5 * np.array([0.0, 0.25, 0.5, 0.25])
+    np.testing.assert_allclose(slice_weights(presence, 0.5), expected)
+    np.testing.assert_allclose(slice_weights(presence, 0.0), np.full(4, 0.25))
+    np.testing.assert_allclose(slice_weights(presence, 1.0), [0.0, 0.25, 0.5, 0.25])
+    # a class no slice shows is not drawn; no foreground at all: uniform
+    np.testing.assert_allclose(slice_weights(np.array([[1, 0, 1], [1, 0, 0]], dtype=bool), 1.0), [1.0, 0.0])
+    np.testing.assert_allclose(slice_weights(np.array([[1, 0], [1, 0]], dtype=bool), 0.7), [0.5, 0.5])
+
+
+def test_class_balanced_loader_oversamples_the_slices_with_small_structures(cache_path):
+    from ssmtl.core.cache import SliceCache
+    from ssmtl.core.finetune import LabeledSliceDataset, _loader
+
+    dataset = LabeledSliceDataset(SliceCache(cache_path), [0, 1])
+    presence = dataset.class_presence()
+    one_volume = np.zeros((8, 3), dtype=bool)
+    one_volume[:, 0] = True
+    one_volume[1:7, 1] = True  # the square: slices 1-6
+    one_volume[2:6, 2] = True  # the disc: slices 2-5
+    assert np.array_equal(presence, np.concatenate([one_volume, one_volume]))
+    counts = {}
+    for balance in (0.0, 1.0):
+        config = _config(cache_path, cache_path.parent / "unused", steps=400, batch_size=16, class_balance=balance)
+        labels = torch.cat([lab for _, lab in _loader(dataset, config, world=1)])
+        assert labels.shape == (400 * 16, 32, 32)
+        counts[balance] = (labels.flatten(1) == 2).any(dim=1).float().mean().item()
+    assert counts[0.0] == pytest.approx(8 / 16, abs=0.03)  # uniform: 4 of 8 slices show the disc
+    assert counts[1.0] == pytest.approx(0.5 * 4 / 6 + 0.5, abs=0.03)  # square first: 4 of its 6 slices; disc first: all

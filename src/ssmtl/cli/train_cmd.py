@@ -59,6 +59,7 @@ def finetune(
     head: str = typer.Option("segmentation", "--head", help="Downstream head plugin."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder and head."),
+    class_balance: float = typer.Option(0.0, "--class-balance", help="Fraction of slices sampled class first (a foreground class, then a slice showing it): small structures are seen often enough to be learned. 0: uniform."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any fine-tuning field KEY=VALUE, e.g. model.base_channels=8 (scratch only)."),
 ) -> None:
     """Fine-tune segmentation on a few labeled volumes, from a pre-trained export or from scratch.
@@ -73,7 +74,7 @@ def finetune(
         "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes, "steps": steps,
         "batch_size": batch_size, "lr": lr, "seed": seed, "split_seed": split_seed,
         "test_fraction": test_fraction, "head": head, "mixed_precision": mixed_precision,
-        "freeze_encoder": freeze_encoder,
+        "freeze_encoder": freeze_encoder, "class_balance": class_balance,
     }
     for key, value in parse_set_flags(set_ or []):
         set_path(raw, key, value)

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ssmtl.core.build import validate_model
 from ssmtl.core.cache import SliceCache
 from ssmtl.core.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.core.errors import SsmtlError
@@ -210,7 +211,10 @@ class Benchmark:
             mixed_precision=self.mixed_precision,
         )
         settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
-        key = _digest({"finetune": settings, "init": self._export_id(init), "data": self.ft_cache.fingerprint})
+        # the head's resolved options too: a changed default of the head plugin is a different cell
+        head_spec = self.registry.head(ft.head)
+        head = validate_model(head_spec.config_model, {**ft.head_options, "name": ft.head}, prefix=ft.head).model_dump(mode="json")
+        key = _digest({"finetune": settings, "head": head, "init": self._export_id(init), "data": self.ft_cache.fingerprint})
         record = cell_dir / "cell.json"
         try:
             if json.loads(record.read_text())["key"] == key:

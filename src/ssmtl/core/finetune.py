@@ -85,6 +85,7 @@ class FinetuneConfig(BaseModel):
     freeze_encoder: bool = Field(False, description="Train only the decoder and head (encoder weights and norm statistics stay fixed).")
     augment: AugmentConfig = Field(default_factory=finetune_augment, description="Random affine (image and label alike) and intensity augmentation.")
     num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
+    class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
 
 
 # -- model ---------------------------------------------------------------------------------
@@ -174,6 +175,22 @@ class LabeledSliceDataset(torch.utils.data.Dataset):
         self.items = np.array(
             [(v, s) for v in volumes for s in range(cache.volumes[v].num_slices)], dtype=np.int64
         ).reshape(-1, 2)
+        self._presence: np.ndarray | None = None
+
+    def class_presence(self) -> np.ndarray:
+        """(slices, classes) bool: which classes each slice shows (read once; few labeled volumes)."""
+        if self._presence is None:
+            num_classes = self.cache.num_classes
+            rows = []
+            for v in dict.fromkeys(int(v) for v in self.items[:, 0]):
+                _, label = self.cache.read_volume(v)
+                flat = label.reshape(label.shape[0], -1).astype(np.int64)
+                present = np.zeros((label.shape[0], num_classes), dtype=bool)
+                for c in range(num_classes):
+                    present[:, c] = (flat == c).any(axis=1)
+                rows.append(present)
+            self._presence = np.concatenate(rows) if rows else np.zeros((0, num_classes), dtype=bool)
+        return self._presence
 
     def __len__(self) -> int:
         return len(self.items)
@@ -324,16 +341,38 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True) -
     }
 
 
+def slice_weights(presence: np.ndarray, class_balance: float) -> np.ndarray:
+    """Sampling probability of every slice: the mixture ``(1 - b) * uniform + b * class-first``.
+
+    Class-first draws a foreground class (column 1 onwards) uniformly among those some
+    slice shows, then one of the slices that show it uniformly. ``presence`` is
+    (slices, classes) bool. Without any foreground the weights are uniform.
+    """
+    n = presence.shape[0]
+    uniform = np.full(n, 1.0 / n)
+    foreground = presence[:, 1:]
+    shown = foreground.any(axis=0)
+    if class_balance == 0 or not shown.any():
+        return uniform
+    per_class = foreground[:, shown] / foreground[:, shown].sum(axis=0)  # each column sums to 1
+    class_first = per_class.sum(axis=1) / shown.sum()
+    return (1 - class_balance) * uniform + class_balance * class_first
+
+
 def _loader(dataset: LabeledSliceDataset, config: FinetuneConfig, world: int) -> torch.utils.data.DataLoader:
-    """Exactly ``steps`` batches per process, sampled with replacement from all training slices.
+    """Exactly ``steps`` batches per process, sampled with replacement from all training slices
+    (weighted by :func:`slice_weights`).
 
     Sampling with replacement makes the step count independent of how many slices
     the few labeled volumes have.
     """
     generator = torch.Generator().manual_seed(config.seed)
-    sampler = torch.utils.data.RandomSampler(
-        dataset, replacement=True, num_samples=config.steps * config.batch_size * world, generator=generator
-    )
+    num_samples = config.steps * config.batch_size * world
+    if config.class_balance > 0:
+        weights = torch.from_numpy(slice_weights(dataset.class_presence(), config.class_balance))
+        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=num_samples, generator=generator)
     return torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
         num_workers=config.num_workers, persistent_workers=False,
