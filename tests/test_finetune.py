@@ -225,6 +225,25 @@ def test_segmentation_head_loss_and_predict(registry):
     assert logits.shape == (2, 3, 8, 8)
 
 
+def test_segmentation_head_hidden_layer_then_linear_classifier(registry):
+    from torch.nn import functional as F
+
+    from ssmtl.plugins.heads.segmentation import SegmentationConfig
+
+    info = UNet(TINY).info  # 4 decoder channels
+    head = registry.head("segmentation").factory(SegmentationConfig(), info, 7)
+    assert head.config.hidden_channels == 32
+    conv, norm = head.hidden[0], head.hidden[1]
+    assert conv.weight.shape == (32, 4, 3, 3) and head.classifier.weight.shape == (7, 32, 1, 1)
+    head.eval()
+    x = torch.randn(2, 4, 8, 8)
+    hidden = F.relu(F.batch_norm(F.conv2d(x, conv.weight, padding=1), norm.running_mean, norm.running_var, norm.weight, norm.bias))
+    torch.testing.assert_close(head(x), F.conv2d(hidden, head.classifier.weight, head.classifier.bias))
+    linear = registry.head("segmentation").factory(SegmentationConfig(hidden_channels=0), info, 7)
+    assert linear.classifier.weight.shape == (7, 4, 1, 1)
+    torch.testing.assert_close(linear(x), F.conv2d(x, linear.classifier.weight, linear.classifier.bias))
+
+
 def test_augment_pair_moves_image_and_label_together():
     from ssmtl.core.augment import AugmentConfig
     from ssmtl.core.finetune import augment_pair
