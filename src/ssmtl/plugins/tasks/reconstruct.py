@@ -10,9 +10,9 @@ Where the destroyed slices live (``view``):
 * ``shared`` (default): the task *transforms* the shared ``sequence`` view, so one
   encoder + decoder pass serves every task. Only the slices the decoder runs on are
   altered: with ``train.decoder_slices="one"`` (the default) one slice per sequence,
-  and the other k-1 slices reach the encoder tasks intact (order and position, which
-  compare the slices of a sequence, learned little within 400 steps when every
-  slice was masked). The MoCo keys, from ``sequence_b``, are never masked: a masked
+  and the other k-1 slices reach the encoder tasks intact (with every slice masked,
+  order stayed at chance; with one of three masked it learns, more slowly than on
+  intact slices: see docs/performance.md). The MoCo keys, from ``sequence_b``, are never masked: a masked
   query must match an intact key, as in masked siamese networks (Assran et al.,
   ECCV 2022). With ``decoder_slices="all"`` every slice is altered.
 * ``separate``: the task defines its own view, ``reconstruct/masked``, a masked copy
