@@ -106,15 +106,23 @@ class NeighborTask(PretextTask):
         view = ctx.view("sequence")
         feats = ctx.decode("sequence")
         n, c, h, w = feats.shape
-        with torch.no_grad():
-            raw = ctx.view("raw").images
-            aligned = apply_affine(raw, view.theta) if view.theta is not None else raw
+        raw = ctx.view("raw").images
+
+        def aligned(rows: torch.Tensor | None = None) -> torch.Tensor:
+            """The raw slices of ``rows`` (all: None) warped with their view's transform."""
+            with torch.no_grad():
+                images = raw if rows is None else raw.index_select(0, rows)
+                if view.theta is None:
+                    return images
+                return apply_affine(images, view.theta if rows is None else view.theta.index_select(0, rows))
+
         if self.config.mode == "next":
             rows = ctx.decoder_rows  # the slices decoded this step (None: all of them)
             index = torch.arange(b * k, device=feats.device) if rows is None else rows
             step, partner = next_pairs(index, k)
             direction = step.to(feats.dtype).view(n, 1, 1, 1).expand(n, 1, h, w)
-            return torch.cat([feats, direction], dim=1), aligned[partner]
+            return torch.cat([feats, direction], dim=1), aligned(partner)  # only the targets it needs
+        aligned = aligned()
         seq = feats.view(b, k, c, h, w)
         pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2).reshape(-1, 2 * c, h, w)
         target = aligned.view(b, k, -1, h, w)[:, 1:-1].reshape(-1, aligned.shape[1], h, w)
