@@ -598,11 +598,9 @@ def test_decoder_rows_pick_one_slice_per_sequence_from_torch_rng():
 
 
 def test_decoder_slices_one_is_overridden_by_a_task_that_needs_every_slice():
-    from ssmtl.core.engine import decoder_slices
-
     config, module = make_module(["neighbor", "reconstruct"], ["tasks.neighbor.mode=middle", "tasks.reconstruct.patch_size=8"])
     assert module.decoder_slices == "all"
-    policy, notes = decoder_slices(config, module.tasks)
+    policy, notes = module.decoder_slices, module.notes
     assert policy == "all" and notes == ["train.decoder_slices=one ignored: task(s) neighbor need the decoder on every slice of a sequence"]
     batch = make_batch(b=2, k=3)
     total, *_ = module(batch, 0)

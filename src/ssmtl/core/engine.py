@@ -31,7 +31,7 @@ from ssmtl.core.model import Encoder, UNet
 from ssmtl.core.rundir import prepare_run_dir, write_json_atomic
 from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 from ssmtl.core.task import DataInfo, PretextTask
-from ssmtl.core.views import BUILTIN_VIEWS, SequenceBatch, StepContext
+from ssmtl.core.views import SequenceBatch, StepContext, task_views
 from ssmtl.core.weighting import LossWeighting, build_weighting
 
 
@@ -49,19 +49,12 @@ class PretrainModule(nn.Module):
         self.tasks = nn.ModuleDict(tasks)
         self.weighting = weighting
         self.augment = augment
-        self.builders = dict(BUILTIN_VIEWS)
-        for name, task in tasks.items():
-            for view, builder in task.view_builders().items():
-                if view in self.builders:
-                    raise SsmtlError(f"task {name!r} defines view {view!r}, which already exists")
-                self.builders[view] = builder
-        self.transforms: dict[str, list] = {}
-        for name, task in tasks.items():
-            for view, transform in task.view_transforms().items():
-                if view not in self.builders:
-                    raise SsmtlError(f"task {name!r} transforms view {view!r}, which no task defines; known: {', '.join(sorted(self.builders))}")
-                self.transforms.setdefault(view, []).append(transform)
-        self.decoder_slices = decoder_slices
+        self.builders, self.transforms = task_views(tasks)
+        # tasks that need the decoder on every slice override "one"; the note says so
+        needs_all = [n for n, t in tasks.items() if t.decodes_every_slice]
+        self.decoder_slices = "all" if needs_all else decoder_slices
+        self.notes = [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice "
+                      "of a sequence"] if needs_all and decoder_slices == "one" else []
         self.last_context: StepContext | None = None
         self.memory_format = torch.contiguous_format
 
@@ -127,16 +120,7 @@ def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
         {n: config.tasks[n].warmup_steps for n in names},
         temperature=config.weighting.temperature,
     )
-    return PretrainModule(network, tasks, weighting, config.augment, decoder_slices(config, tasks)[0])
-
-
-def decoder_slices(config: RunConfig, tasks: dict[str, PretextTask]) -> tuple[str, list[str]]:
-    """The decoder-slices policy the step uses, and a note when a task overrides the config."""
-    wanted = config.train.decoder_slices
-    needs_all = [n for n, t in tasks.items() if t.decodes_every_slice]
-    if wanted == "one" and needs_all:
-        return "all", [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice of a sequence"]
-    return wanted, []
+    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices)
 
 
 def ddp_ignored_names(module: PretrainModule) -> list[str]:
@@ -287,8 +271,7 @@ class Trainer:
             num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
             global_batch=config.train.batch_size * accelerator.num_processes,
         )
-        self.notes = decoder_slices(config, module.tasks)[1]
-        self.notes += [note for task in module.tasks.values() for note in task.on_data(info)]
+        self.notes = module.notes + [note for task in module.tasks.values() for note in task.on_data(info)]
         if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if config.train.channels_last:

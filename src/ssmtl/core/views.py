@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Callable
+from functools import cached_property
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ssmtl.core.augment import AugmentConfig, augment
+from ssmtl.core.errors import SsmtlError
 from ssmtl.core.model import UNet, global_pool
 
 
@@ -89,6 +91,29 @@ def _augmented(ctx: "StepContext") -> View:
 BUILTIN_VIEWS: dict[str, ViewBuilder] = {"raw": _raw, "sequence": _augmented, "sequence_b": _augmented}
 
 
+def task_views(tasks: Mapping[str, Any]) -> tuple[dict[str, ViewBuilder], dict[str, list[ViewTransform]]]:
+    """The view builders (built-in + ``task.view_builders()``) and, per view, the
+    transforms (``task.view_transforms()``, in task order) of a set of tasks by name.
+
+    Raises :class:`SsmtlError` for a view defined twice or a transform of an unknown view.
+    """
+    builders = dict(BUILTIN_VIEWS)
+    for name, task in tasks.items():
+        for view, builder in task.view_builders().items():
+            if view in BUILTIN_VIEWS:
+                raise SsmtlError(f"task {name!r} defines view {view!r}, which is a built-in view; prefix it, e.g. '{name}/{view}'")
+            if view in builders:
+                raise SsmtlError(f"task {name!r} defines view {view!r}, which another task already defines")
+            builders[view] = builder
+    transforms: dict[str, list[ViewTransform]] = {}
+    for name, task in tasks.items():
+        for view, transform in task.view_transforms().items():
+            if view not in builders:
+                raise SsmtlError(f"task {name!r} transforms view {view!r}, which no task defines; known: {', '.join(sorted(builders))}")
+            transforms.setdefault(view, []).append(transform)
+    return builders, transforms
+
+
 class StepContext:
     """Per-step cache of views and of the shared network's features on them."""
 
@@ -113,8 +138,6 @@ class StepContext:
         self.memory_format = memory_format  # of every view's images (channels_last with train.channels_last)
         self.transforms = transforms or {}
         self.decoder_slices = decoder_slices
-        self._decoder_rows: torch.Tensor | None = None
-        self._rows_drawn = False
         self._views: dict[str, View] = {}
         self._encoded: dict[str, list[torch.Tensor]] = {}
         self._decoded: dict[str, torch.Tensor] = {}
@@ -141,7 +164,7 @@ class StepContext:
             self._encoded[name] = self.network.encoder(self.view(name).images)
         return self._encoded[name]
 
-    @property
+    @cached_property
     def decoder_rows(self) -> torch.Tensor | None:
         """Flat indices (into every view's N = B x k rows) of the slices the decoder runs
         on this step, the same for every view; ``None`` when it runs on all of them.
@@ -149,13 +172,11 @@ class StepContext:
         With ``decoder_slices="one"`` and k > 1: one slice per sequence, drawn at random
         (from torch's RNG, so a resumed run draws the same ones).
         """
-        if not self._rows_drawn:
-            self._rows_drawn = True
-            b, k = self.batch.batch_size, self.batch.sequence_length
-            if self.decoder_slices == "one" and k > 1:
-                device = self.batch.slices.device
-                self._decoder_rows = torch.arange(b, device=device) * k + torch.randint(k, (b,), device=device)
-        return self._decoder_rows
+        b, k = self.batch.batch_size, self.batch.sequence_length
+        if self.decoder_slices == "all" or k == 1:
+            return None
+        device = self.batch.slices.device
+        return torch.arange(b, device=device) * k + torch.randint(k, (b,), device=device)
 
     def decoded(self, tensor: torch.Tensor) -> torch.Tensor:
         """The rows of a per-slice tensor (N, ...) that match ``decode``'s output."""

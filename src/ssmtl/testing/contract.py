@@ -46,12 +46,13 @@ from pydantic import ValidationError
 
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.config import resolve_task_configs
+from ssmtl.core.errors import SsmtlError
 from ssmtl.core.hookspecs import hookimpl
 from ssmtl.core.model import ModelConfig, UNet
 from ssmtl.core.registry import build_registry
 from ssmtl.core.specs import TaskSpec
 from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import BUILTIN_VIEWS, StepContext
+from ssmtl.core.views import BUILTIN_VIEWS, StepContext, task_views
 from ssmtl.testing.tiny import TINY_MODEL, TINY_SIZE, tiny_batch
 
 KNOWN_PARTS = frozenset({"encoder", "decoder"})
@@ -255,16 +256,10 @@ def check_task_contract(
     torch.manual_seed(seed)
     network = UNet(ModelConfig(**{**TINY_MODEL, **(model or {})}))
     task = _build(spec, task_config, network)
-    builders = dict(BUILTIN_VIEWS)
-    for view, builder in task.view_builders().items():
-        if view in builders:
-            raise _fail(spec.name, f"defines view {view!r}, which is a built-in view; prefix it, e.g. '{spec.name}/{view}'")
-        builders[view] = builder
-    transforms = {}
-    for view, transform in task.view_transforms().items():
-        if view not in builders:
-            raise _fail(spec.name, f"transforms view {view!r}, which does not exist; known: {', '.join(sorted(builders))}")
-        transforms[view] = [transform]
+    try:
+        builders, transforms = task_views({spec.name: task})  # as the engine collects them
+    except SsmtlError as exc:
+        raise TaskContractError(str(exc)) from None
     k = sequence_length or task.sequence_length
     batch = tiny_batch(batch_size=batch_size, sequence_length=k, size=size, seed=seed)
     report = ContractReport(

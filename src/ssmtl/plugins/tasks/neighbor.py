@@ -71,6 +71,17 @@ def next_pairs(index: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Te
     return step, index + step
 
 
+@torch.no_grad()
+def _aligned(ctx: StepContext, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The raw slices of ``rows`` (all: None), warped with the ``sequence`` view's transform."""
+    theta = ctx.view("sequence").theta
+    raw = ctx.view("raw").images
+    if rows is not None:
+        raw = raw.index_select(0, rows)
+        theta = None if theta is None else theta.index_select(0, rows)
+    return raw if theta is None else apply_affine(raw, theta)
+
+
 class NeighborTask(PretextTask):
     trains = frozenset({"encoder", "decoder"})
 
@@ -103,26 +114,15 @@ class NeighborTask(PretextTask):
         b, k = ctx.batch.batch_size, ctx.batch.sequence_length
         if k < self.sequence_length:
             raise SsmtlError(f"neighbor: mode {self.config.mode!r} needs sequences of {self.sequence_length} slices, got {k}")
-        view = ctx.view("sequence")
         feats = ctx.decode("sequence")
         n, c, h, w = feats.shape
-        raw = ctx.view("raw").images
-
-        def aligned(rows: torch.Tensor | None = None) -> torch.Tensor:
-            """The raw slices of ``rows`` (all: None) warped with their view's transform."""
-            with torch.no_grad():
-                images = raw if rows is None else raw.index_select(0, rows)
-                if view.theta is None:
-                    return images
-                return apply_affine(images, view.theta if rows is None else view.theta.index_select(0, rows))
-
         if self.config.mode == "next":
             rows = ctx.decoder_rows  # the slices decoded this step (None: all of them)
             index = torch.arange(b * k, device=feats.device) if rows is None else rows
             step, partner = next_pairs(index, k)
             direction = step.to(feats.dtype).view(n, 1, 1, 1).expand(n, 1, h, w)
-            return torch.cat([feats, direction], dim=1), aligned(partner)  # only the targets it needs
-        aligned = aligned()
+            return torch.cat([feats, direction], dim=1), _aligned(ctx, partner)  # only the targets it needs
+        aligned = _aligned(ctx)
         seq = feats.view(b, k, c, h, w)
         pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2).reshape(-1, 2 * c, h, w)
         target = aligned.view(b, k, -1, h, w)[:, 1:-1].reshape(-1, aligned.shape[1], h, w)
