@@ -69,10 +69,9 @@ def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Meth
         if not raw:
             continue
         name, sep, combo = raw.partition("=")
-        parts = "all"
+        combo, _, parts = combo.partition(":")
+        parts = parts.strip() or "all"
         if sep:
-            combo, colon, parts = combo.partition(":")
-            parts = parts.strip() if colon else "all"
             if parts not in INIT_PARTS:
                 raise SsmtlError(f"--methods {raw!r}: unknown suffix ':{parts}'; use ':encoder' (load only the pre-trained encoder) or ':all'")
             if combo.strip() in BUILTIN_METHODS:

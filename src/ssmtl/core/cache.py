@@ -384,10 +384,14 @@ class SliceCache:
         """(H, W) uint8 label of one slice; raises KeyError for an unlabeled volume."""
         return self._file()[f"volumes/{self.volumes[volume].name}/label"][int(index)]
 
-    def read_volume(self, volume: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def read_label(self, volume: int) -> np.ndarray | None:
+        """(slices, H, W) uint8 label map of one volume; None for an unlabeled volume."""
         group = self._file()[f"volumes/{self.volumes[volume].name}"]
-        label = group["label"][()] if "label" in group else None
-        return group["image"][()], label
+        return group["label"][()] if "label" in group else None
+
+    def read_volume(self, volume: int) -> tuple[np.ndarray, np.ndarray | None]:
+        image = self._file()[f"volumes/{self.volumes[volume].name}/image"][()]
+        return image, self.read_label(volume)
 
     def iter_volumes(self) -> Iterator[VolumeMeta]:
         return iter(self.volumes)

@@ -183,7 +183,7 @@ class LabeledSliceDataset(torch.utils.data.Dataset):
             num_classes = self.cache.num_classes
             rows = []
             for v in dict.fromkeys(int(v) for v in self.items[:, 0]):
-                _, label = self.cache.read_volume(v)
+                label = self.cache.read_label(v)  # the labels only: the images are not needed here
                 flat = label.reshape(label.shape[0], -1).astype(np.int64)
                 present = np.zeros((label.shape[0], num_classes), dtype=bool)
                 for c in range(num_classes):
