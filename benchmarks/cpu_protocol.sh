@@ -24,8 +24,10 @@ COMMON=(--seeds 2 --pretrain-steps "$PRETRAIN_STEPS" --finetune-steps "$FINETUNE
 t0=$(date +%s)
 $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods scratch,contrastive,multitask --labeled-volumes 1,4 "${COMMON[@]}"
 echo "ct-ct: $(( $(date +%s) - t0 ))s"
-# ablation: the same encoder tasks without the decoder tasks (a copy reuses the runs above)
-rm -rf "$OUT/ablation" && cp -r "$OUT/ct-ct" "$OUT/ablation"
+# ablation: the same encoder tasks without the decoder tasks. A copy of what is missing
+# reuses the runs above and keeps the ablation's own pre-trainings and cells on a re-run
+# (anything stale is detected by the benchmark and recomputed).
+mkdir -p "$OUT/ablation" && cp -rn "$OUT/ct-ct/." "$OUT/ablation/"
 $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation" \
     --methods scratch,contrastive,multitask,encoder-only=contrastive+order+position,multitask-encoder=multitask:encoder \
     --labeled-volumes 1 "${COMMON[@]}"
