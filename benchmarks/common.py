@@ -2,7 +2,7 @@
 
 Every benchmark prints ONE JSON object on stdout (progress goes to stderr), built
 from the same pieces: the hardware it ran on, a phantom cache generated into a
-temporary folder, a :class:`~ssmtl.core.engine.Trainer` exactly as ``ssmtl
+temporary folder, a :class:`~ssmtl.pretrain.engine.Trainer` exactly as ``ssmtl
 pretrain`` builds it, and interleaved timing blocks (A B B A A B ...) so that a
 CPU shared with other processes slows every variant alike.
 """
@@ -102,8 +102,8 @@ def registry():
 
 def phantom_cache(folder: Path, size: int, subjects: int = 8, num_slices: int = 32) -> Path:
     """Generate a phantom CT cache of ``subjects`` volumes of ``num_slices`` slices of ``size``² px."""
-    from ssmtl.core.build import build_cache
-    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
 
     t0 = time.perf_counter()
     path = build_cache(
@@ -124,7 +124,7 @@ def run_config(tasks: list[str], sets: list[str], data: Path | None = None, mixe
     The environment is ignored. ``mixed_precision`` goes in as a flag, as the CLI
     passes it (``--set train.mixed_precision=no`` would read YAML's ``no`` as false).
     """
-    from ssmtl.core.config import resolve_run_config
+    from ssmtl.pretrain.config import resolve_run_config
 
     flags = {"train.mixed_precision": mixed_precision, "data.path": str(data) if data is not None else None}
     return resolve_run_config(flags=flags, tasks=tasks, sets=sets, environ={}, registry=registry())
@@ -132,7 +132,7 @@ def run_config(tasks: list[str], sets: list[str], data: Path | None = None, mixe
 
 def accelerator_for(config, device: torch.device):
     """The engine's Accelerator, or a CPU one when ``--device cpu`` is asked on a CUDA machine."""
-    from ssmtl.core.engine import make_accelerator
+    from ssmtl.pretrain.engine import make_accelerator
 
     if device.type == "cpu" and torch.cuda.is_available():
         from accelerate import Accelerator
@@ -142,15 +142,15 @@ def accelerator_for(config, device: torch.device):
 
 
 def make_trainer(config, accelerator, num_volumes: int, num_slices: int):
-    from ssmtl.core.engine import Trainer
+    from ssmtl.pretrain.engine import Trainer
 
     return Trainer(config, registry(), accelerator, num_volumes=num_volumes, num_slices=num_slices)
 
 
 def cache_trainer(config, accelerator, cache_path: Path):
     """A Trainer sized for the cache's volumes (as ``run_pretraining`` sizes it), and the volumes."""
-    from ssmtl.core.cache import SliceCache
-    from ssmtl.core.engine import select_volumes
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.pretrain.engine import select_volumes
 
     cache = SliceCache(cache_path)
     volumes = select_volumes(cache, config)
@@ -160,7 +160,7 @@ def cache_trainer(config, accelerator, cache_path: Path):
 
 def prefetch(cache, volumes, config, k: int, count: int, device: torch.device) -> list:
     """``count`` micro-batches read, sampled and collated as ``make_loader`` does, moved to ``device``."""
-    from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
+    from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 
     dataset = SequenceDataset(cache, k, config.data.stride, volumes)
     sampler = StepBatchSampler(len(dataset), config.train.batch_size, seed=config.seed)

@@ -70,7 +70,7 @@ def reset_accelerate() -> None:
 
 
 def synthetic_batch(batch_size: int, k: int, size: int, device: torch.device):
-    from ssmtl.core.views import SequenceBatch
+    from ssmtl.api.views import SequenceBatch
 
     start = torch.randint(0, 100, (batch_size, 1), device=device)
     index = start + torch.arange(k, device=device)
@@ -159,9 +159,9 @@ def run_one(args, model: str, base: int, size: int, bf16: bool, channels_last: b
 
 def loader_check(args, size: int, k: int, step_slices_per_s: float, device: torch.device) -> dict:
     """Slices/s of the real loader at ``size`` px (default workers, and more) against the step."""
-    from ssmtl.core.cache import SliceCache
-    from ssmtl.core.engine import make_loader, select_volumes
-    from ssmtl.core.sampling import SequenceDataset
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.pretrain.engine import make_loader, select_volumes
+    from ssmtl.data.sampling import SequenceDataset
 
     reset_accelerate()
     with tempfile.TemporaryDirectory(prefix="ssmtl-gpu-") as tmp:

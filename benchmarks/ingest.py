@@ -65,8 +65,8 @@ def write_volumes(folder: Path, count: int, shape: tuple[int, int, int]) -> list
 
 
 def build(images: Path, out: Path, workers: int = 0, size: int = 128) -> Path:
-    from ssmtl.core.build import build_cache
-    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.core.registry import build_registry
 
     return build_cache(dataset="nifti", dataset_options={"images": str(images), "modality": "ct"},
@@ -78,8 +78,8 @@ def build(images: Path, out: Path, workers: int = 0, size: int = 128) -> Path:
 
 
 def bench_reads(tmp: Path, volumes: int, samples: int, shape: tuple[int, int, int]) -> dict:
-    from ssmtl.core.cache import SliceCache
-    from ssmtl.core.sampling import SequenceDataset
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.data.sampling import SequenceDataset
 
     name = "reads-{}x{}x{}".format(*shape)
     paths = write_volumes(tmp / name, volumes, shape)
@@ -120,7 +120,7 @@ def _loader_slices_per_s(cache_path: Path, workers: int, steps: int, batch_size:
     import torch
 
     from ssmtl.core.augment import AugmentConfig, augment
-    from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
+    from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 
     config = AugmentConfig()
     dataset = SequenceDataset(cache_path, length=SEQUENCE)  # fresh: no handle open before workers start

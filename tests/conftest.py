@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pytest
 
-from ssmtl.core.cache import CacheWriter
+from ssmtl.data.cache import CacheWriter
 
 CACHE_SIZE = 8  # in-plane size of caches written by `cache_factory`
 
@@ -65,8 +65,8 @@ def cache_factory(tmp_path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """A phantom cache: 4 CT subjects, 8 slices of 32x32 each (built once per session)."""
-    from ssmtl.core.build import build_cache
-    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.core.registry import build_registry
 
     out = tmp_path_factory.mktemp("tiny_cache") / "ph.h5"

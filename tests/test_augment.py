@@ -9,7 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ssmtl.core.augment import AugmentConfig, apply_affine, augment, correspondence, random_affine, random_intensity
+from ssmtl.core.augment import AugmentConfig, augment, random_affine, random_intensity
+
+from ssmtl.api.geometry import apply_affine, correspondence
 
 SIZE = 32
 NO_INTENSITY = dict(contrast=0.0, brightness=0.0, gamma=(1.0, 1.0), blur=0.0, noise=0.0)

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ssmtl.cli.app import app
-from ssmtl.core.benchmark import Method, parse_methods, summarise_cells
-from ssmtl.core.errors import SsmtlError
+from ssmtl.experiments.benchmark import Method, parse_methods, summarise_cells
+from ssmtl.api.errors import SsmtlError
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -18,8 +18,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def bench_cache(tmp_path_factory) -> Path:
-    from ssmtl.core.build import build_cache
-    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.core.registry import build_registry
 
     out = tmp_path_factory.mktemp("bench") / "ct.h5"

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ssmtl.core.build import build_cache
-from ssmtl.core.cache import FORMAT, TMP_PREFIX, CacheWriter, SliceCache, check_output_path
-from ssmtl.core.errors import ConfigError, InputFileError, SsmtlError
-from ssmtl.core.preprocess import PreprocessConfig
+from ssmtl.data.build import build_cache
+from ssmtl.data.cache import FORMAT, TMP_PREFIX, CacheWriter, SliceCache, check_output_path
+from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
+from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
 
 # cache_factory (conftest) fills slice d of volume v with 100 * v + d, labels d % 3,

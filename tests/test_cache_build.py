@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from ingest_helpers import assert_clean_failure, cache_files, ct_phantom, invoke, save_nifti, sha
 
-from ssmtl.core.build import build_cache
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.cache_verify import verify_cache
-from ssmtl.core.errors import InputFileError, SsmtlError
-from ssmtl.core.preprocess import PreprocessConfig
+from ssmtl.data.build import build_cache
+from ssmtl.data.cache import SliceCache
+from ssmtl.data.verify import verify_cache
+from ssmtl.api.errors import InputFileError, SsmtlError
+from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
 
 PHANTOM = {"subjects": 3, "size": 32, "num_slices": 8}

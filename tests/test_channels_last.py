@@ -15,8 +15,8 @@ TASKS = ["contrastive", "order", "reconstruct", "neighbor"]
 
 
 def _pretrain(cache: Path, out: Path, channels_last: bool) -> list[dict]:
-    from ssmtl.core.config import resolve_run_config
-    from ssmtl.core.engine import run_pretraining
+    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretrain.engine import run_pretraining
     from ssmtl.core.registry import build_registry
 
     registry = build_registry(external=False)
@@ -47,10 +47,10 @@ def test_channels_last_run_matches_default_layout(tiny_cache, tmp_path):
 
 
 def test_channels_last_converts_weights_and_views(tiny_cache):
-    from ssmtl.core.config import resolve_run_config
-    from ssmtl.core.engine import Trainer, make_accelerator
+    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretrain.engine import Trainer, make_accelerator
     from ssmtl.core.registry import build_registry
-    from ssmtl.core.sampling import SequenceDataset, collate_sequences
+    from ssmtl.data.sampling import SequenceDataset, collate_sequences
 
     registry = build_registry(external=False)
     config = resolve_run_config(

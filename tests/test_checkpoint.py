@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ssmtl.core.checkpoint import (
+from ssmtl.core.checkpointing import (
     MANIFEST,
     checkpoint_dir,
     finalize,

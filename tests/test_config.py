@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ssmtl.core.config import (
+from ssmtl.pretrain.config import (
     DEFAULT_TASKS,
     RunConfig,
     config_to_dict,
@@ -19,7 +19,7 @@ from ssmtl.core.config import (
     run_config_schema,
     validate_run_config,
 )
-from ssmtl.core.errors import ConfigError
+from ssmtl.api.errors import ConfigError
 from ssmtl.core.registry import build_registry
 from ssmtl.plugins.tasks.order import OrderConfig
 

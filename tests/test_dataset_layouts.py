@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from ingest_helpers import assert_clean_failure, cache_files, ct_phantom, invoke, save_itk, save_nifti, write_dicom_series
 
-from ssmtl.core.build import build_cache
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.errors import InputFileError
-from ssmtl.core.preprocess import PreprocessConfig
+from ssmtl.data.build import build_cache
+from ssmtl.data.cache import SliceCache
+from ssmtl.api.errors import InputFileError
+from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
 from ssmtl.plugins.datasets import itk_io, nifti
 from ssmtl.plugins.datasets.itk import pair_files

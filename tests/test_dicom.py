@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from ingest_helpers import assert_clean_failure, cache_files, ct_phantom, edit_dicom, invoke, save_nifti, write_dicom_series
 
-from ssmtl.core.build import build_cache
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.preprocess import PreprocessConfig
+from ssmtl.data.build import build_cache
+from ssmtl.data.cache import SliceCache
+from ssmtl.api.errors import ConfigError, InputFileError
+from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
 from ssmtl.plugins.datasets import nifti
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder

@@ -12,11 +12,11 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from ssmtl.core.cache import CacheWriter
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.evaluate import evaluate_run, render_comparison_table, render_eval_table
+from ssmtl.data.cache import CacheWriter
+from ssmtl.api.errors import SsmtlError
+from ssmtl.downstream.evaluate import evaluate_run, render_comparison_table, render_eval_table
 from ssmtl.core.export import write_export
-from ssmtl.core.finetune import FinetuneConfig, run_finetune
+from ssmtl.downstream.finetune import FinetuneConfig, run_finetune
 from ssmtl.core.model import ModelConfig, UNet
 from ssmtl.core.registry import build_registry
 
@@ -246,7 +246,7 @@ def test_segmentation_head_hidden_layer_then_linear_classifier(registry):
 
 def test_augment_pair_moves_image_and_label_together():
     from ssmtl.core.augment import AugmentConfig
-    from ssmtl.core.finetune import augment_pair
+    from ssmtl.downstream.finetune import augment_pair
 
     torch.manual_seed(0)
     label = torch.zeros(4, 32, 32, dtype=torch.long)
@@ -263,7 +263,7 @@ def test_augment_pair_moves_image_and_label_together():
 
 
 def test_slice_weights_match_the_hand_computed_mixture():
-    from ssmtl.core.finetune import slice_weights
+    from ssmtl.downstream.finetune import slice_weights
 
     presence = np.array([  # background, class 1, class 2
         [1, 0, 0],  # background only
@@ -282,8 +282,8 @@ def test_slice_weights_match_the_hand_computed_mixture():
 
 
 def test_class_balanced_loader_oversamples_the_slices_with_small_structures(cache_path):
-    from ssmtl.core.cache import SliceCache
-    from ssmtl.core.finetune import LabeledSliceDataset, _loader
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.downstream.finetune import LabeledSliceDataset, _loader
 
     dataset = LabeledSliceDataset(SliceCache(cache_path), [0, 1])
     presence = dataset.class_presence()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ssmtl.core import hookspecs
+from ssmtl.api import hooks as hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS_PAGE = ROOT / "docs" / "hooks.md"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ssmtl.core import metrics
-from ssmtl.core.metrics import dice_per_class, hd95_per_class, summarise
+from ssmtl.downstream import metrics
+from ssmtl.downstream.metrics import dice_per_class, hd95_per_class, summarise
 
 
 def _volumes() -> tuple[np.ndarray, np.ndarray]:

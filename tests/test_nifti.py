@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.preprocess import PreprocessConfig, preprocess_volume
-from ssmtl.core.specs import DatasetSpec
+from ssmtl.api.errors import ConfigError, InputFileError
+from ssmtl.data.preprocess import PreprocessConfig, preprocess_volume
+from ssmtl.api.specs import DatasetSpec
 from ssmtl.plugins.datasets import nifti
 from ssmtl.plugins.datasets.nifti import NiftiConfig, NiftiItem, build_source, detect_modality
 

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 from scipy import ndimage
 
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import RawVolume, VolumeSource
+from ssmtl.api.specs import DatasetSpec
+from ssmtl.api.volumes import RawVolume, VolumeSource
 from ssmtl.plugins.datasets import phantom
 from ssmtl.plugins.datasets.phantom_anatomy import (
     AORTA,

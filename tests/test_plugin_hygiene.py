@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn import functional as F
 
 import ssmtl
-from ssmtl.core.head import DownstreamHead, HeadConfig
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.specs import HeadSpec, TaskSpec
-from ssmtl.core.task import TaskConfig
+from ssmtl.api.heads import DownstreamHead, HeadConfig
+from ssmtl.api.hooks import hookimpl
+from ssmtl.api.specs import HeadSpec, TaskSpec
+from ssmtl.api.tasks import TaskConfig
 from ssmtl.testing import tiny_network
 
 from plugin_packages import EXAMPLE, ROOT, TINY_RUN, clean_env, install_editable, plugins_json, ssmtl as ssmtl_process

@@ -12,8 +12,8 @@ from helpers import ALL_TASKS, tiny_sets
 
 
 def _pretrain(cache, out, precision: str, steps: int = 3, extra: list[str] | None = None):
-    from ssmtl.core.config import resolve_run_config
-    from ssmtl.core.engine import run_pretraining
+    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretrain.engine import run_pretraining
     from ssmtl.core.registry import build_registry
 
     registry = build_registry(external=False)
@@ -62,7 +62,7 @@ def test_cuda_channels_last_and_compile(tiny_cache, tmp_path):
 
 def test_one_process_can_train_at_several_precisions(tiny_cache, tmp_path):
     """Accelerate keeps one precision per process; trainings in one process may differ (seen on CUDA)."""
-    from ssmtl.core.engine import allow_precision
+    from ssmtl.pretrain.engine import allow_precision
     from accelerate import Accelerator
 
     allow_precision("bf16")

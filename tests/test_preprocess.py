@@ -1,4 +1,4 @@
-"""Tests for ssmtl.core.preprocess: slice layout, resampling, crop/pad, normalisation."""
+"""Tests for ssmtl.data.preprocess: slice layout, resampling, crop/pad, normalisation."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ssmtl.core.errors import InputFileError
-from ssmtl.core.preprocess import (
+from ssmtl.api.errors import InputFileError
+from ssmtl.data.preprocess import (
     PreprocessConfig,
     ProcessedVolume,
     from_slices,
     preprocess_volume,
     to_slices,
 )
-from ssmtl.core.volume import RawVolume
+from ssmtl.api.volumes import RawVolume
 
 SOURCE = "/data/case01.nii.gz"
 

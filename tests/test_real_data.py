@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from ingest_helpers import assert_clean_failure, cache_files, invoke, save_nifti
 
-from ssmtl.core.build import build_cache
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.cache_verify import verify_cache
-from ssmtl.core.preprocess import PreprocessConfig
+from ssmtl.data.build import build_cache
+from ssmtl.data.cache import SliceCache
+from ssmtl.data.verify import verify_cache
+from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
 from ssmtl.plugins.datasets import itk_io, nifti
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder

@@ -11,12 +11,12 @@ import pytest
 from pydantic import BaseModel
 
 from ssmtl.core import registry as registry_module
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.hookspecs import hookimpl
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.hooks import hookimpl
 from ssmtl.core.registry import build_registry
-from ssmtl.core.specs import DatasetSpec, TaskSpec
-from ssmtl.core.task import TaskConfig
-from ssmtl.core.volume import DatasetConfig
+from ssmtl.api.specs import DatasetSpec, TaskSpec
+from ssmtl.api.tasks import TaskConfig
+from ssmtl.api.volumes import DatasetConfig
 
 BUILTIN_TASKS = {"contrastive", "order"}
 

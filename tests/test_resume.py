@@ -114,8 +114,8 @@ def _nan_plugin():
     from typing import Literal
 
     from ssmtl import hookimpl
-    from ssmtl.core.specs import TaskSpec
-    from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
+    from ssmtl.api.specs import TaskSpec
+    from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
 
     class NanConfig(TaskConfig):
         name: Literal["nan"] = "nan"
@@ -130,9 +130,9 @@ def _nan_plugin():
 
 
 def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
-    from ssmtl.core.config import resolve_run_config
-    from ssmtl.core.engine import run_pretraining
-    from ssmtl.core.errors import SsmtlError
+    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.api.errors import SsmtlError
     from ssmtl.core.registry import build_registry
 
     registry = build_registry(external=False, extra=[_nan_plugin()])
@@ -148,9 +148,9 @@ def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
 
 
 def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monkeypatch):
-    from ssmtl.core.config import resolve_run_config
-    from ssmtl.core.engine import run_pretraining
-    from ssmtl.core.errors import SsmtlError
+    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.api.errors import SsmtlError
     import ssmtl.core.rundir as rundir
 
     blocker = tmp_path / "a-file"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
+from ssmtl.data.cache import SliceCache
+from ssmtl.api.errors import SsmtlError
+from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 
 # cache_factory (conftest) fills slice d of volume v with the value 100 * v + d
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssmtl.core.cache import CacheWriter, SliceCache
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.splits import choose_labeled, make_split, split_cache, volumes_of
+from ssmtl.data.cache import CacheWriter, SliceCache
+from ssmtl.api.errors import SsmtlError
+from ssmtl.data.splits import choose_labeled, make_split, split_cache, volumes_of
 
 SUBJECTS = [f"s{i:02d}" for i in range(10)]
 LABELED = {f"s{i:02d}" for i in range(8)}  # s08, s09 unlabeled

@@ -17,12 +17,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ssmtl.core.augment import AugmentConfig, apply_affine, correspondence
-from ssmtl.core.config import resolve_run_config
-from ssmtl.core.engine import build_pretrain_module, parameter_groups, sequence_length
-from ssmtl.core.errors import ConfigError
+from ssmtl.core.augment import AugmentConfig, make_augmenter
+
+from ssmtl.api.geometry import apply_affine, correspondence
+from ssmtl.pretrain.config import resolve_run_config
+from ssmtl.pretrain.engine import build_pretrain_module, parameter_groups, sequence_length
+from ssmtl.api.errors import ConfigError
 from ssmtl.core.registry import BUILTIN_PLUGINS, get_registry
-from ssmtl.core.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
+from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
 from ssmtl.plugins.tasks import local_contrastive, neighbor, position, reconstruct
 
 SIZE = 32
@@ -90,7 +92,7 @@ def train(module, batch: SequenceBatch, steps: int, lr: float = 3e-3, fixed_view
 
 
 def context(batch: SequenceBatch, network, augment: AugmentConfig | None = None, builders=None) -> StepContext:
-    return StepContext(batch, network, augment or AugmentConfig(), builders or dict(BUILTIN_VIEWS))
+    return StepContext(batch, network, make_augmenter(augment or AugmentConfig()), builders or dict(BUILTIN_VIEWS))
 
 
 # -- registration ------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def test_masked_view_is_the_sequence_view_with_holes(where):
     view = ctx.view("sequence" if where == "shared" else "reconstruct/masked")
     assert isinstance(view, reconstruct.MaskedView)
     torch.manual_seed(0)  # the same augmentation, built without the task's transform
-    intact = StepContext(make_batch(), module.network, config.augment, dict(BUILTIN_VIEWS)).view("sequence")
+    intact = StepContext(make_batch(), module.network, make_augmenter(config.augment), dict(BUILTIN_VIEWS)).view("sequence")
     assert torch.equal(view.original, intact.images)
     assert torch.equal(view.theta, intact.theta)
     assert torch.equal(view.images[~view.mask], intact.images[~view.mask])
@@ -608,8 +610,8 @@ def test_decoder_slices_one_is_overridden_by_a_task_that_needs_every_slice():
 
 
 def test_view_transform_of_an_unknown_view_is_refused():
-    from ssmtl.core.engine import PretrainModule
-    from ssmtl.core.errors import SsmtlError
+    from ssmtl.pretrain.engine import PretrainModule
+    from ssmtl.api.errors import SsmtlError
 
     _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])
     task = module.tasks["reconstruct"]
@@ -619,7 +621,7 @@ def test_view_transform_of_an_unknown_view_is_refused():
 
 
 def test_reconstruct_refuses_a_shared_view_another_task_replaced():
-    from ssmtl.core.errors import SsmtlError
+    from ssmtl.api.errors import SsmtlError
 
     _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])
     module.transforms["sequence"].append(lambda ctx, view: View(images=view.images, theta=view.theta, group=view.group))

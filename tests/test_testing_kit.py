@@ -16,11 +16,11 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 import ssmtl.testing
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.hookspecs import hookimpl
+from ssmtl.data.cache import SliceCache
+from ssmtl.api.hooks import hookimpl
 from ssmtl.core.registry import BUILTIN_PLUGINS
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
+from ssmtl.api.specs import TaskSpec
+from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
 from ssmtl.plugins.tasks.order import OrderConfig
 from ssmtl.testing import TaskContractError, check_task_contract, tiny_batch
 

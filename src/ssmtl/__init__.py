@@ -8,6 +8,6 @@ order and anatomy of consecutive slices.
 
 __version__ = "0.1.0"
 
-from ssmtl.core.hookspecs import hookimpl  # noqa: E402  (the only thing plugins need)
+from ssmtl.api.hooks import hookimpl  # noqa: E402  (the only thing plugins need)
 
 __all__ = ["__version__", "hookimpl"]

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.preprocess import to_slices
+from ssmtl.api import ConfigError, InputFileError, to_slices
+from ssmtl.testing import cache_summary
 from ssmtl_rotation import plugin
 from ssmtl_rotation.png_stack import PngStackConfig, build_source
 
@@ -94,6 +93,6 @@ def test_cache_build_through_the_cli(ssmtl_cli, tmp_path):
     result = ssmtl_cli("cache", "build", "--dataset", "png-stack", "--images", tmp_path / "images", "--modality", "ct",
                        "--set", "rescale_intercept=-1024", "--out", out, "--size", "32", plugins=[plugin])
     assert result.exit_code == 0, result.output
-    summary = SliceCache(out).summary()
+    summary = cache_summary(out)
     assert summary["volumes"] == 2 and summary["slices"] == 12
     assert list(summary["slice_shape"]) == [32, 32] and summary["modalities"] == {"ct": 2}

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from ssmtl.core.augment import AugmentConfig, apply_affine
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.views import BUILTIN_VIEWS, StepContext
-from ssmtl.testing import check_task_contract, tiny_batch, tiny_network
+
+from ssmtl.api import apply_affine, SsmtlError
+from ssmtl.testing import check_task_contract, tiny_batch, tiny_context, tiny_network
 from ssmtl_rotation import plugin
 from ssmtl_rotation.rotation import ROTATED_VIEW, RotationConfig, RotationTask, rotate_quarter_turns, rotated_theta
 
@@ -76,13 +75,12 @@ def test_learns_to_tell_rotations_apart():
     torch.manual_seed(0)
     network = tiny_network()
     task = RotationTask(RotationConfig(source_view="raw"), network.info)
-    builders = {**BUILTIN_VIEWS, **task.view_builders()}
     batch = tiny_batch(batch_size=8, sequence_length=1)
     optimizer = torch.optim.AdamW([*network.parameters(), *task.parameters()], lr=1e-2)
     losses = []
     for step in range(40):
         torch.manual_seed(1)  # the same rotations every step: a fixed problem to fit
-        out = task(StepContext(batch, network, AugmentConfig(), builders, step))
+        out = task(tiny_context(batch, network, [task], step))
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()

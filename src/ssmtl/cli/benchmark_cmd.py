@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _ints(text: str, flag: str) -> list[int]:
-    from ssmtl.core.errors import SsmtlError
+    from ssmtl.api.errors import SsmtlError
 
     try:
         return [int(t) for t in text.split(",") if t.strip()]
@@ -47,8 +47,8 @@ def benchmark(
 
     Example: ssmtl benchmark --data ct.h5 --finetune-data mr.h5 --methods scratch,contrastive,multitask --labeled-volumes 1,2 --seeds 3 --out bench/
     """
-    from ssmtl.core.benchmark import Benchmark, BenchmarkConfig
-    from ssmtl.core.build import validate_model
+    from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
+    from ssmtl.data.build import validate_model
 
     config = validate_model(BenchmarkConfig, {
         "data": data, "finetune_data": finetune_data, "out": out, "methods": [m for m in methods.split(",") if m.strip()],

@@ -50,10 +50,10 @@ def build(
 
       ssmtl cache build --dataset manifest --path volumes.csv --out mixed.h5 --skip-bad
     """
-    from ssmtl.core.build import build_cache, validate_model
-    from ssmtl.core.config import parse_set_flags
-    from ssmtl.core.errors import SsmtlError
-    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.data.build import build_cache, validate_model
+    from ssmtl.pretrain.config import parse_set_flags
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.data.preprocess import PreprocessConfig
 
     reg = registry()
     spec = reg.dataset(dataset)
@@ -112,7 +112,7 @@ def _progress():
 
 def _print_skipped(path: Path) -> None:
     """List the inputs ``--skip-bad`` left out (path: reason), after the summary."""
-    from ssmtl.core.cache import SliceCache
+    from ssmtl.data.cache import SliceCache
 
     skipped = SliceCache(path).attrs.get("skipped") or []
     if skipped:
@@ -131,7 +131,7 @@ def _fmt_stats(stats: dict[str, Any]) -> str:
 def _print_info(path: Path) -> None:
     from rich.table import Table
 
-    from ssmtl.core.cache import SliceCache
+    from ssmtl.data.cache import SliceCache
 
     s = SliceCache(path).summary()
     table = Table(title=f"{path}", show_header=False, title_justify="left")
@@ -174,7 +174,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Describe a cache: volumes per modality, spacing statistics, class voxel counts, the stored split."""
-    from ssmtl.core.cache import SliceCache
+    from ssmtl.data.cache import SliceCache
 
     if as_json:
         typer.echo(json.dumps(SliceCache(path).summary(), indent=2))
@@ -186,7 +186,7 @@ def info(
 @handle_errors
 def verify(path: Path = typer.Argument(..., help="Cache file (.h5).")) -> None:
     """Recompute every dataset's SHA-256 and the fingerprint; exit 2 naming the first volume that differs."""
-    from ssmtl.core.cache_verify import verify_cache
+    from ssmtl.data.verify import verify_cache
 
     report = verify_cache(path)
     typer.echo(f"OK {report.path}: {report.datasets} datasets in {report.volumes} volumes match their "

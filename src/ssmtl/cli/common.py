@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssmtl.core.errors import ConfigError, SsmtlError
+from ssmtl.api.errors import ConfigError, SsmtlError
 
 console = Console()
 err_console = Console(stderr=True)

@@ -16,7 +16,7 @@ app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
 @handle_errors
 def schema() -> None:
     """Print the JSON Schema of the run config (tasks: a union discriminated by task name)."""
-    from ssmtl.core.config import run_config_schema
+    from ssmtl.pretrain.config import run_config_schema
 
     typer.echo(json.dumps(run_config_schema(registry()), indent=2))
 
@@ -33,7 +33,7 @@ def show(
     """Print the resolved config: defaults < --config file < SSMTL_* env < flags < --set."""
     import yaml
 
-    from ssmtl.core.config import config_to_dict
+    from ssmtl.pretrain.config import config_to_dict
 
     cfg = o.resolve(data, task, out, steps, batch_size, config, set_, mixed_precision, seed, compile_, workers)
     data_dict = config_to_dict(cfg)

@@ -24,7 +24,7 @@ Workers = Annotated[Optional[int], typer.Option("--num-workers", help="Data load
 def resolve(data, task, out, steps, batch_size, config, sets, mixed_precision, seed, compile_, workers):
     """All sources -> one validated RunConfig (flags left unset do not override anything)."""
     from ssmtl.cli.common import registry
-    from ssmtl.core.config import resolve_run_config
+    from ssmtl.pretrain.config import resolve_run_config
 
     flags: dict[str, Any] = {
         "data.path": data,

@@ -16,7 +16,7 @@ from string import Template
 from typing import Iterable
 
 from ssmtl import __version__
-from ssmtl.core.errors import SsmtlError
+from ssmtl.api.errors import SsmtlError
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 
@@ -110,11 +110,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl import hookimpl
-from ssmtl.core.model import NetworkInfo
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import StepContext
+from ssmtl.api import hookimpl, NetworkInfo, PretextTask, StepContext, TaskConfig, TaskOutput, TaskSpec
 
 TASK_NAME = "$task"
 

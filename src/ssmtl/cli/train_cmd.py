@@ -33,7 +33,7 @@ def pretrain(
 
     Multi-GPU / multi-node: accelerate launch -m ssmtl pretrain ... (same flags).
     """
-    from ssmtl.core.engine import run_pretraining
+    from ssmtl.pretrain.engine import run_pretraining
 
     cfg = o.resolve(data, task, out, steps, batch_size, config, set_, mixed_precision, seed, compile_, workers)
     result = run_pretraining(cfg, resume=resume, registry=registry())
@@ -66,9 +66,9 @@ def finetune(
 
     Example: ssmtl finetune --data data.h5 --init runs/pre --labeled-volumes 2 --out runs/ft
     """
-    from ssmtl.core.config import parse_set_flags, set_path
-    from ssmtl.core.build import validate_model
-    from ssmtl.core.finetune import FinetuneConfig, run_finetune
+    from ssmtl.pretrain.config import parse_set_flags, set_path
+    from ssmtl.data.build import validate_model
+    from ssmtl.downstream.finetune import FinetuneConfig, run_finetune
 
     raw = {
         "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes, "steps": steps,
@@ -94,7 +94,7 @@ def evaluate(
 
     Writes RUN/eval.json (mean_dice, per_class, per_volume).
     """
-    from ssmtl.core.evaluate import evaluate_run, render_eval_table
+    from ssmtl.downstream.evaluate import evaluate_run, render_eval_table
 
     results = evaluate_run(run, data)
     if as_json:
@@ -108,8 +108,8 @@ def compare(
     runs: List[str] = typer.Argument(..., help="Evaluated runs as DIR or LABEL=DIR."),
 ) -> None:
     """Compare evaluated fine-tuning runs side by side (3D Dice per structure)."""
-    from ssmtl.core.errors import SsmtlError
-    from ssmtl.core.evaluate import render_comparison_table
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.downstream.evaluate import render_comparison_table
 
     results = {}
     for item in runs:

@@ -13,11 +13,15 @@ intensity transforms are contrast, brightness, gamma, blur and noise.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
+
+from ssmtl.api.geometry import apply_affine, correspondence
 
 
 class AugmentConfig(BaseModel):
@@ -63,24 +67,6 @@ def random_affine(n: int, config: AugmentConfig, device) -> torch.Tensor:
         [torch.stack([cos * flip, -sin, tx], dim=-1), torch.stack([sin * flip, cos, ty], dim=-1)], dim=1
     )
     return theta
-
-
-def apply_affine(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Warp (n, C, H, W) by (n, 2, 3); out-of-slice pixels take the border value."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-
-
-def correspondence(theta_a: torch.Tensor, theta_b: torch.Tensor) -> torch.Tensor:
-    """The (n, 2, 3) map from view-a coordinates to view-b coordinates.
-
-    Both views sample the same source slice: ``src = A_a p_a + t_a = A_b p_b + t_b``,
-    so ``p_b = A_b^-1 (A_a p_a + t_a - t_b)``.
-    """
-    a_a, t_a = theta_a[:, :, :2], theta_a[:, :, 2:]
-    a_b, t_b = theta_b[:, :, :2], theta_b[:, :, 2:]
-    inv_b = torch.linalg.inv(a_b)
-    return torch.cat([inv_b @ a_a, inv_b @ (t_a - t_b)], dim=2)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -133,3 +119,13 @@ def augment(x: torch.Tensor, config: AugmentConfig, group: int = 1) -> tuple[tor
     theta = random_affine(n // group, config, x.device).repeat_interleave(group, dim=0)
     view = apply_affine(x, theta)
     return random_intensity(view, config), theta
+
+
+def make_augmenter(config: AugmentConfig) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``augmenter(images, group)``: :func:`augment` with ``config`` (what a
+    :class:`~ssmtl.api.views.StepContext` draws its random views with)."""
+    return functools.partial(_augment_group, config=config)
+
+
+def _augment_group(x: torch.Tensor, group: int, *, config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    return augment(x, config, group=group)

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssmtl import __version__
-from ssmtl.core.errors import SsmtlError
+from ssmtl.api.errors import SsmtlError
 from ssmtl.core.model import ModelConfig, UNet
 
 EXPORT_DIR = "export"

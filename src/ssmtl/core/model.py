@@ -9,7 +9,6 @@ pre-trained decoder, not only an encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+from ssmtl.api.network import NetworkInfo, NetworkOutput, global_pool
 
 
 class ModelConfig(BaseModel):
@@ -30,26 +31,6 @@ class ModelConfig(BaseModel):
     norm: Literal["batch", "instance", "group"] = Field("batch", description="Normalisation layer. MoCo's shuffle-BN expects 'batch'.")
     decoder_convs: int = Field(2, ge=1, le=3, description="3x3 convolutions per decoder stage (1 gives a lighter decoder).")
     checkpointing: bool = Field(False, description="Activation checkpointing in every stage: less memory for large inputs, ~30% more compute.")
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    """Shapes a plugin needs to build its heads on the shared network."""
-
-    in_channels: int
-    encoder_channels: tuple[int, ...]  # one per scale, full resolution first
-    decoder_channels: int  # channels of the full-resolution decoder output
-    depth: int
-
-    @property
-    def bottleneck_channels(self) -> int:
-        return self.encoder_channels[-1]
-
-
-@dataclass
-class NetworkOutput:
-    encoder: list[torch.Tensor]  # [full-res, 1/2, ..., 1/2**depth]
-    decoder: torch.Tensor  # (N, decoder_channels, H, W)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -157,7 +138,3 @@ class UNet(nn.Module):
         feats = self.encoder(x)
         return NetworkOutput(encoder=feats, decoder=self.decoder(feats))
 
-
-def global_pool(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C) average pooling, the input of every encoder-level head."""
-    return features.mean(dim=(-2, -1))

@@ -24,9 +24,9 @@ from typing import Any, Iterable
 import pluggy
 from pydantic import BaseModel
 
-from ssmtl.core import hookspecs
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.specs import DatasetSpec, HeadSpec, PluginInfo, TaskSpec
+from ssmtl.api import hooks as hookspecs
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.specs import DatasetSpec, HeadSpec, PluginInfo, TaskSpec
 
 ENTRY_POINT_GROUP = "ssmtl"
 ALLOW_ENV = "SSMTL_PLUGINS"
@@ -51,9 +51,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 
 # kind -> (hook name, spec class, base class the config model must derive from)
 _KINDS = {
-    "tasks": ("ssmtl_register_tasks", TaskSpec, "ssmtl.core.task:TaskConfig"),
-    "datasets": ("ssmtl_register_datasets", DatasetSpec, "ssmtl.core.volume:DatasetConfig"),
-    "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.core.head:HeadConfig"),
+    "tasks": ("ssmtl_register_tasks", TaskSpec, "ssmtl.api.tasks:TaskConfig"),
+    "datasets": ("ssmtl_register_datasets", DatasetSpec, "ssmtl.api.volumes:DatasetConfig"),
+    "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.api.heads:HeadConfig"),
 }
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ssmtl.core.errors import SsmtlError
+from ssmtl.api.errors import SsmtlError
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 

@@ -40,6 +40,8 @@ _LAZY = {
     "TaskContractError": "ssmtl.testing.contract",
     "tiny_batch": "ssmtl.testing.tiny",
     "tiny_network": "ssmtl.testing.tiny",
+    "tiny_context": "ssmtl.testing.tiny",
+    "cache_summary": "ssmtl.testing.fixtures",
     "SsmtlCli": "ssmtl.testing.cli",
 }
 

@@ -6,19 +6,19 @@ broken promise:
 
 1. **Registration.** The plugin loads through the real registry with no problem
    reported (hooks match the hookspecs, specs are typed, the config model
-   subclasses :class:`~ssmtl.core.task.TaskConfig`, its ``name`` defaults to the
+   subclasses :class:`~ssmtl.api.tasks.TaskConfig`, its ``name`` defaults to the
    task name).
 2. **Config.** The defaults satisfy the model's own constraints (pydantic does
    not validate defaults), the given options validate, it rejects an unknown field
    (``extra="forbid"``: a typo in ``--set tasks.x.optoin=1`` must not pass
    silently), survives a JSON round trip (runs save ``config.json`` and resume
-   from it) and resolves inside a :class:`~ssmtl.core.config.RunConfig`.
-3. **Heads.** The factory builds a :class:`~ssmtl.core.task.PretextTask` on a tiny
+   from it) and resolves inside a :class:`~ssmtl.pretrain.config.RunConfig`.
+3. **Heads.** The factory builds a :class:`~ssmtl.api.tasks.PretextTask` on a tiny
    U-Net's :class:`~ssmtl.core.model.NetworkInfo`; ``trains`` names only
    ``encoder``/``decoder``; extra views do not shadow built-in ones; the task does
    not adopt the shared network's parameters as its own; every name it asks DDP
    to ignore exists.
-4. **Loss.** One forward pass gives a :class:`~ssmtl.core.task.TaskOutput` with a
+4. **Loss.** One forward pass gives a :class:`~ssmtl.api.tasks.TaskOutput` with a
    finite scalar loss that requires grad, and scalar, finite metrics whose keys do
    not change from step to step.
 5. **Gradients.** After ``loss.backward()``: every encoder parameter has a
@@ -44,15 +44,15 @@ from typing import Any, Iterable
 import torch
 from pydantic import ValidationError
 
-from ssmtl.core.augment import AugmentConfig
-from ssmtl.core.config import resolve_task_configs
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.hookspecs import hookimpl
+from ssmtl.core.augment import AugmentConfig, make_augmenter
+from ssmtl.pretrain.config import resolve_task_configs
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.hooks import hookimpl
 from ssmtl.core.model import ModelConfig, UNet
 from ssmtl.core.registry import build_registry
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import BUILTIN_VIEWS, StepContext, task_views
+from ssmtl.api.specs import TaskSpec
+from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
+from ssmtl.api.views import BUILTIN_VIEWS, StepContext, task_views
 from ssmtl.testing.tiny import TINY_MODEL, TINY_SIZE, tiny_batch
 
 KNOWN_PARTS = frozenset({"encoder", "decoder"})
@@ -105,7 +105,7 @@ def _names(names: Iterable[str]) -> str:
 def resolve_task_spec(spec_or_plugin: Any, name: str | None = None):
     """Load ``spec_or_plugin`` through the registry; return ``(spec, registry)``.
 
-    ``spec_or_plugin`` is a :class:`~ssmtl.core.specs.TaskSpec`, or a plugin (a
+    ``spec_or_plugin`` is a :class:`~ssmtl.api.specs.TaskSpec`, or a plugin (a
     module or object with hook implementations). A plugin that provides several
     tasks needs ``name``.
     """
@@ -235,7 +235,7 @@ def check_task_contract(
     """Check that a pretext task keeps the contract described in this module.
 
     Args:
-        spec_or_plugin: a :class:`~ssmtl.core.specs.TaskSpec`, or a plugin module /
+        spec_or_plugin: a :class:`~ssmtl.api.specs.TaskSpec`, or a plugin module /
             object whose ``ssmtl_register_tasks`` provides the task.
         name: which task, when the plugin provides several.
         config: task options to validate and run with (default: the defaults).
@@ -277,7 +277,7 @@ def check_task_contract(
         task.zero_grad(set_to_none=True)
         # odd steps decode one slice per sequence (train.decoder_slices="one", the default)
         policy = "one" if step % 2 == 1 and not task.decodes_every_slice else "all"
-        ctx = StepContext(batch, network, AugmentConfig(), builders, step, transforms=transforms, decoder_slices=policy)
+        ctx = StepContext(batch, network, make_augmenter(AugmentConfig()), builders, step, transforms=transforms, decoder_slices=policy)
         out = _check_output(spec.name, task(ctx), metric_keys)
         metric_keys = set(out.metrics)
         out.loss.backward()

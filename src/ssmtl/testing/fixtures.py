@@ -44,8 +44,8 @@ def ssmtl_registry_factory() -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def ssmtl_tiny_cache(tmp_path_factory) -> Path:
     """A phantom slice cache built once per session: 4 CT subjects, 8 slices of 32x32."""
-    from ssmtl.core.build import build_cache
-    from ssmtl.core.preprocess import PreprocessConfig
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.core.registry import build_registry
 
     out = tmp_path_factory.mktemp("ssmtl_tiny_cache") / "phantom.h5"
@@ -67,3 +67,11 @@ def ssmtl_cli():
     from ssmtl.testing.cli import SsmtlCli
 
     return SsmtlCli()
+
+
+def cache_summary(path: Path) -> dict[str, Any]:
+    """What ``ssmtl cache info --json`` reports about a cache: volumes, slices, slice
+    shape, modalities, classes, split. For asserting on a cache a dataset plugin built."""
+    from ssmtl.data.cache import SliceCache
+
+    return SliceCache(Path(path)).summary()

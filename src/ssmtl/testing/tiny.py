@@ -11,11 +11,14 @@ layers and contrastive losses degenerate).
 from __future__ import annotations
 
 import math
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from ssmtl.api import PretextTask, SequenceBatch, StepContext
+from ssmtl.api.views import task_views
+from ssmtl.core.augment import AugmentConfig, make_augmenter
 from ssmtl.core.model import ModelConfig, UNet
-from ssmtl.core.views import SequenceBatch
 
 #: The model options every tiny network uses unless overridden.
 TINY_MODEL: dict[str, int] = {"base_channels": 4, "depth": 2}
@@ -71,3 +74,22 @@ def tiny_batch(
         volume=torch.arange(batch_size, dtype=torch.int64),
         slice_index=torch.tensor(indices, dtype=torch.int64),
     )
+
+
+def tiny_context(
+    batch: SequenceBatch,
+    network,
+    tasks: Iterable[PretextTask] | Mapping[str, PretextTask] = (),
+    step: int = 0,
+    *,
+    augment: dict[str, Any] | None = None,
+    decoder_slices: str = "all",
+) -> StepContext:
+    """A :class:`~ssmtl.api.StepContext` as the engine builds it: the built-in views plus
+    the views and view transforms of ``tasks``, random views drawn with the default
+    augmentation (or ``augment``: options of the ``augment`` config section)."""
+    if not isinstance(tasks, Mapping):
+        tasks = {task.name: task for task in tasks}
+    builders, transforms = task_views(tasks)
+    augmenter = make_augmenter(AugmentConfig(**(augment or {})))
+    return StepContext(batch, network, augmenter, builders, step, transforms=transforms, decoder_slices=decoder_slices)

@@ -7,8 +7,7 @@ start-up obvious, and lets tests register the plugin in-process
 
 from __future__ import annotations
 
-from ssmtl import hookimpl
-from ssmtl.core.specs import DatasetSpec, TaskSpec
+from ssmtl.api import DatasetSpec, hookimpl, TaskSpec
 
 from ssmtl_rotation.png_stack import PngStackConfig, build_source
 from ssmtl_rotation.rotation import RotationConfig, RotationTask

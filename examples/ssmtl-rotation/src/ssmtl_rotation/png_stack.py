@@ -19,7 +19,7 @@ dependency) installs; Pillow keeps the stored integer values, which matters for
 Every image is shown as a viewer would show an axial slice: row 0 at the top
 (anterior), column 0 on the left (the patient's right), the first file the most
 inferior slice. That is exactly the cache's slice layout, so the stack is handed
-to the cache builder through :func:`ssmtl.core.preprocess.from_slices`.
+to the cache builder through :func:`ssmtl.data.preprocess.from_slices`.
 
 Intensities: ``value * rescale_slope + rescale_intercept`` (as DICOM's rescale),
 so CT slices can be brought back to Hounsfield units before the CT window. The
@@ -35,9 +35,17 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.preprocess import check_finite, from_slices
-from ssmtl.core.volume import DatasetConfig, RawVolume, VolumeItem, VolumeSource
+from ssmtl.api import (
+    check_finite,
+    ConfigError,
+    DatasetConfig,
+    from_slices,
+    InputFileError,
+    RawVolume,
+    VolumeItem,
+    VolumeSource,
+)
+
 
 SLICE_EXTENSIONS = (".png", ".tif", ".tiff")
 

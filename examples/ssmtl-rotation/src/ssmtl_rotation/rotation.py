@@ -30,10 +30,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.model import NetworkInfo
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import StepContext, View
+from ssmtl.api import NetworkInfo, PretextTask, SsmtlError, StepContext, TaskConfig, TaskOutput, View
 
 ROTATED_VIEW = "rotation/rotated"
 NUM_CLASSES = 4  # 0, 90, 180 and 270 degrees

@@ -29,11 +29,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.preprocess import check_finite
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import RawVolume, VolumeItem, VolumeSource
+from ssmtl.api import (
+    check_finite,
+    ConfigError,
+    DatasetSpec,
+    hookimpl,
+    InputFileError,
+    RawVolume,
+    VolumeItem,
+    VolumeSource,
+)
+
 from ssmtl.plugins.datasets import nifti
 from ssmtl.plugins.datasets.itk_io import ITK_EXTENSIONS
 from ssmtl.plugins.datasets.dicom_series import DicomSeries, read_series, scan_dicom_folder

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmtl.core.errors import InputFileError
+from ssmtl.api import InputFileError
 from ssmtl.plugins.datasets.orientation import affine_from_geometry, canonical_from_lps
 
 # Slice steps may differ from the regular step by this fraction (scanner round-off) ...

@@ -18,10 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import VolumeSource
+from ssmtl.api import ConfigError, DatasetSpec, hookimpl, InputFileError, VolumeSource
 from ssmtl.plugins.datasets import nifti
 from ssmtl.plugins.datasets.itk_io import ITK_EXTENSIONS, is_itk_file, itk_stem
 from ssmtl.plugins.datasets.volume_files import VolumeFileItem, collect_label_values

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmtl.core.errors import InputFileError
+from ssmtl.api import InputFileError
 from ssmtl.plugins.datasets.orientation import affine_from_geometry, canonical_from_lps
 
 ITK_EXTENSIONS = (".nrrd", ".nhdr", ".mha", ".mhd")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from ssmtl.core.volume import DatasetConfig
+from ssmtl.api import DatasetConfig
 from ssmtl.plugins.datasets.nifti import NiftiConfig, _check_names_match
 
 

@@ -28,11 +28,17 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.splits import SPLITS
-from ssmtl.core.volume import Modality, VolumeItem, VolumeSource
+from ssmtl.api import (
+    ConfigError,
+    DatasetSpec,
+    hookimpl,
+    InputFileError,
+    Modality,
+    SPLITS,
+    VolumeItem,
+    VolumeSource,
+)
+
 from ssmtl.plugins.datasets import nifti
 from ssmtl.plugins.datasets.label_options import LabeledDatasetConfig
 from ssmtl.plugins.datasets.volume_files import VolumeFileItem, collect_label_values, volume_stem

@@ -37,10 +37,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import DatasetConfig, VolumeItem, VolumeSource
+from ssmtl.api import (
+    ConfigError,
+    DatasetConfig,
+    DatasetSpec,
+    hookimpl,
+    InputFileError,
+    VolumeItem,
+    VolumeSource,
+)
 from ssmtl.plugins.datasets.nifti import NiftiItem
 
 #: MM-WHS label value -> (class id, structure name)

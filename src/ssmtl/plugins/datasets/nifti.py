@@ -32,11 +32,19 @@ import nibabel as nib
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ssmtl.core.errors import ConfigError, InputFileError
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.preprocess import check_finite
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import DatasetConfig, Modality, RawVolume, VolumeItem, VolumeSource
+from ssmtl.api import (
+    check_finite,
+    ConfigError,
+    DatasetConfig,
+    DatasetSpec,
+    hookimpl,
+    InputFileError,
+    Modality,
+    RawVolume,
+    VolumeItem,
+    VolumeSource,
+)
+
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 _LABEL_SUFFIX = re.compile(r"[_-](label|labels|seg|segmentation|gt|mask)$", re.IGNORECASE)

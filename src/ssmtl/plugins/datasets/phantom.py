@@ -49,9 +49,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.specs import DatasetSpec
-from ssmtl.core.volume import DatasetConfig, RawVolume, VolumeItem, VolumeSource
+from ssmtl.api import DatasetConfig, DatasetSpec, hookimpl, RawVolume, VolumeItem, VolumeSource
 from ssmtl.plugins.datasets.phantom_anatomy import CLASS_NAMES, generate_subject
 
 

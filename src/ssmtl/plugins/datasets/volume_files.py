@@ -23,9 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from ssmtl.core.errors import InputFileError
-from ssmtl.core.preprocess import check_finite
-from ssmtl.core.volume import Modality, RawVolume, VolumeItem
+from ssmtl.api import check_finite, InputFileError, Modality, RawVolume, VolumeItem
+
 from ssmtl.plugins.datasets import itk_io, nifti
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 

@@ -19,10 +19,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl.core.head import DownstreamHead, HeadConfig
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.model import NetworkInfo
-from ssmtl.core.specs import HeadSpec
+from ssmtl.api import DownstreamHead, HeadConfig, HeadSpec, hookimpl, NetworkInfo
 
 
 class SegmentationConfig(HeadConfig):

@@ -36,14 +36,24 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl.core.distributed import concat_all_gather, rank, shuffle_bn_forward
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.losses import info_nce, multi_positive_info_nce
-from ssmtl.core.model import NetworkInfo, UNet, global_pool
-from ssmtl.core.queue import KeyQueue
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import DataInfo, PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import StepContext
+from ssmtl.api import (
+    concat_all_gather,
+    DataInfo,
+    global_pool,
+    hookimpl,
+    info_nce,
+    KeyQueue,
+    multi_positive_info_nce,
+    NetworkInfo,
+    PretextTask,
+    rank,
+    SharedNetwork,
+    shuffle_bn_forward,
+    StepContext,
+    TaskConfig,
+    TaskOutput,
+    TaskSpec,
+)
 
 
 class ContrastiveConfig(TaskConfig):
@@ -80,7 +90,7 @@ class ContrastiveTask(PretextTask):
     def sequence_length(self) -> int:
         return 2 if self.config.positives == "neighbors" else 1
 
-    def setup(self, network: UNet) -> None:
+    def setup(self, network: SharedNetwork) -> None:
         self.key_encoder = copy.deepcopy(network.encoder)
         self.key_encoder.requires_grad_(False)
         self.key_projection.load_state_dict(self.projection.state_dict())
@@ -167,7 +177,7 @@ class ContrastiveTask(PretextTask):
         return TaskOutput(loss=loss, metrics={"acc": accuracy})
 
     @torch.no_grad()
-    def after_optimizer_step(self, network: UNet, step: int) -> None:
+    def after_optimizer_step(self, network: SharedNetwork, step: int) -> None:
         m = self.config.momentum
         online = [p.detach() for p in (*network.encoder.parameters(), *self.projection.parameters())]
         keys = [*self.key_encoder.parameters(), *self.key_projection.parameters()]

@@ -38,12 +38,16 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl.core.augment import correspondence
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.model import NetworkInfo
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import StepContext
+from ssmtl.api import (
+    correspondence,
+    hookimpl,
+    NetworkInfo,
+    PretextTask,
+    StepContext,
+    TaskConfig,
+    TaskOutput,
+    TaskSpec,
+)
 
 _MASKED = -1e9  # logit of excluded keys (finite, so rows with no key stay NaN-free)
 

@@ -24,11 +24,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.model import NetworkInfo
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import StepContext
+from ssmtl.api import hookimpl, NetworkInfo, PretextTask, StepContext, TaskConfig, TaskOutput, TaskSpec
 
 
 class OrderConfig(TaskConfig):

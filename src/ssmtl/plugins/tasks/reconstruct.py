@@ -52,12 +52,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.hookspecs import hookimpl
-from ssmtl.core.model import NetworkInfo
-from ssmtl.core.specs import TaskSpec
-from ssmtl.core.task import PretextTask, TaskConfig, TaskOutput
-from ssmtl.core.views import StepContext, View
+from ssmtl.api import (
+    hookimpl,
+    NetworkInfo,
+    PretextTask,
+    SsmtlError,
+    StepContext,
+    TaskConfig,
+    TaskOutput,
+    TaskSpec,
+    View,
+)
 
 MASKED_VIEW = "reconstruct/masked"
 

@@ -1,6 +1,6 @@
 """The downstream-head contract for ``ssmtl finetune``.
 
-A head plugin registers a :class:`~ssmtl.core.specs.HeadSpec` through the
+A head plugin registers a :class:`~ssmtl.api.specs.HeadSpec` through the
 ``ssmtl_register_heads`` hook. The spec names the head, gives its pydantic config
 model (a :class:`HeadConfig` subclass whose ``name`` field is ``Literal[NAME]``
 with that default) and a factory::
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 if TYPE_CHECKING:
-    from ssmtl.core.model import NetworkInfo
+    from ssmtl.api.network import NetworkInfo
 
 
 class HeadConfig(BaseModel):

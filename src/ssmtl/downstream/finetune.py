@@ -30,16 +30,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ssmtl import __version__
-from ssmtl.core.augment import AugmentConfig, apply_affine, random_affine, random_intensity
-from ssmtl.core.build import validate_model
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.engine import allow_precision, lr_lambda, parameter_groups
-from ssmtl.core.errors import SsmtlError
+from ssmtl.core.augment import AugmentConfig, random_affine, random_intensity
+from ssmtl.api.geometry import apply_affine
+from ssmtl.data.build import validate_model
+from ssmtl.data.cache import SliceCache
+from ssmtl.pretrain.engine import allow_precision, lr_lambda, parameter_groups
+from ssmtl.api.errors import SsmtlError
 from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
-from ssmtl.core.head import DownstreamHead
+from ssmtl.api.heads import DownstreamHead
 from ssmtl.core.model import ModelConfig, UNet
 from ssmtl.core.rundir import prepare_run_dir, write_json_atomic
-from ssmtl.core.splits import choose_labeled, split_cache, volumes_of
+from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 
 WEIGHTS = "model.safetensors"
 

@@ -33,9 +33,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ssmtl.core.augment import AugmentConfig, augment
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.model import UNet, global_pool
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.network import SharedNetwork, global_pool
 
 
 @dataclass
@@ -72,6 +71,9 @@ class View:
 
 
 ViewBuilder = Callable[["StepContext"], View]
+#: ``augmenter(images (N, 1, H, W), group) -> (augmented images, theta (N, 2, 3))``: one
+#: random view, the same spatial transform for each run of ``group`` consecutive samples.
+Augmenter = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 ViewTransform = Callable[["StepContext", View], View]
 DECODER_SLICES = ("all", "one")
 
@@ -84,7 +86,7 @@ def _raw(ctx: "StepContext") -> View:
 
 def _augmented(ctx: "StepContext") -> View:
     raw = ctx.view("raw")
-    images, theta = augment(raw.images, ctx.augment, group=raw.group)
+    images, theta = ctx.augmenter(raw.images, raw.group)
     return View(images=images, theta=theta, group=raw.group)
 
 
@@ -120,8 +122,8 @@ class StepContext:
     def __init__(
         self,
         batch: SequenceBatch,
-        network: UNet,
-        augment_config: AugmentConfig,
+        network: SharedNetwork,
+        augmenter: Augmenter,
         builders: dict[str, ViewBuilder],
         step: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
@@ -132,7 +134,7 @@ class StepContext:
             raise ValueError(f"decoder_slices must be one of {DECODER_SLICES}, got {decoder_slices!r}")
         self.batch = batch
         self.network = network
-        self.augment = augment_config
+        self.augmenter = augmenter
         self.builders = builders
         self.step = step
         self.memory_format = memory_format  # of every view's images (channels_last with train.channels_last)

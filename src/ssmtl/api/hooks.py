@@ -8,7 +8,7 @@ entry-point group::
     [project.entry-points.ssmtl]
     my_plugin = "my_package.plugin"
 
-Every registration hook returns a list of typed specs (see :mod:`ssmtl.core.specs`).
+Every registration hook returns a list of typed specs (see :mod:`ssmtl.api.specs`).
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def ssmtl_register_tasks():
-    """Return a list of :class:`~ssmtl.core.specs.TaskSpec`: the pretext tasks this plugin provides.
+    """Return a list of :class:`~ssmtl.api.specs.TaskSpec`: the pretext tasks this plugin provides.
 
     Each spec names the task (the value of ``--task``), its pydantic config model
-    (a subclass of :class:`~ssmtl.core.task.TaskConfig`) and a factory that builds the
-    :class:`~ssmtl.core.task.PretextTask` module from a validated config and the
+    (a subclass of :class:`~ssmtl.api.tasks.TaskConfig`) and a factory that builds the
+    :class:`~ssmtl.api.tasks.PretextTask` module from a validated config and the
     shared network's :class:`~ssmtl.core.model.NetworkInfo`.
     """
 
 
 @hookspec
 def ssmtl_register_datasets():
-    """Return a list of :class:`~ssmtl.core.specs.DatasetSpec`: volume sources for ``ssmtl cache build``.
+    """Return a list of :class:`~ssmtl.api.specs.DatasetSpec`: volume sources for ``ssmtl cache build``.
 
     A dataset reads volumes (files, a generator, a database...) and hands them to the
     cache builder, which reorients, resamples, normalises and writes them to HDF5.
@@ -43,7 +43,7 @@ def ssmtl_register_datasets():
 
 @hookspec
 def ssmtl_register_heads():
-    """Return a list of :class:`~ssmtl.core.specs.HeadSpec`: downstream heads for ``ssmtl finetune``.
+    """Return a list of :class:`~ssmtl.api.specs.HeadSpec`: downstream heads for ``ssmtl finetune``.
 
     A head is a module on top of the pre-trained network that owns its own loss and
     its own prediction, e.g. the built-in ``segmentation`` head (1x1 conv, Dice+CE).

@@ -43,7 +43,7 @@ def hd95_per_class(
     """Symmetric 95th-percentile Hausdorff distance per foreground class, in mm.
 
     ``spacing`` is the voxel size along the array axes (for cache volumes: (z, y, x)
-    mm, as in :attr:`~ssmtl.core.cache.VolumeMeta.spacing`). Uses MONAI's
+    mm, as in :attr:`~ssmtl.data.cache.VolumeMeta.spacing`). Uses MONAI's
     ``compute_hausdorff_distance`` when MONAI imports, else an equivalent scipy
     implementation (surface voxels, Euclidean distance transform).
     """

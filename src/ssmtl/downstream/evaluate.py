@@ -18,13 +18,13 @@ import torch
 from rich.table import Table
 from safetensors.torch import load_file
 
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.finetune import WEIGHTS, FinetuneModel, build_head
-from ssmtl.core.metrics import dice_per_class, hd95_per_class, nanmean, summarise
+from ssmtl.data.cache import SliceCache
+from ssmtl.api.errors import SsmtlError
+from ssmtl.downstream.finetune import WEIGHTS, FinetuneModel, build_head
+from ssmtl.downstream.metrics import dice_per_class, hd95_per_class, nanmean, summarise
 from ssmtl.core.model import ModelConfig, UNet
 from ssmtl.core.rundir import write_json_atomic
-from ssmtl.core.splits import volumes_of
+from ssmtl.data.splits import volumes_of
 
 EVAL_FILE = "eval.json"
 

@@ -1,4 +1,4 @@
-"""Turn a canonical :class:`~ssmtl.core.volume.RawVolume` into network-ready slices.
+"""Turn a canonical :class:`~ssmtl.api.volumes.RawVolume` into network-ready slices.
 
 Steps, in order:
 
@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ssmtl.core.errors import InputFileError
-from ssmtl.core.volume import Modality, RawVolume
+from ssmtl.api.errors import InputFileError
+from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices  # noqa: F401  (from_slices: the inverse, for callers)
+from ssmtl.api.volumes import Modality, RawVolume
 
 # Voxels per resampling chunk: bounds the float32 temporaries (~64 MiB each).
 _CHUNK_VOXELS = 1 << 24
@@ -110,37 +111,6 @@ class ProcessedVolume:
     original_spacing: tuple[float, float, float]
     original_shape: tuple[int, int, int]
     modality: Modality
-
-
-# -- slice layout -------------------------------------------------------------------
-
-
-def to_slices(array_xyz: np.ndarray) -> np.ndarray:
-    """Canonical RAS (X, Y, Z) -> radiological slice stack (Z, Y, X); a view, no copy.
-
-    In RAS, x grows towards the patient's right and y towards anterior. Flipping
-    both puts the patient's right and anterior at index 0; transposing makes z the
-    leading (slice) axis, y the rows and x the columns.
-    """
-    return np.transpose(array_xyz[::-1, ::-1, :], (2, 1, 0))
-
-
-def from_slices(array_dhw: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_slices`: slice stack (D, H, W) -> canonical (X, Y, Z); a view."""
-    return np.transpose(array_dhw, (2, 1, 0))[::-1, ::-1, :]
-
-
-# -- validation ---------------------------------------------------------------------
-
-
-def check_finite(image: np.ndarray, source: str) -> None:
-    """Raise :class:`InputFileError` if ``image`` has NaN or infinite voxels.
-
-    ``min`` propagates NaN and exposes -inf, ``max`` exposes +inf, so two
-    reductions replace a full boolean mask the size of the volume.
-    """
-    if image.size and not (np.isfinite(image.min()) and np.isfinite(image.max())):
-        raise InputFileError(source, "image contains NaN or infinite voxel values")
 
 
 def _validate(raw: RawVolume, source: str) -> None:

@@ -2,7 +2,7 @@
 
 Per step, for each micro-batch: the sampled sequences go through
 :class:`PretrainModule` (the DDP-wrapped unit). Inside it, every enabled task runs
-on shared views and features (:class:`~ssmtl.core.views.StepContext`), the
+on shared views and features (:class:`~ssmtl.api.views.StepContext`), the
 weighting scheme combines their losses, and the engine takes **one** backward pass.
 Then gradient clipping, the optimizer and scheduler step, and each task's
 post-step hook (e.g. MoCo's EMA update on the unwrapped modules).
@@ -22,17 +22,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ssmtl.core import checkpoint as ckpt
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.config import RunConfig, config_to_dict
-from ssmtl.core.errors import SsmtlError
+from ssmtl.core import checkpointing as ckpt
+from ssmtl.core.augment import make_augmenter
+from ssmtl.data.cache import SliceCache
+from ssmtl.pretrain.config import RunConfig, config_to_dict
+from ssmtl.api.errors import SsmtlError
 from ssmtl.core.export import write_export
 from ssmtl.core.model import Encoder, UNet
 from ssmtl.core.rundir import prepare_run_dir, write_json_atomic
-from ssmtl.core.sampling import SequenceDataset, StepBatchSampler, collate_sequences
-from ssmtl.core.task import DataInfo, PretextTask
-from ssmtl.core.views import SequenceBatch, StepContext, task_views
-from ssmtl.core.weighting import LossWeighting, build_weighting
+from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
+from ssmtl.api.tasks import DataInfo, PretextTask
+from ssmtl.api.views import SequenceBatch, StepContext, task_views
+from ssmtl.pretrain.weighting import LossWeighting, build_weighting
 
 
 class PretrainModule(nn.Module):
@@ -65,7 +66,7 @@ class PretrainModule(nn.Module):
 
     def context(self, batch: SequenceBatch, step: int = 0) -> StepContext:
         """A fresh step context with this module's views, view transforms and decoder policy."""
-        return StepContext(batch, self.network, self.augment, self.builders, step, self.memory_format,
+        return StepContext(batch, self.network, make_augmenter(self.augment), self.builders, step, self.memory_format,
                            self.transforms, self.decoder_slices)
 
     def forward(self, batch: SequenceBatch, step: int):

@@ -31,9 +31,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from ssmtl.core.errors import InputFileError
-from ssmtl.core.preprocess import PreprocessConfig, ProcessedVolume, preprocess_volume
-from ssmtl.core.volume import VolumeItem
+from ssmtl.api.errors import InputFileError
+from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume, preprocess_volume
+from ssmtl.api.volumes import VolumeItem
 
 # Futures kept in flight per worker: one being computed, one queued so a worker never waits.
 IN_FLIGHT_PER_WORKER = 2

@@ -50,7 +50,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from ssmtl.core.errors import InputFileError, SsmtlError
+from ssmtl.api.errors import InputFileError, SsmtlError
 
 FORMAT = "ssmtl-slice-cache"
 FORMAT_VERSION = 1

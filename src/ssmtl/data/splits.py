@@ -21,9 +21,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ssmtl.core.errors import SsmtlError
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.volumes import SPLITS
 
-SPLITS = ("train", "val", "test")
 
 
 def _round_half_up(x: float) -> int:
@@ -106,7 +106,7 @@ def _random_split(
 
 
 def cache_preset(cache) -> dict[str, str]:
-    """Subject -> split stored in a :class:`~ssmtl.core.cache.SliceCache` (volumes' ``split`` attribute).
+    """Subject -> split stored in a :class:`~ssmtl.data.cache.SliceCache` (volumes' ``split`` attribute).
 
     Raises SsmtlError on an unknown split name, or when volumes of one subject disagree.
     """

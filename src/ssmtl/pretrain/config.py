@@ -37,9 +37,9 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from ssmtl.core.augment import AugmentConfig
-from ssmtl.core.errors import ConfigError
+from ssmtl.api.errors import ConfigError
 from ssmtl.core.model import ModelConfig
-from ssmtl.core.task import TaskConfig
+from ssmtl.api.tasks import TaskConfig
 
 ENV_PREFIX = "SSMTL_"
 # SSMTL_* variables that are not config fields

@@ -18,8 +18,8 @@ from typing import Callable
 
 import h5py
 
-from ssmtl.core.cache import SliceCache, sha256_array
-from ssmtl.core.errors import InputFileError
+from ssmtl.data.cache import SliceCache, sha256_array
+from ssmtl.api.errors import InputFileError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Building a slice cache from a dataset plugin: list -> load + preprocess -> write, volume by volume.
 
-What a dataset plugin may add to the :class:`~ssmtl.core.volume.VolumeSource`
+What a dataset plugin may add to the :class:`~ssmtl.api.volumes.VolumeSource`
 contract (both optional, read with ``getattr``):
 
 * ``item.volume_id``: the cache group name of the volume when a subject has
@@ -12,12 +12,12 @@ Guarantees:
 
 * Nothing appears at ``out`` unless the whole build succeeds; an older file there
   is replaced only with ``force`` and stays byte-identical until the new one is
-  complete (see :class:`~ssmtl.core.cache.CacheWriter`), even after ``kill -9``.
+  complete (see :class:`~ssmtl.data.cache.CacheWriter`), even after ``kill -9``.
 * A bad input stops the build with an :class:`InputFileError` naming the file;
   with ``skip_bad`` it is left out and recorded (path and reason) in the cache's
   ``skipped`` attribute instead.
 * Peak memory is about one volume per worker whatever the number of volumes
-  (see :mod:`~ssmtl.core.ingest`).
+  (see :mod:`~ssmtl.data.ingest`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ssmtl import __version__
-from ssmtl.core.cache import CacheWriter, check_output_path
-from ssmtl.core.config import _rows
-from ssmtl.core.errors import ConfigError, InputFileError, SsmtlError
-from ssmtl.core.ingest import Failure, iter_processed, release_freed_memory
-from ssmtl.core.preprocess import PreprocessConfig, ProcessedVolume
-from ssmtl.core.splits import SPLITS, make_split
-from ssmtl.core.volume import VolumeItem, VolumeSource
+from ssmtl.data.cache import CacheWriter, check_output_path
+from ssmtl.pretrain.config import _rows
+from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
+from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
+from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
+from ssmtl.data.splits import SPLITS, make_split
+from ssmtl.api.volumes import VolumeItem, VolumeSource
 
 
 def validate_model(model: type[BaseModel], data: dict[str, Any], prefix: str) -> BaseModel:

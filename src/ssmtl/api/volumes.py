@@ -20,6 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 Modality = Literal["ct", "mr"]
+#: The subject-level splits a dataset may preset (``VolumeSource.split``) and a cache stores.
+SPLITS = ("train", "val", "test")
 
 
 class DatasetConfig(BaseModel):
@@ -57,7 +59,7 @@ class VolumeItem(ABC):
 
     @abstractmethod
     def load(self) -> RawVolume:
-        """Read the volume; raise :class:`~ssmtl.core.errors.InputFileError` on bad input."""
+        """Read the volume; raise :class:`~ssmtl.api.errors.InputFileError` on bad input."""
 
 
 @dataclass

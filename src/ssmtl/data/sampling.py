@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.errors import SsmtlError
-from ssmtl.core.views import SequenceBatch
+from ssmtl.data.cache import SliceCache
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.views import SequenceBatch
 
 
 class SequenceDataset(Dataset):

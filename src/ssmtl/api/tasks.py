@@ -2,7 +2,7 @@
 
 A task plugin provides a :class:`TaskConfig` subclass and a factory that builds a
 :class:`PretextTask`. The engine calls ``task(ctx)`` once per step inside the
-shared forward pass; the task asks the :class:`~ssmtl.core.views.StepContext` for
+shared forward pass; the task asks the :class:`~ssmtl.api.views.StepContext` for
 encoder or decoder features of named views (computed once and shared with every
 other task that asks for the same view) and returns its loss. It owns its heads,
 and everything it returns is trained by the engine's single backward pass.
@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 if TYPE_CHECKING:
-    from ssmtl.core.model import NetworkInfo, UNet
-    from ssmtl.core.views import StepContext, View
+    from ssmtl.api.network import NetworkInfo, SharedNetwork
+    from ssmtl.api.views import StepContext, View
 
 
 class TaskConfig(BaseModel):
@@ -98,7 +98,7 @@ class PretextTask(nn.Module, ABC):
         ``train.decoder_slices="one"`` and says so."""
         return False
 
-    def setup(self, network: "UNet") -> None:
+    def setup(self, network: "SharedNetwork") -> None:
         """Called once after the shared network is built, e.g. to copy a momentum encoder."""
 
     def on_data(self, info: DataInfo) -> list[str]:
@@ -112,7 +112,7 @@ class PretextTask(nn.Module, ABC):
     def forward(self, ctx: "StepContext") -> TaskOutput:
         """Compute this step's loss from shared features (``ctx.encode`` / ``ctx.decode``)."""
 
-    def after_optimizer_step(self, network: "UNet", step: int) -> None:
+    def after_optimizer_step(self, network: "SharedNetwork", step: int) -> None:
         """Called under ``no_grad`` on the unwrapped modules after every optimizer step."""
 
     def ddp_ignored_names(self) -> list[str]:

@@ -33,10 +33,10 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ssmtl.core.build import validate_model
-from ssmtl.core.cache import SliceCache
-from ssmtl.core.config import RunConfig, config_to_dict, resolve_run_config
-from ssmtl.core.errors import SsmtlError
+from ssmtl.data.build import validate_model
+from ssmtl.data.cache import SliceCache
+from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
+from ssmtl.api.errors import SsmtlError
 from ssmtl.core.rundir import write_json_atomic
 
 MULTITASK = ("contrastive", "order", "position", "reconstruct", "neighbor")
@@ -167,7 +167,7 @@ class Benchmark:
         )
 
     def pretrain(self, method: Method) -> Path:
-        from ssmtl.core.engine import run_pretraining
+        from ssmtl.pretrain.engine import run_pretraining
         from ssmtl.core.export import load_pretrained_network
 
         run_dir = self.out / "pretrain" / method.name
@@ -198,8 +198,8 @@ class Benchmark:
 
     # -- fine-tuning cells --------------------------------------------------------------
     def cell(self, method: Method, protocol: str, budget: int, seed: int, init: Path | None) -> dict[str, Any]:
-        from ssmtl.core.evaluate import evaluate_run
-        from ssmtl.core.finetune import FinetuneConfig, run_finetune
+        from ssmtl.downstream.evaluate import evaluate_run
+        from ssmtl.downstream.finetune import FinetuneConfig, run_finetune
 
         cell_dir = self.out / "finetune" / method.name / protocol / f"n{budget}" / f"seed{seed}"
         ft = FinetuneConfig(

@@ -19,7 +19,7 @@ class TaskSpec:
 
     Attributes:
         name: the task name used on the CLI (``--task NAME``) and in configs.
-        config_model: a subclass of :class:`ssmtl.core.task.TaskConfig` whose
+        config_model: a subclass of :class:`ssmtl.api.tasks.TaskConfig` whose
             ``name`` field is ``Literal[NAME]``.
         factory: ``factory(config, network_info) -> PretextTask``.
         description: one line shown by ``ssmtl tasks``.
@@ -37,7 +37,7 @@ class DatasetSpec:
 
     Attributes:
         name: the value of ``--dataset``.
-        config_model: a subclass of :class:`ssmtl.core.volume.DatasetConfig`.
+        config_model: a subclass of :class:`ssmtl.api.volumes.DatasetConfig`.
         factory: ``factory(config) -> VolumeSource``.
         description: one line shown by ``ssmtl plugins``.
     """
@@ -54,7 +54,7 @@ class HeadSpec:
 
     Attributes:
         name: the head name (``--head NAME``).
-        config_model: a subclass of :class:`ssmtl.core.head.HeadConfig`.
+        config_model: a subclass of :class:`ssmtl.api.heads.HeadConfig`.
         factory: ``factory(config, network_info, num_classes) -> DownstreamHead``.
         description: one line shown by ``ssmtl plugins``.
     """
