@@ -357,3 +357,36 @@ def test_folder_source_errors(tmp_path):
     with pytest.raises(InputFileError, match=r"label shape \(9, 5, 3\) does not match") as info:
         item.load()
     assert info.value.path == str(tmp_path / "a_seg.npy")
+
+
+# -- the facade -------------------------------------------------------------------------
+
+
+def test_every_toolkit_name_is_exported_and_documented():
+    import ast
+    import inspect
+
+    import ssmtl.api as api
+
+    facade = Path(api.__file__)
+    checked = next(n for n in ast.walk(ast.parse(facade.read_text())) if isinstance(n, ast.If))  # TYPE_CHECKING
+    typed = {alias.name for node in ast.walk(checked) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    missing, undocumented, seen = [], [], 0
+    for path in sorted((facade.parent / "datasets").glob("[!_]*.py")):
+        for node in ast.parse(path.read_text()).body:  # what the module itself defines at top level
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                continue
+            for name in (n for n in names if not n.startswith("_")):
+                seen += 1
+                if api._WHERE.get(name) != f"datasets.{path.stem}" or name not in typed:
+                    missing.append(f"{path.stem}.{name}")
+                value = getattr(api, name, None)
+                if (inspect.isfunction(value) or inspect.isclass(value)) and not inspect.getdoc(value):
+                    undocumented.append(f"{path.stem}.{name}")
+    assert missing == [] and undocumented == []
+    assert seen == sum(where.startswith("datasets.") for where in api._WHERE.values())  # no stale entries
