@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ssmtl.cli.app import app
-from ssmtl.experiments.benchmark import Method, parse_methods, summarise_cells
+from ssmtl.experiments.benchmark import Method, parse_methods
+from ssmtl.experiments.results import summarise_cells
 from ssmtl.api.errors import SsmtlError
 
 pytestmark = pytest.mark.slow

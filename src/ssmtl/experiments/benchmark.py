@@ -24,20 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache import SliceCache
 from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import save_json
+from ssmtl.core.files import save_json, save_text
+from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown, summarise_cells
 
 MULTITASK = ("contrastive", "order", "position", "reconstruct", "neighbor")
 BUILTIN_METHODS = {"scratch": (), "contrastive": ("contrastive",), "multitask": MULTITASK}
@@ -288,114 +287,6 @@ class Benchmark:
             "summary": summarise_cells(cells),
         }
         save_json(self.out / "results.json", results)
-        (self.out / "results.md").write_text(render_markdown(results))
+        save_text(self.out / "results.md", render_markdown(results))
         plot_dice_vs_labels(results, self.out / "dice_vs_labels.png")
         return results
-
-
-# -- aggregation ---------------------------------------------------------------------------
-
-
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
-    clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not clean:
-        return math.nan, math.nan, 0
-    arr = np.asarray(clean, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
-
-
-def summarise_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs scratch/contrastive."""
-    by = {}
-    for c in cells:
-        by.setdefault((c["protocol"], c["method"], c["labeled_volumes"]), {})[c["seed"]] = c
-    rows = []
-    for (protocol, method, budget), seeds in by.items():
-        mean, std, n = _mean_std([c["mean_dice"] for c in seeds.values()])
-        hd_mean, hd_std, _ = _mean_std([c["mean_hd95"] for c in seeds.values()])
-        classes = next(iter(seeds.values()))["per_class"] or {}
-        per_class = {name: _mean_std([(c["per_class"] or {}).get(name, {}).get("dice") for c in seeds.values()])[:2] for name in classes}
-        row = {"protocol": protocol, "method": method, "labeled_volumes": budget, "seeds": n,
-               "dice_mean": mean, "dice_std": std, "hd95_mean": hd_mean, "hd95_std": hd_std,
-               "per_class_dice": {k: {"mean": v[0], "std": v[1]} for k, v in per_class.items()}}
-        for reference in ("scratch", "contrastive"):
-            ref = by.get(("finetune", reference, budget)) or by.get((protocol, reference, budget))
-            if ref is None or reference == method or method == "scratch":
-                continue
-            diffs = [seeds[s]["mean_dice"] - ref[s]["mean_dice"] for s in seeds if s in ref
-                     and seeds[s]["mean_dice"] is not None and ref[s]["mean_dice"] is not None]
-            d_mean, d_std, d_n = _mean_std(diffs)
-            row[f"vs_{reference}"] = {"mean": d_mean, "std": d_std, "pairs": d_n, "wins": int(sum(d > 0 for d in diffs))}
-        rows.append(row)
-    return rows
-
-
-def _fmt(mean: float, std: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    summary = results["summary"]
-    budgets = sorted({r["labeled_volumes"] for r in summary})
-    lines = ["# Benchmark results", ""]
-    lines.append(f"Pre-training data: `{results['pretrain_data']['path']}`; fine-tuning/test data: `{results['finetune_data']['path']}`.")
-    lines.append(f"Test subjects (same for every cell): {', '.join(results['test_subjects'])}.")
-    cfg = results["config"]
-    lines.append(f"Pre-training {cfg['pretrain_steps']} steps per method; fine-tuning {cfg['finetune_steps']} steps; {cfg['seeds']} seed(s); mean ± std over seeds of the mean 3D Dice over structures and test volumes.")
-    lines.append("")
-    for protocol in sorted({r["protocol"] for r in summary}, key=lambda p: p != "finetune"):
-        rows = [r for r in summary if r["protocol"] == protocol]
-        lines += [f"## {protocol}: 3D Dice by label budget", "", "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |",
-                  "|---|" + "---|" * len(budgets)]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            cells = {r["labeled_volumes"]: r for r in rows if r["method"] == method}
-            lines.append(f"| {method} | " + " | ".join(_fmt(cells[b]["dice_mean"], cells[b]["dice_std"]) if b in cells else "–" for b in budgets) + " |")
-        lines.append("")
-        for reference in ("scratch", "contrastive"):
-            diff_rows = [r for r in rows if f"vs_{reference}" in r]
-            if not diff_rows:
-                continue
-            lines += [f"Paired difference in mean Dice against **{reference}** (same budget and seed; wins = seeds where the method is better):", "",
-                      "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-            for method in dict.fromkeys(r["method"] for r in diff_rows):
-                cells = {r["labeled_volumes"]: r[f"vs_{reference}"] for r in diff_rows if r["method"] == method}
-                lines.append(f"| {method} | " + " | ".join(
-                    f"{cells[b]['mean']:+.3f} ± {cells[b]['std']:.3f} ({cells[b]['wins']}/{cells[b]['pairs']})" if b in cells and cells[b]["pairs"] else "–"
-                    for b in budgets) + " |")
-            lines.append("")
-        lines += [f"### {protocol}: Dice per structure (mean over seeds)", ""]
-        classes = list(rows[0]["per_class_dice"]) if rows else []
-        lines += ["| method | labeled | " + " | ".join(classes) + " | HD95 (mm) |", "|---|---|" + "---|" * (len(classes) + 1)]
-        for r in rows:
-            hd = "–" if math.isnan(r["hd95_mean"]) else f"{r['hd95_mean']:.1f}"
-            lines.append(f"| {r['method']} | {r['labeled_volumes']} | " + " | ".join(
-                "–" if math.isnan(r["per_class_dice"][c]["mean"]) else f"{r['per_class_dice'][c]['mean']:.3f}" for c in classes) + f" | {hd} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot_dice_vs_labels(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for protocol in sorted({r["protocol"] for r in results["summary"]}, key=lambda p: p != "finetune"):
-        for method in dict.fromkeys(r["method"] for r in results["summary"] if r["protocol"] == protocol):
-            rows = sorted((r for r in results["summary"] if r["protocol"] == protocol and r["method"] == method), key=lambda r: r["labeled_volumes"])
-            label = method if protocol == "finetune" else f"{method} ({protocol})"
-            ax.errorbar([r["labeled_volumes"] for r in rows], [r["dice_mean"] for r in rows], yerr=[r["dice_std"] for r in rows],
-                        marker="o", capsize=3, label=label, linestyle="-" if protocol == "finetune" else "--")
-    budgets = sorted({r["labeled_volumes"] for r in results["summary"]})
-    ax.set_xticks(budgets)
-    ax.set_xlabel("labeled volumes")
-    ax.set_ylabel("mean 3D Dice (± std over seeds)")
-    ax.set_title("Dice vs label budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
