@@ -56,7 +56,9 @@ class PretrainModule(nn.Module):
         self.decoder_slices = "all" if needs_all else decoder_slices
         self.notes = [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice "
                       "of a sequence"] if needs_all and decoder_slices == "one" else []
-        self.last_context: StepContext | None = None
+        # called with each step's context after the tasks ran (tests, benchmarks, debugging);
+        # empty by default, so no step keeps its views and features alive past its end
+        self.step_observers: list[Callable[[StepContext], None]] = []
         self.memory_format = torch.contiguous_format
 
     def use_channels_last(self) -> None:
@@ -79,7 +81,8 @@ class PretrainModule(nn.Module):
             for key, value in out.metrics.items():
                 metrics[f"{name}/{key}"] = value.detach().float()
         total, weights = self.weighting(losses, step)
-        self.last_context = ctx
+        for observer in self.step_observers:
+            observer(ctx)
         stacked = torch.stack([losses[n].detach().float() for n in self.tasks])
         return total, stacked, weights, metrics
 
@@ -273,7 +276,7 @@ class Trainer:
             global_batch=config.train.batch_size * accelerator.num_processes,
         )
         self.notes = module.notes + [note for task in module.tasks.values() for note in task.on_data(info)]
-        if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
+        if any(t.needs_sync_batchnorm for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if config.train.channels_last:
             module.use_channels_last()
