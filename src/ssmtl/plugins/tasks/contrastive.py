@@ -32,6 +32,7 @@ import copy
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
@@ -138,10 +139,9 @@ class ContrastiveTask(PretextTask):
             return None, None
         b, k = ctx.batch.batch_size, ctx.batch.sequence_length
         device = ctx.batch.slices.device
+        q = torch.arange(b * k, device=device)
         if self.config.query_slices == "center":
-            q = torch.arange(b, device=device) * k + k // 2
-        else:
-            q = torch.arange(b * k, device=device)
+            q = rearrange(q, "(b k) -> b k", k=k)[:, k // 2]  # the row of each sequence's centre slice
         if self.config.positives != "neighbors":
             return q, q
         j = q % k
