@@ -22,8 +22,9 @@ Each variant's convolution/matmul FLOPs per step (``FlopCounterMode``) are repor
 too: when the time ratio is close to the FLOP ratio, the cost is the tasks' own
 compute. For the baseline and the multitask run the result also has a breakdown: the
 forward pass (graph built, then dropped) and its parts (online encoder, decoder,
-MoCo key encoder; module hooks), backward + optimizer = step - forward, and the
-per-view encoder/decoder pass counts of the step (``last_context``).
+MoCo key encoder; module hooks), backward + optimizer = step - forward, the
+encoder/decoder passes of a step (the same hooks) and the views they ran on (an
+observer in ``PretrainModule.step_observers``).
 
 Usage: ``python benchmarks/multitask_cost.py [--size 64] [--batch-size 16]
 [--steps 2] [--blocks 8] [--mixed-precision no] [--set KEY=VALUE ...] [--threads N]
@@ -101,6 +102,9 @@ def breakdown(trainer, batches: list, steps: int, device: torch.device) -> dict:
     timer = ModuleTimer(parts, device)
     forward, step_times, part_times = [], [], {n: [] for n in parts}
     calls: dict = {}
+    views: dict = {}
+    observe = lambda ctx: views.update(encoded=list(ctx.encoded_views), decoded=list(ctx.decoded_views))  # noqa: E731
+    module.step_observers.append(observe)
     try:
         for s in range(steps):
             batch = batches[s % len(batches)]
@@ -123,7 +127,7 @@ def breakdown(trainer, batches: list, steps: int, device: torch.device) -> dict:
             step_times.append(time.perf_counter() - t0)
     finally:
         timer.remove()
-    ctx = module.last_context
+        module.step_observers.remove(observe)
     fwd, step = statistics.median(forward), statistics.median(step_times)
     net = {n: statistics.median(v) for n, v in part_times.items()}
     ms = lambda s: round(s * 1e3, 2)  # noqa: E731
@@ -134,8 +138,7 @@ def breakdown(trainer, batches: list, steps: int, device: torch.device) -> dict:
                              "augment_views_heads_losses": ms(fwd - sum(net.values()))},
         "backward_and_optimizer_ms": ms(step - fwd),
         "module_calls_per_step": calls,
-        "encoder_calls_per_view": dict(ctx.encoder_calls),
-        "decoder_calls_per_view": dict(ctx.decoder_calls),
+        "views_per_step": views,
     }
 
 

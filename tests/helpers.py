@@ -73,3 +73,35 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, done_marker
         if proc.wait() == -signal.SIGKILL and not (run_dir / done_marker).exists():
             return
     pytest.fail("the run always finished before it could be killed")
+
+
+class NetworkPasses:
+    """Watches the shared network from outside the step: forward hooks on its encoder and
+    decoder record every pass, and an observer on the module keeps each step's context.
+
+    ``encoder_inputs``: the images of every encoder pass, in order (the very tensors);
+    ``decoder_rows``: the batch size of every decoder pass; ``contexts``: each step's
+    :class:`~ssmtl.api.views.StepContext`. Use as a context manager: the hooks and the
+    observer are removed on exit. Register it after the tasks' ``setup``, or a task's
+    copy of the encoder (MoCo's key encoder) inherits the hooks.
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self.encoder_inputs: list = []
+        self.decoder_rows: list[int] = []
+        self.contexts: list = []
+
+    def __enter__(self) -> "NetworkPasses":
+        network = self.module.network
+        self._handles = [
+            network.encoder.register_forward_hook(lambda m, args, out: self.encoder_inputs.append(args[0])),
+            network.decoder.register_forward_hook(lambda m, args, out: self.decoder_rows.append(args[0][0].shape[0])),
+        ]
+        self.module.step_observers.append(self.contexts.append)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.module.step_observers.remove(self.contexts.append)

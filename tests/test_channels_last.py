@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_sets
+from helpers import NetworkPasses, tiny_sets
 
 TASKS = ["contrastive", "order", "reconstruct", "neighbor"]
 
@@ -63,13 +63,13 @@ def test_channels_last_converts_weights_and_views(tiny_cache):
     convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     dataset = SequenceDataset(tiny_cache, trainer.sequence_length)
-    seen = []
-    module.step_observers.append(seen.append)
-    outcome = trainer.step([collate_sequences([dataset[0], dataset[1]])], 0)
+    with NetworkPasses(module) as passes:
+        outcome = trainer.step([collate_sequences([dataset[0], dataset[1]])], 0)
     assert not outcome.skipped
-    ctx = seen[-1]
-    assert all(ctx.view(v).images.is_contiguous(memory_format=torch.channels_last) for v in ctx.encoder_calls)
+    [ctx] = passes.contexts
     # one encoder + decoder pass on the shared (masked) view serves every task
-    assert dict(ctx.encoder_calls) == {"sequence": 1}
-    assert dict(ctx.decoder_calls) == {"sequence": 1}
+    assert ctx.encoded_views == ctx.decoded_views == ("sequence",)
+    assert len(passes.encoder_inputs) == 1 and passes.encoder_inputs[0] is ctx.view("sequence").images
+    assert passes.encoder_inputs[0].is_contiguous(memory_format=torch.channels_last)
+    assert passes.decoder_rows == [2]  # one slice of each of the 2 sequences
     assert ctx.decoder_rows is not None and ctx.decode("sequence").is_contiguous(memory_format=torch.channels_last)

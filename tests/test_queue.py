@@ -12,12 +12,12 @@ from ssmtl.api.queue import KeyQueue
 class ListFifo:
     """Reference FIFO: a Python list of rows, oldest first, trimmed to the newest ``size``.
 
-    Starts full with the queue's initial (random, metadata -1) rows, as the queue does.
+    Starts full with the queue's initial (random, position -1) rows, as the queue does.
     """
 
     def __init__(self, initial_keys: torch.Tensor):
         self.size = initial_keys.shape[0]
-        self.rows: list[tuple] = [(initial_keys[i].clone(), -1.0, -1) for i in range(self.size)]
+        self.rows: list[tuple] = [(initial_keys[i].clone(), -1.0) for i in range(self.size)]
 
     def enqueue(self, rows: list[tuple]) -> None:
         self.rows = (self.rows + list(rows))[-self.size:]
@@ -32,10 +32,9 @@ def _check_against_reference(queue: KeyQueue, ref: ListFifo) -> None:
     """The queue read from its pointer (the oldest slot, next to be overwritten) equals the list."""
     size = queue.size
     order = [(int(queue.pointer) + i) % size for i in range(size)]
-    for slot, (key, position, owner) in zip(order, ref.rows):
+    for slot, (key, position) in zip(order, ref.rows):
         torch.testing.assert_close(queue.keys[slot], key)
         assert queue.positions[slot].item() == pytest.approx(position)
-        assert queue.owner[slot].item() == owner
 
 
 def test_initial_state():
@@ -44,8 +43,8 @@ def test_initial_state():
     assert q.keys.shape == (10, 4)
     torch.testing.assert_close(q.keys.norm(dim=1), torch.ones(10))
     assert int(q.pointer) == 0
-    assert (q.positions == -1).all() and (q.owner == -1).all()
-    assert set(dict(q.named_buffers())) == {"keys", "positions", "owner", "pointer"}
+    assert (q.positions == -1).all()
+    assert set(dict(q.named_buffers())) == {"keys", "positions", "pointer"}
 
 
 def test_rejects_empty_queue():
@@ -80,12 +79,10 @@ def test_batch_larger_than_k_keeps_newest():
     q = KeyQueue(5, 2)
     keys = _keys(3, 8, 2)
     positions = torch.linspace(0, 1, 8)
-    owner = torch.arange(8)
-    q.enqueue(keys, positions, owner)
+    q.enqueue(keys, positions)
     # only keys 3..7 survive; they are written from the pointer (0) on
     torch.testing.assert_close(q.keys, keys[3:])
     torch.testing.assert_close(q.positions, positions[3:])
-    assert q.owner.tolist() == [3, 4, 5, 6, 7]
     assert int(q.pointer) == 0
 
 
@@ -93,31 +90,29 @@ def test_batch_larger_than_k_from_nonzero_pointer_matches_reference():
     q = KeyQueue(5, 2)
     ref = ListFifo(q.keys)
     first = _keys(0, 2, 2)
-    q.enqueue(first, torch.tensor([0.1, 0.2]), torch.tensor([0, 0]))
-    ref.enqueue([(first[i], p, 0) for i, p in enumerate([0.1, 0.2])])
+    q.enqueue(first, torch.tensor([0.1, 0.2]))
+    ref.enqueue([(first[i], p) for i, p in enumerate([0.1, 0.2])])
     big = _keys(1, 7, 2)
     pos = torch.linspace(0.3, 0.9, 7)
-    q.enqueue(big, pos, torch.full((7,), 1))
-    ref.enqueue([(big[i], pos[i].item(), 1) for i in range(7)])
+    q.enqueue(big, pos)
+    ref.enqueue([(big[i], pos[i].item()) for i in range(7)])
     _check_against_reference(q, ref)
 
 
-def test_positions_and_owner_recorded_and_default_to_minus_one():
+def test_positions_recorded_and_default_to_minus_one():
     q = KeyQueue(6, 2)
-    q.enqueue(_keys(0, 3, 2), torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1, 1, 1]))
+    q.enqueue(_keys(0, 3, 2), torch.tensor([0.0, 0.5, 1.0]))
     assert q.positions[:3].tolist() == [0.0, 0.5, 1.0]
-    assert q.owner[:3].tolist() == [1, 1, 1]
-    # a later batch without metadata overwrites those slots' metadata with -1 after wrap
+    # a later batch without positions overwrites those slots' positions with -1 after wrap
     q.enqueue(_keys(1, 5, 2))
     assert q.positions.tolist() == [-1.0, -1.0, 1.0, -1.0, -1.0, -1.0]
-    assert q.owner.tolist() == [-1, -1, 1, -1, -1, -1]
 
 
 def test_enqueue_casts_dtypes():
     q = KeyQueue(4, 2)
-    q.enqueue(_keys(0, 2, 2).double(), torch.tensor([1, 0]), torch.tensor([2, 3], dtype=torch.int32))
-    assert q.keys.dtype == torch.float32 and q.positions.dtype == torch.float32 and q.owner.dtype == torch.long
-    assert q.positions[:2].tolist() == [1.0, 0.0] and q.owner[:2].tolist() == [2, 3]
+    q.enqueue(_keys(0, 2, 2).double(), torch.tensor([1, 0]))
+    assert q.keys.dtype == torch.float32 and q.positions.dtype == torch.float32
+    assert q.positions[:2].tolist() == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("size,batches", [(10, [4, 4, 4, 4]), (7, [3, 1, 5, 2, 9, 7, 6]), (4, [1] * 9), (3, [3, 3])])
@@ -129,9 +124,8 @@ def test_random_sequence_matches_list_reference(size, batches):
     for i, n in enumerate(batches):
         keys = _keys(100 + i, n, dim)
         pos = torch.rand(n, generator=g)
-        owner = torch.randint(0, 4, (n,), generator=g)
-        q.enqueue(keys, pos, owner)
-        ref.enqueue([(keys[j], pos[j].item(), int(owner[j])) for j in range(n)])
+        q.enqueue(keys, pos)
+        ref.enqueue([(keys[j], pos[j].item()) for j in range(n)])
         _check_against_reference(q, ref)
 
 
@@ -144,9 +138,9 @@ def test_enqueue_is_not_tracked_by_autograd():
 
 def test_state_dict_round_trip_keeps_pointer():
     q = KeyQueue(5, 2)
-    q.enqueue(_keys(0, 3, 2), torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1, 0]))
+    q.enqueue(_keys(0, 3, 2), torch.tensor([0.1, 0.2, 0.3]))
     r = KeyQueue(5, 2)
     r.load_state_dict(q.state_dict())
     assert int(r.pointer) == 3
     torch.testing.assert_close(r.keys, q.keys)
-    assert r.owner.tolist() == q.owner.tolist()
+    assert r.positions.tolist() == q.positions.tolist()

@@ -59,3 +59,16 @@ def test_decoder_tasks_say_so():
 
 def test_every_variant_names_a_builtin_task():
     assert {name for name, _ in VARIANTS} == set(BUILTIN_TASKS)
+
+
+def test_only_contrastive_with_sync_bn_needs_sync_batchnorm():
+    from ssmtl.api import NetworkInfo
+
+    info = NetworkInfo(in_channels=1, encoder_channels=(4, 8, 16), decoder_channels=4, depth=2)
+    registry = build_registry(external=True)  # the example rotation plugin keeps the default
+    declared = {name: spec.factory(spec.config_model(), info).needs_sync_batchnorm for name, spec in registry.tasks.items()}
+    assert declared == {name: False for name in registry.tasks} and "rotation" in declared
+    contrastive = registry.tasks["contrastive"]
+    for mode, expected in (("sync", True), ("shuffle", False), ("none", False)):
+        task = contrastive.factory(contrastive.config_model(bn_mode=mode), info)
+        assert task.needs_sync_batchnorm is expected

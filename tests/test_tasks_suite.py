@@ -28,6 +28,8 @@ from ssmtl.core.registry import BUILTIN_PLUGINS, get_registry
 from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
 from ssmtl.plugins.tasks import local_contrastive, neighbor, position, reconstruct
 
+from helpers import NetworkPasses
+
 SIZE = 32
 SMALL = {"model.base_channels": 8, "model.depth": 2, "seed": 0}
 NEW_TASKS = ("reconstruct", "neighbor", "position", "local-contrastive")
@@ -279,9 +281,14 @@ def test_reconstruct_loss_is_the_masked_error_on_the_decoded_rows(where, policy)
     task = module.tasks["reconstruct"]
     torch.manual_seed(0)
     ctx = module.context(make_batch(b=4, k=3))
-    out = task(ctx)
+    with NetworkPasses(module) as passes:
+        out = task(ctx)
     name = "sequence" if where == "shared" else "reconstruct/masked"
     view = ctx.view(name)
+    # one encoder and one decoder pass, on the masked view's rows the decoder takes
+    assert len(passes.encoder_inputs) == 1 and passes.encoder_inputs[0] is view.images
+    assert passes.decoder_rows == [12 if policy == "all" else 4]
+    assert ctx.encoded_views == ctx.decoded_views == (name,)
     rows = torch.arange(12) if policy == "all" else ctx.decoder_rows
     if policy == "one":
         assert torch.equal(rows // 3, torch.arange(4))  # one slice of each sequence
@@ -292,7 +299,6 @@ def test_reconstruct_loss_is_the_masked_error_on_the_decoded_rows(where, policy)
     mask = view.mask[rows]
     assert pred.shape[0] == (12 if policy == "all" else 4)
     assert out.loss.item() == pytest.approx((err[mask]).mean().item(), rel=1e-5)
-    assert ctx.decoder_calls[name] == 1
 
 
 @pytest.mark.parametrize(
@@ -562,15 +568,16 @@ def test_all_tasks_share_one_encoder_pass_per_view(where):
     k = sequence_length(config, module.tasks)
     assert k == 3
     torch.manual_seed(0)
-    seen = []
-    module.step_observers.append(seen.append)
-    total, losses, weights, metrics = module(make_batch(k=k), 0)
-    ctx = seen[-1]
-    calls = ctx.encoder_calls
+    with NetworkPasses(module) as passes:
+        total, losses, weights, metrics = module(make_batch(k=k), 0)
+    [ctx] = passes.contexts
     expected = {"sequence", "sequence_b"} | ({"reconstruct/masked"} if where == "separate" else set())
-    assert set(calls) == expected and set(ctx.decoder_calls) == expected
-    assert all(v == 1 for v in calls.values()), dict(calls)
-    assert all(v == 1 for v in ctx.decoder_calls.values()), dict(ctx.decoder_calls)
+    assert set(ctx.encoded_views) == expected and set(ctx.decoded_views) == expected
+    # every view through the encoder exactly once (the very images of the view), and the
+    # decoder once per view, on one slice per sequence: however many of the six tasks ask
+    assert len(passes.encoder_inputs) == len(expected)
+    assert {id(x) for x in passes.encoder_inputs} == {id(ctx.view(v).images) for v in expected}
+    assert passes.decoder_rows == [make_batch(k=k).batch_size] * len(expected)
     assert ctx.decoder_rows is not None and ctx.decode("sequence").shape[0] == make_batch(k=k).batch_size
     assert losses.shape == (6,) and torch.isfinite(losses).all()
     assert {"local-contrastive/acc", "position/mae", "reconstruct/masked_l1"} <= set(metrics)
@@ -608,10 +615,10 @@ def test_decoder_slices_one_is_overridden_by_a_task_that_needs_every_slice():
     policy, notes = module.decoder_slices, module.notes
     assert policy == "all" and notes == ["train.decoder_slices=one ignored: task(s) neighbor need the decoder on every slice of a sequence"]
     batch = make_batch(b=2, k=3)
-    seen = []
-    module.step_observers.append(seen.append)
-    total, *_ = module(batch, 0)
-    assert seen[-1].decode("sequence").shape[0] == 6  # every slice of 2 x 3
+    with NetworkPasses(module) as passes:
+        total, *_ = module(batch, 0)
+    assert passes.decoder_rows == [6]  # every slice of 2 x 3
+    assert passes.contexts[0].decode("sequence").shape[0] == 6
 
 
 def test_view_transform_of_an_unknown_view_is_refused():

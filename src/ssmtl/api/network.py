@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from einops import reduce
 from torch import nn
 
 
@@ -35,7 +36,7 @@ class NetworkOutput:
 
 def global_pool(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C) average pooling, the input of every encoder-level head."""
-    return features.mean(dim=(-2, -1))
+    return reduce(features, "n c h w -> n c", "mean")
 
 
 class SharedNetwork(Protocol):

@@ -58,6 +58,10 @@ class PretextTask(nn.Module, ABC):
             (``{"encoder"}`` or ``{"encoder", "decoder"}``). The engine freezes the
             decoder when no enabled task trains it, so DDP never sees unused
             parameters.
+
+    What a task needs from the engine, it declares (the engine never reads a task's
+    config): ``trains`` above, ``sequence_length``, ``decodes_every_slice`` and
+    ``needs_sync_batchnorm`` below.
     """
 
     trains: ClassVar[frozenset[str]] = frozenset({"encoder"})
@@ -96,6 +100,14 @@ class PretextTask(nn.Module, ABC):
         """True when the task needs decoder features of every slice of a sequence (e.g.
         to predict the middle slice from both neighbours); the engine then ignores
         ``train.decoder_slices="one"`` and says so."""
+        return False
+
+    @property
+    def needs_sync_batchnorm(self) -> bool:
+        """True when the task needs batch statistics shared across processes: with more
+        than one process the engine then converts every BatchNorm of the shared network
+        and of all tasks to ``SyncBatchNorm`` (e.g. ``contrastive`` with ``bn_mode="sync"``,
+        MoCo's alternative to shuffle-BN). Default False."""
         return False
 
     def setup(self, network: "SharedNetwork") -> None:

@@ -26,12 +26,12 @@ per-slice tensor. Dense tasks take their targets through it.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Callable, Mapping
 
 import torch
+from einops import rearrange
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.network import SharedNetwork, global_pool
@@ -58,7 +58,8 @@ class SequenceBatch:
         return SequenceBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.slices, self.positions, self.volume, self.slice_index)))
 
     def flat_positions(self) -> torch.Tensor:
-        return self.positions.reshape(-1)
+        """(B*k,) positions, in the row order of every view."""
+        return rearrange(self.positions, "b k -> (b k)")
 
 
 @dataclass
@@ -80,8 +81,9 @@ DECODER_SLICES = ("all", "one")
 
 def _raw(ctx: "StepContext") -> View:
     b = ctx.batch
-    x = b.slices.reshape(-1, 1, *b.slices.shape[-2:])
-    return View(images=x, theta=None, group=b.sequence_length)
+    # the k slices of a sequence become k consecutive rows of one channel each
+    images = rearrange(b.slices, "b k h w -> (b k) 1 h w")
+    return View(images=images, theta=None, group=b.sequence_length)
 
 
 def _augmented(ctx: "StepContext") -> View:
@@ -143,9 +145,6 @@ class StepContext:
         self._views: dict[str, View] = {}
         self._encoded: dict[str, list[torch.Tensor]] = {}
         self._decoded: dict[str, torch.Tensor] = {}
-        # observable sharing, used by tests and benchmarks: network passes per view this step
-        self.encoder_calls: Counter[str] = Counter()
-        self.decoder_calls: Counter[str] = Counter()
 
     def view(self, name: str) -> View:
         if name not in self._views:
@@ -162,7 +161,6 @@ class StepContext:
     def encode(self, name: str) -> list[torch.Tensor]:
         """Multi-scale encoder features of a view (full resolution first)."""
         if name not in self._encoded:
-            self.encoder_calls[name] += 1
             self._encoded[name] = self.network.encoder(self.view(name).images)
         return self._encoded[name]
 
@@ -189,12 +187,21 @@ class StepContext:
         """Full-resolution decoder features of a view (reuses its encoder pass), for the
         rows ``decoder_rows`` selects: (N, C, H, W), or (B, C, H, W) with one slice per sequence."""
         if name not in self._decoded:
-            self.decoder_calls[name] += 1
             feats = self.encode(name)
             if self.decoder_rows is not None:
                 feats = [f.index_select(0, self.decoder_rows).contiguous(memory_format=self.memory_format) for f in feats]
             self._decoded[name] = self.network.decoder(feats)
         return self._decoded[name]
+
+    @property
+    def encoded_views(self) -> tuple[str, ...]:
+        """Names of the views the encoder has run on so far this step, in the order first asked."""
+        return tuple(self._encoded)
+
+    @property
+    def decoded_views(self) -> tuple[str, ...]:
+        """Names of the views the decoder has run on so far this step, in the order first asked."""
+        return tuple(self._decoded)
 
     def pooled(self, name: str) -> torch.Tensor:
         """Globally pooled bottleneck features, (N, C)."""

@@ -71,7 +71,7 @@ class Trainer(TrainingLoop):
             global_batch=config.train.batch_size * accelerator.num_processes,
         )
         self.notes = module.notes + [note for task in module.tasks.values() for note in task.on_data(info)]
-        if any(getattr(t.config, "bn_mode", None) == "sync" for t in module.tasks.values()) and accelerator.num_processes > 1:
+        if any(t.needs_sync_batchnorm for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if config.train.channels_last:
             module.use_channels_last()

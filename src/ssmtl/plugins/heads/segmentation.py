@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange, reduce
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
@@ -51,12 +52,15 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float) ->
     """
     num_classes = logits.shape[1]
     probs = logits.float().softmax(dim=1)
-    one_hot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
-    intersection = (probs * one_hot).sum(dims)
-    denominator = probs.sum(dims) + one_hot.sum(dims)
+    one_hot = rearrange(F.one_hot(target, num_classes), "n h w c -> n c h w").to(probs.dtype)
+
+    def per_class(x: torch.Tensor) -> torch.Tensor:
+        return reduce(x, "n c h w -> c", "sum")
+
+    intersection = per_class(probs * one_hot)
+    denominator = per_class(probs) + per_class(one_hot)
     dice = (2 * intersection + smooth) / (denominator + smooth)
-    present = one_hot.sum(dims) > 0
+    present = per_class(one_hot) > 0
     present[0] = False  # background is not scored
     if not bool(present.any()):
         return probs.sum() * 0.0  # keeps the graph (and the dtype) without contributing

@@ -32,6 +32,7 @@ import copy
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
@@ -46,7 +47,6 @@ from ssmtl.api import (
     multi_positive_info_nce,
     NetworkInfo,
     PretextTask,
-    rank,
     SharedNetwork,
     shuffle_bn_forward,
     StepContext,
@@ -89,6 +89,10 @@ class ContrastiveTask(PretextTask):
     @property
     def sequence_length(self) -> int:
         return 2 if self.config.positives == "neighbors" else 1
+
+    @property
+    def needs_sync_batchnorm(self) -> bool:
+        return self.config.bn_mode == "sync"
 
     def setup(self, network: SharedNetwork) -> None:
         self.key_encoder = copy.deepcopy(network.encoder)
@@ -135,10 +139,9 @@ class ContrastiveTask(PretextTask):
             return None, None
         b, k = ctx.batch.batch_size, ctx.batch.sequence_length
         device = ctx.batch.slices.device
+        q = torch.arange(b * k, device=device)
         if self.config.query_slices == "center":
-            q = torch.arange(b, device=device) * k + k // 2
-        else:
-            q = torch.arange(b * k, device=device)
+            q = rearrange(q, "(b k) -> b k", k=k)[:, k // 2]  # the row of each sequence's centre slice
         if self.config.positives != "neighbors":
             return q, q
         j = q % k
@@ -172,8 +175,7 @@ class ContrastiveTask(PretextTask):
             accuracy = (pos_logit > neg_max).float().mean()
             gathered = concat_all_gather(keys.float())
             gathered_pos = concat_all_gather(key_positions.float())
-            owner = concat_all_gather(torch.full((keys.shape[0],), rank(), device=keys.device, dtype=torch.long))
-            self.queue.enqueue(gathered, gathered_pos, owner)
+            self.queue.enqueue(gathered, gathered_pos)
         return TaskOutput(loss=loss, metrics={"acc": accuracy})
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ import math
 from typing import Literal
 
 import torch
+from einops import rearrange, repeat
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
@@ -68,7 +69,8 @@ def sample_points(n: int, num_points: int, sampling: str, device) -> torch.Tenso
         g = max(2, int(round(math.sqrt(num_points))))
         centres = (2 * torch.arange(g, device=device, dtype=torch.float32) + 1) / g - 1
         yy, xx = torch.meshgrid(centres, centres, indexing="ij")
-        return torch.stack([xx, yy], dim=-1).reshape(1, g * g, 2).expand(n, -1, -1).contiguous()
+        # every image gets the same g x g cell centres, row by row
+        return repeat(torch.stack([xx, yy], dim=-1), "gy gx xy -> n (gy gx) xy", n=n).contiguous()
     return torch.rand(n, num_points, 2, device=device) * 2 - 1
 
 
@@ -79,13 +81,13 @@ def map_points(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
 
 def sample_features(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of (n, C, H, W) at (n, P, 2) normalised points -> (n, C, P, 1)."""
-    grid = points.to(features.dtype).unsqueeze(2)
+    grid = rearrange(points.to(features.dtype), "n p xy -> n p 1 xy")  # the points as a P x 1 sampling grid
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _positive_log_probs(za: torch.Tensor, zb: torch.Tensor, valid: torch.Tensor, temperature: float, negatives: str):
     """log p(positive) and whether the positive is the top key, for every kept query."""
-    n, p, d = za.shape
+    n, p, _ = za.shape
     two = 2 * p
     z = torch.cat([za, zb], dim=1).float()  # (n, 2P, D): view-a points, then view-b points
     v = torch.cat([valid, valid], dim=1)
@@ -96,16 +98,15 @@ def _positive_log_probs(za: torch.Tensor, zb: torch.Tensor, valid: torch.Tensor,
         keep = v[:, None, :] & (idx[:, None] != idx[None, :])[None]
         logits = logits.masked_fill(~keep, _MASKED)
         log_prob = logits - logits.logsumexp(dim=2, keepdim=True)
-        pos_index = pos.view(1, two, 1).expand(n, two, 1)
-        lp = log_prob.gather(2, pos_index).squeeze(2)
+        lp = log_prob.gather(2, repeat(pos, "q -> n q 1", n=n)).squeeze(2)
         top = logits.argmax(dim=2) == pos[None]
         return lp[v], top[v]
-    flat = z.reshape(n * two, d)
-    kept = v.reshape(-1).nonzero().squeeze(1)
+    flat = rearrange(z, "n q d -> (n q) d")
+    kept = rearrange(v, "n q -> (n q)").nonzero().squeeze(1)
     m = kept.numel()
     remap = torch.full((n * two,), -1, dtype=torch.long, device=z.device)
     remap[kept] = torch.arange(m, device=z.device)
-    global_pos = (torch.arange(n, device=z.device)[:, None] * two + pos[None]).reshape(-1)
+    global_pos = rearrange(torch.arange(n, device=z.device)[:, None] * two + pos[None], "n q -> (n q)")
     pos_kept = remap[global_pos[kept]]
     zk = flat[kept]
     logits = zk @ zk.t() / temperature
@@ -150,8 +151,8 @@ class LocalContrastiveTask(PretextTask):
         )
 
     def _embed(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        sampled = sample_features(features, points)  # (n, C, P, 1)
-        z = self.projection(sampled).squeeze(3).transpose(1, 2)  # (n, P, D)
+        sampled = sample_features(features, points)
+        z = rearrange(self.projection(sampled), "n d p 1 -> n p d")
         return F.normalize(z.float(), dim=2)
 
     def forward(self, ctx: StepContext) -> TaskOutput:

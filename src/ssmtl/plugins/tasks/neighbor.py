@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange, repeat
 from pydantic import Field
 from torch import nn
 
@@ -119,18 +120,19 @@ class NeighborTask(PretextTask):
         if k < self.sequence_length:
             raise SsmtlError(f"neighbor: mode {self.config.mode!r} needs sequences of {self.sequence_length} slices, got {k}")
         feats = ctx.decode("sequence")
-        n, c, h, w = feats.shape
+        h, w = feats.shape[-2:]
         if self.config.mode == "next":
             rows = ctx.decoder_rows  # the slices decoded this step (None: all of them)
             index = torch.arange(b * k, device=feats.device) if rows is None else rows
             step, partner = next_pairs(index, k)
-            direction = step.to(feats.dtype).view(n, 1, 1, 1).expand(n, 1, h, w)
+            direction = repeat(step.to(feats.dtype), "n -> n 1 h w", h=h, w=w)
             return torch.cat([feats, direction], dim=1), _aligned(ctx, partner)  # only the targets it needs
-        aligned = _aligned(ctx)
-        seq = feats.view(b, k, c, h, w)
-        pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2).reshape(-1, 2 * c, h, w)
-        target = aligned.view(b, k, -1, h, w)[:, 1:-1].reshape(-1, aligned.shape[1], h, w)
-        return pair, target
+        seq = rearrange(feats, "(b k) c h w -> b k c h w", b=b)
+        aligned = rearrange(_aligned(ctx), "(b k) c h w -> b k c h w", b=b)
+        # slice i's input: the features of i-1 and i+1 stacked on channels; every inner i
+        pair = torch.cat([seq[:, :-2], seq[:, 2:]], dim=2)
+        target = aligned[:, 1:-1]
+        return rearrange(pair, "b k c h w -> (b k) c h w"), rearrange(target, "b k c h w -> (b k) c h w")
 
     def forward(self, ctx: StepContext) -> TaskOutput:
         inputs, target = self.prepare(ctx)

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from einops import rearrange
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
@@ -86,10 +87,10 @@ class OrderTask(PretextTask):
         b, k = ctx.batch.batch_size, ctx.batch.sequence_length
         n = self.config.num_slices
         start = (k - n) // 2  # the centred sub-sequence when the data has more slices
-        feats = ctx.pooled("sequence").view(b, k, -1)[:, start:start + n]
+        feats = rearrange(ctx.pooled("sequence"), "(b k) c -> b k c", b=b)[:, start:start + n]
         labels = torch.randint(len(self.permutations), (b,), device=feats.device)
         shuffled = apply_permutation(feats, self.permutations[labels])
-        logits = self.head(shuffled.reshape(b, -1))
+        logits = self.head(rearrange(shuffled, "b k c -> b (k c)"))  # the slices' features side by side
         loss = F.cross_entropy(logits.float(), labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean().detach()
         return TaskOutput(loss=loss, metrics={"acc": accuracy})

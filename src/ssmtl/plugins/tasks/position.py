@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
@@ -59,7 +60,7 @@ def position_loss(
     output = output.float()
     if mode == "classify":
         return F.cross_entropy(output, position_bins(positions, bins))
-    pred = torch.sigmoid(output.reshape(-1))
+    pred = torch.sigmoid(rearrange(output, "n 1 -> n"))
     target = positions.float().reshape(-1)
     if loss == "mse":
         return F.mse_loss(pred, target)
@@ -85,7 +86,7 @@ class PositionTask(PretextTask):
         loss = position_loss(output, positions, c.mode, c.loss, c.beta, c.bins)
         with torch.no_grad():
             if c.mode == "regress":
-                metrics = {"mae": (torch.sigmoid(output.float().reshape(-1)) - positions.float()).abs().mean()}
+                metrics = {"mae": (torch.sigmoid(rearrange(output.float(), "n 1 -> n")) - positions.float()).abs().mean()}
             else:
                 metrics = {"acc": (output.argmax(dim=1) == position_bins(positions, c.bins)).float().mean()}
         return TaskOutput(loss=loss, metrics=metrics)

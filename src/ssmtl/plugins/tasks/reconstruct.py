@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+from einops import rearrange, repeat
 from pydantic import Field
 from torch import nn
 
@@ -97,7 +98,7 @@ def _grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
 def _cells_to_pixels(cells: torch.Tensor, gh: int, gw: int, patch_size: int, height: int, width: int) -> torch.Tensor:
     """(N, gh*gw) bool -> (N, 1, H, W) bool; the margin outside the grid is False."""
     n = cells.shape[0]
-    m = cells.view(n, 1, gh, gw).repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+    m = repeat(cells, "n (gh gw) -> n 1 (gh p1) (gw p2)", gh=gh, p1=patch_size, p2=patch_size)
     out = torch.zeros((n, 1, height, width), dtype=torch.bool, device=cells.device)
     out[:, :, : gh * patch_size, : gw * patch_size] = m
     return out
@@ -145,10 +146,10 @@ def swap_patches(images: torch.Tensor, num_swaps: int, patch_size: int) -> tuple
     source.scatter_(1, second, first)
     p = patch_size
     crop = images[:, :, : gh * p, : gw * p]
-    patches = crop.reshape(n, c, gh, p, gw, p).permute(0, 1, 2, 4, 3, 5).reshape(n, c, cells, p, p)
-    index = source.view(n, 1, cells, 1, 1).expand(n, c, cells, p, p)
+    patches = rearrange(crop, "n c (gh p1) (gw p2) -> n c (gh gw) p1 p2", p1=p, p2=p)
+    index = repeat(source, "n cells -> n c cells p1 p2", c=c, p1=p, p2=p)
     moved = torch.gather(patches, 2, index)
-    moved = moved.reshape(n, c, gh, gw, p, p).permute(0, 1, 2, 4, 3, 5).reshape(n, c, gh * p, gw * p)
+    moved = rearrange(moved, "n c (gh gw) p1 p2 -> n c (gh p1) (gw p2)", gh=gh)
     out = images.clone()
     out[:, :, : gh * p, : gw * p] = moved
     changed = torch.zeros(n, cells, dtype=torch.bool, device=images.device)
