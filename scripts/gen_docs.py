@@ -190,10 +190,11 @@ def _section_rows(model: dict[str, Any], prefix: str) -> list[list[str]]:
 
 
 def config_reference() -> str:
-    from ssmtl.pretrain.config import DEFAULT_TASKS, run_config_schema
+    from ssmtl.pretrain.config import default_tasks, run_config_schema
     from ssmtl.core.registry import build_registry
 
-    schema = run_config_schema(build_registry(external=False))
+    registry = build_registry(external=False)
+    schema = run_config_schema(registry)
     defs = schema["$defs"]
     header = ["key", "type", "default", "constraint", "description"]
     lines = [
@@ -235,7 +236,7 @@ def config_reference() -> str:
     lines += [
         "## tasks", "",
         escape(tasks.get("description", "")) + " A table keyed by task name; listing a task enables it "
-        f"(default: {', '.join(code(t) for t in DEFAULT_TASKS)}). Each task has its own options, set as "
+        f"(default: {', '.join(code(t) for t in default_tasks(registry))}). Each task has its own options, set as "
         "`tasks.NAME.OPTION`; `weight` and `warmup_steps` exist for every task. What each task does: "
         "[pretext tasks](tasks.md).", "",
     ]

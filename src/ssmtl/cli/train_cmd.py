@@ -56,7 +56,7 @@ def finetune(
     seed: int = typer.Option(0, "--seed", help="Seed for the choice of labeled volumes and training."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the subject-level train/test split (keep it fixed to compare methods)."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing."),
-    head: str = typer.Option("segmentation", "--head", help="Downstream head plugin."),
+    head: Optional[str] = typer.Option(None, "--head", help="Downstream head plugin (default: the head `ssmtl plugins` lists under defaults, built-in: segmentation)."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder and head."),
     class_balance: float = typer.Option(0.0, "--class-balance", help="Fraction of slices sampled class first (a foreground class, then a slice showing it): small structures are seen often enough to be learned. 0: uniform."),

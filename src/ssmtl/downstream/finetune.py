@@ -79,7 +79,7 @@ class FinetuneConfig(BaseModel):
     )
     labeled_seed: int | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
     test_fraction: float = Field(0.3, ge=0, lt=1, description="Fraction of the labeled subjects held out for testing (at least one).")
-    head: str = Field("segmentation", description="Downstream head plugin.")
+    head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
     model: ModelConfig | None = Field(None, description="Network for init='none' (default: ModelConfig defaults). With an export, the export decides.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision.")
@@ -87,6 +87,10 @@ class FinetuneConfig(BaseModel):
     augment: AugmentConfig = Field(default_factory=finetune_augment, description="Random affine (image and label alike) and intensity augmentation.")
     num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    def with_defaults(self, registry) -> "FinetuneConfig":
+        """This config with what it leaves to the plugins (the head) taken from ``registry``."""
+        return self if self.head is not None else self.model_copy(update={"head": registry.default_head()})
 
 
 # -- model ---------------------------------------------------------------------------------
@@ -259,6 +263,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True) -
         from ssmtl.core.registry import get_registry
 
         registry = get_registry()
+    config = config.with_defaults(registry)
     allow_precision(config.mixed_precision)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process

@@ -28,7 +28,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,10 +39,7 @@ from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.rundir import write_json_atomic
 
-MULTITASK = ("contrastive", "order", "position", "reconstruct", "neighbor")
-BUILTIN_METHODS = {"scratch": (), "contrastive": ("contrastive",), "multitask": MULTITASK}
-
-
+SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets
 INIT_PARTS = ("all", "encoder")
 
 
@@ -57,12 +54,13 @@ class Method:
         return bool(self.tasks)
 
 
-def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Method]:
-    """``scratch,contrastive,multitask,NAME=task+task[:encoder]`` -> methods (order kept, names unique).
+def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: Mapping[str, tuple[str, ...]]) -> list[Method]:
+    """``scratch,SET,NAME=task+task[:encoder]`` -> methods (order kept, names unique).
 
-    The right-hand side of ``NAME=`` is a task combination or a built-in method name;
-    a ``:encoder`` suffix fine-tunes from the pre-trained encoder only (random decoder).
+    ``SET`` is a task set of the plugins' defaults; ``NAME=`` takes a task combination, ``scratch``
+    or a SET, and a ``:encoder`` suffix fine-tunes from the pre-trained encoder only (random decoder).
     """
+    named = {SCRATCH: (), **task_sets}
     items = text if isinstance(text, list) else [t for t in text.split(",")]
     methods: list[Method] = []
     for raw in (i.strip() for i in items):
@@ -74,16 +72,16 @@ def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Meth
         if sep:
             if parts not in INIT_PARTS:
                 raise SsmtlError(f"--methods {raw!r}: unknown suffix ':{parts}'; use ':encoder' (load only the pre-trained encoder) or ':all'")
-            if combo.strip() in BUILTIN_METHODS:
-                tasks = BUILTIN_METHODS[combo.strip()]
+            if combo.strip() in named:
+                tasks = named[combo.strip()]
             else:
                 tasks = tuple(t.strip() for t in combo.split("+") if t.strip())
                 if not tasks:
                     raise SsmtlError(f"--methods {raw!r}: name a combination as NAME=task+task")
-        elif name in BUILTIN_METHODS:
-            tasks = BUILTIN_METHODS[name]
+        elif name in named:
+            tasks = named[name]
         else:
-            raise SsmtlError(f"--methods: unknown method {name!r}; use scratch, contrastive, multitask or NAME=task+task")
+            raise SsmtlError(f"--methods: unknown method {name!r}; use {', '.join(named)} or NAME=task+task")
         unknown = [t for t in tasks if t not in available_tasks]
         if unknown:
             raise SsmtlError(f"--methods {raw!r}: unknown task(s) {', '.join(unknown)}; available: {', '.join(sorted(available_tasks))}")
@@ -102,7 +100,7 @@ class BenchmarkConfig(BaseModel):
     data: Path = Field(description="Cache for pre-training (its train subjects).")
     finetune_data: Path | None = Field(None, description="Labeled cache for fine-tuning and testing (default: data).")
     out: Path = Field(description="Benchmark directory (reused across re-runs).")
-    methods: list[str] = Field(default_factory=lambda: ["scratch", "contrastive", "multitask"], description="Methods: scratch, contrastive, multitask, NAME=task+task, NAME=METHOD_OR_TASKS:encoder (fine-tune from the pre-trained encoder only).")
+    methods: list[str] | None = Field(None, description="Methods: scratch, a task set named by the plugins' defaults (built-in: contrastive, multitask), NAME=task+task, NAME=METHOD_OR_TASKS:encoder (fine-tune from the pre-trained encoder only). None: scratch and every task set.")
     labeled_volumes: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Label budgets, in subjects.")
     seeds: int = Field(3, ge=1, le=100, description="Fine-tuning seeds per cell (labeled subjects and initialisation).")
     pretrain_steps: int = Field(500, ge=1, description="Pre-training steps per method.")
@@ -138,12 +136,14 @@ class Benchmark:
     """Runs the protocol; ``log(msg)`` reports each stage."""
 
     def __init__(self, config: BenchmarkConfig, registry, log: Callable[[str], None] = print, progress: bool = False):
+        if config.methods is None:  # scratch and every task set the plugins name
+            config = config.model_copy(update={"methods": [SCRATCH, *registry.defaults.task_sets]})
         self.config = config
         self.registry = registry
         self.log = log
         self.progress = progress
         self.out = Path(config.out)
-        self.methods = parse_methods(config.methods, set(registry.tasks))
+        self.methods = parse_methods(config.methods, set(registry.tasks), registry.defaults.task_sets)
         self.pre_cache = SliceCache(config.data)
         self.ft_path = Path(config.finetune_data or config.data)
         self.ft_cache = SliceCache(self.ft_path)
@@ -151,7 +151,7 @@ class Benchmark:
             raise SsmtlError(f"{self.ft_path}: no labeled volumes to fine-tune and test on")
         # scratch gets exactly the network the pre-trained methods export, and fine-tuning
         # runs at the pre-training precision
-        reference = self._pretrain_config(BUILTIN_METHODS["contrastive"], self.out)
+        reference = self._pretrain_config(next((m.tasks for m in self.methods if m.pretrained), registry.defaults.tasks), self.out)
         self.model_config = reference.model
         self.mixed_precision = reference.train.mixed_precision or "no"
 
@@ -208,7 +208,7 @@ class Benchmark:
             seed=seed, labeled_seed=seed, split_seed=self.config.split_seed,
             freeze_encoder=protocol == "frozen", model=None if init else self.model_config, init_parts=method.init_parts,
             mixed_precision=self.mixed_precision,
-        )
+        ).with_defaults(self.registry)
         settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
         # the head's resolved options too: a changed default of the head plugin is a different cell
         head_spec = self.registry.head(ft.head)
@@ -284,7 +284,7 @@ class Benchmark:
             "test_subjects": test_subjects,
             "class_names": list(cells[0]["per_class"] or {}) if cells else [],
             "cells": cells,
-            "summary": summarise_cells(cells),
+            "summary": summarise_cells(cells, references=(SCRATCH, *filter(None, [self.registry.defaults.baseline]))),
         }
         write_json_atomic(self.out / "results.json", results)
         (self.out / "results.md").write_text(render_markdown(results))
@@ -303,8 +303,8 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
 
 
-def summarise_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs scratch/contrastive."""
+def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (SCRATCH,)) -> list[dict[str, Any]]:
+    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs each reference method."""
     by = {}
     for c in cells:
         by.setdefault((c["protocol"], c["method"], c["labeled_volumes"]), {})[c["seed"]] = c
@@ -317,9 +317,9 @@ def summarise_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"protocol": protocol, "method": method, "labeled_volumes": budget, "seeds": n,
                "dice_mean": mean, "dice_std": std, "hd95_mean": hd_mean, "hd95_std": hd_std,
                "per_class_dice": {k: {"mean": v[0], "std": v[1]} for k, v in per_class.items()}}
-        for reference in ("scratch", "contrastive"):
+        for reference in references:
             ref = by.get(("finetune", reference, budget)) or by.get((protocol, reference, budget))
-            if ref is None or reference == method or method == "scratch":
+            if ref is None or reference == method or method == SCRATCH:
                 continue
             diffs = [seeds[s]["mean_dice"] - ref[s]["mean_dice"] for s in seeds if s in ref
                      and seeds[s]["mean_dice"] is not None and ref[s]["mean_dice"] is not None]
@@ -350,7 +350,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             cells = {r["labeled_volumes"]: r for r in rows if r["method"] == method}
             lines.append(f"| {method} | " + " | ".join(_fmt(cells[b]["dice_mean"], cells[b]["dice_std"]) if b in cells else "–" for b in budgets) + " |")
         lines.append("")
-        for reference in ("scratch", "contrastive"):
+        for reference in dict.fromkeys(key[3:] for r in rows for key in r if key.startswith("vs_")):  # summarise_cells' order
             diff_rows = [r for r in rows if f"vs_{reference}" in r]
             if not diff_rows:
                 continue

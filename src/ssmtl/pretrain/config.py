@@ -44,7 +44,6 @@ from ssmtl.api.tasks import TaskConfig
 ENV_PREFIX = "SSMTL_"
 # SSMTL_* variables that are not config fields
 _NON_CONFIG_ENV = {"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA"}
-DEFAULT_TASKS = ("contrastive", "order")
 
 
 class DataConfig(BaseModel):
@@ -102,7 +101,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     tasks: dict[str, SerializeAsAny[TaskConfig]] = Field(
-        default_factory=lambda: {n: {"name": n} for n in DEFAULT_TASKS},
+        default_factory=lambda: {n: {"name": n} for n in default_tasks()},
         description="Enabled pretext tasks, keyed by name, each with its own options.",
         validate_default=True,
     )
@@ -134,6 +133,11 @@ def _registry(registry):
 
         registry = get_registry()
     return registry
+
+
+def default_tasks(registry=None) -> tuple[str, ...]:
+    """The tasks a run enables when no source names any: the plugins' ``ssmtl_defaults``."""
+    return tuple(_registry(registry).defaults.tasks)
 
 
 def _normalise_tasks(value: Any) -> dict[str, Any]:
@@ -321,7 +325,7 @@ def resolve_run_config(
     registry=None,
 ) -> RunConfig:
     """Merge all sources in precedence order and validate once."""
-    merged: dict[str, Any] = {"tasks": {n: {} for n in DEFAULT_TASKS}}
+    merged: dict[str, Any] = {"tasks": {n: {} for n in default_tasks(registry)}}
     layers: list[dict[str, Any]] = []
     if file is not None:
         layers.append(read_config_file(file))
@@ -354,7 +358,7 @@ def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
     """Validate a merged dict; raise :class:`ConfigError` with one row per problem."""
     registry = _registry(registry)
     data = dict(data)
-    resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in DEFAULT_TASKS}), registry)
+    resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in default_tasks(registry)}), registry)
     data["tasks"] = resolved
     try:
         config = RunConfig.model_validate(data, context={"registry": registry})
