@@ -98,7 +98,9 @@ def _anchor(path: str) -> str:
 def _type_name(param, ctx) -> str:
     if getattr(param, "is_flag", False):
         return "flag"
-    if hasattr(param, "display_type"):  # Typer's own parameters: "<int>", "<list[str]>", "<a|b>"
+    if getattr(param, "metavar", None):  # `cache build`'s dataset options: the field's type
+        name = param.metavar.strip("<>")
+    elif hasattr(param, "display_type"):  # Typer's own parameters: "<int>", "<list[str]>", "<a|b>"
         name = param.display_type(ctx).strip("<>")
     else:
         name = param.type.name
@@ -118,7 +120,9 @@ def cli_reference() -> str:
     import typer.main
 
     from ssmtl.cli.app import app
+    from ssmtl.core.registry import set_default_external
 
+    set_default_external(False)  # built-ins only: `cache build` makes its dataset options from them
     root = typer.main.get_command(app)
     lines = [
         NOTE, "", "# CLI reference", "",
@@ -140,7 +144,8 @@ def cli_reference() -> str:
             rows = [[code(p.name.upper()), _type_name(p, ctx), "required" if p.required else "",
                      cell(getattr(p, "help", None) or "")] for p in arguments]
             lines += ["Arguments:", ""] + table(["argument", "type", "", "description"], rows)
-        options = [p for p in command.params if p.param_type_name == "option" and not p.hidden]
+        help_option = command.get_help_option(ctx)
+        options = [p for p in command.get_params(ctx) if p.param_type_name == "option" and not p.hidden and p is not help_option]
         if options:
             rows = [[", ".join(code(o) for o in [*p.opts, *p.secondary_opts]), _type_name(p, ctx), _default(p), cell(p.help or "")]
                     for p in options]
