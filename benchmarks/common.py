@@ -132,13 +132,13 @@ def run_config(tasks: list[str], sets: list[str], data: Path | None = None, mixe
 
 def accelerator_for(config, device: torch.device):
     """The engine's Accelerator, or a CPU one when ``--device cpu`` is asked on a CUDA machine."""
-    from ssmtl.pretrain.engine import make_accelerator
+    from ssmtl.core.accelerator import make_accelerator
 
     if device.type == "cpu" and torch.cuda.is_available():
         from accelerate import Accelerator
 
         return Accelerator(cpu=True, mixed_precision=config.train.mixed_precision)
-    return make_accelerator(config)
+    return make_accelerator(config.train.mixed_precision)
 
 
 def make_trainer(config, accelerator, num_volumes: int, num_slices: int):

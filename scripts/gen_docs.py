@@ -250,7 +250,47 @@ def config_reference() -> str:
         props = {k: v for k, v in model["properties"].items() if k != "name"}
         lines += [f"### tasks.{name} {{#tasks-{name}}}", ""]  # a stable anchor for links from tasks.md
         lines += table(header, _section_rows({"properties": props}, f"tasks.{name}."))
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines + finetune_reference(header)).rstrip() + "\n"
+
+
+def finetune_reference(header: list[str]) -> list[str]:
+    """The ``ssmtl finetune`` config: the same sources, its own environment prefix."""
+    from ssmtl.downstream.config import FinetuneConfig
+
+    schema = FinetuneConfig.model_json_schema()
+    defs = schema.get("$defs", {})
+    # default factories (the fine-tuning augmentation, the train section) are not in the schema
+    values = FinetuneConfig.model_construct().model_dump(mode="json")
+    for key, prop in schema["properties"].items():
+        if key in values and "$ref" not in prop:
+            prop["default"] = values[key]
+    lines = [
+        "# Fine-tuning configuration {#finetune}", "",
+        "`ssmtl finetune` resolves its `FinetuneConfig` from the same sources, in the same order: the "
+        "defaults below, `--config FILE`, `SSMTL_FINETUNE__*` environment variables "
+        "(`SSMTL_FINETUNE__TRAIN__STEPS=500`), flags, then `--set`. The `train` section is the training "
+        "loop shared with pre-training, with fine-tuning's defaults.", "",
+        "```toml",
+        "# finetune.toml",
+        'data = "data.h5"',
+        'init = "runs/pre"',
+        "labeled_volumes = 2",
+        "[train]",
+        "steps = 500",
+        "lr = 3e-3",
+        "```", "",
+        "## Top level {#finetune-top-level}", "",
+    ]
+    nested = {k for k, v in schema["properties"].items() if "$ref" in v}
+    top = {k: v for k, v in schema["properties"].items() if k not in nested}
+    lines += table(header, _section_rows({"properties": top}, ""))
+    for key in sorted(nested):
+        model = dict(defs[schema["properties"][key]["$ref"].rsplit("/", 1)[-1]])
+        model["properties"] = {k: {**v, "default": values[key][k]} if k in (values.get(key) or {}) else v
+                               for k, v in model["properties"].items()}
+        lines += [f"## {key} {{#finetune-{key}}}", "", escape(" ".join(model.get("description", "").split())), ""]
+        lines += table(header, _section_rows(model, f"{key}."))
+    return lines
 
 
 # -- hook reference: the embedded `ssmtl plugins` output --------------------------------------

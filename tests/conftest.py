@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pytest
 
-from ssmtl.data.cache import CacheWriter
+from ssmtl.data.cache_writer import CacheWriter
 
 CACHE_SIZE = 8  # in-plane size of caches written by `cache_factory`
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 TINY = [
     "--set", "model.base_channels=4",
@@ -45,3 +51,25 @@ def run(cmd: list[str], cwd: Path | None = None, timeout: int = 300) -> subproce
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, f"{' '.join(cmd)}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
     return result
+
+
+def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, done_marker: str = "export") -> None:
+    """Start a run and kill -9 it a random moment after checkpoint ``step`` is published.
+
+    A fast machine may finish the run before the kill lands; then the attempt is
+    repeated with a shorter delay, so the test always exercises a real kill.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for delay_max in (0.2, 0.05, 0.0):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        proc = subprocess.Popen(ssmtl_cmd() + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        target = run_dir / "checkpoints" / f"step-{step:08d}"
+        deadline = time.monotonic() + 120
+        while not target.is_dir() and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(random.uniform(0.0, delay_max))  # somewhere in the next steps, maybe mid-checkpoint
+        proc.send_signal(signal.SIGKILL)
+        if proc.wait() == -signal.SIGKILL and not (run_dir / done_marker).exists():
+            return
+    pytest.fail("the run always finished before it could be killed")

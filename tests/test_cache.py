@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ssmtl.data.build import build_cache
-from ssmtl.data.cache import FORMAT, TMP_PREFIX, CacheWriter, SliceCache, check_output_path
+from ssmtl.data.cache import FORMAT, SliceCache
+from ssmtl.data.cache_writer import TMP_PREFIX, CacheWriter, check_output_path
 from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
 from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry

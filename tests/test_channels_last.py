@@ -48,7 +48,8 @@ def test_channels_last_run_matches_default_layout(tiny_cache, tmp_path):
 
 def test_channels_last_converts_weights_and_views(tiny_cache):
     from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import Trainer, make_accelerator
+    from ssmtl.core.accelerator import make_accelerator
+    from ssmtl.pretrain.engine import Trainer
     from ssmtl.core.registry import build_registry
     from ssmtl.data.sampling import SequenceDataset, collate_sequences
 
@@ -57,14 +58,16 @@ def test_channels_last_converts_weights_and_views(tiny_cache):
         flags={"data.path": str(tiny_cache), "train.batch_size": 2, "train.channels_last": True},
         tasks=TASKS, sets=tiny_sets(TASKS), environ={}, registry=registry,
     )
-    trainer = Trainer(config, registry, make_accelerator(config), num_volumes=4, num_slices=32)
+    trainer = Trainer(config, registry, make_accelerator(config.train.mixed_precision), num_volumes=4, num_slices=32)
     module = trainer.unwrapped
     convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     dataset = SequenceDataset(tiny_cache, trainer.sequence_length)
+    seen = []
+    module.step_observers.append(seen.append)
     outcome = trainer.step([collate_sequences([dataset[0], dataset[1]])], 0)
     assert not outcome.skipped
-    ctx = module.last_context
+    ctx = seen[-1]
     assert all(ctx.view(v).images.is_contiguous(memory_format=torch.channels_last) for v in ctx.encoder_calls)
     # one encoder + decoder pass on the shared (masked) view serves every task
     assert dict(ctx.encoder_calls) == {"sequence": 1}

@@ -13,7 +13,7 @@ import pytest
 from ssmtl.pretrain.config import (
     RunConfig,
     config_to_dict,
-    env_overrides,
+    env_layer,
     resolve_run_config,
     run_config_schema,
     validate_run_config,
@@ -114,7 +114,7 @@ def test_env_tasks_defines_enabled_set_and_keeps_file_options(resolve, tmp_path)
 
 def test_env_ignores_non_config_variables(resolve):
     env = {"SSMTL_PLUGINS": "x", "SSMTL_NO_PLUGINS": "1", "SSMTL_NOT_A_FIELD": "3", "HOME": "/x"}
-    assert env_overrides(env) == {}
+    assert env_layer(env) == {}
     assert resolve(environ=env).train.steps == 1000
 
 

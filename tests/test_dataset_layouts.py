@@ -14,8 +14,8 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import InputFileError
 from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
-from ssmtl.plugins.datasets import itk_io, nifti
-from ssmtl.plugins.datasets.itk import pair_files
+from ssmtl.api import pair_files
+from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.mmwhs import CLASS_NAMES as MMWHS_NAMES
 
 PRE = PreprocessConfig(size=16)
@@ -44,7 +44,7 @@ def test_itk_reader_matches_nifti_export(tmp_path, ext):
                     direction=(-1, 0, 0, 0, 0, 1, 0, -1, 0))
     sitk.WriteImage(sitk.ReadImage(str(path)), str(tmp_path / "a.nii.gz"))
     array, spacing, affine = itk_io.load_image(path)
-    expected, expected_spacing, expected_affine = nifti.load_image(tmp_path / "a.nii.gz")
+    expected, expected_spacing, expected_affine = nifti_io.load_image(tmp_path / "a.nii.gz")
     assert array.dtype == np.float32 and array.shape == expected.shape
     np.testing.assert_allclose(spacing, expected_spacing, rtol=1e-6)
     np.testing.assert_allclose(affine, expected_affine, atol=1e-4)
@@ -54,9 +54,9 @@ def test_itk_reader_matches_nifti_export(tmp_path, ext):
 def test_itk_pairing_follows_the_nifti_rules(tmp_path):
     for name in ("brain1_image.nrrd", "brain1_label.nrrd", "case2.mha", "case2_seg.mha", "notes.txt", "x.raw"):
         (tmp_path / name).write_bytes(b"")
-    pairs = pair_files(tmp_path, tmp_path)
-    assert [(i.name, l.name if l else None) for i, l in pairs] == [("brain1_image.nii", "brain1_label.nii"),
-                                                                  ("case2.nii", "case2_seg.nii")]
+    pairs = pair_files(tmp_path, tmp_path, itk_io.ITK_FILES)
+    assert [(i.name, l.name if l else None) for i, l in pairs] == [("brain1_image.nrrd", "brain1_label.nrrd"),
+                                                                  ("case2.mha", "case2_seg.mha")]
 
 
 def test_itk_dataset_builds(tmp_path, registry):

@@ -15,7 +15,7 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import ConfigError, InputFileError
 from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
-from ssmtl.plugins.datasets import nifti
+from ssmtl.plugins.datasets import nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 
 
@@ -31,7 +31,7 @@ def sitk_reference(folder: Path, tmp: Path):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     sitk.WriteImage(reader.Execute(), str(tmp / "reference.nii.gz"))
-    return nifti.load_image(tmp / "reference.nii.gz")
+    return nifti_io.load_image(tmp / "reference.nii.gz")
 
 
 ORIENTATIONS = {

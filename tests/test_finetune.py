@@ -12,11 +12,12 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from ssmtl.data.cache import CacheWriter
+from ssmtl.data.cache_writer import CacheWriter
 from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.evaluate import evaluate_run, render_comparison_table, render_eval_table
 from ssmtl.core.export import write_export
-from ssmtl.downstream.finetune import FinetuneConfig, run_finetune
+from ssmtl.downstream.config import FinetuneConfig
+from ssmtl.downstream.finetune import run_finetune
 from ssmtl.core.model import ModelConfig, UNet
 from ssmtl.core.registry import build_registry
 
@@ -60,7 +61,9 @@ def cache_path(tmp_path_factory):
 
 
 def _config(cache_path, out, **overrides) -> FinetuneConfig:
-    values = dict(data=cache_path, out=out, model=TINY, steps=30, batch_size=8, lr=3e-3, labeled_volumes=2)
+    train = dict(steps=30, batch_size=8, lr=3e-3)
+    train.update({k: overrides.pop(k) for k in list(overrides) if k in ("steps", "batch_size", "lr", "mixed_precision")})
+    values = dict(data=cache_path, out=out, model=TINY, labeled_volumes=2, train=train)
     values.update(overrides)
     return FinetuneConfig(**values)
 
@@ -256,7 +259,7 @@ def test_segmentation_head_hidden_layer_then_linear_classifier(registry):
 
 def test_augment_pair_moves_image_and_label_together():
     from ssmtl.core.augment import AugmentConfig
-    from ssmtl.downstream.finetune import augment_pair
+    from ssmtl.downstream.data import augment_pair
 
     torch.manual_seed(0)
     label = torch.zeros(4, 32, 32, dtype=torch.long)
@@ -273,7 +276,7 @@ def test_augment_pair_moves_image_and_label_together():
 
 
 def test_slice_weights_match_the_hand_computed_mixture():
-    from ssmtl.downstream.finetune import slice_weights
+    from ssmtl.downstream.data import slice_weights
 
     presence = np.array([  # background, class 1, class 2
         [1, 0, 0],  # background only
@@ -293,7 +296,7 @@ def test_slice_weights_match_the_hand_computed_mixture():
 
 def test_class_balanced_loader_oversamples_the_slices_with_small_structures(cache_path):
     from ssmtl.data.cache import SliceCache
-    from ssmtl.downstream.finetune import LabeledSliceDataset, _loader
+    from ssmtl.downstream.data import LabeledSliceDataset, make_loader
 
     dataset = LabeledSliceDataset(SliceCache(cache_path), [0, 1])
     presence = dataset.class_presence()
@@ -304,8 +307,8 @@ def test_class_balanced_loader_oversamples_the_slices_with_small_structures(cach
     assert np.array_equal(presence, np.concatenate([one_volume, one_volume]))
     counts = {}
     for balance in (0.0, 1.0):
-        config = _config(cache_path, cache_path.parent / "unused", steps=400, batch_size=16, class_balance=balance)
-        labels = torch.cat([lab for _, lab in _loader(dataset, config, world=1)])
+        loader = make_loader(dataset, batches=400, batch_size=16, seed=0, world=1, class_balance=balance)
+        labels = torch.cat([lab for _, lab in loader])
         assert labels.shape == (400 * 16, 32, 32)
         counts[balance] = (labels.flatten(1) == 2).any(dim=1).float().mean().item()
     assert counts[0.0] == pytest.approx(8 / 16, abs=0.03)  # uniform: 4 of 8 slices show the disc

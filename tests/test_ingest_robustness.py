@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_helpers import cache_files, ct_phantom, edit_dicom, invoke, save_nifti, sha, write_dicom_series
 
-from ssmtl.data.cache import TMP_PREFIX
+from ssmtl.data.cache_writer import TMP_PREFIX
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHAPE = (8, 7, 4)

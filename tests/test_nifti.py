@@ -15,7 +15,8 @@ from ssmtl.api.errors import ConfigError, InputFileError
 from ssmtl.data.preprocess import PreprocessConfig, preprocess_volume
 from ssmtl.api.specs import DatasetSpec
 from ssmtl.plugins.datasets import nifti
-from ssmtl.plugins.datasets.nifti import NiftiConfig, NiftiItem, build_source, detect_modality
+from ssmtl.api import detect_modality
+from ssmtl.plugins.datasets.nifti import NiftiConfig, NiftiItem, build_source
 
 # Voxel axes point to patient left and posterior (LPS-like) with 2 mm slices, so
 # canonical RAS reorientation has to flip the first two axes.

@@ -26,7 +26,7 @@ FILE_SUFFIXES = {"json", "jsonl", "h5", "csv", "toml", "yaml", "yml", "md", "png
 
 # (file under src/ssmtl, literal): the same word with another meaning, and why
 NOT_A_PLUGIN = {
-    ("data/cache.py", "position"): "the slice index's column of relative slice positions (HDF5 file format)",
+    ("data/cache_writer.py", "position"): "the slice index's column of relative slice positions (HDF5 file format)",
 }
 
 

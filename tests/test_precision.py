@@ -62,7 +62,7 @@ def test_cuda_channels_last_and_compile(tiny_cache, tmp_path):
 
 def test_one_process_can_train_at_several_precisions(tiny_cache, tmp_path):
     """Accelerate keeps one precision per process; trainings in one process may differ (seen on CUDA)."""
-    from ssmtl.pretrain.engine import allow_precision
+    from ssmtl.core.accelerator import allow_precision
     from accelerate import Accelerator
 
     allow_precision("bf16")

@@ -28,7 +28,7 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.data.verify import verify_cache
 from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.core.registry import build_registry
-from ssmtl.plugins.datasets import itk_io, nifti
+from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 from ssmtl.plugins.datasets.mmwhs import CLASS_NAMES as MMWHS_NAMES
 
@@ -85,7 +85,7 @@ def test_dicom_series_equals_its_nifti_export(ts, dicom_volume, tmp_path):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(ts / "example_ct_dicom")))
     sitk.WriteImage(reader.Execute(), str(tmp_path / "export.nii.gz"))
-    exported, exported_spacing, exported_affine = nifti.load_image(tmp_path / "export.nii.gz")
+    exported, exported_spacing, exported_affine = nifti_io.load_image(tmp_path / "export.nii.gz")
     array, spacing, affine = dicom_volume
     assert array.shape == exported.shape == (512, 512, 20)
     assert spacing == pytest.approx(exported_spacing) and spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
@@ -97,7 +97,7 @@ def test_dicom_series_equals_its_nifti_export(ts, dicom_volume, tmp_path):
 def test_dicom_grid_matches_the_shipped_segmentation(ts, dicom_volume):
     """TotalSegmentator's segmentation of the series (written by another tool, stored LAS) is on our grid."""
     array, _, affine = dicom_volume
-    seg, seg_affine = nifti.read_label_values(ts / "example_seg_dicom.nii.gz")
+    seg, seg_affine = nifti_io.read_label_values(ts / "example_seg_dicom.nii.gz")
     assert seg.shape == array.shape
     np.testing.assert_allclose(seg_affine, affine, atol=1e-3)
     # anatomy under the labels: contrast-enhanced liver and spleen, dense bone in the vertebrae
@@ -150,8 +150,8 @@ def test_contrast_ct_heart_is_bright_after_resampling(ts, registry, tmp_path):
     images.mkdir(), labels.mkdir()
     (images / "heart_ct.nii.gz").symlink_to(ts / "aorta_report" / "example_ct.nii.gz")
     (labels / "heart_ct.nii.gz").symlink_to(ts / "pulmonary_report" / "models" / "heart.nii.gz")
-    raw, _, _ = nifti.load_image(ts / "aorta_report" / "example_ct.nii.gz")
-    heart, _ = nifti.read_label_values(ts / "pulmonary_report" / "models" / "heart.nii.gz")
+    raw, _, _ = nifti_io.load_image(ts / "aorta_report" / "example_ct.nii.gz")
+    heart, _ = nifti_io.read_label_values(ts / "pulmonary_report" / "models" / "heart.nii.gz")
     assert raw[heart == 1].mean() > 250
     out = build_cache(dataset="nifti", dataset_options={"images": str(images), "labels": str(labels)},
                       preprocess=PreprocessConfig(size=64), out=tmp_path / "heart.h5", registry=registry)
@@ -231,7 +231,7 @@ def test_nrrd_reader_equals_its_nifti_export(sample_data, tmp_path):
     source = sample_data / "pyradiomics" / "brain1_image.nrrd"
     sitk.WriteImage(sitk.ReadImage(str(source)), str(tmp_path / "brain1.nii.gz"))
     array, spacing, affine = itk_io.load_image(source)
-    expected, expected_spacing, expected_affine = nifti.load_image(tmp_path / "brain1.nii.gz")
+    expected, expected_spacing, expected_affine = nifti_io.load_image(tmp_path / "brain1.nii.gz")
     np.testing.assert_array_equal(array, expected)
     np.testing.assert_allclose(affine, expected_affine, atol=1e-4)
     assert spacing == pytest.approx(expected_spacing) and spacing == pytest.approx((0.78125, 0.78125, 6.5))

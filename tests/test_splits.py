@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssmtl.data.cache import CacheWriter, SliceCache
+from ssmtl.data.cache import SliceCache
+from ssmtl.data.cache_writer import CacheWriter
 from ssmtl.api.errors import SsmtlError
 from ssmtl.data.splits import choose_labeled, make_split, split_cache, volumes_of
 

@@ -21,7 +21,8 @@ from ssmtl.core.augment import AugmentConfig, make_augmenter
 
 from ssmtl.api.geometry import apply_affine, correspondence
 from ssmtl.pretrain.config import resolve_run_config
-from ssmtl.pretrain.engine import build_pretrain_module, parameter_groups, sequence_length
+from ssmtl.core.optim import parameter_groups
+from ssmtl.pretrain.module import build_pretrain_module, sequence_length
 from ssmtl.api.errors import ConfigError
 from ssmtl.core.registry import builtin_plugins, get_registry
 from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
@@ -562,8 +563,10 @@ def test_all_tasks_share_one_encoder_pass_per_view(where):
     k = sequence_length(config, module.tasks)
     assert k == 3
     torch.manual_seed(0)
+    seen = []
+    module.step_observers.append(seen.append)
     total, losses, weights, metrics = module(make_batch(k=k), 0)
-    ctx = module.last_context
+    ctx = seen[-1]
     calls = ctx.encoder_calls
     expected = {"sequence", "sequence_b"} | ({"reconstruct/masked"} if where == "separate" else set())
     assert set(calls) == expected and set(ctx.decoder_calls) == expected
@@ -606,12 +609,14 @@ def test_decoder_slices_one_is_overridden_by_a_task_that_needs_every_slice():
     policy, notes = module.decoder_slices, module.notes
     assert policy == "all" and notes == ["train.decoder_slices=one ignored: task(s) neighbor need the decoder on every slice of a sequence"]
     batch = make_batch(b=2, k=3)
+    seen = []
+    module.step_observers.append(seen.append)
     total, *_ = module(batch, 0)
-    assert module.last_context.decode("sequence").shape[0] == 6  # every slice of 2 x 3
+    assert seen[-1].decode("sequence").shape[0] == 6  # every slice of 2 x 3
 
 
 def test_view_transform_of_an_unknown_view_is_refused():
-    from ssmtl.pretrain.engine import PretrainModule
+    from ssmtl.pretrain.module import PretrainModule
     from ssmtl.api.errors import SsmtlError
 
     _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])

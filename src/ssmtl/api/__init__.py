@@ -19,8 +19,14 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
 * **Task toolkit**: :func:`info_nce`, :func:`multi_positive_info_nce`,
   :class:`KeyQueue`, :func:`concat_all_gather`, :func:`shuffle_bn_forward`, :func:`rank`,
   :func:`world_size`, :func:`global_pool`, :func:`apply_affine`, :func:`correspondence`.
-* **Dataset toolkit**: file pairing, label mapping, grid checks, subject naming and the
-  :class:`LabeledDatasetConfig` base (see :mod:`ssmtl.api.datasets`).
+* **Dataset toolkit** (see :mod:`ssmtl.api.datasets`): finding files
+  (:class:`FileKind`, :func:`walk_files`), pairing images with labels and naming
+  subjects (:func:`pair_files`, :func:`unique_subjects`), label mapping
+  (:func:`map_labels`, :func:`collect_label_values`, :func:`class_name_table`),
+  grid checks (:func:`spatial_shape`, :func:`check_same_grid`), reorientation
+  (:func:`to_canonical`, :func:`lps_to_canonical`), :func:`detect_modality`, the
+  :class:`LabeledDatasetConfig` / :class:`FolderDatasetConfig` bases, the
+  :class:`ImageLabelItem` volume and :func:`folder_source`.
 
 Names load on first use, so ``import ssmtl`` (and ``ssmtl --help``) stays fast; the
 definitions live in the submodules of this package, which import nothing else from
@@ -74,6 +80,42 @@ _WHERE: dict[str, str] = {
     "to_slices": "datasets.arrays",
     "from_slices": "datasets.arrays",
     "check_finite": "datasets.arrays",
+    "is_hidden": "datasets.files",
+    "check_directory": "datasets.files",
+    "walk_files": "datasets.files",
+    "FileKind": "datasets.files",
+    "LABEL_SUFFIX": "datasets.pairing",
+    "IMAGE_SUFFIX": "datasets.pairing",
+    "subject_name": "datasets.pairing",
+    "image_key": "datasets.pairing",
+    "label_key": "datasets.pairing",
+    "LabelIndex": "datasets.pairing",
+    "split_same_folder": "datasets.pairing",
+    "pair_files": "datasets.pairing",
+    "unique_subjects": "datasets.pairing",
+    "MAX_CLASSES": "datasets.labels",
+    "LabelReader": "datasets.labels",
+    "check_label_values": "datasets.labels",
+    "check_class_names": "datasets.labels",
+    "class_name_table": "datasets.labels",
+    "integer_labels": "datasets.labels",
+    "collect_label_values": "datasets.labels",
+    "map_labels": "datasets.labels",
+    "AFFINE_TOLERANCE_MM": "datasets.grids",
+    "spatial_shape": "datasets.grids",
+    "check_same_grid": "datasets.grids",
+    "LPS_TO_RAS": "datasets.orientation",
+    "affine_from_geometry": "datasets.orientation",
+    "check_affine": "datasets.orientation",
+    "to_canonical": "datasets.orientation",
+    "lps_to_canonical": "datasets.orientation",
+    "detect_modality": "datasets.modality",
+    "CT_DETECTION_PERCENTILE": "datasets.modality",
+    "CT_DETECTION_THRESHOLD": "datasets.modality",
+    "LabeledDatasetConfig": "datasets.config",
+    "FolderDatasetConfig": "datasets.config",
+    "ImageLabelItem": "datasets.sources",
+    "folder_source": "datasets.sources",
     # task toolkit
     "info_nce": "losses",
     "multi_positive_info_nce": "losses",
@@ -117,3 +159,36 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
     from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, VolumeItem, VolumeSource
     from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices
+    from ssmtl.api.datasets.config import FolderDatasetConfig, LabeledDatasetConfig
+    from ssmtl.api.datasets.files import FileKind, check_directory, is_hidden, walk_files
+    from ssmtl.api.datasets.grids import AFFINE_TOLERANCE_MM, check_same_grid, spatial_shape
+    from ssmtl.api.datasets.labels import (
+        MAX_CLASSES,
+        LabelReader,
+        check_class_names,
+        check_label_values,
+        class_name_table,
+        collect_label_values,
+        integer_labels,
+        map_labels,
+    )
+    from ssmtl.api.datasets.modality import CT_DETECTION_PERCENTILE, CT_DETECTION_THRESHOLD, detect_modality
+    from ssmtl.api.datasets.orientation import (
+        LPS_TO_RAS,
+        affine_from_geometry,
+        check_affine,
+        lps_to_canonical,
+        to_canonical,
+    )
+    from ssmtl.api.datasets.pairing import (
+        IMAGE_SUFFIX,
+        LABEL_SUFFIX,
+        LabelIndex,
+        image_key,
+        label_key,
+        pair_files,
+        split_same_folder,
+        subject_name,
+        unique_subjects,
+    )
+    from ssmtl.api.datasets.sources import ImageLabelItem, folder_source

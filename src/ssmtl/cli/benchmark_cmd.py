@@ -48,7 +48,7 @@ def benchmark(
     Example: ssmtl benchmark --data ct.h5 --finetune-data mr.h5 --methods scratch,contrastive,multitask --labeled-volumes 1,2 --seeds 3 --out bench/
     """
     from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
-    from ssmtl.data.build import validate_model
+    from ssmtl.core.settings import validate_model
 
     config = validate_model(BenchmarkConfig, {
         "data": data, "finetune_data": finetune_data, "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,

@@ -45,8 +45,9 @@ def build(
 
       ssmtl cache build --dataset manifest --path volumes.csv --out mixed.h5 --skip-bad
     """
-    from ssmtl.data.build import build_cache, validate_model
-    from ssmtl.pretrain.config import parse_set_flags
+    from ssmtl.data.build import build_cache
+    from ssmtl.core.settings import validate_model
+    from ssmtl.core.settings import parse_set_flags
     from ssmtl.api.errors import SsmtlError
     from ssmtl.data.preprocess import PreprocessConfig
 

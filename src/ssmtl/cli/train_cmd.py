@@ -45,43 +45,46 @@ def pretrain(
 
 @handle_errors
 def finetune(
-    data: Path = typer.Option(..., "--data", help="Labeled HDF5 slice cache."),
-    init: str = typer.Option(..., "--init", help="Pre-training run directory, or `none` for the from-scratch baseline."),
-    init_parts: str = typer.Option("all", "--init-parts", help="Load `all` of the export (encoder and decoder) or only the `encoder` (random decoder: the ablation of decoder pre-training)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Fine-tuning run directory."),
-    labeled_volumes: int = typer.Option(2, "--labeled-volumes", "-n", help="Label budget, counted in volumes (subjects)."),
-    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Slices per step."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the choice of labeled volumes and training."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the subject-level train/test split (keep it fixed to compare methods)."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labeled HDF5 slice cache (data)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Pre-training run directory, or `none` for the from-scratch baseline (init)."),
+    init_parts: Optional[str] = typer.Option(None, "--init-parts", help="Load `all` of the export (encoder and decoder) or only the `encoder` (random decoder: the ablation of decoder pre-training)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Fine-tuning run directory (out)."),
+    labeled_volumes: Optional[int] = typer.Option(None, "--labeled-volumes", "-n", help="Label budget, counted in volumes (subjects). Default 2."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (train.steps, default 300)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per process per step (train.batch_size, default 16)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate (train.lr, default 1e-3)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation, sampling and augmentation."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the subject-level train/test split (keep it fixed to compare methods)."),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Fraction of labeled subjects held out for testing (default 0.3)."),
     head: Optional[str] = typer.Option(None, "--head", help="Downstream head plugin (default: the head `ssmtl plugins` lists under defaults, built-in: segmentation)."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16."),
-    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder and head."),
-    class_balance: float = typer.Option(0.0, "--class-balance", help="Fraction of slices sampled class first (a foreground class, then a slice showing it): small structures are seen often enough to be learned. 0: uniform."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any fine-tuning field KEY=VALUE, e.g. model.base_channels=8 (scratch only)."),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no, bf16 or fp16 (train.mixed_precision)."),
+    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Train only the decoder and head."),
+    class_balance: Optional[float] = typer.Option(None, "--class-balance", help="Fraction of slices sampled class first (a foreground class, then a slice showing it): small structures are seen often enough to be learned. 0: uniform."),
+    workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader workers (num_workers)."),
+    config: o.ConfigFile = None,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any fine-tuning field KEY=VALUE, e.g. train.grad_clip=1 or model.base_channels=8 (scratch only)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last valid checkpoint."),
 ) -> None:
     """Fine-tune segmentation on a few labeled volumes, from a pre-trained export or from scratch.
 
+    Settings come from, lowest to highest: defaults, --config FILE, SSMTL_FINETUNE__* environment
+    variables (SSMTL_FINETUNE__TRAIN__STEPS=500), flags, --set.
+
     Example: ssmtl finetune --data data.h5 --init runs/pre --labeled-volumes 2 --out runs/ft
     """
-    from ssmtl.pretrain.config import parse_set_flags, set_path
-    from ssmtl.data.build import validate_model
-    from ssmtl.downstream.finetune import FinetuneConfig, run_finetune
+    from ssmtl.downstream.config import resolve_finetune_config
+    from ssmtl.downstream.finetune import run_finetune
 
-    raw = {
-        "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "split_seed": split_seed,
-        "test_fraction": test_fraction, "head": head, "mixed_precision": mixed_precision,
-        "freeze_encoder": freeze_encoder, "class_balance": class_balance,
+    flags = {
+        "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes,
+        "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "split_seed": split_seed,
+        "test_fraction": test_fraction, "head": head, "train.mixed_precision": mixed_precision,
+        "freeze_encoder": freeze_encoder, "class_balance": class_balance, "num_workers": workers,
     }
-    for key, value in parse_set_flags(set_ or []):
-        set_path(raw, key, value)
-    cfg = validate_model(FinetuneConfig, raw, prefix="finetune")
-    run_finetune(cfg, registry=registry())
+    cfg = resolve_finetune_config(file=config, flags=flags, sets=set_ or [])
+    run_finetune(cfg, registry=registry(), resume=resume)
     if is_main_process():
-        console.print(f"fine-tuned model: {out}")
+        console.print(f"fine-tuned model: {cfg.out}")
 
 
 @handle_errors

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
-from ssmtl.api.geometry import apply_affine, correspondence
+from ssmtl.api.geometry import apply_affine
 
 
 class AugmentConfig(BaseModel):

@@ -21,6 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssmtl.core.files import fsync_directory, fsync_file
+
 MANIFEST = "checkpoint.json"
 PREFIX = "step-"
 
@@ -46,14 +48,12 @@ def finalize(tmp: Path, final: Path, state: dict) -> None:
     files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps({"state": state, "files": files}, indent=2))
     for p in tmp.iterdir():
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if p.is_file():
+            fsync_file(p)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_directory(final.parent)
 
 
 @dataclass

@@ -13,21 +13,19 @@ safetensors only (no pickle) and ``strict=True``.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import shutil
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ssmtl import __version__
 from ssmtl.api.errors import SsmtlError
+from ssmtl.core.files import atomic_directory, load_into, load_json, save_json, save_tensors
 from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.settings import validate_model
 
 EXPORT_DIR = "export"
 
@@ -47,13 +45,7 @@ def _tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tenso
 
 
 def write_export(run_dir: Path, network: UNet, manifest: dict[str, Any]) -> Path:
-    run_dir = Path(run_dir)
-    final = run_dir / EXPORT_DIR
-    tmp = run_dir / f".tmp-{EXPORT_DIR}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_tensors(network), tmp / "model.safetensors")
-    save_file(_tensors(network.encoder, "encoder."), tmp / "encoder.safetensors")
+    """Write ``run_dir/export`` (weights and manifest) atomically: all of it, or nothing new."""
     full = dict(manifest)
     full.update(
         format="ssmtl-export",
@@ -62,10 +54,11 @@ def write_export(run_dir: Path, network: UNet, manifest: dict[str, Any]) -> Path
         versions=_versions(),
         model=network.config.model_dump(mode="json"),
     )
-    (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = Path(run_dir) / EXPORT_DIR
+    with atomic_directory(final) as tmp:
+        save_tensors(tmp / "model.safetensors", _tensors(network))
+        save_tensors(tmp / "encoder.safetensors", _tensors(network.encoder, "encoder."))
+        save_json(tmp / "manifest.json", full)
     return final
 
 
@@ -73,24 +66,16 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / EXPORT_DIR / "manifest.json"
     if not path.is_file():
         raise SsmtlError(f"{Path(run_dir)}: no pre-training export found (expected {path}); did the run finish?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SsmtlError(f"{path}: corrupt manifest ({exc})") from None
+    manifest = load_json(path, "export manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
+        raise SsmtlError(f"{path}: not an ssmtl export manifest (no model table)")
+    return manifest
 
 
 def load_pretrained_network(run_dir: Path) -> tuple[UNet, dict[str, Any]]:
     """Build the U-Net described by an export and load its weights with ``strict=True``."""
     manifest = read_manifest(run_dir)
-    network = UNet(ModelConfig.model_validate(manifest["model"]))
-    weights = Path(run_dir) / EXPORT_DIR / "model.safetensors"
-    try:
-        state = load_file(weights)
-    except Exception as exc:
-        raise SsmtlError(f"{weights}: cannot read weights ({exc})") from None
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise SsmtlError(f"{weights}: weights do not match the exported model config: {first}") from None
+    model = validate_model(ModelConfig, manifest["model"], prefix="export model")
+    network = UNet(model)
+    load_into(network, Path(run_dir) / EXPORT_DIR / "model.safetensors", what="exported weights")
     return network, manifest

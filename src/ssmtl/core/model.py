@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ssmtl.api.network import NetworkInfo, NetworkOutput, global_pool
+from ssmtl.api.network import NetworkInfo, NetworkOutput
 
 
 class ModelConfig(BaseModel):

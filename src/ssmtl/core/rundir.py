@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ssmtl.api.errors import SsmtlError
 
@@ -34,10 +31,3 @@ def prepare_run_dir(out: Path, *, resume: bool, min_free: int = MIN_FREE_BYTES) 
     if free < min_free:
         raise SsmtlError(f"{out}: only {free // (1024 * 1024)} MiB free on this disk; need at least {min_free // (1024 * 1024)} MiB")
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)

@@ -12,7 +12,7 @@ Guarantees:
 
 * Nothing appears at ``out`` unless the whole build succeeds; an older file there
   is replaced only with ``force`` and stays byte-identical until the new one is
-  complete (see :class:`~ssmtl.data.cache.CacheWriter`), even after ``kill -9``.
+  complete (see :class:`~ssmtl.data.cache_writer.CacheWriter`), even after ``kill -9``.
 * A bad input stops the build with an :class:`InputFileError` naming the file;
   with ``skip_bad`` it is left out and recorded (path and reason) in the cache's
   ``skipped`` attribute instead.
@@ -27,26 +27,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
 
 from ssmtl import __version__
-from ssmtl.data.cache import CacheWriter, check_output_path
-from ssmtl.pretrain.config import _rows
-from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
+from ssmtl.data.cache_writer import CacheWriter, check_output_path
+from ssmtl.core.settings import validate_model
+from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
 from ssmtl.data.splits import SPLITS, make_split
 from ssmtl.api.volumes import VolumeItem, VolumeSource
-
-
-def validate_model(model: type[BaseModel], data: dict[str, Any], prefix: str) -> BaseModel:
-    """Validate ``data`` with ``model``; raise a ConfigError naming each bad field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        rows = _rows(exc, prefix=prefix)
-        loc, msg = rows[0]
-        raise ConfigError(f"invalid {prefix} option {loc}: {msg}", rows) from None
 
 
 @dataclass

@@ -41,8 +41,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,11 +48,10 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from ssmtl.api.errors import InputFileError, SsmtlError
+from ssmtl.api.errors import InputFileError
 
 FORMAT = "ssmtl-slice-cache"
 FORMAT_VERSION = 1
-TMP_PREFIX = ".ssmtl-tmp-"
 
 
 def _json(value: Any) -> str:
@@ -84,203 +81,6 @@ def group_name(subject: str, taken: set[str]) -> str:
         i += 1
         name = f"{base}_{i}"
     return name
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporaries left by killed builds (their writer process is gone)."""
-    removed = []
-    for path in Path(directory).glob(f"{TMP_PREFIX}*"):
-        match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
-        if match and not _pid_alive(int(match.group(1))):
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
-
-
-def check_output_path(out: Path, force: bool) -> None:
-    """Refuse to overwrite without --force, and check the directory is writable, before any work."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise SsmtlError(f"{out}: a file already exists; pass --force to replace it")
-    if out.is_dir():
-        raise SsmtlError(f"{out}: is a directory; give a file path such as data.h5")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise SsmtlError(f"{parent}: output directory does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SsmtlError(f"{parent}: output directory is not writable")
-
-
-class CacheWriter:
-    """Writes a cache atomically. Use as a context manager; ``commit`` happens on success."""
-
-    def __init__(self, out: Path, *, force: bool, attrs: dict[str, Any], compression: str = "gzip"):
-        self.out = Path(out)
-        check_output_path(self.out, force)
-        remove_stale_temporaries(self.out.parent)
-        self.tmp = self.out.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{self.out.name}"
-        self.attrs = attrs
-        self.force = force
-        self.compression = compression
-        self.names: list[str] = []
-        self.checksums: list[str] = []
-        self._file: h5py.File | None = None
-
-    def __enter__(self) -> "CacheWriter":
-        self._file = h5py.File(self.tmp, "w", libver="latest")
-        self._file.create_group("volumes")
-        return self
-
-    def _compression_kwargs(self) -> dict[str, Any]:
-        if self.compression == "gzip":
-            return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-        if self.compression == "lzf":
-            return {"compression": "lzf", "shuffle": True}
-        return {}
-
-    def add_volume(
-        self,
-        subject: str,
-        image: np.ndarray,
-        label: np.ndarray | None,
-        attrs: dict[str, Any],
-        name: str | None = None,
-    ) -> str:
-        """Write one preprocessed (D, H, W) volume; returns its group name.
-
-        ``name`` proposes the group name (default: the subject, e.g. ``patient001_ED``
-        for one of several volumes of ``patient001``); it is made HDF5-safe and unique.
-        """
-        assert self._file is not None, "use CacheWriter as a context manager"
-        name = group_name(name or subject, set(self.names))
-        group = self._file["volumes"].create_group(name)
-        d, h, w = image.shape
-        kw = self._compression_kwargs()
-        group.create_dataset("image", data=image.astype(np.float32, copy=False), chunks=(1, h, w), **kw)
-        image_sha = sha256_array(image.astype(np.float32, copy=False))
-        group.attrs["sha256_image"] = image_sha
-        if label is not None:
-            group.create_dataset("label", data=label.astype(np.uint8, copy=False), chunks=(1, h, w), **kw)
-            group.attrs["sha256_label"] = sha256_array(label.astype(np.uint8, copy=False))
-        group.attrs["subject"] = subject
-        for key, value in attrs.items():
-            group.attrs[key] = value if isinstance(value, (str, int, float, np.ndarray)) else _json(value)
-        self.names.append(name)
-        self.checksums.append(image_sha + group.attrs.get("sha256_label", ""))
-        return name
-
-    def set_split(self, split_of: dict[str, str], attrs: dict[str, Any]) -> None:
-        """Record each volume's subject-level split (``train``/``val``/``test``) before commit."""
-        assert self._file is not None
-        for name in self.names:
-            group = self._file["volumes"][name]
-            group.attrs["split"] = split_of.get(str(group.attrs["subject"]), "train")
-        self.attrs["split"] = attrs
-
-    def _write_index(self, f: h5py.File) -> int:
-        vol, sl, pos = [], [], []
-        for i, name in enumerate(self.names):
-            d = f["volumes"][name]["image"].shape[0]
-            vol.append(np.full(d, i, np.int32))
-            sl.append(np.arange(d, dtype=np.int32))
-            pos.append(np.linspace(0.0, 1.0, d, dtype=np.float32) if d > 1 else np.zeros(1, np.float32))
-        index = f.create_group("index")
-        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
-        index.create_dataset("volume", data=cat(vol, np.int32))
-        index.create_dataset("slice", data=cat(sl, np.int32))
-        index.create_dataset("position", data=cat(pos, np.float32))
-        index.create_dataset("names", data=np.array(self.names, dtype=h5py.string_dtype()))
-        return int(sum(len(v) for v in vol))
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        f, self._file = self._file, None
-        try:
-            if exc_type is None:
-                if not self.names:
-                    raise SsmtlError("no volumes were written; nothing to cache")
-                num_slices = self._write_index(f)
-                attrs = dict(self.attrs)
-                attrs.update(
-                    format=FORMAT,
-                    format_version=FORMAT_VERSION,
-                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    num_volumes=len(self.names),
-                    num_slices=num_slices,
-                    fingerprint=hashlib.sha256("".join(self.checksums).encode()).hexdigest(),
-                )
-                for key, value in attrs.items():
-                    f.attrs[key] = value if isinstance(value, (str, int, float)) else _json(value)
-                f.flush()
-                f.close()
-                _fsync(self.tmp)
-                self._commit()
-                return
-        except BaseException:
-            _close_quietly(f)
-            self.tmp.unlink(missing_ok=True)
-            raise
-        _close_quietly(f)
-        self.tmp.unlink(missing_ok=True)
-
-
-    def _commit(self) -> None:
-        """Put the finished temporary at ``out`` atomically; without ``force``, never over a file."""
-        if self.force:
-            os.replace(self.tmp, self.out)
-        else:
-            try:
-                os.link(self.tmp, self.out)  # fails if out exists: no check-then-replace race
-            except FileExistsError:
-                raise SsmtlError(f"{self.out}: a file appeared there during the build; pass --force to replace it") from None
-            except OSError:
-                check_output_path(self.out, force=False)  # filesystem without hard links
-                os.replace(self.tmp, self.out)
-            else:
-                self.tmp.unlink()
-        _fsync_directory(self.out.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (a crash right after it must not bring back the old entry)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _close_quietly(f) -> None:
-    try:
-        if f is not None:
-            f.close()
-    except Exception:
-        pass
 
 
 @dataclass(frozen=True)

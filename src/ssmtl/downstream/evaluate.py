@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import SsmtlError
-from ssmtl.downstream.finetune import WEIGHTS, FinetuneModel, build_head
+from ssmtl.downstream.finetune import WEIGHTS
+from ssmtl.downstream.model import FinetuneModel, build_head
 from ssmtl.downstream.metrics import dice_per_class, hd95_per_class, nanmean, summarise
 from ssmtl.core.model import ModelConfig, UNet
-from ssmtl.core.rundir import write_json_atomic
+from ssmtl.core.files import save_json
 from ssmtl.data.splits import volumes_of
 
 EVAL_FILE = "eval.json"
@@ -158,7 +159,7 @@ def evaluate_run(
         "labeled_subjects": run.get("labeled_subjects"),
         "init_saw_test_subjects": run.get("init_saw_test_subjects", []),
     })
-    write_json_atomic(run_dir / EVAL_FILE, results)
+    save_json(run_dir / EVAL_FILE, results)
     return results
 
 

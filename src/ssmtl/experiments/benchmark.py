@@ -33,11 +33,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ssmtl.data.build import validate_model
+from ssmtl.core.settings import validate_model
 from ssmtl.data.cache import SliceCache
 from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.rundir import write_json_atomic
+from ssmtl.core.files import save_json
 
 SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets
 INIT_PARTS = ("all", "encoder")
@@ -140,8 +140,7 @@ class Benchmark:
             config = config.model_copy(update={"methods": [SCRATCH, *registry.defaults.task_sets]})
         self.config = config
         self.registry = registry
-        self.log = log
-        self.progress = progress
+        self.log, self.progress = log, progress
         self.out = Path(config.out)
         self.methods = parse_methods(config.methods, set(registry.tasks), registry.defaults.task_sets)
         self.pre_cache = SliceCache(config.data)
@@ -199,15 +198,16 @@ class Benchmark:
     # -- fine-tuning cells --------------------------------------------------------------
     def cell(self, method: Method, protocol: str, budget: int, seed: int, init: Path | None) -> dict[str, Any]:
         from ssmtl.downstream.evaluate import evaluate_run
-        from ssmtl.downstream.finetune import FinetuneConfig, run_finetune
+        from ssmtl.downstream.config import FinetuneConfig
+        from ssmtl.downstream.finetune import run_finetune
 
         cell_dir = self.out / "finetune" / method.name / protocol / f"n{budget}" / f"seed{seed}"
         ft = FinetuneConfig(
             data=self.ft_path, out=cell_dir, init=str(init) if init else "none", labeled_volumes=budget,
-            steps=self.config.finetune_steps, batch_size=self.config.finetune_batch_size, lr=self.config.finetune_lr,
             seed=seed, labeled_seed=seed, split_seed=self.config.split_seed,
             freeze_encoder=protocol == "frozen", model=None if init else self.model_config, init_parts=method.init_parts,
-            mixed_precision=self.mixed_precision,
+            train={"steps": self.config.finetune_steps, "batch_size": self.config.finetune_batch_size,
+                   "lr": self.config.finetune_lr, "mixed_precision": self.mixed_precision},
         ).with_defaults(self.registry)
         settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
         # the head's resolved options too: a changed default of the head plugin is a different cell
@@ -227,7 +227,7 @@ class Benchmark:
         self.log(f"finetune {method.name}/{protocol} n={budget} seed={seed}")
         run_finetune(ft, registry=self.registry, progress=self.progress)
         evaluation = evaluate_run(cell_dir, registry=self.registry)
-        write_json_atomic(record, {"key": key})
+        save_json(record, {"key": key})
         return evaluation
 
     @staticmethod
@@ -286,7 +286,7 @@ class Benchmark:
             "cells": cells,
             "summary": summarise_cells(cells, references=(SCRATCH, *filter(None, [self.registry.defaults.baseline]))),
         }
-        write_json_atomic(self.out / "results.json", results)
+        save_json(self.out / "results.json", results)
         (self.out / "results.md").write_text(render_markdown(results))
         plot_dice_vs_labels(results, self.out / "dice_vs_labels.png")
         return results

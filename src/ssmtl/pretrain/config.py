@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,14 +35,21 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from ssmtl.core.augment import AugmentConfig
+from ssmtl.core.loop import LoopConfig
 from ssmtl.api.errors import ConfigError
+from ssmtl.core.settings import (
+    ENV_PREFIX,
+    deep_merge,
+    env_overrides,
+    error_rows,
+    flag_layer,
+    parse_set_flags,
+    read_config_file,
+    set_path,
+    summary,
+)
 from ssmtl.core.model import ModelConfig
 from ssmtl.api.tasks import TaskConfig
-
-ENV_PREFIX = "SSMTL_"
-# SSMTL_* variables that are not config fields
-_NON_CONFIG_ENV = {"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA"}
-
 
 class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
@@ -58,24 +63,13 @@ class DataConfig(BaseModel):
     split: Literal["train", "all"] = Field("train", description="Which subjects pre-training reads: 'train' keeps the cache's held-out val/test subjects out (honest evaluation); 'all' reads every volume.")
 
 
-class TrainConfig(BaseModel):
-    """Optimisation and bookkeeping."""
+class TrainConfig(LoopConfig):
+    """Optimisation and bookkeeping of pre-training (the shared loop's fields, plus the engine's)."""
 
-    model_config = ConfigDict(extra="forbid")
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Sequences per process per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps, then cosine decay to 0.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (None: off).")
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
-        None, description="Autocast precision. None: what `accelerate launch --mixed_precision` / `accelerate config` set, else no."
-    )
-    checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
-    log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
-    max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss.")
     compile: bool = Field(False, description="torch.compile the shared network (falls back to eager if unavailable).")
     decoder_slices: Literal["all", "one"] = Field("one", description="Slices of each sampled sequence the shared decoder runs on: 'all', or 'one' picked at random per sequence (the encoder still sees every slice). 'one' divides the decoder's cost by the sequence length, and consecutive slices add little to a dense loss; tasks that need every slice (neighbor mode 'middle') switch it back to 'all' with a note.")
     channels_last: bool = Field(False, description="Keep the network weights and input views in channels_last (NHWC) memory format: faster convolutions on GPU tensor cores (bf16/fp16), often on CPU too.")
@@ -182,99 +176,21 @@ def resolve_task_configs(value: Any, registry=None) -> tuple[dict[str, TaskConfi
         try:
             resolved[key] = model.model_validate(data)
         except ValidationError as exc:
-            errors.extend(_rows(exc, prefix=f"tasks.{key}"))
+            errors.extend(error_rows(exc, prefix=f"tasks.{key}"))
     return resolved, errors
-
-
-def _rows(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    rows = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "(root)")
-        msg = err["msg"]
-        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        rows.append((loc, msg))
-    return rows
 
 
 # -- sources -----------------------------------------------------------------------------
 
 
-def parse_value(text: str) -> Any:
-    """Parse a CLI/env value: YAML scalars and flow lists (8, 1e-3, true, [1, 2], null)."""
-    try:
-        return yaml.safe_load(text) if text.strip() != "" else ""
-    except yaml.YAMLError:
-        return text
-
-
-def set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = [k for k in dotted.split(".")]
-    if not all(keys):
-        raise ConfigError(f"invalid key {dotted!r}: expected a dotted path like train.steps")
-    node = target
-    for key in keys[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {} if child is None else child
-            if not isinstance(child, dict):
-                raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a table")
-            node[key] = child
-        node = child
-    node[keys[-1]] = value
-
-
-def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        text = path.read_text()
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"{path}: unsupported config format (use .toml, .yaml or .json)")
-    except ConfigError:
-        raise
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: cannot parse config: {first}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a table/mapping at the top level")
-    return data
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``SSMTL_SECTION__FIELD=value`` -> {"section": {"field": value}}; ``SSMTL_TASKS=a,b``."""
+def env_layer(environ: Mapping[str, str] | None) -> dict[str, Any]:
+    """``SSMTL_SECTION__FIELD=value``; ``SSMTL_TASKS=a,b`` lists the enabled tasks."""
     environ = os.environ if environ is None else environ
-    fields = set(RunConfig.model_fields)
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in _NON_CONFIG_ENV:
-            continue
-        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
-        if dotted.split(".")[0] not in fields:
-            continue  # not a config variable
-        if dotted == "tasks":
-            out["tasks"] = {n.strip(): {} for n in raw.split(",") if n.strip()}
-            continue
-        set_path(out, dotted, parse_value(raw))
-    return out
+    layer = env_overrides(ENV_PREFIX, [f for f in RunConfig.model_fields if f != "tasks"], environ)
+    raw = environ.get(f"{ENV_PREFIX}TASKS")
+    if raw is not None:
+        layer["tasks"] = {n.strip(): {} for n in raw.split(",") if n.strip()}
+    return layer
 
 
 def parse_task_flags(task_flags: list[str]) -> dict[str, dict[str, Any]]:
@@ -293,16 +209,6 @@ def parse_task_flags(task_flags: list[str]) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"--task {flag!r}: weight {weight!r} is not a number") from None
         tasks[name] = entry
     return tasks
-
-
-def parse_set_flags(set_flags: list[str]) -> list[tuple[str, Any]]:
-    pairs = []
-    for item in set_flags:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
-        pairs.append((key.strip(), parse_value(value)))
-    return pairs
 
 
 def _replace_tasks(merged: dict[str, Any], tasks: Any) -> None:
@@ -329,13 +235,8 @@ def resolve_run_config(
     layers: list[dict[str, Any]] = []
     if file is not None:
         layers.append(read_config_file(file))
-    layers.append(env_overrides(environ))
-    if flags:
-        flag_layer: dict[str, Any] = {}
-        for dotted, value in flags.items():
-            if value is not None:
-                set_path(flag_layer, dotted, value)
-        layers.append(flag_layer)
+    layers.append(env_layer(environ))
+    layers.append(flag_layer(flags))
     if tasks:
         layers.append({"tasks": parse_task_flags(tasks)})
     for layer in layers:
@@ -364,20 +265,14 @@ def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
         config = RunConfig.model_validate(data, context={"registry": registry})
     except ValidationError as exc:
         task_rows = bool(rows)
-        more = [r for r in _rows(exc) if not r[0].startswith("tasks")]
+        more = [r for r in error_rows(exc) if not r[0].startswith("tasks")]
         if task_rows:  # the empty task table is a consequence of the task errors already listed
             more = [r for r in more if "at least one task" not in r[1]]
-        rows += more if (more or task_rows) else _rows(exc)
+        rows += more if (more or task_rows) else error_rows(exc)
         config = None
     if rows:
-        raise ConfigError(_summary(rows), rows)
+        raise ConfigError(summary(rows), rows)
     return config
-
-
-def _summary(rows: list[tuple[str, str]]) -> str:
-    loc, msg = rows[0]
-    more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
-    return f"invalid configuration: {loc}: {msg}{more}"
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -19,7 +19,7 @@ dependency) installs; Pillow keeps the stored integer values, which matters for
 Every image is shown as a viewer would show an axial slice: row 0 at the top
 (anterior), column 0 on the left (the patient's right), the first file the most
 inferior slice. That is exactly the cache's slice layout, so the stack is handed
-to the cache builder through :func:`ssmtl.data.preprocess.from_slices`.
+to the cache builder through :func:`ssmtl.api.from_slices`.
 
 Intensities: ``value * rescale_slope + rescale_intercept`` (as DICOM's rescale),
 so CT slices can be brought back to Hounsfield units before the CT window. The

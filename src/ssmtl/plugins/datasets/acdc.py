@@ -20,13 +20,13 @@ dataset's loader.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from ssmtl.api import (
+    check_directory,
     ConfigError,
     DatasetConfig,
     DatasetSpec,
@@ -54,13 +54,6 @@ class AcdcConfig(DatasetConfig):
         ["ED", "ES"], min_length=1, description="Cardiac phases to cache, from Info.cfg: ED, ES or both."
     )
     labeled_only: bool = Field(False, description="Leave out frames without a _gt label map.")
-
-
-@dataclass
-class AcdcItem(NiftiItem):
-    """One ED or ES frame; ``volume_id`` (patientNNN_ED) names its group in the cache."""
-
-    volume_id: str | None = None
 
 
 def read_info(path: Path) -> dict[str, str]:
@@ -93,8 +86,8 @@ def _nifti(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def patient_items(info_path: Path, phases: list[str]) -> list[AcdcItem]:
-    """The items of one patient folder, from its Info.cfg."""
+def patient_items(info_path: Path, phases: list[str]) -> list[NiftiItem]:
+    """The items of one patient folder, from its Info.cfg; ``volume_id`` (patientNNN_ED) names each frame."""
     folder = info_path.parent
     patient = folder.name
     info = read_info(info_path)
@@ -106,7 +99,7 @@ def patient_items(info_path: Path, phases: list[str]) -> list[AcdcItem]:
         if image is None:
             raise InputFileError(folder / f"{stem}.nii.gz", f"{phase} frame {frame} named in {info_path.name} not found")
         items.append(
-            AcdcItem(
+            NiftiItem(
                 subject=patient,
                 source=str(image),
                 image_path=image,
@@ -125,8 +118,7 @@ def build_source(config: AcdcConfig) -> VolumeSource:
     """Find the patient folders and their ED/ES frames."""
     if config.path is None:
         raise ConfigError("the acdc dataset needs the ACDC folder (--path DIR)", rows=[("path", "required")])
-    if not config.path.is_dir():
-        raise InputFileError(config.path, "directory not found" if not config.path.exists() else "not a directory")
+    check_directory(config.path)
     infos = sorted((p for p in config.path.rglob("Info.cfg") if not any(part.startswith(".") for part in p.parts)),
                    key=lambda p: (p.parent.name, p))  # by patient, wherever training/ and testing/ put them
     if not infos:

@@ -30,21 +30,19 @@ from typing import Literal
 from pydantic import Field
 
 from ssmtl.api import (
-    check_finite,
     ConfigError,
     DatasetSpec,
     hookimpl,
+    ImageLabelItem,
     InputFileError,
-    RawVolume,
+    label_key,
+    LabeledDatasetConfig,
     VolumeItem,
     VolumeSource,
 )
 
-from ssmtl.plugins.datasets import nifti
-from ssmtl.plugins.datasets.itk_io import ITK_EXTENSIONS
 from ssmtl.plugins.datasets.dicom_series import DicomSeries, read_series, scan_dicom_folder
-from ssmtl.plugins.datasets.label_options import LabeledDatasetConfig
-from ssmtl.plugins.datasets.volume_files import DICOM_MODALITIES, collect_label_values, read_label, volume_stem
+from ssmtl.plugins.datasets.volume_files import DICOM_MODALITIES, LABEL_MAP_FILES, read_label, volume_stem
 
 
 class DicomConfig(LabeledDatasetConfig):
@@ -81,25 +79,16 @@ class DicomConfig(LabeledDatasetConfig):
     )
 
 
-@dataclass
-class DicomItem(VolumeItem):
-    """One DICOM series, optionally with its label map; pixel data are read in :meth:`load`."""
+@dataclass(kw_only=True)
+class DicomItem(ImageLabelItem):
+    """One DICOM series (``image_path`` is its folder), optionally with its label map; pixels load lazily."""
 
     series: DicomSeries
-    label_path: Path | None = None
-    label_values: tuple[int, ...] = ()
-    volume_id: str | None = None
 
-    def load(self) -> RawVolume:
-        image, spacing, affine = read_series(self.series)
-        check_finite(image, str(self.series.folder))
-        label = None
-        if self.label_path is not None:
-            values, label_affine = read_label(self.label_path)
-            nifti._check_same_grid(self.series.folder, self.label_path, image.shape, values.shape, affine, label_affine)
-            label = nifti.map_labels(values, self.label_values, self.label_path)
-        modality = DICOM_MODALITIES[self.series.modality]
-        return RawVolume(image=image, spacing=spacing, modality=modality, label=label, affine=affine)
+    def read_image(self):
+        return (*read_series(self.series), DICOM_MODALITIES[self.series.modality])
+
+    read_label = staticmethod(read_label)
 
 
 # -- label pairing --------------------------------------------------------------------
@@ -111,15 +100,13 @@ def _series_keys(series: DicomSeries) -> set[str]:
 
 
 def _label_keys(path: Path) -> set[str]:
+    """The label's stem, with and without a label suffix (``p7_seg`` answers to ``p7_seg`` and ``p7``)."""
     stem = volume_stem(path)
-    return {stem.lower(), nifti._LABEL_SUFFIX.sub("", stem).lower()}
+    return {stem.lower(), label_key(stem) or stem.lower()}
 
 
 def _labels_from_folder(folder: Path, series: list[DicomSeries]) -> dict[str, Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.name.lower().endswith(nifti.NIFTI_EXTENSIONS + ITK_EXTENSIONS))
-    if not files:
-        raise InputFileError(folder, "no label maps (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) found")
+    files = LABEL_MAP_FILES.list_in(folder)
     paired: dict[str, Path] = {}
     for s in series:
         matches = [f for f in files if _label_keys(f) & _series_keys(s)]
@@ -196,15 +183,12 @@ def build_source(config: DicomConfig) -> VolumeSource:
             f"({scan.ignored_files} files are not DICOM images{found})",
         )
     labels = pair_labels(config, series)
-    if labels:
-        label_values = tuple(config.label_values) if config.label_values else collect_label_values(list(labels.values()))
-        class_names = nifti._class_names(config, label_values)
-    else:
-        label_values, class_names = (), {}
+    label_values, class_names = config.label_mapping(list(labels.values()), read_label)
     items: list[VolumeItem] = [
         DicomItem(
             subject=_subject(s, config.subject_from),
             source=str(s.folder),
+            image_path=s.folder,
             series=s,
             label_path=labels.get(s.name),
             label_values=label_values,

@@ -8,10 +8,10 @@ that produced most of these files, and it is actively maintained with wheels for
 every platform. pynrrd reads NRRD only and leaves the space conventions to the
 caller.
 
-The readers return what :func:`ssmtl.plugins.datasets.nifti.load_image` and
-:func:`~ssmtl.plugins.datasets.nifti.read_label_values` return, reoriented with the
-same nibabel function (see :mod:`~ssmtl.plugins.datasets.orientation`), so the
-NIfTI helpers (grid checks, label mapping, modality detection) apply unchanged.
+The readers return what :func:`ssmtl.plugins.datasets.nifti_io.load_image` and
+:func:`~ssmtl.plugins.datasets.nifti_io.read_label_values` return, reoriented with the
+same nibabel function (:func:`ssmtl.api.lps_to_canonical`), so the toolkit's grid
+checks, label mapping and modality detection apply unchanged.
 SimpleITK is imported lazily: listing plugins and ``--help`` stay fast.
 """
 
@@ -22,25 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmtl.api import InputFileError
-from ssmtl.plugins.datasets.orientation import affine_from_geometry, canonical_from_lps
+from ssmtl.api import affine_from_geometry, FileKind, InputFileError, integer_labels, lps_to_canonical, spatial_shape
 
-ITK_EXTENSIONS = (".nrrd", ".nhdr", ".mha", ".mhd")
+ITK_FILES = FileKind("NRRD or MetaImage files", (".nrrd", ".nhdr", ".mha", ".mhd"))
 # SimpleITK prefixes its messages with source locations and object addresses.
 _MESSAGE_NOISE = re.compile(r"^(s?itk::ERROR:\s*)?(\w+\(0x[0-9a-f]+\):\s*)?", re.IGNORECASE)
-
-
-def itk_stem(path: Path) -> str:
-    """File name without its ITK extension."""
-    name = path.name
-    for ext in ITK_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def is_itk_file(path: Path) -> bool:
-    return not path.name.startswith(".") and path.name.lower().endswith(ITK_EXTENSIONS) and path.is_file()
 
 
 def _itk_message(exc: Exception) -> str:
@@ -68,18 +54,12 @@ def _as_volume(path: Path, image) -> tuple[np.ndarray, np.ndarray]:
     """(x, y, z) voxel array and its LPS affine; refuse what is not one scalar 3D volume."""
     import SimpleITK as sitk
 
-    size = tuple(int(n) for n in image.GetSize())
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputFileError(
             path, f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (vector or colour image)"
         )
+    spatial_shape(image.GetSize(), path)  # SimpleITK's size is (x, y, z, ...)
     dimension = image.GetDimension()
-    if dimension < 3:
-        raise InputFileError(path, f"expected a 3D volume, got a {dimension}D image of size {size}")
-    if dimension > 3 and any(n != 1 for n in size[3:]):
-        raise InputFileError(path, f"expected a 3D volume, got a {dimension}D image of size {size}")
-    if any(n == 0 for n in size[:3]):
-        raise InputFileError(path, f"volume has a zero-length axis, size {size}")
     array = sitk.GetArrayFromImage(image)  # axes reversed: (..., z, y, x)
     array = array.reshape(array.shape[-3:]).transpose(2, 1, 0)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dimension, dimension)[:3, :3]
@@ -93,16 +73,12 @@ def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
     array, affine_lps = _as_volume(path, _read(path))
     if np.iscomplexobj(array):
         raise InputFileError(path, "complex-valued voxels are not supported")
-    return canonical_from_lps(array.astype(np.float32, copy=False), affine_lps, path)
+    return lps_to_canonical(array.astype(np.float32, copy=False), affine_lps, path)
 
 
 def read_label_values(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a label map as canonical integers; returns (array, RAS affine)."""
     path = Path(path)
     array, affine_lps = _as_volume(path, _read(path))
-    if not np.issubdtype(array.dtype, np.integer):
-        if np.iscomplexobj(array) or not (np.isfinite(array.min()) and np.isfinite(array.max())):
-            raise InputFileError(path, "label map contains NaN, infinite or complex values")
-        array = np.rint(array).astype(np.int64)  # labels saved as floats by some tools
-    values, _, affine = canonical_from_lps(array, affine_lps, path)
+    values, _, affine = lps_to_canonical(integer_labels(array, path), affine_lps, path)
     return values, affine

@@ -33,15 +33,15 @@ from ssmtl.api import (
     DatasetSpec,
     hookimpl,
     InputFileError,
+    LabeledDatasetConfig,
     Modality,
     SPLITS,
+    subject_name,
     VolumeItem,
     VolumeSource,
 )
 
-from ssmtl.plugins.datasets import nifti
-from ssmtl.plugins.datasets.label_options import LabeledDatasetConfig
-from ssmtl.plugins.datasets.volume_files import VolumeFileItem, collect_label_values, volume_stem
+from ssmtl.plugins.datasets.volume_files import read_label, volume_stem, VolumeFileItem
 
 COLUMNS = ("image", "label", "subject", "modality", "split")
 _MODALITIES: dict[str, Modality] = {"ct": "ct", "mr": "mr", "mri": "mr"}
@@ -144,7 +144,7 @@ def parse_row(manifest: Path, where: str, raw: dict[str, Any]) -> ManifestRow:
     split = row.get("split", "").lower() or None
     if split is not None and split not in SPLITS:
         raise InputFileError(manifest, f"{where}: split {row['split']!r}; expected {', '.join(SPLITS)} (or empty)")
-    subject = row.get("subject") or nifti._IMAGE_SUFFIX.sub("", volume_stem(image))
+    subject = row.get("subject") or subject_name(volume_stem(image))
     return ManifestRow(where, image, label, subject, _MODALITIES.get(modality_text), split)
 
 
@@ -191,11 +191,7 @@ def build_source(config: ManifestConfig) -> ManifestSource:
         seen[row.image] = row.where
     split = subject_splits(manifest, rows)
     label_paths = [row.label for row in rows if row.label is not None]
-    if label_paths:
-        label_values = tuple(config.label_values) if config.label_values else collect_label_values(label_paths)
-        class_names = nifti._class_names(config, label_values)
-    else:
-        label_values, class_names = (), {}
+    label_values, class_names = config.label_mapping(label_paths, read_label)
     items: list[VolumeItem] = [
         VolumeFileItem(
             subject=row.subject,

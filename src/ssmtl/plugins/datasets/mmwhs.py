@@ -30,7 +30,6 @@ Volumes are read by the ``nifti`` dataset's loader.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -38,6 +37,7 @@ from typing import Literal
 from pydantic import Field
 
 from ssmtl.api import (
+    check_directory,
     ConfigError,
     DatasetConfig,
     DatasetSpec,
@@ -45,6 +45,7 @@ from ssmtl.api import (
     InputFileError,
     VolumeItem,
     VolumeSource,
+    walk_files,
 )
 from ssmtl.plugins.datasets.nifti import NiftiItem
 
@@ -75,23 +76,16 @@ class MmwhsConfig(DatasetConfig):
 
 def find_files(root: Path) -> dict[str, dict[str, Path]]:
     """subject -> {"image": path, "label": path} for every MM-WHS-named file under ``root``."""
-    if not root.exists():
-        raise InputFileError(root, "directory not found")
-    if not root.is_dir():
-        raise InputFileError(root, "not a directory")
     found: dict[str, dict[str, Path]] = {}
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            match = _NAME.match(name)
-            path = Path(directory) / name
-            if match is None or not path.is_file():
-                continue
-            subject, kind = match["subject"].lower(), match["kind"].lower()
-            entry = found.setdefault(subject, {})
-            if kind in entry:
-                raise InputFileError(root, f"two {kind} files for {subject}: {entry[kind]} and {path}")
-            entry[kind] = path
+    for path in walk_files(check_directory(root)):
+        match = _NAME.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        subject, kind = match["subject"].lower(), match["kind"].lower()
+        entry = found.setdefault(subject, {})
+        if kind in entry:
+            raise InputFileError(root, f"two {kind} files for {subject}: {entry[kind]} and {path}")
+        entry[kind] = path
     return found
 
 

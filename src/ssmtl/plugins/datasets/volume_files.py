@@ -3,7 +3,7 @@
 =====================================  ==========================================
 Path                                   Read by
 =====================================  ==========================================
-``*.nii``, ``*.nii.gz``                nibabel (:mod:`~ssmtl.plugins.datasets.nifti`)
+``*.nii``, ``*.nii.gz``                nibabel (:mod:`~ssmtl.plugins.datasets.nifti_io`)
 ``*.nrrd``, ``*.nhdr``, ``*.mha``,     SimpleITK (:mod:`~ssmtl.plugins.datasets.itk_io`)
 ``*.mhd``
 a folder                               one DICOM series
@@ -12,7 +12,8 @@ a folder                               one DICOM series
 
 Every reader returns canonical RAS (x, y, z) arrays with their affine, so an
 image and a label in different formats can still be checked for a common grid.
-:class:`VolumeFileItem` is the generic lazily loaded item built on them.
+:class:`VolumeFileItem` is the lazily loaded item built on them; the ``itk``,
+``dicom`` and ``manifest`` datasets share this module through its public names.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ from typing import Literal
 
 import numpy as np
 
-from ssmtl.api import check_finite, InputFileError, Modality, RawVolume, VolumeItem
+from ssmtl.api import FileKind, ImageLabelItem, InputFileError, Modality
 
-from ssmtl.plugins.datasets import itk_io, nifti
+from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 
 Format = Literal["nifti", "itk", "dicom"]
 SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, or a folder holding one DICOM series"
+#: Files of every supported format (a DICOM series is a folder, not a file).
+VOLUME_FILES = FileKind("volume files", nifti_io.NIFTI_FILES.extensions + itk_io.ITK_FILES.extensions)
+#: The same files, named as messages about a folder of label maps name them.
+LABEL_MAP_FILES = FileKind("label maps", VOLUME_FILES.extensions)
 # DICOM Modality tag -> ssmtl modality
 DICOM_MODALITIES: dict[str, Modality] = {"CT": "ct", "MR": "mr"}
 
@@ -37,11 +42,10 @@ DICOM_MODALITIES: dict[str, Modality] = {"CT": "ct", "MR": "mr"}
 def volume_format(path: Path) -> Format:
     """Which reader handles ``path`` (by extension; a folder is a DICOM series)."""
     path = Path(path)
-    name = path.name.lower()
     kind: Format | None = None
-    if name.endswith(nifti.NIFTI_EXTENSIONS):
+    if nifti_io.NIFTI_FILES.has_extension(path):
         kind = "nifti"
-    elif name.endswith(itk_io.ITK_EXTENSIONS):
+    elif itk_io.ITK_FILES.has_extension(path):
         kind = "itk"
     if path.is_dir():
         if kind is not None:
@@ -56,11 +60,7 @@ def volume_format(path: Path) -> Format:
 
 def volume_stem(path: Path) -> str:
     """File name without its volume extension (a folder's name for DICOM)."""
-    path = Path(path)
-    name = path.name.lower()
-    if name.endswith(nifti.NIFTI_EXTENSIONS):
-        return nifti.nifti_stem(path)
-    return itk_io.itk_stem(path)
+    return VOLUME_FILES.stem(path)
 
 
 def _existing(path: Path) -> Path:
@@ -87,7 +87,7 @@ def read_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
     kind = volume_format(_existing(path))
     if kind == "dicom":
         return read_dicom_image(path)
-    reader = nifti.load_image if kind == "nifti" else itk_io.load_image
+    reader = nifti_io.load_image if kind == "nifti" else itk_io.load_image
     array, spacing, affine = reader(path)
     return array, spacing, affine, None
 
@@ -98,49 +98,18 @@ def read_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
     kind = volume_format(_existing(path))
     if kind == "dicom":
         raise InputFileError(path, "a label must be a label-map file (NIfTI, NRRD, MetaImage), not a DICOM folder")
-    return (nifti.read_label_values if kind == "nifti" else itk_io.read_label_values)(path)
-
-
-def collect_label_values(label_paths: list[Path]) -> tuple[int, ...]:
-    """Sorted non-zero values over all label files, whatever their format (reads only the labels)."""
-    return nifti.collect_label_values(label_paths, read=read_label)
-
-
-def load_pair(
-    image_path: Path,
-    label_path: Path | None,
-    modality: Modality | None,
-    label_values: tuple[int, ...],
-) -> RawVolume:
-    """Read an image and its optional label, check they share a grid, map the labels."""
-    image, spacing, affine, file_modality = read_image(image_path)
-    check_finite(image, str(image_path))
-    chosen = modality or file_modality or nifti.detect_modality(image)
-    label = None
-    if label_path is not None:
-        values, label_affine = read_label(label_path)
-        nifti._check_same_grid(image_path, label_path, image.shape, values.shape, affine, label_affine)
-        label = nifti.map_labels(values, label_values, label_path)
-    return RawVolume(image=image, spacing=spacing, modality=chosen, label=label, affine=affine)
+    return (nifti_io.read_label_values if kind == "nifti" else itk_io.read_label_values)(path)
 
 
 @dataclass
-class VolumeFileItem(VolumeItem):
-    """An image (any supported format) with an optional label map; loads lazily.
+class VolumeFileItem(ImageLabelItem):
+    """An image (any supported format) with an optional label map (NIfTI or ITK); loads lazily.
 
-    Attributes:
-        image_path: image file or DICOM series folder.
-        label_path: label map, or None.
-        modality: "ct", "mr", or None: the DICOM header's, else detected from intensities.
-        label_values: raw label values mapped to class ids 1..n in order.
-        volume_id: names the volume's group in the cache (default: the subject).
+    ``modality`` None means the DICOM header's, else detected from the intensities
+    (see :class:`ssmtl.api.ImageLabelItem` for the fields and the loading rules).
     """
 
-    image_path: Path
-    label_path: Path | None = None
-    modality: Modality | None = None
-    label_values: tuple[int, ...] = ()
-    volume_id: str | None = None
+    def read_image(self):
+        return read_image(self.image_path)
 
-    def load(self) -> RawVolume:
-        return load_pair(self.image_path, self.label_path, self.modality, self.label_values)
+    read_label = staticmethod(read_label)

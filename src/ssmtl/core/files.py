@@ -1,0 +1,156 @@
+"""The one way ssmtl writes and reads its own files: atomically, and strictly.
+
+Writing: every file (JSON, safetensors, text) and every directory (an export, a
+checkpoint) is written under a temporary name in the same directory, flushed to disk
+(``fsync``), then renamed over its final name, and the directory entry is flushed too.
+A reader therefore sees the old file or the new one, never half of one, even after
+``kill -9`` or a power cut; a failed write removes its temporary and re-raises.
+
+Reading: :func:`load_json` and :func:`load_tensors` turn a missing, truncated or
+malformed file into one :class:`~ssmtl.api.SsmtlError` naming the file; ``load_tensors``
+with ``expected`` keys is strict (missing and unexpected keys are both errors), which
+is how every set of weights is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from ssmtl.api.errors import SsmtlError
+
+
+def temporary_name(path: Path) -> Path:
+    """The hidden sibling a file is written to before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory entry (a rename) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` to produce the file at a temporary name, then publish it as ``path``."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def save_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_json(path: Path, data: Any) -> Path:
+    """``data`` as indented JSON (paths and other objects as strings)."""
+    return save_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_tensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+    """A safetensors file of CPU-contiguous copies of ``tensors``."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=dict(metadata) if metadata else None))
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """``with atomic_directory(out / "export") as tmp: ...write files into tmp...``
+
+    On success the files are flushed and ``tmp`` replaces ``final`` (an older ``final``
+    is removed first, so the rename is atomic on POSIX); on failure ``tmp`` is removed.
+    """
+    final = Path(final)
+    tmp = Path(tmp) if tmp is not None else final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                fsync_file(p)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_directory(final.parent)
+
+
+def load_json(path: Path, what: str = "file") -> Any:
+    """Read a JSON file ssmtl wrote; a missing or damaged one is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SsmtlError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SsmtlError(f"{path}: {what} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise SsmtlError(f"{path}: cannot read {what} ({exc.strerror})") from None
+
+
+def load_tensors(path: Path, expected: Iterable[str] | None = None, what: str = "weights") -> dict[str, Any]:
+    """Read a safetensors file (no pickle); with ``expected``, the keys must match exactly."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SsmtlError(f"{path}: {what} not found")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise SsmtlError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from None
+    if expected is not None:
+        expected = set(expected)
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+            raise SsmtlError(f"{path}: {what} do not match the model: {'; '.join(parts)} keys")
+    return tensors
+
+
+def load_into(module, path: Path, what: str = "weights") -> None:
+    """Load a safetensors file into ``module`` with ``strict=True``: every key, every shape."""
+    state = load_tensors(path, expected=module.state_dict().keys(), what=what)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).splitlines()[-1].strip() or str(exc).splitlines()[0]
+        raise SsmtlError(f"{path}: {what} do not match the model: {first}") from None

@@ -1,0 +1,175 @@
+"""The one training loop: pre-training and fine-tuning both run through it.
+
+Per optimizer step: the model's forward on every micro-batch (inside the
+Accelerator's autocast), one backward each, then the **non-finite policy**, gradient
+clipping, the optimizer and scheduler step, and the caller's post-step hook (e.g.
+MoCo's momentum update). Around the steps: logging through the run's
+:class:`~ssmtl.core.recorder.Recorder`, periodic atomic checkpoints, and the progress
+display. What differs between pre-training and fine-tuning is only the model (what its
+forward computes) and the batches; the mechanics and policies are the same:
+
+* **Non-finite policy.** A step whose loss is NaN or infinite on any process makes no
+  update on every process (all take the same branch after one host sync per step); the
+  culprit components are logged and named in a warning, and ``max_nonfinite_steps``
+  consecutive such steps stop the run with a clear error.
+* **Gradient clipping** of the global norm when ``grad_clip`` is set.
+* **Checkpoints** every ``checkpoint_every`` steps and at the end, so ``--resume``
+  continues exactly where a killed run stopped (the batches are a function of the
+  step, and the RNG states are part of the checkpoint).
+
+The model's ``forward(batch, step)`` returns a :class:`StepLosses`-like 4-tuple:
+``(total, losses (components,), weights (components,), metrics {"component/name": value})``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ssmtl.api.errors import SsmtlError
+from ssmtl.core.progress import Progress
+from ssmtl.core.recorder import Recorder
+
+
+class LoopConfig(BaseModel):
+    """The ``train`` section every training command shares: optimisation and bookkeeping.
+
+    Pre-training and fine-tuning subclass it (their own defaults, their own extra fields);
+    the loop reads only these fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Samples per process per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay (not on norms and biases).")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps, then cosine decay to 0.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm (None: off).")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
+        None, description="Autocast precision. None: what `accelerate launch --mixed_precision` / `accelerate config` set, else no."
+    )
+    checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
+    log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
+    max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss (each is skipped: no update).")
+
+
+@dataclass
+class StepOutcome:
+    losses: torch.Tensor  # (components,) detached, on the device
+    weights: torch.Tensor  # (components,) effective weights
+    metrics: dict[str, torch.Tensor]
+    skipped: bool  # a non-finite loss on some process: no update was made
+    nonfinite: list[str]  # the components that were not finite on this process
+
+
+@dataclass
+class LoopResult:
+    steps: int  # the last step done
+    seconds: float
+    last: dict[str, float]  # the last logged value of each component, and "loss"
+
+
+class TrainingLoop:
+    """One optimizer step (:meth:`step`) and the run around it (:meth:`run`).
+
+    ``model``, ``optimizer`` and ``scheduler`` are already ``accelerator.prepare``d;
+    ``names`` are the loss components in the order of the model's ``losses`` vector;
+    ``after_step(step)`` runs under ``no_grad`` after every optimizer step that was made.
+    """
+
+    def __init__(self, accelerator, model, optimizer, scheduler, policy: LoopConfig, names: list[str],
+                 after_step: Callable[[int], None] | None = None):
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.policy = policy
+        self.names = names
+        self.after_step = after_step
+
+    def step(self, batches: list[Any], step: int) -> StepOutcome:
+        acc, model = self.accelerator, self.model
+        model.train()
+        for micro, batch in enumerate(batches):
+            last = micro == len(batches) - 1
+            with (acc.no_sync(model) if not last and acc.num_processes > 1 else nullcontext()):
+                with acc.autocast():
+                    total, losses, weights, metrics = model(batch, step)
+                acc.backward(total / len(batches))
+        finite = torch.isfinite(total.detach()).float()
+        if acc.num_processes > 1:
+            finite = acc.reduce(finite, reduction="min")
+        if finite.item() < 1:  # the one host sync per step; every process takes the same branch
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            bad = [n for n, v in zip(self.names, losses.tolist()) if not math.isfinite(v)]
+            return StepOutcome(losses, weights, metrics, True, bad)
+        if self.policy.grad_clip is not None:
+            acc.clip_grad_norm_(model.parameters(), self.policy.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.after_step is not None:
+            with torch.no_grad():
+                self.after_step(step)
+        return StepOutcome(losses, weights, metrics, False, [])
+
+    def _culprit(self, outcome: StepOutcome) -> str:
+        if outcome.nonfinite:
+            return ", ".join(outcome.nonfinite)
+        if self.accelerator.num_processes > 1:
+            return "another process"
+        return "the weighted sum of the losses"
+
+    def run(self, batches: Iterator[Any], start_step: int, recorder: Recorder, *, slices_per_step: int,
+            label: str, progress: bool = True, on_logged: Callable[[int], None] | None = None) -> LoopResult:
+        """Steps ``start_step`` .. ``policy.steps - 1``; ``batches`` yields micro-batches on the device.
+
+        ``on_logged(done)`` runs on every process after each logging interval (e.g. validation).
+        """
+        acc, policy = self.accelerator, self.policy
+        bar = Progress(progress and acc.is_main_process, label, policy.steps, start_step, self.names)
+        nonfinite_run = 0
+        t_start = t_last = time.perf_counter()
+        try:
+            for step in range(start_step, policy.steps):
+                outcome = self.step([next(batches) for _ in range(policy.grad_accum)], step)
+                if outcome.skipped:
+                    nonfinite_run += 1
+                    culprit = self._culprit(outcome)
+                    acc.print(f"warning: step {step}: non-finite loss from {culprit}; step skipped", file=sys.stderr)
+                    recorder.skipped(step, outcome.nonfinite)
+                    if nonfinite_run >= policy.max_nonfinite_steps:
+                        recorder.flush()
+                        raise SsmtlError(
+                            f"stopping: {nonfinite_run} consecutive steps had a non-finite loss (last from {culprit}); "
+                            "lower the learning rate, enable gradient clipping, or check the data"
+                        )
+                    continue
+                nonfinite_run = 0
+                done = step + 1
+                now = time.perf_counter()
+                recorder.add(step, self.scheduler.get_last_lr()[0], outcome.losses, outcome.weights, outcome.metrics,
+                             slices_per_step / max(now - t_last, 1e-9))
+                t_last = now
+                if done % policy.log_every == 0 or done == policy.steps:
+                    recorder.flush()
+                    bar.update(done, recorder.last, slices_per_step * (done - start_step) / max(now - t_start, 1e-9))
+                    if on_logged is not None:
+                        on_logged(done)
+                if done % policy.checkpoint_every == 0 and done < policy.steps:
+                    recorder.save_checkpoint(done)
+            recorder.flush()
+            recorder.save_checkpoint(policy.steps)
+        finally:
+            bar.close()
+        return LoopResult(steps=policy.steps, seconds=time.perf_counter() - t_start, last=dict(recorder.last))

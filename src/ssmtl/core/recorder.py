@@ -1,0 +1,147 @@
+"""What a training run leaves on disk while it runs: ``metrics.jsonl`` and checkpoints.
+
+One :class:`Recorder` per run owns both (and is the one writer of ``metrics.jsonl``):
+
+* **Metrics.** Per-step values stay on the device and are written at log intervals,
+  one JSON line per step (``step``, ``loss``, ``lr``, ``slices_per_s`` and, per loss
+  component, its ``loss``, ``weight`` and metrics), so logging costs no host-device
+  sync per step. A skipped step (non-finite loss) gets its own line, in step order.
+  On resume, lines of steps at or after the resumed step are dropped (they are
+  recomputed), so the file never repeats a step.
+* **Checkpoints.** ``accelerator.save_state`` into a hidden temporary directory, then
+  :func:`ssmtl.core.checkpointing.finalize` (checksums, atomic rename); the newest
+  ``keep`` are kept. :meth:`resume_point` loads the newest one that verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ssmtl.core import checkpointing as ckpt
+from ssmtl.core.files import save_text
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class _Pending:
+    step: int
+    lr: float = 0.0
+    losses: torch.Tensor | None = None  # (components,) detached; None for a skipped step
+    weights: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] | None = None
+    slices_per_s: float = 0.0
+    nonfinite: tuple[str, ...] = ()
+
+
+class Recorder:
+    """``metrics.jsonl`` and checkpoints of one run directory (files written by the main process)."""
+
+    def __init__(self, accelerator, run_dir: Path, names: list[str], *, keep_checkpoints: int):
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.run_dir = Path(run_dir)
+        self.names = names
+        self.keep = keep_checkpoints
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.path = self.run_dir / METRICS
+        self.pending: list[_Pending] = []
+        self.last: dict[str, float] = {}
+        if accelerator.num_processes > 1:
+            self._reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: accelerator.reduce(t, reduction="mean")
+        else:
+            self._reduce = lambda t: t
+
+    # -- metrics ----------------------------------------------------------------------
+    def start(self, step: int) -> None:
+        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines before ``step``."""
+        if not self.main:
+            return
+        if step == 0:
+            self.path.unlink(missing_ok=True)
+            return
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", -1) < step:
+                        kept.append(line)
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a line cut by the kill
+        save_text(self.path, "".join(line + "\n" for line in kept))
+
+    def add(self, step: int, lr: float, losses: torch.Tensor, weights: torch.Tensor,
+            metrics: dict[str, torch.Tensor], slices_per_s: float) -> None:
+        self.pending.append(_Pending(step, lr, losses, weights, metrics, slices_per_s))
+
+    def skipped(self, step: int, nonfinite: list[str]) -> None:
+        self.pending.append(_Pending(step, nonfinite=tuple(nonfinite)))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Write the pending steps (values averaged over processes); returns their records."""
+        done = [p for p in self.pending if p.losses is not None]
+        records: dict[int, dict[str, Any]] = {}
+        if done:
+            losses = self._reduce(torch.stack([p.losses for p in done])).tolist()
+            weights = torch.stack([p.weights for p in done]).tolist()
+            keys = sorted(done[-1].metrics)
+            values = (self._reduce(torch.stack([torch.stack([p.metrics[k] for k in keys]) for p in done])).tolist()
+                      if keys else [[] for _ in done])
+            for i, p in enumerate(done):
+                parts = {n: {"loss": losses[i][j], "weight": weights[i][j]} for j, n in enumerate(self.names)}
+                for key, value in zip(keys, values[i]):
+                    part, metric = key.split("/", 1)
+                    parts.setdefault(part, {})[metric] = value
+                total = sum(parts[n]["loss"] * parts[n]["weight"] for n in self.names)
+                records[id(p)] = {"step": p.step, "loss": total, "lr": p.lr, "slices_per_s": p.slices_per_s, "tasks": parts}
+            last = records[id(done[-1])]
+            self.last = {n: last["tasks"][n]["loss"] for n in self.names}
+            self.last["loss"] = last["loss"]
+        ordered = [records.get(id(p)) or {"step": p.step, "skipped": True, "nonfinite": list(p.nonfinite)} for p in self.pending]
+        if self.main and ordered:
+            with open(self.path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in ordered))
+        self.pending.clear()
+        return ordered
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self, step: int, state: dict[str, Any] | None = None) -> Path:
+        """Every process saves its state into one temporary directory; the main process publishes it."""
+        acc = self.accelerator
+        tmp, final = ckpt.temporary_dir(self.checkpoints, step), ckpt.checkpoint_dir(self.checkpoints, step)
+        if self.main:
+            tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if self.main:
+            ckpt.finalize(tmp, final, {"step": step, **(state or {})})
+            ckpt.prune(self.checkpoints, self.keep)
+        acc.wait_for_everyone()
+        return final
+
+    def latest_checkpoint(self) -> ckpt.CheckpointInfo | None:
+        """The newest checkpoint that verifies (each damaged one is reported and skipped)."""
+        acc = self.accelerator
+        found = ckpt.latest_valid(self.checkpoints, warn=lambda m: acc.print(f"warning: {m}", file=sys.stderr))
+        if found is None:
+            acc.print("no valid checkpoint found; starting from step 0", file=sys.stderr)
+        return found
+
+    def load_checkpoint(self, found: ckpt.CheckpointInfo | None) -> int:
+        """Restore model, optimizer, scheduler and RNG states from ``found``; the step to resume at."""
+        if found is None:
+            return 0
+        self.accelerator.load_state(str(found.path))
+        self.accelerator.print(f"resuming from {found.path} at step {found.step}", file=sys.stderr)
+        return found.step
+
+    def resume_point(self) -> int:
+        """Load the newest checkpoint that verifies; its step (0: none)."""
+        return self.load_checkpoint(self.latest_checkpoint())

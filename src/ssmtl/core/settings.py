@@ -1,0 +1,187 @@
+"""Where a run's settings come from, and how they become one validated config.
+
+Every command that trains (``pretrain``, ``finetune``) resolves its pydantic config the
+same way. Precedence, lowest to highest:
+
+1. the model's defaults;
+2. a TOML, YAML or JSON file (``--config``);
+3. environment variables: ``PREFIX`` + the dotted path in upper case, ``__`` for each dot
+   (``SSMTL_TRAIN__STEPS=100`` for pre-training, ``SSMTL_FINETUNE__TRAIN__STEPS=100`` for
+   fine-tuning);
+4. command-line flags (only those the user actually set: flags default to ``None``);
+5. ``--set a.b=c`` (repeatable, reaches any field).
+
+Sources are merged as plain dicts and validated **once**; a validation error becomes a
+:class:`~ssmtl.api.ConfigError` with one ``(field, problem)`` row per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ssmtl.api.errors import ConfigError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+ENV_PREFIX = "SSMTL_"
+#: ``SSMTL_*`` variables that are not config fields of any command.
+NON_CONFIG_ENV = frozenset({"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA", "SSMTL_DEBUG"})
+
+
+def error_rows(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """One ``(dotted field, message)`` row per pydantic error, the offending value shown."""
+    rows = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "(root)")
+        msg = err["msg"]
+        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        rows.append((loc, msg))
+    return rows
+
+
+def summary(rows: list[tuple[str, str]], what: str = "configuration") -> str:
+    """The one-line message of a list of error rows: the first, and how many more."""
+    loc, msg = rows[0]
+    more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+    return f"invalid {what}: {loc}: {msg}{more}"
+
+
+def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> BaseModel:
+    """Validate ``data`` with ``model``; raise a :class:`ConfigError` naming each bad field."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        rows = error_rows(exc, prefix=prefix)
+        loc, msg = rows[0]
+        raise ConfigError(f"invalid {prefix} option {loc}: {msg}", rows) from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI/env value: YAML scalars and flow lists (8, 1e-3, true, [1, 2], null)."""
+    try:
+        return yaml.safe_load(text) if text.strip() != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_path(d, "train.steps", 5)``: create the tables on the way, refuse to descend into a value."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"invalid key {dotted!r}: expected a dotted path like train.steps")
+    node = target
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``override``, merging nested tables key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A TOML, YAML or JSON file as a dict; one clear error naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"{path}: unsupported config format (use .toml, .yaml or .json)")
+    try:
+        text = path.read_text()
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: cannot parse config: {first}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a table/mapping at the top level")
+    return data
+
+
+def env_overrides(prefix: str, fields: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``PREFIX`` + ``SECTION__FIELD=value`` -> ``{"section": {"field": value}}``.
+
+    Only variables whose first component is one of ``fields`` (the model's top-level
+    fields) are read; others are left alone (they may belong to another command).
+    """
+    environ = os.environ if environ is None else environ
+    fields = set(fields)
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(prefix) or key in NON_CONFIG_ENV:
+            continue
+        dotted = key[len(prefix):].lower().replace("__", ".")
+        if dotted.split(".")[0] not in fields:
+            continue
+        set_path(out, dotted, parse_value(raw))
+    return out
+
+
+def parse_set_flags(set_flags: Iterable[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", ...]`` -> ``[("a.b", 1), ...]`` (values parsed like YAML scalars)."""
+    pairs = []
+    for item in set_flags:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+        pairs.append((key.strip(), parse_value(value)))
+    return pairs
+
+
+def flag_layer(flags: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{"train.steps": 5, "seed": None}`` -> ``{"train": {"steps": 5}}``: unset flags (None) are dropped."""
+    layer: dict[str, Any] = {}
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            set_path(layer, dotted, value)
+    return layer
+
+
+def layered(
+    model: type[BaseModel],
+    *,
+    env_prefix: str,
+    file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge file, environment, flags and ``--set`` (in that order) into one dict for ``model``."""
+    merged: dict[str, Any] = {}
+    if file is not None:
+        merged = deep_merge(merged, read_config_file(file))
+    merged = deep_merge(merged, env_overrides(env_prefix, model.model_fields, environ))
+    merged = deep_merge(merged, flag_layer(flags))
+    for key, value in parse_set_flags(sets):
+        set_path(merged, key, value)
+    return merged

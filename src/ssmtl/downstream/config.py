@@ -1,0 +1,87 @@
+"""The fine-tuning configuration and where it comes from.
+
+``ssmtl finetune`` resolves :class:`FinetuneConfig` like pre-training resolves its
+config (:mod:`ssmtl.core.settings`): defaults, then ``--config FILE``, then
+``SSMTL_FINETUNE__*`` environment variables (``SSMTL_FINETUNE__TRAIN__STEPS=500``), then
+flags, then ``--set``. The ``train`` section is the training loop's, shared with
+pre-training (:class:`~ssmtl.core.loop.LoopConfig`), with fine-tuning's own defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ssmtl.core.augment import AugmentConfig
+from ssmtl.core.loop import LoopConfig
+from ssmtl.core.model import ModelConfig
+from ssmtl.core.settings import ENV_PREFIX, layered, validate_model
+
+ENV = f"{ENV_PREFIX}FINETUNE__"
+
+
+def finetune_augment() -> AugmentConfig:
+    """Milder augmentation than pre-training: the labels must stay meaningful.
+
+    No left-right flip: whole-heart structures are lateralised (left vs right
+    ventricle/atrium), so a flipped slice would teach the wrong side. Small rotations
+    and crops, light contrast/brightness/gamma, no blur or noise.
+    """
+    return AugmentConfig(
+        flip=0.0, rotate=10.0, crop_scale=(0.85, 1.0), translate=0.05,
+        contrast=0.1, brightness=0.1, gamma=(0.9, 1.1), blur=0.0, noise=0.0,
+    )
+
+
+class FinetuneTrainConfig(LoopConfig):
+    """The training loop of fine-tuning: 2D slices, sampled with replacement from the labeled volumes."""
+
+    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Slices per process per micro-batch.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 0).")
+    checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
+
+
+class FinetuneConfig(BaseModel):
+    """Everything a fine-tuning run needs. Saved as config.json in the run directory."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: Path = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
+    out: Path = Field(description="Run directory (must be new or empty).")
+    init: str = Field("none", description="'none' (random init, the baseline) or a pre-training run directory with an export/.")
+    init_parts: Literal["all", "encoder"] = Field("all", description="What to load from the export: 'all' (encoder and decoder) or 'encoder' (the decoder starts from random init, seeded by `seed`: the ablation of decoder pre-training).")
+    labeled_volumes: int = Field(2, ge=1, description="Labeled training subjects to fine-tune on (all labeled volumes of each chosen subject are used).")
+    seed: int = Field(0, description="Seed for head/scratch initialisation, slice sampling and augmentation.")
+    split_seed: int = Field(
+        0,
+        description="Seed of the subject-level test split. Keep it fixed across methods and training seeds "
+        "so that every run is evaluated on the same test subjects.",
+    )
+    labeled_seed: int | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
+    test_fraction: float = Field(0.3, ge=0, lt=1, description="Fraction of the labeled subjects held out for testing (at least one).")
+    head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
+    head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
+    model: ModelConfig | None = Field(None, description="Network for init='none' (default: ModelConfig defaults). With an export, the export decides.")
+    freeze_encoder: bool = Field(False, description="Train only the decoder and head (encoder weights and norm statistics stay fixed).")
+    augment: AugmentConfig = Field(default_factory=finetune_augment, description="Random affine (image and label alike) and intensity augmentation.")
+    num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
+    train: FinetuneTrainConfig = Field(default_factory=lambda: FinetuneTrainConfig(), description="Optimisation and bookkeeping (the training loop shared with pre-training).")
+    class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    def with_defaults(self, registry) -> "FinetuneConfig":
+        """This config with what it leaves to the plugins (the head) taken from ``registry``."""
+        return self if self.head is not None else self.model_copy(update={"head": registry.default_head()})
+
+
+def resolve_finetune_config(
+    *,
+    file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FinetuneConfig:
+    """Merge file, ``SSMTL_FINETUNE__*`` variables, flags and ``--set``; validate once."""
+    merged = layered(FinetuneConfig, env_prefix=ENV, file=file, flags=flags, sets=sets or (), environ=environ)
+    return validate_model(FinetuneConfig, merged, prefix="finetune")

@@ -1,0 +1,123 @@
+"""The fine-tuned model: the shared network (from a pre-training export or from scratch)
+plus a downstream head plugin, and the objective one training step computes on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.heads import DownstreamHead
+from ssmtl.core.augment import AugmentConfig
+from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
+from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.settings import validate_model
+from ssmtl.data.cache import SliceCache
+from ssmtl.downstream.config import FinetuneConfig
+from ssmtl.downstream.data import augment_pair
+
+
+class FinetuneModel(nn.Module):
+    """The shared network and the head; ``forward`` returns the head's logits.
+
+    Its state dict has exactly the ``network.*`` and ``head.*`` keys of the saved weights.
+    """
+
+    def __init__(self, network: UNet, head: DownstreamHead):
+        super().__init__()
+        self.network = network
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.network(images).decoder)
+
+
+def build_head(registry, name: str, options: dict[str, Any], network: UNet, num_classes: int) -> DownstreamHead:
+    """Validate the head's options with its plugin's config model and build it."""
+    spec = registry.head(name)
+    config = validate_model(spec.config_model, {**options, "name": name}, prefix=name)
+    head = spec.factory(config, network.info, num_classes)
+    if not isinstance(head, DownstreamHead):
+        raise SsmtlError(f"head {name!r}: factory returned {type(head).__name__}, not a DownstreamHead")
+    return head
+
+
+def resolve_init(init: str) -> Path | None:
+    """None for 'none'; else the pre-training run directory (an export/ dir is accepted too)."""
+    if init.strip().lower() == "none":
+        return None
+    path = Path(init)
+    if path.name == EXPORT_DIR and (path / "manifest.json").is_file():
+        return path.parent
+    return path
+
+
+def build_network(config: FinetuneConfig) -> tuple[UNet, dict[str, Any] | None]:
+    """The initial network: the export's (strict load) or a fresh one; plus the export manifest."""
+    run_dir = resolve_init(config.init)
+    if run_dir is None:
+        return UNet(config.model or ModelConfig()), None
+    network, manifest = load_pretrained_network(run_dir)
+    if config.model is not None and config.model != network.config:
+        raise SsmtlError(
+            f"model is set but init={config.init} loads an export with a different model config "
+            f"({network.config.model_dump()}); drop the model options when starting from an export"
+        )
+    if config.init_parts == "encoder":
+        fresh = UNet(network.config)  # random decoder, from the seeded RNG
+        fresh.encoder.load_state_dict(network.encoder.state_dict(), strict=True)
+        network = fresh
+    return network, manifest
+
+
+def check_network(network: UNet, cache: SliceCache) -> None:
+    if network.config.in_channels != 1:
+        raise SsmtlError(
+            f"the network expects {network.config.in_channels} input channels but cache slices have 1"
+        )
+    shapes = {v.shape[1:] for v in cache.volumes}
+    if len(shapes) > 1:
+        raise SsmtlError(f"{cache.path}: volumes have different slice shapes {sorted(shapes)}; rebuild the cache with one size")
+
+
+def cache_classes(cache: SliceCache) -> tuple[int, dict[int, str]]:
+    """``(num_classes, {class id: name})``; errors when the cache cannot train a segmentation."""
+    if not any(v.has_label for v in cache.volumes):
+        raise SsmtlError(f"{cache.path}: the cache has no labeled volumes; fine-tuning needs labels")
+    if cache.num_classes < 2:
+        raise SsmtlError(f"{cache.path}: the cache names {cache.num_classes} class(es); segmentation needs background plus at least one class")
+    names = {c: cache.class_names.get(c, f"class_{c}") for c in range(cache.num_classes)}
+    return cache.num_classes, names
+
+
+class SegmentationObjective(nn.Module):
+    """What one fine-tuning step computes, in the training loop's terms (the unit DDP wraps).
+
+    ``forward((images, labels), step)`` augments the pair (one random affine per slice,
+    applied to image and label alike), runs the model, and returns the head's loss as
+    ``(total, losses (1,), weights (1,), metrics)``. With ``freeze_encoder`` the encoder
+    stays in eval mode (its norm statistics do not move either).
+    """
+
+    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False):
+        super().__init__()
+        self.model = model
+        self.augment = augment
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            model.network.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "SegmentationObjective":
+        super().train(mode)
+        if self.freeze_encoder:
+            self.model.network.encoder.eval()  # frozen means frozen: no BatchNorm statistics updates either
+        return self
+
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor], step: int):
+        images, labels = augment_pair(*batch, self.augment)
+        loss = self.model.head.loss(self.model(images), labels)
+        value = loss.detach().float()
+        return loss, value.reshape(1), torch.ones(1, device=value.device), {}

@@ -1,0 +1,67 @@
+"""Reading NIfTI volumes (``.nii``, ``.nii.gz``) with nibabel, as canonical RAS arrays.
+
+Used by every dataset that reads NIfTI files (``nifti``, ``mmwhs``, ``acdc``, and
+the multi-format readers of :mod:`~ssmtl.plugins.datasets.volume_files`).
+Reorientation keeps the file's own header class (``as_closest_canonical`` on the
+image as loaded), so the spacing comes from the header's zooms, as nibabel gives it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ssmtl.api import FileKind, InputFileError, integer_labels, spatial_shape
+
+NIFTI_FILES = FileKind("NIfTI files", (".nii", ".nii.gz"))
+
+
+def _load_header(path: Path) -> nib.spatialimages.SpatialImage:
+    """``nib.load`` (reads the header only; voxel data stay on disk until asked for)."""
+    try:
+        return nib.load(str(path))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InputFileError(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_data(path: Path, read):
+    """Run ``read()`` (which decodes voxel data), rephrasing decoding failures as InputFileError."""
+    try:
+        return read()
+    except MemoryError:
+        raise
+    except (EOFError, zlib.error, OSError) as exc:
+        raise InputFileError(path, f"cannot read NIfTI (truncated or corrupt file: {exc})") from exc
+    except Exception as exc:  # nibabel raises assorted errors on malformed data blocks
+        raise InputFileError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+
+
+def _canonical(img, data: np.ndarray):
+    """Reorient ``data`` (3D, laid out like ``img``) to the closest canonical RAS orientation."""
+    return nib.as_closest_canonical(img.__class__(data, img.affine, img.header))
+
+
+def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, affine)."""
+    img = _load_header(path)
+    shape = spatial_shape(img.shape, path)
+    # Decode straight to float32: scaled integer data would otherwise become float64.
+    data = _read_data(path, lambda: img.get_fdata(dtype=np.float32)).reshape(shape)
+    canonical = _canonical(img, data)
+    array = np.asanyarray(canonical.dataobj)
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    return array, spacing, canonical.affine
+
+
+def read_label_values(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a label map as canonical integers; returns (array, affine)."""
+    img = _load_header(path)
+    shape = spatial_shape(img.shape, path)
+    data = integer_labels(_read_data(path, lambda: np.asanyarray(img.dataobj)).reshape(shape), path)
+    canonical = _canonical(img, data)
+    return np.asanyarray(canonical.dataobj), canonical.affine

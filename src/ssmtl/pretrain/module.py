@@ -1,0 +1,118 @@
+"""What one pre-training step computes: the shared network, every task, the loss weighting.
+
+:class:`PretrainModule` is the unit DDP wraps. Its ``forward(batch, step)`` builds one
+:class:`~ssmtl.api.StepContext` (each view built once, each encoded once, however many
+tasks ask), runs every enabled task on it, and combines their losses with the
+weighting scheme into the one total the engine back-propagates.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ssmtl.api.errors import SsmtlError
+from ssmtl.api.tasks import PretextTask
+from ssmtl.api.views import SequenceBatch, StepContext, task_views
+from ssmtl.core.augment import make_augmenter
+from ssmtl.core.model import UNet
+from ssmtl.pretrain.config import RunConfig
+from ssmtl.pretrain.weighting import LossWeighting, build_weighting
+
+
+class PretrainModule(nn.Module):
+    """The shared network, the task heads and the loss weighting: what DDP wraps.
+
+    ``forward`` returns ``(total_loss, task_losses, effective_weights, metrics)``;
+    ``task_losses`` and ``effective_weights`` are (num_tasks,) tensors in task order.
+    """
+
+    def __init__(self, network: UNet, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
+                 decoder_slices: str = "all"):
+        super().__init__()
+        self.network = network
+        self.tasks = nn.ModuleDict(tasks)
+        self.weighting = weighting
+        self.augment = augment
+        self.builders, self.transforms = task_views(tasks)
+        # tasks that need the decoder on every slice override "one"; the note says so
+        needs_all = [n for n, t in tasks.items() if t.decodes_every_slice]
+        self.decoder_slices = "all" if needs_all else decoder_slices
+        self.notes = [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice "
+                      "of a sequence"] if needs_all and decoder_slices == "one" else []
+        self.augmenter = make_augmenter(augment)
+        # opt-in observers of each step's context (tests, debugging); none by default, so they cost nothing
+        self.step_observers: list[Callable[[StepContext], None]] = []
+        self.memory_format = torch.contiguous_format
+
+    def use_channels_last(self) -> None:
+        """NHWC weights (every 4-D parameter and buffer) and input views: faster convolutions."""
+        self.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
+
+    def context(self, batch: SequenceBatch, step: int = 0) -> StepContext:
+        """A fresh step context with this module's views, view transforms and decoder policy."""
+        return StepContext(batch, self.network, self.augmenter, self.builders, step, self.memory_format,
+                           self.transforms, self.decoder_slices)
+
+    def forward(self, batch: SequenceBatch, step: int):
+        ctx = self.context(batch, step)
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        for name, task in self.tasks.items():
+            out = task(ctx)
+            losses[name] = out.loss
+            for key, value in out.metrics.items():
+                metrics[f"{name}/{key}"] = value.detach().float()
+        total, weights = self.weighting(losses, step)
+        for observe in self.step_observers:
+            observe(ctx)
+        stacked = torch.stack([losses[n].detach().float() for n in self.tasks])
+        return total, stacked, weights, metrics
+
+
+def build_tasks(config: RunConfig, network: UNet, registry) -> dict[str, PretextTask]:
+    tasks = {}
+    for name, task_config in config.tasks.items():
+        spec = registry.task(name)
+        task = spec.factory(task_config, network.info)
+        if not isinstance(task, PretextTask):
+            raise SsmtlError(f"task {name!r}: factory returned {type(task).__name__}, not a PretextTask")
+        task.setup(network)
+        tasks[name] = task
+    return tasks
+
+
+def sequence_length(config: RunConfig, tasks: dict[str, PretextTask]) -> int:
+    need = max(t.sequence_length for t in tasks.values())
+    k = config.data.sequence_length or need
+    if k < need:
+        names = [n for n, t in tasks.items() if t.sequence_length > k]
+        raise SsmtlError(f"data.sequence_length={k} is too short: task(s) {', '.join(names)} need {need} slices")
+    return k
+
+
+def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
+    """Network + tasks + weighting, with the decoder frozen when no task trains it."""
+    torch.manual_seed(config.seed)
+    network = UNet(config.model)
+    tasks = build_tasks(config, network, registry)
+    if not any("decoder" in t.trains for t in tasks.values()):
+        # no loss reaches the decoder: freeze it so it stays at init and DDP has no unused params
+        network.decoder.requires_grad_(False)
+    names = list(tasks)
+    weighting = build_weighting(
+        config.weighting.scheme,
+        names,
+        {n: config.tasks[n].weight for n in names},
+        {n: config.tasks[n].warmup_steps for n in names},
+        temperature=config.weighting.temperature,
+    )
+    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices)
+
+
+def ddp_ignored_names(module: PretrainModule) -> list[str]:
+    """What the tasks ask DDP not to broadcast (e.g. a large key queue), with their module paths."""
+    return [f"tasks.{name}.{n}" for name, task in module.tasks.items() for n in task.ddp_ignored_names()]

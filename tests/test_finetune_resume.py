@@ -1,0 +1,85 @@
+"""Fine-tuning runs through the same loop as pre-training: config sources, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import kill_after_checkpoint, run, ssmtl_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def finetune_args(cache: Path, out: Path, steps: int = 10) -> list[str]:
+    return ["finetune", "--data", str(cache), "--init", "none", "--out", str(out), "--labeled-volumes", "1",
+            "--steps", str(steps), "--batch-size", "4", "--lr", "3e-3", "--num-workers", "1",
+            "--set", "model.base_channels=4", "--set", "model.depth=2",
+            "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=3", "--set", "train.log_every=1"]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ft-full") / "run"
+    run(ssmtl_cmd() + finetune_args(tiny_cache, out))
+    return out
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tiny_cache, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    args = finetune_args(tiny_cache, out)
+    kill_after_checkpoint(args, out, 4, done_marker="model.safetensors")
+    result = run(ssmtl_cmd() + args + ["--resume"])
+    assert "resuming from" in result.stderr
+
+    expected, got = losses(uninterrupted), losses(out)
+    assert sorted(got) == list(range(10))  # no step lost, none repeated
+    for step in range(10):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    a, b = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("head.") for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000008", "step-00000010"]
+
+
+def test_config_file_env_flags_and_set_in_precedence(tiny_cache, tmp_path):
+    config = tmp_path / "ft.toml"
+    config.write_text(
+        f'data = "{tiny_cache}"\ninit = "none"\nlabeled_volumes = 1\nseed = 4\n'
+        "[model]\nbase_channels = 4\ndepth = 2\n"
+        "[train]\nsteps = 3\nbatch_size = 2\nlr = 0.01\nlog_every = 1\n"
+    )
+    env = dict(os.environ, SSMTL_FINETUNE__TRAIN__STEPS="2", SSMTL_FINETUNE__SEED="5", SSMTL_TRAIN__STEPS="99")
+    out = tmp_path / "run"
+    cmd = ssmtl_cmd() + ["finetune", "--config", str(config), "--out", str(out), "--seed", "6",
+                         "--set", "train.batch_size=3"]
+    import subprocess
+
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["steps"] == 2  # env over file; the pre-training variable is not read
+    assert saved["train"]["lr"] == 0.01 and saved["model"]["base_channels"] == 4  # file
+    assert saved["seed"] == 6  # flag over env
+    assert saved["train"]["batch_size"] == 3  # --set over everything
+    assert sorted(losses(out)) == [0, 1]
+
+
+def test_a_bad_config_field_is_one_error_line(tiny_cache, tmp_path):
+    cmd = ssmtl_cmd() + ["finetune", "--data", str(tiny_cache), "--init", "none", "--out", str(tmp_path / "r"),
+                         "--set", "train.stepz=3"]
+    import subprocess
+
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "train.stepz" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
