@@ -480,3 +480,12 @@ def test_a_stale_installation_is_named(monkeypatch):
     use_entry_points(monkeypatch, [FakeEntryPoint("gone", "ssmtl.plugins.tasks.gone", FakeDist("ssmtl"))])
     with pytest.raises(SsmtlError, match=r"built-in plugin ssmtl.plugins.tasks.gone .* stale: run pip install -e \."):
         build_registry(external=False)
+
+
+def test_an_installation_older_than_the_defaults_plugin_is_named(monkeypatch):
+    without = [ep for ep in ssmtl_entry_points() if ep.value != "ssmtl.plugins.defaults"]
+    monkeypatch.setattr(registry_module.metadata, "entry_points", lambda **kw: without)
+    registry = build_registry(external=False)
+    assert registry.problems == ["the built-in plugins provide no defaults (ssmtl_defaults): the installed "
+                                 "metadata of ssmtl is stale; run pip install -e ."]
+    assert registry.defaults == DefaultsSpec() and BUILTIN_TASKS <= set(registry.tasks)

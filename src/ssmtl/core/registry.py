@@ -319,6 +319,10 @@ def build_registry(
         plugin = _load_builtin(ref) if isinstance(ref, str) else ref
         name = ref if isinstance(ref, str) else ref.__name__
         registry.add_plugin(pm, plugin, PluginInfo(name=name, distribution=DISTRIBUTION, version=__version__, builtin=True))
+    if builtins is None and not any("defaults" in p.provides for p in registry.plugins):
+        # ssmtl always ships its defaults plugin: metadata installed before it existed is stale
+        registry.problems.append("the built-in plugins provide no defaults (ssmtl_defaults): the installed "
+                                 "metadata of ssmtl is stale; run pip install -e .")
     if external:
         allowed = _allow_list(allow)
         for ep in sorted(entry_points, key=lambda e: e.name):
