@@ -98,7 +98,9 @@ def _anchor(path: str) -> str:
 def _type_name(param, ctx) -> str:
     if getattr(param, "is_flag", False):
         return "flag"
-    if hasattr(param, "display_type"):  # Typer's own parameters: "<int>", "<list[str]>", "<a|b>"
+    if getattr(param, "metavar", None):  # `cache build`'s dataset options: the field's type
+        name = param.metavar.strip("<>")
+    elif hasattr(param, "display_type"):  # Typer's own parameters: "<int>", "<list[str]>", "<a|b>"
         name = param.display_type(ctx).strip("<>")
     else:
         name = param.type.name
@@ -118,7 +120,9 @@ def cli_reference() -> str:
     import typer.main
 
     from ssmtl.cli.app import app
+    from ssmtl.core.registry import set_default_external
 
+    set_default_external(False)  # built-ins only: `cache build` makes its dataset options from them
     root = typer.main.get_command(app)
     lines = [
         NOTE, "", "# CLI reference", "",
@@ -140,7 +144,8 @@ def cli_reference() -> str:
             rows = [[code(p.name.upper()), _type_name(p, ctx), "required" if p.required else "",
                      cell(getattr(p, "help", None) or "")] for p in arguments]
             lines += ["Arguments:", ""] + table(["argument", "type", "", "description"], rows)
-        options = [p for p in command.params if p.param_type_name == "option" and not p.hidden]
+        help_option = command.get_help_option(ctx)
+        options = [p for p in command.get_params(ctx) if p.param_type_name == "option" and not p.hidden and p is not help_option]
         if options:
             rows = [[", ".join(code(o) for o in [*p.opts, *p.secondary_opts]), _type_name(p, ctx), _default(p), cell(p.help or "")]
                     for p in options]
@@ -190,10 +195,11 @@ def _section_rows(model: dict[str, Any], prefix: str) -> list[list[str]]:
 
 
 def config_reference() -> str:
-    from ssmtl.pretrain.config import DEFAULT_TASKS, run_config_schema
+    from ssmtl.pretrain.config import default_tasks, run_config_schema
     from ssmtl.core.registry import build_registry
 
-    schema = run_config_schema(build_registry(external=False))
+    registry = build_registry(external=False)
+    schema = run_config_schema(registry)
     defs = schema["$defs"]
     header = ["key", "type", "default", "constraint", "description"]
     lines = [
@@ -235,7 +241,7 @@ def config_reference() -> str:
     lines += [
         "## tasks", "",
         escape(tasks.get("description", "")) + " A table keyed by task name; listing a task enables it "
-        f"(default: {', '.join(code(t) for t in DEFAULT_TASKS)}). Each task has its own options, set as "
+        f"(default: {', '.join(code(t) for t in default_tasks(registry))}). Each task has its own options, set as "
         "`tasks.NAME.OPTION`; `weight` and `warmup_steps` exist for every task. What each task does: "
         "[pretext tasks](tasks.md).", "",
     ]

@@ -12,6 +12,7 @@ from ssmtl.cli.app import app
 from ssmtl.experiments.benchmark import Method, parse_methods
 from ssmtl.experiments.results import summarise_cells
 from ssmtl.api.errors import SsmtlError
+from ssmtl.core.registry import build_registry
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -92,24 +93,30 @@ def test_tiny_benchmark_outputs_and_reuse(bench_cache, tmp_path):
 
 def test_parse_methods():
     tasks = {"contrastive", "order", "reconstruct", "neighbor", "position"}
-    methods = parse_methods("scratch,contrastive,multitask,dec=reconstruct+neighbor", tasks)
+    task_sets = build_registry(external=False).defaults.task_sets  # the methods known by name come from the plugins
+    methods = parse_methods("scratch,contrastive,multitask,dec=reconstruct+neighbor", tasks, task_sets)
     assert methods[0] == Method("scratch", ())
     assert methods[2].tasks == ("contrastive", "order", "position", "reconstruct", "neighbor")
     assert methods[3] == Method("dec", ("reconstruct", "neighbor"))
     with pytest.raises(SsmtlError, match="unknown task"):
-        parse_methods("x=bogus", tasks)
-    with pytest.raises(SsmtlError, match="unknown method"):
-        parse_methods("mocov3", tasks)
+        parse_methods("x=bogus", tasks, task_sets)
+    with pytest.raises(SsmtlError, match="unknown method 'mocov3'; use scratch, contrastive, multitask or NAME=task"):
+        parse_methods("mocov3", tasks, task_sets)
     with pytest.raises(SsmtlError, match="twice"):
-        parse_methods("scratch,scratch", tasks)
-    enc = parse_methods("multitask,mt-enc=multitask:encoder,c-enc=contrastive+order:encoder,c=contrastive:all", tasks)
+        parse_methods("scratch,scratch", tasks, task_sets)
+    enc = parse_methods("multitask,mt-enc=multitask:encoder,c-enc=contrastive+order:encoder,c=contrastive:all", tasks, task_sets)
     assert enc[1] == Method("mt-enc", methods[2].tasks, "encoder")
     assert enc[2] == Method("c-enc", ("contrastive", "order"), "encoder")
     assert enc[3] == Method("c", ("contrastive",), "all")
     with pytest.raises(SsmtlError, match="unknown suffix ':decoder'"):
-        parse_methods("x=multitask:decoder", tasks)
+        parse_methods("x=multitask:decoder", tasks, task_sets)
     with pytest.raises(SsmtlError, match="needs a pre-trained method"):
-        parse_methods("x=scratch:encoder", tasks)
+        parse_methods("x=scratch:encoder", tasks, task_sets)
+    # a plugin's own task set is a method like the built-in ones
+    mine = parse_methods("scratch,pair,p-enc=pair:encoder", tasks, {"pair": ("order", "position")})
+    assert mine[1:] == [Method("pair", ("order", "position")), Method("p-enc", ("order", "position"), "encoder")]
+    with pytest.raises(SsmtlError, match="unknown method 'multitask'; use scratch, pair or"):
+        parse_methods("multitask", tasks, {"pair": ("order", "position")})
 
 
 def test_encoder_only_method_shares_the_pretraining(bench_cache, tmp_path):
@@ -136,3 +143,28 @@ def test_summary_pairs_by_seed():
     diff = rows["multi"]["vs_scratch"]
     assert diff["mean"] == pytest.approx(0.0) and diff["wins"] == 1 and diff["pairs"] == 2
     assert diff["std"] == pytest.approx(0.1414213, rel=1e-5)  # paired diffs +0.1, -0.1
+    assert "vs_base" not in rows["multi"]  # scratch is the only reference unless a baseline is named
+    cells += [cell("base", 0, 0.55), cell("base", 1, 0.5)]
+    rows = {r["method"]: r for r in summarise_cells(cells, references=("scratch", "base"))}
+    assert rows["multi"]["vs_base"]["mean"] == pytest.approx(0.075) and rows["multi"]["vs_base"]["wins"] == 2
+    assert "vs_base" not in rows["base"] and "vs_scratch" not in rows["scratch"]
+
+
+def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_path):
+    import types
+
+    from ssmtl.api import DefaultsSpec, hookimpl
+    from ssmtl.core.registry import builtin_plugins
+    from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
+
+    bench = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), build_registry(external=False))
+    assert [m.name for m in bench.methods] == bench.config.methods == ["scratch", "contrastive", "multitask"]
+    assert bench.methods[2].tasks == ("contrastive", "order", "position", "reconstruct", "neighbor")
+
+    # other defaults (here without the built-in provider): other methods, nothing hard-coded
+    mine = types.ModuleType("my_defaults")
+    mine.ssmtl_defaults = hookimpl(lambda: DefaultsSpec(tasks=("order",), task_sets={"pair": ("order", "position")}, baseline="pair"))
+    mine.ssmtl_defaults.__name__ = "ssmtl_defaults"
+    registry = build_registry(external=False, builtins=[b for b in builtin_plugins() if not b.endswith(".defaults")], extra=[mine])
+    other = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), registry)
+    assert [(m.name, m.tasks) for m in other.methods] == [("scratch", ()), ("pair", ("order", "position"))]

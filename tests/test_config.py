@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ssmtl.pretrain.config import (
-    DEFAULT_TASKS,
     RunConfig,
     config_to_dict,
     env_layer,
@@ -82,10 +81,10 @@ tasks:
 # -- precedence -----------------------------------------------------------------------
 
 
-def test_defaults(resolve):
+def test_defaults(resolve, builtin_registry):
     config = resolve()
     assert config.seed == 0 and config.train.steps == 1000 and config.model.base_channels == 16
-    assert tuple(config.tasks) == DEFAULT_TASKS
+    assert tuple(config.tasks) == builtin_registry.defaults.tasks == ("contrastive", "order")
     assert isinstance(config.tasks["order"], OrderConfig) and config.tasks["order"].num_slices == 3
 
 

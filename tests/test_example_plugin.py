@@ -90,10 +90,14 @@ def test_png_stack_dataset_through_its_entry_point(rotation_plugin, tmp_path):
         for i in range(4):
             Image.fromarray(rng.integers(0, 4000, (24, 24)).astype(np.uint16)).save(folder / f"{i:03d}.png")
     out = tmp_path / "stack.h5"
+    # its config fields are flags like a built-in's (--pixel-spacing), and --set still reaches any field
     ssmtl("cache", "build", "--dataset", "png-stack", "--images", tmp_path / "slices", "--modality", "ct",
-          "--set", "rescale_intercept=-1024", "--out", out, "--size", "32")
+          "--pixel-spacing", "0.5", "--set", "rescale_intercept=-1024", "--out", out, "--size", "32")
     info = json.loads(ssmtl("cache", "info", out, "--json").stdout)
     assert info["volumes"] == 2 and info["slices"] == 8 and info["dataset"] == "png-stack"
+    assert info["spacing_stats_mm"]["original"]["x"]["min"] == 0.5
+    help_text = ssmtl("cache", "build", "--dataset", "png-stack", "--help", env=clean_env(COLUMNS="200")).stdout
+    assert "Options of dataset png-stack" in help_text and "In-plane pixel size in mm. (default: 1.0)" in help_text
 
 
 def test_the_example_packages_own_tests_pass(rotation_plugin):

@@ -28,7 +28,7 @@ TINY = ModelConfig(base_channels=4, depth=2)
 
 @pytest.fixture(scope="module")
 def registry():
-    return build_registry(external=False, builtins=["ssmtl.plugins.heads.segmentation"])
+    return build_registry(external=False, builtins=["ssmtl.plugins.heads.segmentation", "ssmtl.plugins.defaults"])
 
 
 def _subject_volume(i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +79,7 @@ def test_run_files_and_split(scratch_run):
     out, summary = scratch_run
     for name in ("config.json", "split.json", "metrics.jsonl", "model.safetensors", "run.json"):
         assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["head"] == "segmentation"  # the default, resolved
     split = json.loads((out / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["test"])
     assert len(split["test"]) == 2  # round(0.3 * 6)
@@ -206,6 +207,15 @@ def test_cache_without_labels_fails(registry, tmp_path):
     path = _write_cache(tmp_path / "unlabeled.h5", labeled=False)
     with pytest.raises(SsmtlError, match="no labeled volumes"):
         run_finetune(_config(path, tmp_path / "ft"), registry=registry, progress=False)
+
+
+def test_head_defaults_to_the_plugins_default_head(registry, tmp_path):
+    config = _config("data.h5", tmp_path)
+    assert config.head is None
+    assert config.with_defaults(registry).head == registry.defaults.head == "segmentation"
+    assert _config("data.h5", tmp_path, head="mine").with_defaults(registry).head == "mine"
+    with pytest.raises(SsmtlError, match="no default head"):
+        config.with_defaults(build_registry(external=False, builtins=["ssmtl.plugins.heads.segmentation"]))
 
 
 def test_unknown_head_option_fails(cache_path, registry, tmp_path):

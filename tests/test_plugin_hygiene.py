@@ -84,12 +84,13 @@ def test_a_task_outside_the_allow_list_is_unknown(discovered):
 @pytest.mark.slow
 def test_plugins_json_describes_every_plugin(discovered):
     data = discovered["all"]
-    assert set(data) == {"plugins", "problems"}
+    assert set(data) == {"plugins", "defaults", "problems"}
+    assert data["defaults"]["tasks"] == ["contrastive", "order"] and data["defaults"]["head"] == "segmentation"
     for plugin in data["plugins"]:
         assert set(plugin) == PLUGIN_FIELDS
         if plugin["error"] is None:
-            assert plugin["hooks"] and all(h.startswith("ssmtl_register_") for h in plugin["hooks"])
-            assert plugin["provides"] and set(plugin["provides"]) <= {"tasks", "datasets", "heads"}
+            assert plugin["hooks"] and all(h.startswith("ssmtl_") for h in plugin["hooks"])
+            assert plugin["provides"] and set(plugin["provides"]) <= {"tasks", "datasets", "heads", "defaults"}
         if plugin["builtin"]:
             assert (plugin["distribution"], plugin["version"]) == ("ssmtl", ssmtl.__version__)
     [rotation] = [p for p in data["plugins"] if p["name"] == "rotation"]

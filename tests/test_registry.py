@@ -14,7 +14,7 @@ from ssmtl.core import registry as registry_module
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.hooks import hookimpl
 from ssmtl.core.registry import build_registry
-from ssmtl.api.specs import DatasetSpec, TaskSpec
+from ssmtl.api.specs import DatasetSpec, DefaultsSpec, TaskSpec
 from ssmtl.api.tasks import TaskConfig
 from ssmtl.api.volumes import DatasetConfig
 
@@ -28,6 +28,10 @@ class ToyConfig(TaskConfig):
 
 class OtherToyConfig(TaskConfig):
     name: Literal["toy2"] = "toy2"
+
+
+class ThirdToyConfig(TaskConfig):
+    name: Literal["toy3"] = "toy3"
 
 
 class DupOrderConfig(TaskConfig):
@@ -212,6 +216,107 @@ def test_unknown_hook_name_is_rejected():
     assert BUILTIN_TASKS <= set(registry.tasks)
 
 
+# -- hooks are called through pluggy ------------------------------------------------------------
+
+
+def test_specname_hookimpl_registers_its_task():
+    class SpecnamePlugin:
+        @hookimpl(specname="ssmtl_register_tasks")
+        def provide_my_tasks(self):
+            return [toy_spec()]
+
+    later = tasks_plugin("later_plugin", toy_spec("toy2", OtherToyConfig))
+    registry = build_registry(external=False, extra=[SpecnamePlugin(), later])
+    assert registry.problems == []
+    assert registry.tasks["toy"].config_model is ToyConfig
+    info = info_of(registry, "SpecnamePlugin")
+    assert info.provides == {"tasks": ["toy"]} and info.hooks == ["ssmtl_register_tasks"]
+    # each result belongs to its own plugin: the later plugin's call does not run the
+    # earlier one's differently named implementation again (that would be a duplicate)
+    assert info_of(registry, "later_plugin").provides == {"tasks": ["toy2"]}
+
+
+def test_a_plugins_wrapper_and_call_order_apply_to_its_own_results():
+    class Layered:
+        @hookimpl(specname="ssmtl_register_tasks")
+        def plain(self):
+            return [toy_spec("toy2", OtherToyConfig)]
+
+        @hookimpl(specname="ssmtl_register_tasks", tryfirst=True)
+        def first(self):
+            return [toy_spec()]
+
+        @hookimpl(wrapper=True)
+        def ssmtl_register_tasks(self):
+            results = yield
+            return results[:1]  # only what the tryfirst implementation returned
+
+    registry = build_registry(external=False, builtins=(), extra=[Layered(), tasks_plugin("neighbour_plugin", toy_spec("toy3", ThirdToyConfig))])
+    assert registry.problems == []
+    assert info_of(registry, "Layered").provides == {"tasks": ["toy"]}
+    # the wrapper wraps its own plugin's registration, not another plugin's
+    assert info_of(registry, "neighbour_plugin").provides == {"tasks": ["toy3"]}
+
+
+def test_hook_that_returns_no_list_is_reported():
+    registry = build_registry(external=False, builtins=(), extra=[plugin_module("single_plugin", ssmtl_register_tasks=lambda: 42)])
+    [problem] = problems_about(registry, "single_plugin")
+    assert "ssmtl_register_tasks() returned int, expected a list of TaskSpec" in problem
+
+
+# -- defaults ----------------------------------------------------------------------------------
+
+
+def test_defaults_come_from_the_builtin_defaults_plugin():
+    registry = build_registry(external=False)
+    defaults = registry.defaults
+    assert defaults.tasks == ("contrastive", "order") and defaults.head == "segmentation" == registry.default_head()
+    assert defaults.task_sets == {"contrastive": ("contrastive",), "multitask": ("contrastive", "order", "position", "reconstruct", "neighbor")}
+    assert defaults.baseline == "contrastive"
+    info = info_of(registry, "ssmtl.plugins.defaults")
+    assert info.builtin and info.provides == {"defaults": ["defaults"]} and info.hooks == ["ssmtl_defaults"]
+    # every name it gives is provided by a built-in
+    named = {*defaults.tasks, *(t for tasks in defaults.task_sets.values() for t in tasks)}
+    assert named <= set(registry.tasks) and defaults.head in registry.heads
+
+
+def test_third_party_defaults_are_rejected_naming_both():
+    other = plugin_module("other_defaults", ssmtl_defaults=lambda: DefaultsSpec(tasks=("toy",)),
+                          ssmtl_register_tasks=lambda: [toy_spec()])
+    registry = build_registry(external=False, extra=[other])
+    [problem] = registry.problems
+    assert problem.startswith("defaults from (in-process) (other_defaults) rejected: already provided by ssmtl (ssmtl.plugins.defaults)")
+    assert "--task" in problem  # says how to get other defaults
+    assert registry.defaults.tasks == ("contrastive", "order")
+    assert info_of(registry, "other_defaults").provides == {"tasks": ["toy"]}  # the rest of the plugin is kept
+
+
+def test_defaults_of_a_plugin_when_no_builtin_provides_them():
+    mine = plugin_module("my_defaults", ssmtl_defaults=lambda: DefaultsSpec(tasks=["toy"], task_sets={"pair": ["toy", "toy2"]}, baseline="pair"))
+    registry = build_registry(external=False, builtins=(), extra=[mine])
+    assert registry.defaults == DefaultsSpec(tasks=("toy",), task_sets={"pair": ("toy", "toy2")}, baseline="pair")
+    with pytest.raises(SsmtlError, match=r"no default head.*--head NAME"):
+        registry.default_head()
+    assert build_registry(external=False, builtins=()).defaults == DefaultsSpec()
+
+
+@pytest.mark.parametrize(
+    "returned,needle",
+    [
+        ([DefaultsSpec()], "ssmtl_defaults() returned list, expected DefaultsSpec"),
+        (DefaultsSpec(tasks="contrastive"), "DefaultsSpec.tasks must be a list of names"),
+        (DefaultsSpec(head="no good"), "DefaultsSpec.head: invalid name 'no good'"),
+        (DefaultsSpec(task_sets={"x": ()}), "DefaultsSpec.task_sets['x'] is empty"),
+        (DefaultsSpec(task_sets={"x": ("toy",)}, baseline="y"), "DefaultsSpec.baseline 'y' is not one of its task_sets (x)"),
+    ],
+)
+def test_malformed_defaults_reject_the_plugin(returned, needle):
+    registry = build_registry(external=False, builtins=(), extra=[plugin_module("bad_defaults", ssmtl_defaults=lambda: returned)])
+    [problem] = problems_about(registry, "bad_defaults")
+    assert needle in problem
+    assert registry.defaults == DefaultsSpec()
+
+
 # -- entry points -----------------------------------------------------------------------------
 
 
@@ -248,9 +353,22 @@ def fake_entry_points(monkeypatch):
         FakeEntryPoint("other", "fake_other_plugin", FakeDist("other-dist")),
         FakeEntryPoint("missing", "ssmtl_no_such_module_xyz.plugin", FakeDist("missing-dist")),
         FakeEntryPoint("exits", "fake_exit_plugin:does_not_exist", None),
-        # ssmtl's own entry points are the built-ins: skipped, not registered twice
-        FakeEntryPoint("order", "ssmtl.plugins.tasks.order", FakeDist("ssmtl")),
     ]
+    return use_entry_points(monkeypatch, eps)
+
+
+_real_entry_points = metadata.entry_points  # before any test replaces it
+
+
+def ssmtl_entry_points() -> list:
+    """The real entry points of the ssmtl distribution: the built-ins."""
+    return [ep for ep in _real_entry_points(group="ssmtl") if ep.dist.metadata["Name"] == "ssmtl"]
+
+
+def use_entry_points(monkeypatch, eps: list, builtins: bool = True) -> list:
+    """``metadata.entry_points`` as the registry sees it: the built-ins (unless not) plus
+    ``eps``. Returns the list of calls made."""
+    eps = (ssmtl_entry_points() if builtins else []) + list(eps)
     calls = []
 
     def entry_points(**kwargs):
@@ -290,14 +408,15 @@ def test_entry_point_that_calls_sys_exit_is_reported(fake_entry_points, monkeypa
 
 def test_external_false_loads_builtins_only(fake_entry_points):
     registry = build_registry(external=False)
-    assert fake_entry_points == []  # entry points not even listed
+    assert fake_entry_points == [{"group": "ssmtl"}]  # listed once, for the built-ins
     assert "toy" not in registry.tasks and registry.problems == []
+    assert all(p.builtin for p in registry.plugins) and BUILTIN_TASKS <= set(registry.tasks)
 
 
 def test_no_plugins_env_disables_external(fake_entry_points, monkeypatch):
     monkeypatch.setenv("SSMTL_NO_PLUGINS", "1")
     registry = build_registry()
-    assert "toy" not in registry.tasks and fake_entry_points == []
+    assert "toy" not in registry.tasks and all(p.builtin for p in registry.plugins)
     monkeypatch.setenv("SSMTL_NO_PLUGINS", "0")
     assert "toy" in build_registry().tasks
 
@@ -322,8 +441,51 @@ def test_allow_argument_overrides_env(fake_entry_points, monkeypatch):
 def test_external_plugin_duplicate_of_builtin_names_distribution(fake_entry_points, monkeypatch):
     clash = tasks_plugin("clash_plugin", toy_spec("order", DupOrderConfig))
     monkeypatch.setitem(sys.modules, "fake_clash_plugin", clash)
-    eps = [FakeEntryPoint("clash", "fake_clash_plugin", FakeDist("clash-dist", "0.3"))]
-    monkeypatch.setattr(registry_module.metadata, "entry_points", lambda **kw: eps)
+    use_entry_points(monkeypatch, [FakeEntryPoint("clash", "fake_clash_plugin", FakeDist("clash-dist", "0.3"))])
     registry = build_registry(external=True)
     [problem] = registry.problems
     assert "clash-dist (clash)" in problem and "ssmtl (ssmtl.plugins.tasks.order)" in problem
+
+
+# -- the built-ins are the entry points of the ssmtl distribution ------------------------------
+
+
+def test_builtins_load_first_and_win_a_name_whatever_the_order_of_names(monkeypatch):
+    monkeypatch.setitem(sys.modules, "zz_builtin_plugin", tasks_plugin("zz_builtin_plugin", toy_spec()))
+    monkeypatch.setitem(sys.modules, "aa_external_plugin", tasks_plugin("aa_external_plugin", toy_spec()))
+    use_entry_points(monkeypatch, [
+        FakeEntryPoint("aa", "aa_external_plugin", FakeDist("aa-dist")),
+        FakeEntryPoint("zz", "zz_builtin_plugin", FakeDist("ssmtl")),
+    ])
+    registry = build_registry(external=True)
+    builtin = info_of(registry, "zz_builtin_plugin")
+    assert builtin.builtin and builtin.distribution == "ssmtl" and builtin.provides == {"tasks": ["toy"]}
+    [problem] = registry.problems
+    assert "aa-dist (aa)" in problem and "already provided by ssmtl (zz_builtin_plugin)" in problem
+    # --no-plugins keeps every built-in, and only those
+    only = build_registry(external=False)
+    assert "zz_builtin_plugin" in {p.name for p in only.plugins} and all(p.builtin for p in only.plugins)
+
+
+def test_an_uninstalled_checkout_says_how_to_install(monkeypatch, ssmtl_cli):
+    use_entry_points(monkeypatch, [FakeEntryPoint("good", "fake_good_plugin", FakeDist("good-dist"))], builtins=False)
+    with pytest.raises(SsmtlError, match=r"^ssmtl is not installed; run pip install -e \."):
+        build_registry(external=False)
+    assert build_registry(external=False, builtins=()).plugins == []  # an explicit list needs no installation
+    result = ssmtl_cli("--no-plugins", "plugins")
+    assert result.exit_code == 2 and result.stderr.startswith("error: ssmtl is not installed; run pip install -e .")
+
+
+def test_a_stale_installation_is_named(monkeypatch):
+    use_entry_points(monkeypatch, [FakeEntryPoint("gone", "ssmtl.plugins.tasks.gone", FakeDist("ssmtl"))])
+    with pytest.raises(SsmtlError, match=r"built-in plugin ssmtl.plugins.tasks.gone .* stale: run pip install -e \."):
+        build_registry(external=False)
+
+
+def test_an_installation_older_than_the_defaults_plugin_is_named(monkeypatch):
+    without = [ep for ep in ssmtl_entry_points() if ep.value != "ssmtl.plugins.defaults"]
+    monkeypatch.setattr(registry_module.metadata, "entry_points", lambda **kw: without)
+    registry = build_registry(external=False)
+    assert registry.problems == ["the built-in plugins provide no defaults (ssmtl_defaults): the installed "
+                                 "metadata of ssmtl is stale; run pip install -e ."]
+    assert registry.defaults == DefaultsSpec() and BUILTIN_TASKS <= set(registry.tasks)

@@ -24,7 +24,7 @@ from ssmtl.pretrain.config import resolve_run_config
 from ssmtl.core.optim import parameter_groups
 from ssmtl.pretrain.module import build_pretrain_module, sequence_length
 from ssmtl.api.errors import ConfigError
-from ssmtl.core.registry import BUILTIN_PLUGINS, get_registry
+from ssmtl.core.registry import builtin_plugins, get_registry
 from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
 from ssmtl.plugins.tasks import local_contrastive, neighbor, position, reconstruct
 
@@ -107,7 +107,8 @@ def test_registered_as_builtins_and_entry_points():
         assert name in registry.tasks
         assert registry.tasks[name].config_model().name == name
     modules = {f"ssmtl.plugins.tasks.{m}" for m in ("reconstruct", "neighbor", "position", "local_contrastive")}
-    assert modules <= set(BUILTIN_PLUGINS)
+    assert modules <= set(builtin_plugins())
+    assert {p.name for p in registry.plugins if p.builtin} >= modules
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="ssmtl")}
     for m in ("reconstruct", "neighbor", "position", "local_contrastive"):
         assert eps.get(m) == f"ssmtl.plugins.tasks.{m}"

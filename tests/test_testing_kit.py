@@ -18,7 +18,7 @@ from torch import nn
 import ssmtl.testing
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.hooks import hookimpl
-from ssmtl.core.registry import BUILTIN_PLUGINS
+from ssmtl.core.registry import builtin_plugins
 from ssmtl.api.specs import TaskSpec
 from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
 from ssmtl.plugins.tasks.order import OrderConfig
@@ -90,7 +90,7 @@ def test_cli_fixture_injects_plugins_without_installing_them(ssmtl_cli, monkeypa
     data = json.loads(ssmtl_cli("plugins", "--json", plugins=[toy_plugin("toy")]).stdout)
     toy = [p for p in data["plugins"] if p["name"] == "toy_plugin_toy"]
     assert toy and toy[0]["provides"] == {"tasks": ["toy"]}
-    assert len([p for p in data["plugins"] if p["builtin"]]) == len(BUILTIN_PLUGINS)
+    assert len([p for p in data["plugins"] if p["builtin"]]) == len(builtin_plugins())
     only = json.loads(ssmtl_cli("plugins", "--json", plugins=[toy_plugin("toy")], builtins=False).stdout)
     assert [p["name"] for p in only["plugins"]] == ["toy_plugin_toy"]
     hidden = json.loads(ssmtl_cli("--no-plugins", "plugins", "--json", plugins=[toy_plugin("toy")]).stdout)

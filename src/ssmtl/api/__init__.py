@@ -6,7 +6,8 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
     from ssmtl.api import hookimpl, PretextTask, TaskConfig, TaskOutput, TaskSpec, StepContext
 
 * **Hooks and specs**: :data:`hookimpl`, :class:`TaskSpec`, :class:`DatasetSpec`,
-  :class:`HeadSpec` (what the ``ssmtl_register_*`` hooks return).
+  :class:`HeadSpec` (what the ``ssmtl_register_*`` hooks return), :class:`DefaultsSpec`
+  (what ``ssmtl_defaults`` returns).
 * **Contracts**: :class:`PretextTask` / :class:`TaskConfig` / :class:`TaskOutput` /
   :class:`DataInfo` (tasks), :class:`StepContext` / :class:`View` /
   :class:`SequenceBatch` (the shared views and features of one step),
@@ -46,6 +47,7 @@ _WHERE: dict[str, str] = {
     "TaskSpec": "specs",
     "DatasetSpec": "specs",
     "HeadSpec": "specs",
+    "DefaultsSpec": "specs",
     # errors
     "SsmtlError": "errors",
     "ConfigError": "errors",
@@ -152,7 +154,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.losses import info_nce, multi_positive_info_nce
     from ssmtl.api.network import NetworkInfo, NetworkOutput, SharedNetwork, global_pool
     from ssmtl.api.queue import KeyQueue
-    from ssmtl.api.specs import DatasetSpec, HeadSpec, TaskSpec
+    from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, TaskSpec
     from ssmtl.api.tasks import DataInfo, PretextTask, TaskConfig, TaskOutput
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
     from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, VolumeItem, VolumeSource

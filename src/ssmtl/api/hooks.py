@@ -8,7 +8,10 @@ entry-point group::
     [project.entry-points.ssmtl]
     my_plugin = "my_package.plugin"
 
-Every registration hook returns a list of typed specs (see :mod:`ssmtl.api.specs`).
+Every registration hook returns a list of typed specs, and ``ssmtl_defaults`` one
+spec (see :mod:`ssmtl.api.specs`). The registry calls each plugin's hooks through
+pluggy, so ``@hookimpl(specname=...)``, ``tryfirst``/``trylast`` and wrappers work as
+pluggy documents them, within that plugin.
 """
 
 from __future__ import annotations
@@ -47,4 +50,16 @@ def ssmtl_register_heads():
 
     A head is a module on top of the pre-trained network that owns its own loss and
     its own prediction, e.g. the built-in ``segmentation`` head (1x1 conv, Dice+CE).
+    """
+
+
+@hookspec
+def ssmtl_defaults():
+    """Return a :class:`~ssmtl.api.specs.DefaultsSpec`: what runs use when the user names nothing.
+
+    The default pretext tasks of ``ssmtl pretrain``, the default head of ``ssmtl
+    finetune`` and the named task sets of ``ssmtl benchmark --methods``. One plugin
+    provides them: the built-in ``ssmtl.plugins.defaults``. Another plugin's defaults
+    are rejected like a duplicate name, so what a bare command does never depends on
+    what else is installed.
     """

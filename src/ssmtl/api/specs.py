@@ -8,7 +8,7 @@ skipped instead of failing later in the middle of a run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel
 
@@ -63,6 +63,31 @@ class HeadSpec:
     config_model: type[BaseModel]
     factory: Callable[..., Any]
     description: str = ""
+
+
+@dataclass(frozen=True)
+class DefaultsSpec:
+    """What ssmtl does when the user names no pretext task, head or benchmark method.
+
+    Core code never spells a plugin's name: it asks the registry, and the registry
+    takes these names from the one plugin that provides them (the built-in
+    ``ssmtl.plugins.defaults``). Every default can be overridden by the user.
+
+    Attributes:
+        tasks: the pretext tasks a pre-training run enables when no source
+            (``--task``, a ``tasks`` table, ``SSMTL_TASKS``) names any.
+        head: the downstream head of ``ssmtl finetune`` without ``--head``.
+        task_sets: named task combinations that ``ssmtl benchmark --methods`` accepts
+            by name (``multitask``, ``NAME=multitask:encoder``). The benchmark's
+            default methods are ``scratch`` and then every set, in this order.
+        baseline: the task set every benchmark method is also compared against,
+            besides ``scratch`` (paired differences per seed); ``None``: only scratch.
+    """
+
+    tasks: tuple[str, ...] = ()
+    head: str | None = None
+    task_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    baseline: str | None = None
 
 
 @dataclass

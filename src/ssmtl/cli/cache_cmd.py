@@ -9,27 +9,22 @@ from typing import Any, List, Optional
 import typer
 
 from ssmtl.cli.common import console, err_console, handle_errors, registry
+from ssmtl.cli.dataset_options import DatasetOptionsCommand, dataset_values
 
 app = typer.Typer(help="Build, describe and verify HDF5 slice caches (the training input).", no_args_is_help=True)
 
 
-@app.command("build")
+@app.command("build", cls=DatasetOptionsCommand)
 @handle_errors
 def build(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset plugin: nifti, dicom, itk, mmwhs, acdc, manifest, phantom, ... (see `ssmtl plugins`)."),
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset plugin: nifti, dicom, itk, mmwhs, acdc, manifest, phantom, ... (see `ssmtl plugins`). Its options follow: one per field of its config model (`--dataset NAME --help` lists them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache file to write, e.g. data.h5. Written atomically."),
-    path: Optional[Path] = typer.Option(None, help="dicom, mmwhs, acdc: the data folder. manifest: the CSV or JSON file."),
-    images: Optional[Path] = typer.Option(None, help="nifti, itk: folder of image volumes."),
-    labels: Optional[Path] = typer.Option(None, help="nifti, itk: folder of label maps (paired by file name). dicom: a label file or folder."),
-    modality: Optional[str] = typer.Option(None, help="nifti, itk: ct or mr (default: detect per volume). dicom, mmwhs: keep only ct or mr volumes."),
-    subjects: Optional[int] = typer.Option(None, help="phantom: number of generated subjects (default 16)."),
-    domain: Optional[str] = typer.Option(None, help="phantom: ct or mr appearance (default ct)."),
-    seed: Optional[int] = typer.Option(None, help="phantom: generator seed."),
-    size: int = typer.Option(128, help="Output in-plane size in pixels (square)."),
+    size: int = typer.Option(128, help="Output in-plane size in pixels (square); also a dataset's own `size` field."),
     spacing: Optional[float] = typer.Option(None, help="Target in-plane spacing in mm (default: fit the field of view into --size)."),
     ct_window: Optional[str] = typer.Option(None, help="CT window in HU as LOW,HIGH (default -250,750)."),
     compression: str = typer.Option("gzip", help="HDF5 compression: gzip (portable), lzf (fast, h5py only) or none."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Extra dataset option KEY=VALUE (repeatable), e.g. --set label_values=[205,420]."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Dataset option KEY=VALUE (repeatable, after the flags), e.g. --set label_values=[205,420]."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stored subject-level train/test split (a manifest's split column takes precedence)."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing (0: none). Pre-training never reads them."),
     workers: int = typer.Option(0, "--workers", "-j", help="Processes that load and preprocess volumes (0: this process). Memory: about one volume per worker."),
@@ -60,17 +55,8 @@ def build(
     spec = reg.dataset(dataset)
     if compression not in ("gzip", "lzf", "none"):
         raise SsmtlError(f"--compression {compression!r}: use gzip, lzf or none")
-    fields = spec.config_model.model_fields
-    given = {"path": path, "images": images, "labels": labels, "modality": modality, "subjects": subjects,
-             "domain": domain, "seed": seed}
-    options: dict[str, Any] = {}
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key not in fields:
-            raise SsmtlError(f"--{key} is not an option of dataset {dataset!r} (its options: {', '.join(f for f in fields if f != 'name')})")
-        options[key] = value
-    if "size" in fields:
+    options: dict[str, Any] = dataset_values(ctx, spec)
+    if "size" in spec.config_model.model_fields:
         options["size"] = size
     for key, value in parse_set_flags(set_ or []):
         options[key] = value

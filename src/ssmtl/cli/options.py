@@ -9,7 +9,7 @@ import typer
 from typing_extensions import Annotated
 
 Data = Annotated[Optional[Path], typer.Option("--data", help="HDF5 slice cache (from `ssmtl cache build`).")]
-Task = Annotated[Optional[List[str]], typer.Option("--task", "-t", help="Pretext task, repeatable; NAME or NAME:WEIGHT (see `ssmtl tasks`). Default: contrastive + order.")]
+Task = Annotated[Optional[List[str]], typer.Option("--task", "-t", help="Pretext task, repeatable; NAME or NAME:WEIGHT (see `ssmtl tasks`). Default: the tasks `ssmtl plugins` lists under defaults (built-in: contrastive + order).")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (train.steps).")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per process per step (train.batch_size).")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import typer
@@ -21,7 +22,8 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
 
     reg = registry()
     if as_json:
-        typer.echo(json.dumps({"plugins": [p.to_dict() for p in reg.plugins], "problems": reg.problems}, indent=2))
+        defaults = dataclasses.asdict(reg.defaults)
+        typer.echo(json.dumps({"plugins": [p.to_dict() for p in reg.plugins], "defaults": defaults, "problems": reg.problems}, indent=2))
         return
     table = Table(title="ssmtl plugins", title_justify="left")
     for col in ("plugin", "distribution", "version", "tasks", "datasets", "heads", "status"):
@@ -33,6 +35,23 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
             ", ".join(p.provides.get("heads", [])), "[red]" + p.error + "[/]" if p.error else "ok",
         )
     console.print(table)
+    console.print(_defaults_line(reg), highlight=False, markup=False)
+
+
+def _defaults_line(reg) -> str:
+    """What a bare command uses, and which plugin says so."""
+    d = reg.defaults
+    source = next((p.name for p in reg.plugins if "defaults" in p.provides), None)
+    if source is None:
+        return "defaults: none (no plugin provides ssmtl_defaults)"
+    sets = "; ".join(f"{name} = {'+'.join(tasks)}" for name, tasks in d.task_sets.items()) or "none"
+    return "\n".join([
+        f"defaults (from {source}):",
+        f"  tasks: {', '.join(d.tasks) or 'none'}",
+        f"  head: {d.head or 'none'}",
+        f"  benchmark task sets: {sets}",
+        f"  benchmark baseline: {d.baseline or 'scratch only'}",
+    ])
 
 
 @handle_errors

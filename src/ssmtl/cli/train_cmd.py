@@ -56,7 +56,7 @@ def finetune(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation, sampling and augmentation."),
     split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the subject-level train/test split (keep it fixed to compare methods)."),
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Fraction of labeled subjects held out for testing (default 0.3)."),
-    head: Optional[str] = typer.Option(None, "--head", help="Downstream head plugin (see `ssmtl plugins`)."),
+    head: Optional[str] = typer.Option(None, "--head", help="Downstream head plugin (default: the head `ssmtl plugins` lists under defaults, built-in: segmentation)."),
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no, bf16 or fp16 (train.mixed_precision)."),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Train only the decoder and head."),
     class_balance: Optional[float] = typer.Option(None, "--class-balance", help="Fraction of slices sampled class first (a foreground class, then a slice showing it): small structures are seen often enough to be learned. 0: uniform."),

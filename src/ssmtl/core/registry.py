@@ -1,52 +1,52 @@
-"""Plugin discovery: built-ins first, then the ``ssmtl`` entry-point group.
+"""Plugin discovery: the built-ins first, then the rest of the ``ssmtl`` entry-point group.
 
 Loading rules (pytest/pluggy conventions):
 
-* Built-in plugins are plain modules registered through the same hooks that third
-  parties implement; they are always loaded.
-* Entry points in the group ``ssmtl`` are loaded next. Each load is guarded: a plugin
-  that fails to import, has a malformed hook, or returns malformed specs is reported
-  by name and skipped, and the host keeps working.
-* A name already provided by another plugin is rejected, and the message names both.
+* The built-in plugins are the ``ssmtl`` entry points of the ssmtl distribution itself:
+  ``pyproject.toml`` is their only list. They are loaded first and marked built-in,
+  whatever ``SSMTL_PLUGINS`` or ``--no-plugins`` say. A source checkout that was never
+  installed has no entry points, and says so.
+* The other entry points of the group are loaded next, sorted by name. Each load is
+  guarded: a plugin that fails to import, has a malformed hook, whose hook raises, or
+  that returns malformed specs is reported by name and skipped, and the host keeps
+  working.
+* Every plugin is registered in one pluggy ``PluginManager``, and its hooks are called
+  through pluggy on that plugin's implementations alone (``subset_hook_caller``): each
+  result belongs to the plugin that returned it, and hookimpl options (``specname``,
+  ``tryfirst``/``trylast``, wrappers) work as pluggy documents them, within the plugin.
+  A wrapper does not see other plugins' registrations: provenance is what the
+  duplicate check and ``ssmtl plugins`` report.
+* A name already provided by another plugin is rejected, and the message names both;
+  so is a second plugin's ``ssmtl_defaults`` (what a bare command does must not
+  depend on what else is installed).
 * ``SSMTL_PLUGINS=a,b`` is an allow-list of external plugin (entry-point) names;
-  ``external=False`` (the CLI's ``--no-plugins``) loads built-ins only.
+  ``external=False`` (the CLI's ``--no-plugins``) loads the built-ins only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pluggy
 from pydantic import BaseModel
 
 from ssmtl.api import hooks as hookspecs
 from ssmtl.api.errors import SsmtlError
-from ssmtl.api.specs import DatasetSpec, HeadSpec, PluginInfo, TaskSpec
+from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, PluginInfo, TaskSpec
 
 ENTRY_POINT_GROUP = "ssmtl"
+DISTRIBUTION = "ssmtl"  # the entry points of this distribution are the built-ins
 ALLOW_ENV = "SSMTL_PLUGINS"
 DISABLE_ENV = "SSMTL_NO_PLUGINS"
-
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "ssmtl.plugins.tasks.contrastive",
-    "ssmtl.plugins.tasks.order",
-    "ssmtl.plugins.tasks.reconstruct",
-    "ssmtl.plugins.tasks.neighbor",
-    "ssmtl.plugins.tasks.position",
-    "ssmtl.plugins.tasks.local_contrastive",
-    "ssmtl.plugins.datasets.phantom",
-    "ssmtl.plugins.datasets.nifti",
-    "ssmtl.plugins.datasets.dicom",
-    "ssmtl.plugins.datasets.itk",
-    "ssmtl.plugins.datasets.mmwhs",
-    "ssmtl.plugins.datasets.acdc",
-    "ssmtl.plugins.datasets.manifest",
-    "ssmtl.plugins.heads.segmentation",
+NOT_INSTALLED = (
+    "ssmtl is not installed; run pip install -e . (the built-in plugins are found "
+    "through the entry points of the installed ssmtl distribution)"
 )
 
 # kind -> (hook name, spec class, base class the config model must derive from)
@@ -55,11 +55,16 @@ _KINDS = {
     "datasets": ("ssmtl_register_datasets", DatasetSpec, "ssmtl.api.volumes:DatasetConfig"),
     "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.api.heads:HeadConfig"),
 }
+_DEFAULTS_HOOK = "ssmtl_defaults"
 
 
 def _import_attr(ref: str) -> Any:
-    module, attr = ref.split(":")
-    return getattr(importlib.import_module(module), attr)
+    """``"module"`` or ``"module:attr"`` (an entry point's value) -> the object."""
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
@@ -77,6 +82,8 @@ class Registry:
     heads: dict[str, HeadSpec] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: what runs use when the user names nothing (empty when no plugin provides it)
+    defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
 
     def kind(self, kind: str) -> dict[str, Any]:
         return getattr(self, kind)
@@ -89,6 +96,11 @@ class Registry:
 
     def head(self, name: str) -> HeadSpec:
         return self._lookup("heads", "head", name)
+
+    def default_head(self) -> str:
+        if self.defaults.head is None:
+            raise SsmtlError("no default head: no plugin provides ssmtl_defaults; name the head (--head NAME)")
+        return self.defaults.head
 
     def _lookup(self, kind: str, label: str, name: str):
         table = self.kind(kind)
@@ -108,21 +120,10 @@ class Registry:
             info.error = f"invalid hooks: {exc}"
             self._reject(info)
             return
-        info.hooks = sorted(
-            impl.name
-            for impl in (pm.get_hookcallers(plugin) or [])
-        )
-        collected: dict[str, list[Any]] = {}
+        info.hooks = sorted(caller.name for caller in (pm.get_hookcallers(plugin) or []))
         try:
-            for kind, (hook_name, spec_cls, base_ref) in _KINDS.items():
-                impl = getattr(plugin, hook_name, None)
-                if impl is None:
-                    continue
-                specs = list(impl() or [])
-                base = _import_attr(base_ref)
-                for spec in specs:
-                    _check_spec(spec, spec_cls, base)
-                collected[kind] = specs
+            collected = {kind: _collect_specs(pm, plugin, *how) for kind, how in _KINDS.items()}
+            defaults = [_checked_defaults(spec) for spec in _call_hook(pm, plugin, _DEFAULTS_HOOK)]
         except Exception as exc:
             _safe_unregister(pm, plugin)
             info.error = f"{type(exc).__name__}: {exc}"
@@ -133,23 +134,31 @@ class Registry:
             kept = []
             for spec in specs:
                 if spec.name in table:
-                    owner = self._owner(kind, spec.name)
-                    self.problems.append(
-                        f"{kind[:-1]} {spec.name!r} from {info.distribution} ({info.name}) "
-                        f"rejected: already provided by {owner}"
-                    )
+                    self._refuse(f"{kind[:-1]} {spec.name!r}", info, self._owner(kind, spec.name))
                     continue
                 table[spec.name] = spec
                 kept.append(spec.name)
             if kept:
                 info.provides[kind] = kept
+        for spec in defaults:
+            owner = self._owner("defaults", "defaults", missing=None)
+            if owner is None and "defaults" in info.provides:  # a second spec of this plugin
+                owner = f"{info.distribution} ({info.name})"
+            if owner is not None:
+                self._refuse("defaults", info, owner, "; override a default with --task, --head or --methods instead")
+                continue
+            self.defaults = spec
+            info.provides["defaults"] = ["defaults"]
         self.plugins.append(info)
 
-    def _owner(self, kind: str, name: str) -> str:
+    def _owner(self, kind: str, name: str, missing: str | None = "another plugin") -> str | None:
         for p in self.plugins:
             if name in p.provides.get(kind, []):
                 return f"{p.distribution} ({p.name})"
-        return "another plugin"
+        return missing
+
+    def _refuse(self, what: str, info: PluginInfo, owner: str, advice: str = "") -> None:
+        self.problems.append(f"{what} from {info.distribution} ({info.name}) rejected: already provided by {owner}{advice}")
 
     def _reject(self, info: PluginInfo) -> None:
         self.plugins.append(info)
@@ -164,11 +173,35 @@ def _safe_unregister(pm: pluggy.PluginManager, plugin: Any) -> None:
         pass
 
 
+def _call_hook(pm: pluggy.PluginManager, plugin: Any, hook_name: str) -> list[Any]:
+    """``hook_name`` called through pluggy on ``plugin``'s implementations alone: one
+    result per implementation (a plugin may have several, e.g. through ``specname``)."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    return pm.subset_hook_caller(hook_name, remove_plugins=others)()
+
+
+def _collect_specs(pm: pluggy.PluginManager, plugin: Any, hook_name: str, spec_cls: type, base_ref: str) -> list[Any]:
+    specs: list[Any] = []
+    for result in _call_hook(pm, plugin, hook_name):
+        try:
+            specs.extend(result)
+        except TypeError:
+            raise TypeError(f"{hook_name}() returned {type(result).__name__}, expected a list of {spec_cls.__name__}") from None
+    base = _import_attr(base_ref)
+    for spec in specs:
+        _check_spec(spec, spec_cls, base)
+    return specs
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
+        raise ValueError(f"{what}invalid name {name!r}: use letters, digits, '-' and '_'")
+
+
 def _check_spec(spec: Any, spec_cls: type, base: type) -> None:
     if not isinstance(spec, spec_cls):
         raise TypeError(f"expected {spec_cls.__name__}, got {type(spec).__name__}")
-    if not isinstance(spec.name, str) or not spec.name.replace("-", "_").isidentifier():
-        raise ValueError(f"invalid name {spec.name!r}: use letters, digits, '-' and '_'")
+    _check_name(spec.name, "")
     model = spec.config_model
     if not (isinstance(model, type) and issubclass(model, BaseModel) and issubclass(model, base)):
         raise TypeError(f"{spec_cls.__name__} {spec.name!r}: config_model must subclass {base.__name__}")
@@ -192,11 +225,66 @@ def _check_spec(spec: Any, spec_cls: type, base: type) -> None:
         raise TypeError(f"{spec_cls.__name__} {spec.name!r}: factory is not callable")
 
 
+def _checked_defaults(spec: Any) -> DefaultsSpec:
+    """A well-formed DefaultsSpec, its sequences made tuples. Whether the names exist is
+    checked where they are used (another plugin may provide them)."""
+    if not isinstance(spec, DefaultsSpec):
+        raise TypeError(f"{_DEFAULTS_HOOK}() returned {type(spec).__name__}, expected DefaultsSpec")
+
+    def names(value: Any, what: str) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise TypeError(f"DefaultsSpec.{what} must be a list of names, got {value!r}")
+        for name in value:
+            _check_name(name, f"DefaultsSpec.{what}: ")
+        return tuple(value)
+
+    if spec.head is not None:
+        _check_name(spec.head, "DefaultsSpec.head: ")
+    if not isinstance(spec.task_sets, Mapping):
+        raise TypeError(f"DefaultsSpec.task_sets must be a dict of name -> tasks, got {type(spec.task_sets).__name__}")
+    task_sets = {}
+    for key, tasks in spec.task_sets.items():
+        _check_name(key, "DefaultsSpec.task_sets: ")
+        task_sets[key] = names(tasks, f"task_sets[{key!r}]")
+        if not task_sets[key]:
+            raise ValueError(f"DefaultsSpec.task_sets[{key!r}] is empty")
+    if spec.baseline is not None and spec.baseline not in task_sets:
+        raise ValueError(f"DefaultsSpec.baseline {spec.baseline!r} is not one of its task_sets ({', '.join(task_sets) or 'none'})")
+    return dataclasses.replace(spec, tasks=names(spec.tasks, "tasks"), task_sets=task_sets)
+
+
+# -- discovery ------------------------------------------------------------------------
+
+
 def _distribution_of(ep: metadata.EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return "unknown", "?"
     return dist.metadata["Name"], dist.version
+
+
+def builtin_plugins(entry_points: Iterable[metadata.EntryPoint] | None = None) -> tuple[str, ...]:
+    """The built-in plugins, as entry-point values (module paths): the ``ssmtl`` entry
+    points of the ssmtl distribution, sorted (datasets, defaults, heads, tasks)."""
+    if entry_points is None:
+        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    refs = sorted({ep.value for ep in entry_points if _distribution_of(ep)[0] == DISTRIBUTION})
+    if not refs:
+        raise SsmtlError(NOT_INSTALLED)
+    return tuple(refs)
+
+
+def _load_builtin(ref: str) -> Any:
+    try:
+        return _import_attr(ref)
+    except ModuleNotFoundError as exc:
+        module = ref.partition(":")[0]
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # a bug inside the module, not a missing module: keep the traceback
+        raise SsmtlError(
+            f"built-in plugin {ref} is listed in the installed metadata of ssmtl but does not exist; "
+            "the installation is stale: run pip install -e ."
+        ) from None
 
 
 def _allow_list(allow: Iterable[str] | None) -> set[str] | None:
@@ -212,25 +300,34 @@ def build_registry(
     *,
     external: bool | None = None,
     allow: Iterable[str] | None = None,
-    builtins: Iterable[str | ModuleType] = BUILTIN_PLUGINS,
+    builtins: Iterable[str | ModuleType] | None = None,
     extra: Iterable[Any] = (),
 ) -> Registry:
-    """Load built-ins, then (unless disabled) entry points, then ``extra`` plugin objects."""
+    """Load the built-ins, then (unless disabled) the other entry points, then ``extra`` plugin objects.
+
+    ``builtins``: module paths (or modules) to load as the built-ins instead of the
+    ssmtl distribution's entry points, e.g. a test's subset; ``()`` for none.
+    """
     from ssmtl import __version__
 
     if external is None:
         external = os.environ.get(DISABLE_ENV, "") in ("", "0", "false")
+    entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP)) if builtins is None or external else []
     registry = Registry()
     pm = new_plugin_manager()
-    for ref in builtins:
-        module = importlib.import_module(ref) if isinstance(ref, str) else ref
-        info = PluginInfo(name=module.__name__, distribution="ssmtl", version=__version__, builtin=True)
-        registry.add_plugin(pm, module, info)
+    for ref in builtin_plugins(entry_points) if builtins is None else builtins:
+        plugin = _load_builtin(ref) if isinstance(ref, str) else ref
+        name = ref if isinstance(ref, str) else ref.__name__
+        registry.add_plugin(pm, plugin, PluginInfo(name=name, distribution=DISTRIBUTION, version=__version__, builtin=True))
+    if builtins is None and not any("defaults" in p.provides for p in registry.plugins):
+        # ssmtl always ships its defaults plugin: metadata installed before it existed is stale
+        registry.problems.append("the built-in plugins provide no defaults (ssmtl_defaults): the installed "
+                                 "metadata of ssmtl is stale; run pip install -e .")
     if external:
         allowed = _allow_list(allow)
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in sorted(entry_points, key=lambda e: e.name):
             dist_name, dist_version = _distribution_of(ep)
-            if dist_name == "ssmtl":
+            if dist_name == DISTRIBUTION:
                 continue  # our own entry points are the built-ins, already registered
             if allowed is not None and ep.name not in allowed:
                 continue

@@ -61,7 +61,7 @@ class FinetuneConfig(BaseModel):
     )
     labeled_seed: int | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
     test_fraction: float = Field(0.3, ge=0, lt=1, description="Fraction of the labeled subjects held out for testing (at least one).")
-    head: str = Field("segmentation", description="Downstream head plugin.")
+    head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
     model: ModelConfig | None = Field(None, description="Network for init='none' (default: ModelConfig defaults). With an export, the export decides.")
     freeze_encoder: bool = Field(False, description="Train only the decoder and head (encoder weights and norm statistics stay fixed).")
@@ -69,6 +69,10 @@ class FinetuneConfig(BaseModel):
     num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
     train: FinetuneTrainConfig = Field(default_factory=lambda: FinetuneTrainConfig(), description="Optimisation and bookkeeping (the training loop shared with pre-training).")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    def with_defaults(self, registry) -> "FinetuneConfig":
+        """This config with what it leaves to the plugins (the head) taken from ``registry``."""
+        return self if self.head is not None else self.model_copy(update={"head": registry.default_head()})
 
 
 def resolve_finetune_config(

@@ -77,6 +77,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
         from ssmtl.core.registry import get_registry
 
         registry = get_registry()
+    config = config.with_defaults(registry)
     train = config.train
     accelerator = make_accelerator(train.mixed_precision)
     main = accelerator.is_main_process

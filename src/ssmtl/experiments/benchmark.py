@@ -27,7 +27,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -36,11 +36,7 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.files import save_json, save_text
-from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown, summarise_cells
-
-MULTITASK = ("contrastive", "order", "position", "reconstruct", "neighbor")
-BUILTIN_METHODS = {"scratch": (), "contrastive": ("contrastive",), "multitask": MULTITASK}
-
+from ssmtl.experiments.results import SCRATCH, plot_dice_vs_labels, render_markdown, summarise_cells
 
 INIT_PARTS = ("all", "encoder")
 
@@ -56,12 +52,13 @@ class Method:
         return bool(self.tasks)
 
 
-def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Method]:
-    """``scratch,contrastive,multitask,NAME=task+task[:encoder]`` -> methods (order kept, names unique).
+def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: Mapping[str, tuple[str, ...]]) -> list[Method]:
+    """``scratch,SET,NAME=task+task[:encoder]`` -> methods (order kept, names unique).
 
-    The right-hand side of ``NAME=`` is a task combination or a built-in method name;
-    a ``:encoder`` suffix fine-tunes from the pre-trained encoder only (random decoder).
+    ``SET`` is a task set of the plugins' defaults; ``NAME=`` takes a task combination, ``scratch``
+    or a SET, and a ``:encoder`` suffix fine-tunes from the pre-trained encoder only (random decoder).
     """
+    named = {SCRATCH: (), **task_sets}
     items = text if isinstance(text, list) else [t for t in text.split(",")]
     methods: list[Method] = []
     for raw in (i.strip() for i in items):
@@ -73,16 +70,16 @@ def parse_methods(text: str | list[str], available_tasks: set[str]) -> list[Meth
         if sep:
             if parts not in INIT_PARTS:
                 raise SsmtlError(f"--methods {raw!r}: unknown suffix ':{parts}'; use ':encoder' (load only the pre-trained encoder) or ':all'")
-            if combo.strip() in BUILTIN_METHODS:
-                tasks = BUILTIN_METHODS[combo.strip()]
+            if combo.strip() in named:
+                tasks = named[combo.strip()]
             else:
                 tasks = tuple(t.strip() for t in combo.split("+") if t.strip())
                 if not tasks:
                     raise SsmtlError(f"--methods {raw!r}: name a combination as NAME=task+task")
-        elif name in BUILTIN_METHODS:
-            tasks = BUILTIN_METHODS[name]
+        elif name in named:
+            tasks = named[name]
         else:
-            raise SsmtlError(f"--methods: unknown method {name!r}; use scratch, contrastive, multitask or NAME=task+task")
+            raise SsmtlError(f"--methods: unknown method {name!r}; use {', '.join(named)} or NAME=task+task")
         unknown = [t for t in tasks if t not in available_tasks]
         if unknown:
             raise SsmtlError(f"--methods {raw!r}: unknown task(s) {', '.join(unknown)}; available: {', '.join(sorted(available_tasks))}")
@@ -101,7 +98,7 @@ class BenchmarkConfig(BaseModel):
     data: Path = Field(description="Cache for pre-training (its train subjects).")
     finetune_data: Path | None = Field(None, description="Labeled cache for fine-tuning and testing (default: data).")
     out: Path = Field(description="Benchmark directory (reused across re-runs).")
-    methods: list[str] = Field(default_factory=lambda: ["scratch", "contrastive", "multitask"], description="Methods: scratch, contrastive, multitask, NAME=task+task, NAME=METHOD_OR_TASKS:encoder (fine-tune from the pre-trained encoder only).")
+    methods: list[str] | None = Field(None, description="Methods: scratch, a task set named by the plugins' defaults (built-in: contrastive, multitask), NAME=task+task, NAME=METHOD_OR_TASKS:encoder (fine-tune from the pre-trained encoder only). None: scratch and every task set.")
     labeled_volumes: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Label budgets, in subjects.")
     seeds: int = Field(3, ge=1, le=100, description="Fine-tuning seeds per cell (labeled subjects and initialisation).")
     pretrain_steps: int = Field(500, ge=1, description="Pre-training steps per method.")
@@ -137,12 +134,13 @@ class Benchmark:
     """Runs the protocol; ``log(msg)`` reports each stage."""
 
     def __init__(self, config: BenchmarkConfig, registry, log: Callable[[str], None] = print, progress: bool = False):
+        if config.methods is None:  # scratch and every task set the plugins name
+            config = config.model_copy(update={"methods": [SCRATCH, *registry.defaults.task_sets]})
         self.config = config
         self.registry = registry
-        self.log = log
-        self.progress = progress
+        self.log, self.progress = log, progress
         self.out = Path(config.out)
-        self.methods = parse_methods(config.methods, set(registry.tasks))
+        self.methods = parse_methods(config.methods, set(registry.tasks), registry.defaults.task_sets)
         self.pre_cache = SliceCache(config.data)
         self.ft_path = Path(config.finetune_data or config.data)
         self.ft_cache = SliceCache(self.ft_path)
@@ -150,7 +148,7 @@ class Benchmark:
             raise SsmtlError(f"{self.ft_path}: no labeled volumes to fine-tune and test on")
         # scratch gets exactly the network the pre-trained methods export, and fine-tuning
         # runs at the pre-training precision
-        reference = self._pretrain_config(BUILTIN_METHODS["contrastive"], self.out)
+        reference = self._pretrain_config(next((m.tasks for m in self.methods if m.pretrained), registry.defaults.tasks), self.out)
         self.model_config = reference.model
         self.mixed_precision = reference.train.mixed_precision or "no"
 
@@ -208,7 +206,7 @@ class Benchmark:
             freeze_encoder=protocol == "frozen", model=None if init else self.model_config, init_parts=method.init_parts,
             train={"steps": self.config.finetune_steps, "batch_size": self.config.finetune_batch_size,
                    "lr": self.config.finetune_lr, "mixed_precision": self.mixed_precision},
-        )
+        ).with_defaults(self.registry)
         settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
         # the head's resolved options too: a changed default of the head plugin is a different cell
         head_spec = self.registry.head(ft.head)
@@ -284,7 +282,7 @@ class Benchmark:
             "test_subjects": test_subjects,
             "class_names": list(cells[0]["per_class"] or {}) if cells else [],
             "cells": cells,
-            "summary": summarise_cells(cells),
+            "summary": summarise_cells(cells, references=(SCRATCH, *filter(None, [self.registry.defaults.baseline]))),
         }
         save_json(self.out / "results.json", results)
         save_text(self.out / "results.md", render_markdown(results))

@@ -10,6 +10,8 @@ import numpy as np
 
 from ssmtl.core.files import atomic_write
 
+SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets
+
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
     clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -19,8 +21,8 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
 
 
-def summarise_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs scratch/contrastive."""
+def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (SCRATCH,)) -> list[dict[str, Any]]:
+    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs each reference method."""
     by = {}
     for c in cells:
         by.setdefault((c["protocol"], c["method"], c["labeled_volumes"]), {})[c["seed"]] = c
@@ -33,9 +35,9 @@ def summarise_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"protocol": protocol, "method": method, "labeled_volumes": budget, "seeds": n,
                "dice_mean": mean, "dice_std": std, "hd95_mean": hd_mean, "hd95_std": hd_std,
                "per_class_dice": {k: {"mean": v[0], "std": v[1]} for k, v in per_class.items()}}
-        for reference in ("scratch", "contrastive"):
+        for reference in references:
             ref = by.get(("finetune", reference, budget)) or by.get((protocol, reference, budget))
-            if ref is None or reference == method or method == "scratch":
+            if ref is None or reference == method or method == SCRATCH:
                 continue
             diffs = [seeds[s]["mean_dice"] - ref[s]["mean_dice"] for s in seeds if s in ref
                      and seeds[s]["mean_dice"] is not None and ref[s]["mean_dice"] is not None]
@@ -66,7 +68,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             cells = {r["labeled_volumes"]: r for r in rows if r["method"] == method}
             lines.append(f"| {method} | " + " | ".join(_fmt(cells[b]["dice_mean"], cells[b]["dice_std"]) if b in cells else "–" for b in budgets) + " |")
         lines.append("")
-        for reference in ("scratch", "contrastive"):
+        for reference in dict.fromkeys(key[3:] for r in rows for key in r if key.startswith("vs_")):  # summarise_cells' order
             diff_rows = [r for r in rows if f"vs_{reference}" in r]
             if not diff_rows:
                 continue

@@ -51,9 +51,6 @@ from ssmtl.core.settings import (
 from ssmtl.core.model import ModelConfig
 from ssmtl.api.tasks import TaskConfig
 
-DEFAULT_TASKS = ("contrastive", "order")
-
-
 class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
 
@@ -98,7 +95,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     tasks: dict[str, SerializeAsAny[TaskConfig]] = Field(
-        default_factory=lambda: {n: {"name": n} for n in DEFAULT_TASKS},
+        default_factory=lambda: {n: {"name": n} for n in default_tasks()},
         description="Enabled pretext tasks, keyed by name, each with its own options.",
         validate_default=True,
     )
@@ -130,6 +127,11 @@ def _registry(registry):
 
         registry = get_registry()
     return registry
+
+
+def default_tasks(registry=None) -> tuple[str, ...]:
+    """The tasks a run enables when no source names any: the plugins' ``ssmtl_defaults``."""
+    return tuple(_registry(registry).defaults.tasks)
 
 
 def _normalise_tasks(value: Any) -> dict[str, Any]:
@@ -229,7 +231,7 @@ def resolve_run_config(
     registry=None,
 ) -> RunConfig:
     """Merge all sources in precedence order and validate once."""
-    merged: dict[str, Any] = {"tasks": {n: {} for n in DEFAULT_TASKS}}
+    merged: dict[str, Any] = {"tasks": {n: {} for n in default_tasks(registry)}}
     layers: list[dict[str, Any]] = []
     if file is not None:
         layers.append(read_config_file(file))
@@ -257,7 +259,7 @@ def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
     """Validate a merged dict; raise :class:`ConfigError` with one row per problem."""
     registry = _registry(registry)
     data = dict(data)
-    resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in DEFAULT_TASKS}), registry)
+    resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in default_tasks(registry)}), registry)
     data["tasks"] = resolved
     try:
         config = RunConfig.model_validate(data, context={"registry": registry})

@@ -92,7 +92,7 @@ def _reset(registry_module, common) -> None:
 
 def _injected(registry_module, plugins: list[Any], builtins: bool | Iterable[str]):
     """A stand-in for ``get_registry``: built-ins plus ``plugins``, no entry points."""
-    modules = registry_module.BUILTIN_PLUGINS if builtins is True else (() if builtins is False else tuple(builtins))
+    modules = None if builtins is True else (() if builtins is False else tuple(builtins))  # None: every built-in
 
     def get_registry(external: bool | None = None):
         if external is None:

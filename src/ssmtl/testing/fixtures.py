@@ -23,16 +23,17 @@ def ssmtl_plugin_manager():
 def ssmtl_registry_factory() -> Callable[..., Any]:
     """``make(*plugins, builtins=(), strict=True) -> Registry``: a registry holding only these plugins.
 
-    Entry points are never read, so what other packages are installed does not
-    matter. ``builtins`` adds built-in plugins: ``True`` for all of them, or module
-    paths such as ``"ssmtl.plugins.tasks.contrastive"``. With ``strict`` (the
-    default) any problem the registry reports (a rejected plugin, a duplicate name)
-    fails the test with the registry's own message.
+    No third-party entry point is loaded, so what other packages are installed does
+    not matter. ``builtins`` adds built-in plugins: ``True`` for all of them (the
+    entry points of the installed ssmtl distribution), or module paths such as
+    ``"ssmtl.plugins.tasks.contrastive"``. With ``strict`` (the default) any problem
+    the registry reports (a rejected plugin, a duplicate name) fails the test with
+    the registry's own message.
     """
-    from ssmtl.core.registry import BUILTIN_PLUGINS, build_registry
+    from ssmtl.core.registry import build_registry
 
     def make(*plugins: Any, builtins: bool | Iterable[str] = (), strict: bool = True):
-        modules = BUILTIN_PLUGINS if builtins is True else (() if builtins is False else tuple(builtins))
+        modules = None if builtins is True else (() if builtins is False else tuple(builtins))
         registry = build_registry(external=False, builtins=modules, extra=plugins)
         if strict and registry.problems:
             raise AssertionError("plugin registry problems:\n  " + "\n  ".join(registry.problems))
