@@ -489,3 +489,24 @@ def test_an_installation_older_than_the_defaults_plugin_is_named(monkeypatch):
     assert registry.problems == ["the built-in plugins provide no defaults (ssmtl_defaults): the installed "
                                  "metadata of ssmtl is stale; run pip install -e ."]
     assert registry.defaults == DefaultsSpec() and BUILTIN_TASKS <= set(registry.tasks)
+
+
+def test_a_spec_takes_its_name_from_the_config_model():
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from ssmtl.api import DatasetSpec, TaskConfig, TaskSpec
+
+    class SliceStatsConfig(TaskConfig):
+        name: Literal["slice-stats"] = "slice-stats"
+
+    spec = TaskSpec.of(SliceStatsConfig, dict, "one line")
+    assert (spec.name, spec.config_model, spec.factory, spec.description) == ("slice-stats", SliceStatsConfig, dict, "one line")
+    assert isinstance(spec, TaskSpec)
+
+    class Nameless(BaseModel):
+        size: int = 1
+
+    with pytest.raises(TypeError, match="Nameless needs a `name` field"):
+        DatasetSpec.of(Nameless, dict)

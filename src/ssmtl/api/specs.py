@@ -14,15 +14,11 @@ from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A pretext task.
+class PluginSpec:
+    """What every registration spec holds: a name, a pydantic config model, a factory.
 
-    Attributes:
-        name: the task name used on the CLI (``--task NAME``) and in configs.
-        config_model: a subclass of :class:`ssmtl.api.tasks.TaskConfig` whose
-            ``name`` field is ``Literal[NAME]``.
-        factory: ``factory(config, network_info) -> PretextTask``.
-        description: one line shown by ``ssmtl tasks``.
+    ``Spec.of(ConfigModel, factory, "one line")`` takes the name from the config model's
+    ``name`` default, so the two cannot disagree.
     """
 
     name: str
@@ -30,9 +26,29 @@ class TaskSpec:
     factory: Callable[..., Any]
     description: str = ""
 
+    @classmethod
+    def of(cls, config_model: type[BaseModel], factory: Callable[..., Any], description: str = ""):
+        field_ = config_model.model_fields.get("name")
+        if field_ is None or not isinstance(field_.default, str):
+            raise TypeError(f"{config_model.__name__} needs a `name` field whose default is the plugin name")
+        return cls(name=field_.default, config_model=config_model, factory=factory, description=description)
+
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class TaskSpec(PluginSpec):
+    """A pretext task.
+
+    Attributes:
+        name: the task name used on the CLI (``--task NAME``) and in configs.
+        config_model: a subclass of :class:`ssmtl.api.tasks.TaskConfig` whose
+            ``name`` field is ``Literal[NAME]``.
+        factory: ``factory(config, network_info) -> PretextTask`` (the task class itself will do).
+        description: one line shown by ``ssmtl plugins``.
+    """
+
+
+@dataclass(frozen=True)
+class DatasetSpec(PluginSpec):
     """A volume source for ``ssmtl cache build``.
 
     Attributes:
@@ -42,27 +58,17 @@ class DatasetSpec:
         description: one line shown by ``ssmtl plugins``.
     """
 
-    name: str
-    config_model: type[BaseModel]
-    factory: Callable[..., Any]
-    description: str = ""
-
 
 @dataclass(frozen=True)
-class HeadSpec:
+class HeadSpec(PluginSpec):
     """A downstream head for ``ssmtl finetune``.
 
     Attributes:
         name: the head name (``--head NAME``).
         config_model: a subclass of :class:`ssmtl.api.heads.HeadConfig`.
-        factory: ``factory(config, network_info, num_classes) -> DownstreamHead``.
+        factory: ``factory(config, network_info, num_classes) -> DownstreamHead`` (the head class itself will do).
         description: one line shown by ``ssmtl plugins``.
     """
-
-    name: str
-    config_model: type[BaseModel]
-    factory: Callable[..., Any]
-    description: str = ""
 
 
 @dataclass(frozen=True)

@@ -192,17 +192,6 @@ def _take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return x if index is None else x[index]
 
 
-def build(config: ContrastiveConfig, network: NetworkInfo) -> ContrastiveTask:
-    return ContrastiveTask(config, network)
-
-
 @hookimpl
 def ssmtl_register_tasks():
-    return [
-        TaskSpec(
-            name="contrastive",
-            config_model=ContrastiveConfig,
-            factory=build,
-            description="MoCo v2 on slices (encoder); positives by augmentation, neighbouring slice, or slice position.",
-        )
-    ]
+    return [TaskSpec.of(ContrastiveConfig, ContrastiveTask, "MoCo v2 on slices (encoder); positives by augmentation, neighbouring slice, or slice position.")]

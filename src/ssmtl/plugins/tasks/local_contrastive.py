@@ -176,17 +176,6 @@ class LocalContrastiveTask(PretextTask):
         return TaskOutput(loss=loss, metrics=metrics)
 
 
-def build(config: LocalContrastiveConfig, network: NetworkInfo) -> LocalContrastiveTask:
-    return LocalContrastiveTask(config, network)
-
-
 @hookimpl
 def ssmtl_register_tasks():
-    return [
-        TaskSpec(
-            name="local-contrastive",
-            config_model=LocalContrastiveConfig,
-            factory=build,
-            description="Dense InfoNCE between corresponding locations of two augmented views (Chaitanya et al. 2020) (encoder + decoder).",
-        )
-    ]
+    return [TaskSpec.of(LocalContrastiveConfig, LocalContrastiveTask, "Dense InfoNCE between corresponding locations of two augmented views (Chaitanya et al. 2020) (encoder + decoder).")]

@@ -140,17 +140,6 @@ class NeighborTask(PretextTask):
         return TaskOutput(loss=pixel_loss(pred, target, self.config.loss))
 
 
-def build(config: NeighborConfig, network: NetworkInfo) -> NeighborTask:
-    return NeighborTask(config, network)
-
-
 @hookimpl
 def ssmtl_register_tasks():
-    return [
-        TaskSpec(
-            name="neighbor",
-            config_model=NeighborConfig,
-            factory=build,
-            description="Predict the adjacent slice (direction given) or the middle slice of a triplet, pixel-wise (encoder + decoder).",
-        )
-    ]
+    return [TaskSpec.of(NeighborConfig, NeighborTask, "Predict the adjacent slice (direction given) or the middle slice of a triplet, pixel-wise (encoder + decoder).")]

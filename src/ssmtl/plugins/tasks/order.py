@@ -96,17 +96,6 @@ class OrderTask(PretextTask):
         return TaskOutput(loss=loss, metrics={"acc": accuracy})
 
 
-def build(config: OrderConfig, network: NetworkInfo) -> OrderTask:
-    return OrderTask(config, network)
-
-
 @hookimpl
 def ssmtl_register_tasks():
-    return [
-        TaskSpec(
-            name="order",
-            config_model=OrderConfig,
-            factory=build,
-            description="Classify the permutation of k shuffled consecutive slices (encoder).",
-        )
-    ]
+    return [TaskSpec.of(OrderConfig, OrderTask, "Classify the permutation of k shuffled consecutive slices (encoder).")]

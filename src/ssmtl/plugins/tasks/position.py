@@ -92,17 +92,6 @@ class PositionTask(PretextTask):
         return TaskOutput(loss=loss, metrics=metrics)
 
 
-def build(config: PositionConfig, network: NetworkInfo) -> PositionTask:
-    return PositionTask(config, network)
-
-
 @hookimpl
 def ssmtl_register_tasks():
-    return [
-        TaskSpec(
-            name="position",
-            config_model=PositionConfig,
-            factory=build,
-            description="Regress or classify the normalised slice position in the volume (encoder).",
-        )
-    ]
+    return [TaskSpec.of(PositionConfig, PositionTask, "Regress or classify the normalised slice position in the volume (encoder).")]

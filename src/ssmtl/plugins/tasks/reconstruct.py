@@ -224,17 +224,6 @@ class ReconstructTask(PretextTask):
         return TaskOutput(loss=loss, metrics={"masked_l1": mae})
 
 
-def build(config: ReconstructConfig, network: NetworkInfo) -> ReconstructTask:
-    return ReconstructTask(config, network)
-
-
 @hookimpl
 def ssmtl_register_tasks():
-    return [
-        TaskSpec(
-            name="reconstruct",
-            config_model=ReconstructConfig,
-            factory=build,
-            description="Predict masked patches (MAE / context encoders) or restore swapped patches (Chen et al. 2019) (encoder + decoder).",
-        )
-    ]
+    return [TaskSpec.of(ReconstructConfig, ReconstructTask, "Predict masked patches (MAE / context encoders) or restore swapped patches (Chen et al. 2019) (encoder + decoder).")]
