@@ -36,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-import ssmtl.api.views as views  # noqa: E402
 from ssmtl.core.augment import augment  # noqa: E402
 from ssmtl.pretrain.engine import make_loader  # noqa: E402
 from ssmtl.data.sampling import SequenceDataset  # noqa: E402
@@ -70,18 +69,19 @@ def loader_throughput(config, cache, volumes, k: int, workers: int, batches: int
 def augment_calls_per_step(trainer, batch) -> int:
     """How many times one real step calls ``augment`` (one per augmented view)."""
     calls = 0
-    original = views.augment
+    module = trainer.unwrapped
+    original = module.augmenter  # what every step context draws its random views with
 
     def counting(*args, **kwargs):
         nonlocal calls
         calls += 1
         return original(*args, **kwargs)
 
-    views.augment = counting
+    module.augmenter = counting
     try:
         trainer.step([batch], 0)
     finally:
-        views.augment = original
+        module.augmenter = original
     return calls
 
 
