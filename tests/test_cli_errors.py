@@ -129,3 +129,14 @@ def test_config_file_parse_error(tmp_path):
     bad.write_text("[train\nsteps = 3\n")
     result = invoke("config", "show", "--config", str(bad))
     assert_clean_failure(result, str(bad))
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--task", "order", "--task", "order"], "--task order: given twice"),
+    (["--task", "order:"], "expected NAME or NAME:WEIGHT"),
+    (["--task", "order:inf"], "'inf' is not a finite number"),
+    (["--task", "order:nan"], "'nan' is not a finite number"),
+    (["--format", "xml"], "--format 'xml': use yaml or json"),
+])
+def test_config_show_refuses_what_it_cannot_mean(flags, needle):
+    assert_clean_failure(invoke("config", "show", *flags), needle)

@@ -290,3 +290,13 @@ def test_resume_loads_checkpoints_without_arbitrary_unpickling(ssmtl_cli, ssmtl_
     assert {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= names, loads
     assert all(weights_only is True for _, weights_only in loads), loads
     assert failures == []
+
+
+def test_an_allow_list_naming_no_installed_plugin_is_reported(monkeypatch):
+    from ssmtl.core.registry import build_registry
+
+    monkeypatch.setenv("SSMTL_PLUGINS", "rotation,no-such-plugin")
+    registry = build_registry(external=True)
+    [problem] = [p for p in registry.problems if "SSMTL_PLUGINS" in p]
+    assert "no-such-plugin" in problem and "rotation," not in problem.split("provides")[0]
+    assert "rotation" in registry.tasks  # the names that exist still load

@@ -33,8 +33,11 @@ def show(
     """Print the resolved config: defaults < --config file < SSMTL_* env < flags < --set."""
     import yaml
 
+    from ssmtl.api.errors import SsmtlError
     from ssmtl.pretrain.config import config_to_dict
 
+    if fmt not in ("yaml", "json"):
+        raise SsmtlError(f"--format {fmt!r}: use yaml or json")
     cfg = o.resolve(data, task, out, steps, batch_size, config, set_, mixed_precision, seed, compile_, workers)
     data_dict = config_to_dict(cfg)
     if fmt == "json":

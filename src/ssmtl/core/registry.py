@@ -325,6 +325,12 @@ def build_registry(
                                  "metadata of ssmtl is stale; run pip install -e .")
     if external:
         allowed = _allow_list(allow)
+        external_names = {ep.name for ep in entry_points if _distribution_of(ep)[0] != DISTRIBUTION}
+        if allowed is not None and allowed - external_names:
+            missing = ", ".join(sorted(allowed - external_names))
+            installed = ", ".join(sorted(external_names)) or "none"
+            registry.problems.append(f"{ALLOW_ENV} names {missing}, which no installed plugin provides "
+                                     f"(installed external plugins: {installed})")
         for ep in sorted(entry_points, key=lambda e: e.name):
             dist_name, dist_version = _distribution_of(ep)
             if dist_name == DISTRIBUTION:

@@ -17,6 +17,7 @@ worker processes can import.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
@@ -197,16 +198,20 @@ def parse_task_flags(task_flags: list[str]) -> dict[str, dict[str, Any]]:
     """``--task NAME`` or ``--task NAME:WEIGHT`` -> {name: {} or {"weight": w}}."""
     tasks: dict[str, dict[str, Any]] = {}
     for flag in task_flags:
-        name, _, weight = flag.partition(":")
-        name = name.strip()
-        if not name:
-            raise ConfigError(f"--task {flag!r}: expected NAME or NAME:WEIGHT")
+        name, colon, weight = flag.partition(":")
+        name, weight = name.strip(), weight.strip()
+        if not name or (colon and not weight):
+            raise ConfigError(f"--task {flag!r}: expected NAME or NAME:WEIGHT, e.g. --task order:0.5")
+        if name in tasks:
+            raise ConfigError(f"--task {name}: given twice; give each task once (NAME:WEIGHT sets its weight)")
         entry: dict[str, Any] = {}
         if weight:
             try:
                 entry["weight"] = float(weight)
             except ValueError:
                 raise ConfigError(f"--task {flag!r}: weight {weight!r} is not a number") from None
+            if not math.isfinite(entry["weight"]):
+                raise ConfigError(f"--task {flag!r}: weight {weight!r} is not a finite number")
         tasks[name] = entry
     return tasks
 
