@@ -91,7 +91,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
     train_volumes = volumes_of(cache, labeled)
     set_seed(config.seed)
-    network, manifest = build_network(config)
+    network, manifest = build_network(config, registry)
     check_network(network, cache)
     head = build_head(registry, config.head, config.head_options, network, num_classes)
     init = _init_record(config, manifest, split["test"])

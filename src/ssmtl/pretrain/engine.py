@@ -76,7 +76,7 @@ class Trainer(TrainingLoop):
         if config.train.channels_last:
             module.use_channels_last()
         if config.train.compile:
-            compile_in_place(module, config, accelerator)
+            compile_in_place(module, accelerator)
         ignored = ddp_ignored_names(module)
         if ignored:
             from torch.nn.parallel import DistributedDataParallel
