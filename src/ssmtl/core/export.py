@@ -3,7 +3,8 @@
 ``export/`` holds
 
 * ``model.safetensors``: the shared encoder *and* decoder (``encoder.*``, ``decoder.*``),
-* ``encoder.safetensors``: the encoder alone (for encoder-only downstream use),
+* ``encoder.safetensors``: the encoder alone (for encoder-only downstream use), under the
+  network's own key names (``encoder.*`` for the U-Net; MONAI's ``conv_0.*``, ``down_*``),
 * ``manifest.json``: the resolved config, tasks, versions, steps, the data
   fingerprint of the cache it was trained on, the network's config (``model``, whose
   ``name`` is its network plugin) and, when the network plugin names one, the class
@@ -50,6 +51,22 @@ def _tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tenso
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def part_state(network: nn.Module, part: nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of ``network``'s state dict that belong to ``part`` (e.g. its encoder), under the
+    network's own key names: ``encoder.*`` for the U-Net, ``conv_0.*`` and ``down_*`` for MONAI's
+    BasicUNet, so the part loads into the network's class with ``strict=False``."""
+    own = {id(t) for t in part.state_dict(keep_vars=True).values()}
+    return {k: t.detach().cpu().contiguous() for k, t in network.state_dict(keep_vars=True).items() if id(t) in own}
+
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to write weights that hold NaN or Inf: one clear error naming a few of them."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SsmtlError(f"{what}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {', '.join(bad[:3])}); "
+                         "refusing to write them (train with a lower learning rate or gradient clipping)")
+
+
 def write_export(run_dir: Path, network: nn.Module, manifest: dict[str, Any]) -> Path:
     """Write ``run_dir/export`` (weights and manifest) atomically: all of it, or nothing new."""
     full = dict(manifest)
@@ -64,9 +81,11 @@ def write_export(run_dir: Path, network: nn.Module, manifest: dict[str, Any]) ->
     if native is not None:
         full["native_class"] = dataclasses.asdict(native)
     final = Path(run_dir) / EXPORT_DIR
+    weights = _tensors(network)
+    check_finite_weights(weights, f"{final}")
     with atomic_directory(final) as tmp:
-        save_tensors(tmp / "model.safetensors", _tensors(network))
-        save_tensors(tmp / "encoder.safetensors", _tensors(network.encoder, "encoder."))
+        save_tensors(tmp / "model.safetensors", weights)
+        save_tensors(tmp / "encoder.safetensors", part_state(network, network.encoder))
         save_json(tmp / "manifest.json", full)
     return final
 
