@@ -50,7 +50,10 @@ def write_part(part: PartModule, fmt: str, path: Path, example: torch.Tensor) ->
     elif fmt == "onnx":
         if importlib.util.find_spec("onnx") is None:
             raise SsmtlError("--format onnx needs the onnx package: pip install 'ssmtl[onnx]'")
-        axes = {name: {0: "batch", 2: "height", 3: "width"} for name in [INPUT_NAME, *part.outputs]}
+        # every output its own height and width: encoder scales are not the input's size, and a
+        # shared name would tell runtimes they are (onnxruntime then warns while reusing buffers)
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        axes.update({name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in part.outputs})
 
         def export(tmp: Path) -> None:
             with torch.no_grad(), warnings.catch_warnings():
