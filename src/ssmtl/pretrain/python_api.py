@@ -11,29 +11,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ssmtl.core.settings import as_set_flags
-from ssmtl.pretrain.config import RunConfig, resolve_run_config
+from ssmtl.pretrain.config import resolve_run_config
 from ssmtl.pretrain.engine import PretrainResult, run_pretraining
-
-
-def pretrain_config(
-    data: str | Path | None = None,
-    out: str | Path | None = None,
-    *,
-    tasks: Sequence[str] | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
-    log_with: Sequence[str] | None = None,
-    config: str | Path | None = None,
-    settings: Mapping[str, Any] | Iterable[str] | None = None,
-    registry=None,
-) -> RunConfig:
-    """The validated :class:`~ssmtl.pretrain.config.RunConfig` :func:`pretrain` would run
-    (``ssmtl config show``); raises :class:`~ssmtl.api.ConfigError` naming each bad field."""
-    flags = {"data.path": data, "out": out, "train.steps": steps, "train.batch_size": batch_size, "seed": seed,
-             "train.log_with": list(log_with) if log_with else None}
-    return resolve_run_config(file=config, flags=flags, tasks=list(tasks) if tasks else None,
-                              sets=as_set_flags(settings), registry=registry)
 
 
 def pretrain(
@@ -73,6 +52,8 @@ def pretrain(
         ``final_losses``). Raises :class:`~ssmtl.api.SsmtlError` (or its
         :class:`~ssmtl.api.ConfigError`) on bad input, before any training.
     """
-    run_config = pretrain_config(data, out, tasks=tasks, steps=steps, batch_size=batch_size, seed=seed,
-                                 log_with=log_with, config=config, settings=settings, registry=registry)
+    flags = {"data.path": data, "out": out, "train.steps": steps, "train.batch_size": batch_size, "seed": seed,
+             "train.log_with": list(log_with) if log_with else None}
+    run_config = resolve_run_config(file=config, flags=flags, tasks=list(tasks) if tasks else None,
+                                    sets=as_set_flags(settings), registry=registry)
     return run_pretraining(run_config, resume=resume, registry=registry, progress=progress)
