@@ -109,3 +109,30 @@ def test_no_metrics_no_curves(tmp_path):
     assert write_curves(tmp_path) is None
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "skipped": true}\n{"step": 1, "lo')  # a cut line too
     assert write_curves(tmp_path) is None and not (tmp_path / CURVES_FILE).exists()
+
+
+def test_a_record_of_the_callers_reaches_the_file_the_trackers_and_the_curves(tmp_path):
+    """What fine-tuning's validation does: Recorder.log({"step", "val_dice"}) between training steps."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ssmtl.core.accelerator import make_accelerator
+    from ssmtl.core.recorder import Recorder
+
+    accelerator = make_accelerator(None, ["tensorboard"], tmp_path)
+    recorder = Recorder(accelerator, tmp_path, ["segmentation"], keep_checkpoints=1)
+    recorder.start(0, project="finetune", config={"train": {"steps": 2}})
+    for step in range(2):
+        recorder.add(step, 0.1, torch.tensor([1.0 - step / 2]), torch.ones(1), {}, 10.0)
+        recorder.log({"step": step, "val_dice": 0.25 * (step + 1)})
+    recorder.finish()
+    records = _records(tmp_path)
+    assert [sorted(r) for r in records] == [["loss", "lr", "slices_per_s", "step", "tasks"], ["step", "val_dice"]] * 2
+    [events] = (tmp_path / "logs" / "finetune").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("val_dice")] == [(0, 0.25), (1, 0.5)]
+    assert [e.value for e in accumulator.Scalars("segmentation/loss")] == [1.0, 0.5]
+    with Image.open(tmp_path / CURVES_FILE) as image:
+        assert image.width > 3 * image.height  # loss, learning rate and validation Dice
+    assert accelerator.trackers == []  # closed

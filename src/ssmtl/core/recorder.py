@@ -121,7 +121,8 @@ class Recorder:
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Add one record of the caller's (``{"step": ..., "val_dice": ...}``) to ``metrics.jsonl``
-        and the trackers, after the pending steps."""
+        and the trackers, after the pending steps. Call it on every process, as :meth:`flush`
+        (averaging the pending steps over processes is a collective)."""
         self.flush()
         self._write([dict(record)])
 
