@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -73,17 +74,15 @@ def test_scalars_flatten_a_record_as_trackers_take_it():
 # -- curves.png --------------------------------------------------------------------------------------
 
 
-def test_every_run_draws_its_curves(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
-    pre, ft = tmp_path / "pre", tmp_path / "ft"
-    assert ssmtl_cli("pretrain", "--data", ssmtl_tiny_cache, "--out", pre, *TINY_PRETRAIN).exit_code == 0
-    result = ssmtl_cli("finetune", "--data", ssmtl_tiny_cache, "--init", pre, "--out", ft, "--steps", "2",
-                       "--batch-size", "2", "--labeled-volumes", "1")
-    assert result.exit_code == 0, result.stderr
-    for run in (pre, ft):
+def test_every_run_draws_its_curves(pretrained_run, finetuned_run, tmp_path):
+    for run in (pretrained_run, finetuned_run):
         with Image.open(run / CURVES_FILE) as image:
-            assert image.format == "PNG" and image.width > 2 * image.height  # loss and learning-rate panels
-    (pre / CURVES_FILE).unlink()
-    assert write_curves(pre) == pre / CURVES_FILE  # regenerated from metrics.jsonl alone
+            assert image.format == "PNG" and 2 * image.height < image.width < 3 * image.height  # loss and learning rate
+    copy = tmp_path / "pre"
+    shutil.copytree(pretrained_run, copy)
+    (copy / CURVES_FILE).unlink()
+    assert write_curves(copy) == copy / CURVES_FILE  # drawn again from metrics.jsonl alone
+    assert (copy / CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_curves_collect_losses_and_validation_dice():
