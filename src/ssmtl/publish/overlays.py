@@ -32,7 +32,8 @@ class Overlay:
 
 def pick_volumes(per_volume: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """The best, median and worst scored volume (fewer when there are fewer than three)."""
-    scored = sorted((v for v in per_volume if v.get("mean_dice") is not None), key=lambda v: v["mean_dice"], reverse=True)
+    scored = sorted((v for v in per_volume if v.get("mean_dice") is not None and v.get("volume")),
+                    key=lambda v: v["mean_dice"], reverse=True)
     if not scored:
         return []
     chosen = {"best": scored[0], "median": scored[len(scored) // 2], "worst": scored[-1]}
@@ -82,7 +83,11 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) ->
     picks = pick_volumes(evaluation.get("per_volume") or [])
     if not picks:
         return []
+    import torch
+
     model, run = load_finetuned(Path(run_dir), registry)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     cache = SliceCache(Path(evaluation.get("data") or run["data"]["path"]))
     index = {v.name: v.index for v in cache.volumes}
     class_names = list(evaluation.get("class_names") or [])
@@ -91,7 +96,7 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) ->
         if scored["volume"] not in index:
             raise SsmtlError(f"{cache.path}: has no volume {scored['volume']!r} (evaluated on another cache?)")
         image, label = cache.read_volume(index[scored["volume"]])
-        prediction = predict_volume(model, image)
+        prediction = predict_volume(model, image, device=device)
         reference = label if label is not None else np.zeros_like(prediction)
         z = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(axis=1)))
         dice = scored.get("mean_dice")
