@@ -7,7 +7,7 @@ view/feature cache, loss weighting, metrics, the non-finite check, the EMA hook)
 
 B (``hand``): :class:`HandMoCo` below, a minimal MoCo v2 loop in plain PyTorch,
 written from the paper/reference (He et al. 2020; Chen et al. 2020): the same
-U-Net encoder (``ssmtl.core.model.UNet(config.model).encoder``), the same 2-layer
+U-Net encoder (``ssmtl.core.networks.build_network(config.model).encoder``), the same 2-layer
 projection MLP, an EMA key encoder, a queue of K keys and InfoNCE, the same AdamW
 parameter groups, learning-rate schedule, gradient clipping and autocast
 precision. Both augment their two views with ``ssmtl.core.augment.augment``, so
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from ssmtl.core.augment import augment  # noqa: E402
-from ssmtl.core.model import UNet  # noqa: E402
+from ssmtl.core.networks import build_network  # noqa: E402
 
 TARGET = 1.10
 
@@ -56,8 +56,9 @@ class HandMoCo:
         self.temperature, self.momentum = task.temperature, task.momentum
         self.grad_clip = config.train.grad_clip
         self.device = device
-        self.encoder = UNet(config.model).encoder.to(device)
-        width = self.encoder.channels[-1]
+        network = build_network(config.model)
+        self.encoder = network.encoder.to(device)
+        width = network.info.bottleneck_channels
         hidden = task.hidden_dim or width
         self.projection = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, task.projection_dim)).to(device)
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)

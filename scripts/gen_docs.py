@@ -225,19 +225,18 @@ def config_reference() -> str:
         "```", "",
         "## Top level", "",
     ]
-    top = {k: v for k, v in schema["properties"].items() if "$ref" not in v and k != "tasks"}
+    top = {k: v for k, v in schema["properties"].items() if "$ref" not in v and k not in ("tasks", "model")}
     lines += table(header, _section_rows({"properties": top}, ""))
     for key, prop in schema["properties"].items():
+        if key == "model":
+            lines += network_reference(prop, defs, registry, header)
         if "$ref" not in prop:
             continue
         model = defs[prop["$ref"].rsplit("/", 1)[-1]]
         lines += [f"## {key}", "", escape(" ".join(model.get("description", "").split())), ""]
         lines += table(header, _section_rows(model, f"{key}."))
     tasks = schema["properties"]["tasks"]
-    mapping = tasks["additionalProperties"].get("discriminator", {}).get("mapping")
-    if mapping is None:  # a single registered task: no discriminated union
-        only = tasks["additionalProperties"]["$ref"]
-        mapping = {defs[only.rsplit("/", 1)[-1]]["properties"]["name"]["default"]: only}
+    mapping = _mapping(tasks["additionalProperties"], defs)
     lines += [
         "## tasks", "",
         escape(tasks.get("description", "")) + " A table keyed by task name; listing a task enables it "
@@ -251,6 +250,30 @@ def config_reference() -> str:
         lines += [f"### tasks.{name} {{#tasks-{name}}}", ""]  # a stable anchor for links from tasks.md
         lines += table(header, _section_rows({"properties": props}, f"tasks.{name}."))
     return "\n".join(lines + finetune_reference(header)).rstrip() + "\n"
+
+
+def _mapping(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, str]:
+    """A union's ``{name: $ref}``; one model alone is not a discriminated union."""
+    if "discriminator" in prop:
+        return prop["discriminator"]["mapping"]
+    return {defs[prop["$ref"].rsplit("/", 1)[-1]]["properties"]["name"]["default"]: prop["$ref"]}
+
+
+def network_reference(prop: dict[str, Any], defs: dict[str, Any], registry, header: list[str]) -> list[str]:
+    """``model``: one table per network plugin, the union ``model.name`` selects from."""
+    lines = [
+        "## model", "",
+        escape(prop.get("description", "")) + f" Default: {code(registry.default_network())}. Each network has "
+        "its own options, set as `model.OPTION`; a `model` table without `name` is the default network, so "
+        "`--set model.base_channels=8` sets the U-Net's width. Networks are plugins "
+        "([`ssmtl_register_networks`](hooks.md#ssmtl_register_networks)).", "",
+    ]
+    for name, ref in sorted(_mapping(prop, defs).items()):
+        model = defs[ref.rsplit("/", 1)[-1]]
+        props = {k: v for k, v in model["properties"].items() if k != "name"}
+        lines += [f"### model.name = {name} {{#model-{name}}}", "", escape(" ".join(model.get("description", "").split())), ""]
+        lines += table(header, _section_rows({"properties": props}, "model."))
+    return lines
 
 
 def finetune_reference(header: list[str]) -> list[str]:

@@ -77,3 +77,42 @@ def tiny_cache(tmp_path_factory) -> Path:
         out=out,
         registry=build_registry(external=False),
     )
+
+
+# -- tiny finished runs, made once per session through the Python API -----------------------------
+
+#: options that make a pre-training tiny (U-Net width 4, depth 2; a small MoCo queue)
+TINY_PRETRAIN = {"model.base_channels": 4, "model.depth": 2, "tasks.contrastive.queue_size": 16, "data.num_workers": 0}
+TINY_MONAI = {"model.name": "monai-basic-unet", "model.features": [4, 4, 8, 8, 16, 4],
+              "tasks.contrastive.queue_size": 16, "data.num_workers": 0}
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, ssmtl_tiny_cache) -> Path:
+    """A finished 3-step U-Net pre-training (contrastive + order) on the tiny phantom cache."""
+    import ssmtl
+
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    ssmtl.pretrain(ssmtl_tiny_cache, out, steps=3, batch_size=2, settings=TINY_PRETRAIN, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(tmp_path_factory, ssmtl_tiny_cache, pretrained_run) -> Path:
+    """A 3-step fine-tuning from ``pretrained_run`` on one labeled subject, evaluated (eval.json)."""
+    import ssmtl
+
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    ssmtl.finetune(ssmtl_tiny_cache, out, init=pretrained_run, labeled_volumes=1, steps=3, batch_size=2, progress=False)
+    ssmtl.evaluate(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def monai_run(tmp_path_factory, ssmtl_tiny_cache) -> Path:
+    """A finished 2-step pre-training of MONAI's BasicUNet (the monai-basic-unet network plugin)."""
+    import ssmtl
+
+    out = tmp_path_factory.mktemp("runs") / "monai"
+    ssmtl.pretrain(ssmtl_tiny_cache, out, steps=2, batch_size=2, settings=TINY_MONAI, progress=False)
+    return out

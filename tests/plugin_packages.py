@@ -14,9 +14,13 @@ import re
 import socket
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: ssmtl depends on tomli there
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ssmtl-rotation"

@@ -163,7 +163,7 @@ def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_
 
     # other defaults (here without the built-in provider): other methods, nothing hard-coded
     mine = types.ModuleType("my_defaults")
-    mine.ssmtl_defaults = hookimpl(lambda: DefaultsSpec(tasks=("order",), task_sets={"pair": ("order", "position")}, baseline="pair"))
+    mine.ssmtl_defaults = hookimpl(lambda: DefaultsSpec(tasks=("order",), task_sets={"pair": ("order", "position")}, baseline="pair", network="unet"))
     mine.ssmtl_defaults.__name__ = "ssmtl_defaults"
     registry = build_registry(external=False, builtins=[b for b in builtin_plugins() if not b.endswith(".defaults")], extra=[mine])
     other = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), registry)

@@ -151,9 +151,17 @@ def test_force_replaces_existing_file(cache_factory):
 def test_check_output_path_other_errors(tmp_path):
     with pytest.raises(SsmtlError, match="directory"):
         check_output_path(tmp_path, force=True)
-    with pytest.raises(SsmtlError, match="does not exist"):
-        check_output_path(tmp_path / "missing" / "c.h5", force=False)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SsmtlError, match="a-file/sub: cannot create the output directory"):
+        check_output_path(tmp_path / "a-file" / "sub" / "c.h5", force=False)
     check_output_path(tmp_path / "new.h5", force=False)  # fine
+
+
+def test_the_parent_folders_of_a_new_cache_are_created(tmp_path):
+    out = tmp_path / "demo" / "nested" / "c.h5"
+    with CacheWriter(out, force=False, attrs={}) as writer:
+        writer.add_volume("a", np.zeros((2, 4, 4)), None, {"spacing": np.ones(3)})
+    assert [v.num_slices for v in SliceCache(out).volumes] == [2]
 
 
 def test_exception_inside_writer_leaves_nothing(tmp_path):

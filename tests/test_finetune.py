@@ -18,17 +18,17 @@ from ssmtl.downstream.evaluate import evaluate_run, render_comparison_table, ren
 from ssmtl.core.export import write_export
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.finetune import run_finetune
-from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.plugins.networks.unet import UNet, UNetConfig
 from ssmtl.core.registry import build_registry
 
 CLASS_NAMES = {"0": "background", "1": "square", "2": "disc"}
 SUBJECTS = [f"sub{i}" for i in range(6)]
-TINY = ModelConfig(base_channels=4, depth=2)
+TINY = UNetConfig(base_channels=4, depth=2)
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return build_registry(external=False, builtins=["ssmtl.plugins.heads.segmentation", "ssmtl.plugins.defaults"])
+    return build_registry(external=False, builtins=["ssmtl.plugins.heads.segmentation", "ssmtl.plugins.networks.unet", "ssmtl.plugins.defaults"])
 
 
 def _subject_volume(i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +191,7 @@ def test_mismatching_export_fails(cache_path, registry, tmp_path):
 
 def test_model_options_conflicting_with_export_fail(cache_path, registry, tmp_path):
     _export(tmp_path / "pretrain")
-    wide = ModelConfig(base_channels=8, depth=2)
+    wide = UNetConfig(base_channels=8, depth=2)
     with pytest.raises(SsmtlError, match="model"):
         run_finetune(_config(cache_path, tmp_path / "ft", init=str(tmp_path / "pretrain"), model=wide, steps=1), registry=registry, progress=False)
 

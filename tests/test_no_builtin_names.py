@@ -20,8 +20,8 @@ import pytest
 from ssmtl.core.registry import build_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("api", "core", "data", "pretrain", "downstream", "experiments")
-KINDS = ("tasks", "datasets", "heads")
+PACKAGES = ("api", "core", "data", "pretrain", "downstream", "experiments", "publish")
+KINDS = ("tasks", "datasets", "heads", "networks")
 FILE_SUFFIXES = {"json", "jsonl", "h5", "csv", "toml", "yaml", "yml", "md", "png", "txt", "safetensors", "nii", "gz"}
 
 # (file under src/ssmtl, literal): the same word with another meaning, and why

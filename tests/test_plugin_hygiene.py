@@ -86,17 +86,18 @@ def test_plugins_json_describes_every_plugin(discovered):
     data = discovered["all"]
     assert set(data) == {"plugins", "defaults", "problems"}
     assert data["defaults"]["tasks"] == ["contrastive", "order"] and data["defaults"]["head"] == "segmentation"
+    assert data["defaults"]["network"] == "unet"
     for plugin in data["plugins"]:
         assert set(plugin) == PLUGIN_FIELDS
         if plugin["error"] is None:
             assert plugin["hooks"] and all(h.startswith("ssmtl_") for h in plugin["hooks"])
-            assert plugin["provides"] and set(plugin["provides"]) <= {"tasks", "datasets", "heads", "defaults"}
+            assert plugin["provides"] and set(plugin["provides"]) <= {"tasks", "datasets", "heads", "networks", "defaults"}
         if plugin["builtin"]:
             assert (plugin["distribution"], plugin["version"]) == ("ssmtl", ssmtl.__version__)
     [rotation] = [p for p in data["plugins"] if p["name"] == "rotation"]
     assert (rotation["distribution"], rotation["version"]) == ("ssmtl-rotation", "0.1.0")
     provided = {kind: name for p in data["plugins"] for kind, names in p["provides"].items() for name in names}
-    assert {"tasks", "datasets", "heads"} <= set(provided)
+    assert {"tasks", "datasets", "heads", "networks"} <= set(provided)
 
 
 # -- broken plugins ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The same :func:`ssmtl.testing.check_task_contract` that plugin authors run:
 registration, config, heads, a finite scalar loss, and gradients exactly where
 ``trains`` says, with default options and with the options that change which
-inputs, heads or losses a task uses.
+inputs, heads or losses a task uses, on every built-in network.
 """
 
 from __future__ import annotations
@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from ssmtl.core.registry import build_registry
-from ssmtl.testing import check_task_contract
+from ssmtl.testing import check_task_contract, tiny_network
 
 BUILTIN_TASKS = build_registry(external=False).tasks
+BUILTIN_NETWORKS = build_registry(external=False).networks
+#: a tiny model table per built-in network (None: the default network's tiny defaults)
+TINY_NETWORKS = {
+    "unet": None,
+    "monai-basic-unet": {"name": "monai-basic-unet", "features": [4, 4, 8, 8, 16, 4]},
+}
 
 # Options that switch a task to another code path (views, heads, loss or sequence length).
 VARIANTS = [
@@ -38,12 +44,21 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+def test_every_builtin_network_has_a_tiny_model():
+    assert set(TINY_NETWORKS) == set(BUILTIN_NETWORKS)
+
+
+@pytest.mark.parametrize("network", sorted(TINY_NETWORKS))
 @pytest.mark.parametrize("name", sorted(BUILTIN_TASKS))
-def test_builtin_task_keeps_the_contract(name):
+def test_builtin_task_keeps_the_contract(name, network):
     spec = BUILTIN_TASKS[name]
-    report = check_task_contract(spec)
+    report = check_task_contract(spec, model=TINY_NETWORKS[network])
     assert report.name == name
     assert len(report.losses) == 2
+    # the task ran on that network (its encoder and decoder), not on the default U-Net
+    tiny = tiny_network(**(TINY_NETWORKS[network] or {}))
+    assert report.encoder_parameters == sum(p.numel() for p in tiny.encoder.parameters())
+    assert report.decoder_parameters == sum(p.numel() for p in tiny.decoder.parameters())
 
 
 @pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS])

@@ -6,14 +6,15 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
     from ssmtl.api import hookimpl, PretextTask, TaskConfig, TaskOutput, TaskSpec, StepContext
 
 * **Hooks and specs**: :data:`hookimpl`, :class:`TaskSpec`, :class:`DatasetSpec`,
-  :class:`HeadSpec` (what the ``ssmtl_register_*`` hooks return), :class:`DefaultsSpec`
-  (what ``ssmtl_defaults`` returns).
+  :class:`HeadSpec`, :class:`NetworkSpec` (what the ``ssmtl_register_*`` hooks return),
+  :class:`DefaultsSpec` (what ``ssmtl_defaults`` returns).
 * **Contracts**: :class:`PretextTask` / :class:`TaskConfig` / :class:`TaskOutput` /
   :class:`DataInfo` (tasks), :class:`StepContext` / :class:`View` /
   :class:`SequenceBatch` (the shared views and features of one step),
   :class:`DownstreamHead` / :class:`HeadConfig` (heads), :class:`DatasetConfig` /
   :class:`VolumeSource` / :class:`VolumeItem` / :class:`RawVolume` (datasets),
-  :class:`NetworkInfo` / :class:`SharedNetwork` (the shared network, as plugins see it).
+  :class:`NetworkInfo` / :class:`SharedNetwork` (the shared network, as plugins see it),
+  :class:`NetworkConfig` / :class:`NetworkOutput` / :class:`NativeClass` (networks).
 * **Errors**: :class:`SsmtlError` (one clear line, exit code 2), :class:`ConfigError`,
   :class:`InputFileError`.
 * **Task toolkit**: :func:`info_nce`, :func:`multi_positive_info_nce`,
@@ -47,6 +48,7 @@ _WHERE: dict[str, str] = {
     "TaskSpec": "specs",
     "DatasetSpec": "specs",
     "HeadSpec": "specs",
+    "NetworkSpec": "specs",
     "DefaultsSpec": "specs",
     # errors
     "SsmtlError": "errors",
@@ -56,6 +58,8 @@ _WHERE: dict[str, str] = {
     "NetworkInfo": "network",
     "NetworkOutput": "network",
     "SharedNetwork": "network",
+    "NetworkConfig": "network",
+    "NativeClass": "network",
     "global_pool": "network",
     # tasks
     "TaskConfig": "tasks",
@@ -152,9 +156,9 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.heads import DownstreamHead, HeadConfig
     from ssmtl.api.hooks import hookspec
     from ssmtl.api.losses import info_nce, multi_positive_info_nce
-    from ssmtl.api.network import NetworkInfo, NetworkOutput, SharedNetwork, global_pool
+    from ssmtl.api.network import NativeClass, NetworkConfig, NetworkInfo, NetworkOutput, SharedNetwork, global_pool
     from ssmtl.api.queue import KeyQueue
-    from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, TaskSpec
+    from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, NetworkSpec, TaskSpec
     from ssmtl.api.tasks import DataInfo, PretextTask, TaskConfig, TaskOutput
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
     from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, VolumeItem, VolumeSource

@@ -1,8 +1,8 @@
 """The ssmtl hook specifications.
 
 A plugin is any module or object with functions decorated by :data:`hookimpl`
-whose names match the specs below. Built-in tasks, datasets and heads use these
-same hooks; third-party packages expose their module under the ``ssmtl``
+whose names match the specs below. Built-in tasks, datasets, heads and networks use
+these same hooks; third-party packages expose their module under the ``ssmtl``
 entry-point group::
 
     [project.entry-points.ssmtl]
@@ -31,7 +31,7 @@ def ssmtl_register_tasks():
     Each spec names the task (the value of ``--task``), its pydantic config model
     (a subclass of :class:`~ssmtl.api.tasks.TaskConfig`) and a factory that builds the
     :class:`~ssmtl.api.tasks.PretextTask` module from a validated config and the
-    shared network's :class:`~ssmtl.core.model.NetworkInfo`.
+    shared network's :class:`~ssmtl.api.network.NetworkInfo`.
     """
 
 
@@ -50,6 +50,17 @@ def ssmtl_register_heads():
 
     A head is a module on top of the pre-trained network that owns its own loss and
     its own prediction, e.g. the built-in ``segmentation`` head (1x1 conv, Dice+CE).
+    """
+
+
+@hookspec
+def ssmtl_register_networks():
+    """Return a list of :class:`~ssmtl.api.specs.NetworkSpec`: shared encoder-decoders (``model.name``).
+
+    A network plugin says how to produce what tasks and heads consume: encoder
+    features at every scale (full resolution first) and full-resolution decoder
+    features. The built-in ``unet`` is ssmtl's own U-Net; ``monai-basic-unet`` wraps
+    MONAI's ``BasicUNet``, so its weights load into that very class.
     """
 
 

@@ -1,16 +1,29 @@
-"""What a plugin knows about the shared encoder-decoder: its shapes, and its output.
+"""The shared encoder-decoder: what tasks and heads see of it, and what a network plugin provides.
 
 Tasks and heads build their own layers from :class:`NetworkInfo` (channels per
 scale, decoder width, depth); they never need the network class itself.
+
+A **network plugin** registers a :class:`~ssmtl.api.specs.NetworkSpec` through
+``ssmtl_register_networks``: a :class:`NetworkConfig` subclass (``model.name`` in a
+run's config selects it) and ``factory(config) -> module``. The module keeps the
+:class:`SharedNetwork` contract:
+
+* ``encoder(images (N, C, H, W)) -> [features at every scale]``, full resolution first;
+* ``decoder(features) -> (N, info.decoder_channels, H, W)`` full-resolution features;
+* ``forward(images) -> NetworkOutput`` (both), ``info`` and ``config``;
+* optionally ``native_class() -> NativeClass``: a class outside ssmtl whose instances
+  load the module's ``state_dict()`` with ``strict=True`` (the MONAI adapter names
+  ``monai.networks.nets.BasicUNet``), so exported weights load in other code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from einops import reduce
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 
@@ -39,10 +52,39 @@ def global_pool(features: torch.Tensor) -> torch.Tensor:
     return reduce(features, "n c h w -> n c", "mean")
 
 
+class NetworkConfig(BaseModel):
+    """Options every network has. Subclasses set ``name: Literal["their-name"] = "their-name"``.
+
+    Every other field needs a default: ``--set model.name=NAME`` alone must give a
+    usable network. Runs save the config (with its ``name``) in ``config.json`` and in
+    the export manifest, and rebuild the network from it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+@dataclass(frozen=True)
+class NativeClass:
+    """A class outside ssmtl whose instances load a network's state dict with ``strict=True``.
+
+    ``path`` is its import path (``"monai.networks.nets.BasicUNet"``) and ``kwargs``
+    the JSON-serialisable arguments that build it with this network's shapes; the
+    export writes both into ``config.json`` so other code can rebuild it::
+
+        cls = getattr(importlib.import_module(module), name)   # path = "module.name"
+        net = cls(**kwargs); net.load_state_dict(weights, strict=True)
+    """
+
+    path: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
 class SharedNetwork(Protocol):
-    """The shared encoder-decoder every task and head trains (the built-in U-Net or a
-    network plugin): ``encoder(x)`` returns features at every scale, full resolution
-    first; ``decoder(features)`` returns full-resolution features (N, C, H, W)."""
+    """The shared encoder-decoder every task and head trains (built by a network plugin):
+    ``encoder(x)`` returns features at every scale, full resolution first;
+    ``decoder(features)`` returns full-resolution features (N, C, H, W)."""
 
     encoder: nn.Module
     decoder: nn.Module

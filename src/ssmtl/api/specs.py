@@ -72,8 +72,22 @@ class HeadSpec(PluginSpec):
 
 
 @dataclass(frozen=True)
+class NetworkSpec(PluginSpec):
+    """A shared encoder-decoder for pre-training and fine-tuning (``--set model.name=NAME``).
+
+    Attributes:
+        name: the value of ``model.name`` in a run's config.
+        config_model: a subclass of :class:`ssmtl.api.network.NetworkConfig`.
+        factory: ``factory(config) -> nn.Module`` keeping the
+            :class:`~ssmtl.api.network.SharedNetwork` contract (``encoder``, ``decoder``,
+            ``info``, ``config``, ``forward -> NetworkOutput``); the module's class itself will do.
+        description: one line shown by ``ssmtl plugins``.
+    """
+
+
+@dataclass(frozen=True)
 class DefaultsSpec:
-    """What ssmtl does when the user names no pretext task, head or benchmark method.
+    """What ssmtl does when the user names no pretext task, head, network or benchmark method.
 
     Core code never spells a plugin's name: it asks the registry, and the registry
     takes these names from the one plugin that provides them (the built-in
@@ -88,12 +102,16 @@ class DefaultsSpec:
             default methods are ``scratch`` and then every set, in this order.
         baseline: the task set every benchmark method is also compared against,
             besides ``scratch`` (paired differences per seed); ``None``: only scratch.
+        network: the shared network of a run whose config names none (``model.name``);
+            also the network of exports written before networks were plugins (their
+            manifest's ``model`` table has no ``name``).
     """
 
     tasks: tuple[str, ...] = ()
     head: str | None = None
     task_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     baseline: str | None = None
+    network: str | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ssmtl import __version__
-from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, train_cmd
+from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, publish_cmd, train_cmd
 
 app = typer.Typer(
     name="ssmtl",
@@ -46,6 +46,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugin_cmd.app, name="plugin")
 train_cmd.register(app)
 benchmark_cmd.register(app)
+publish_cmd.register(app)
 plugins_cmd.register(app)
 
 

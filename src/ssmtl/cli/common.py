@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ssmtl.api.errors import ConfigError, SsmtlError
@@ -18,7 +19,8 @@ err_console = Console(stderr=True)
 
 def fail(message: str, rows: list[tuple[str, str]] | None = None) -> None:
     """Print one error line (and a table when there are several problems); exit 2."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    # the message is text, not markup: `pip install 'ssmtl[onnx]'` must keep its brackets
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     if rows and len(rows) > 1:
         table = Table(show_header=True, header_style="bold")
         table.add_column("field")

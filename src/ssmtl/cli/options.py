@@ -19,9 +19,10 @@ MixedPrecision = Annotated[Optional[str], typer.Option("--mixed-precision", help
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed (seed); same seed + same process count = same run on CPU.")]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the network (train.compile).")]
 Workers = Annotated[Optional[int], typer.Option("--num-workers", help="Data loader workers (data.num_workers).")]
+LogWith = Annotated[Optional[List[str]], typer.Option("--log-with", help="Experiment tracker, repeatable: tensorboard, wandb (offline), mlflow (file store) or aim; writes under RUN/logs (train.log_with). Each is an optional extra: pip install 'ssmtl[tensorboard]'.")]
 
 
-def resolve(data, task, out, steps, batch_size, config, sets, mixed_precision, seed, compile_, workers):
+def resolve(data, task, out, steps, batch_size, config, sets, mixed_precision, seed, compile_, workers, log_with=None):
     """All sources -> one validated RunConfig (flags left unset do not override anything)."""
     from ssmtl.cli.common import registry
     from ssmtl.pretrain.config import resolve_run_config
@@ -35,5 +36,6 @@ def resolve(data, task, out, steps, batch_size, config, sets, mixed_precision, s
         "seed": seed,
         "train.compile": compile_,
         "data.num_workers": workers,
+        "train.log_with": log_with or None,
     }
     return resolve_run_config(file=config, flags=flags, tasks=task, sets=sets, registry=registry())

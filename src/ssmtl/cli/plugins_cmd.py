@@ -26,16 +26,21 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
         typer.echo(json.dumps({"plugins": [p.to_dict() for p in reg.plugins], "defaults": defaults, "problems": reg.problems}, indent=2))
         return
     table = Table(title="ssmtl plugins", title_justify="left")
-    for col in ("plugin", "distribution", "version", "tasks", "datasets", "heads", "status"):
+    for col in ("plugin", "distribution", "version", "provides", "status"):
         table.add_column(col)
     for p in reg.plugins:
         table.add_row(
-            p.name, p.distribution + (" (built-in)" if p.builtin else ""), p.version,
-            ", ".join(p.provides.get("tasks", [])), ", ".join(p.provides.get("datasets", [])),
-            ", ".join(p.provides.get("heads", [])), "[red]" + p.error + "[/]" if p.error else "ok",
+            p.name, p.distribution + (" (built-in)" if p.builtin else ""), p.version, _provides(p.provides),
+            "[red]" + p.error + "[/]" if p.error else "ok",
         )
     console.print(table)
     console.print(_defaults_line(reg), highlight=False, markup=False)
+
+
+def _provides(provides: dict[str, list[str]]) -> str:
+    """``{"tasks": ["a", "b"], "defaults": [...]}`` -> ``task a, task b, defaults``."""
+    return ", ".join("defaults" if kind == "defaults" else f"{kind[:-1]} {name}"
+                     for kind, names in provides.items() for name in names)
 
 
 def _defaults_line(reg) -> str:
@@ -49,6 +54,7 @@ def _defaults_line(reg) -> str:
         f"defaults (from {source}):",
         f"  tasks: {', '.join(d.tasks) or 'none'}",
         f"  head: {d.head or 'none'}",
+        f"  network: {d.network or 'none'}",
         f"  benchmark task sets: {sets}",
         f"  benchmark baseline: {d.baseline or 'scratch only'}",
     ])

@@ -24,7 +24,7 @@ def pretrain(
     data: o.Data = None, task: o.Task = None, out: o.Out = None, steps: o.Steps = None,
     batch_size: o.BatchSize = None, config: o.ConfigFile = None, set_: o.Sets = None,
     mixed_precision: o.MixedPrecision = None, seed: o.Seed = None, compile_: o.Compile = None,
-    workers: o.Workers = None,
+    workers: o.Workers = None, log_with: o.LogWith = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last valid checkpoint."),
 ) -> None:
     """Pre-train the shared encoder-decoder with several pretext tasks at once.
@@ -35,7 +35,7 @@ def pretrain(
     """
     from ssmtl.pretrain.engine import run_pretraining
 
-    cfg = o.resolve(data, task, out, steps, batch_size, config, set_, mixed_precision, seed, compile_, workers)
+    cfg = o.resolve(data, task, out, steps, batch_size, config, set_, mixed_precision, seed, compile_, workers, log_with)
     result = run_pretraining(cfg, resume=resume, registry=registry())
     if is_main_process():
         losses = ", ".join(f"{k}={v:.4f}" for k, v in result.final_losses.items())
@@ -61,6 +61,7 @@ def finetune(
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder", help="Train only the decoder and head."),
     class_balance: Optional[float] = typer.Option(None, "--class-balance", help="Fraction of slices sampled class first (a foreground class, then a slice showing it): small structures are seen often enough to be learned. 0: uniform."),
     workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader workers (num_workers)."),
+    log_with: o.LogWith = None,
     config: o.ConfigFile = None,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any fine-tuning field KEY=VALUE, e.g. train.grad_clip=1 or model.base_channels=8 (scratch only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last valid checkpoint."),
@@ -80,6 +81,7 @@ def finetune(
         "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "split_seed": split_seed,
         "test_fraction": test_fraction, "head": head, "train.mixed_precision": mixed_precision,
         "freeze_encoder": freeze_encoder, "class_balance": class_balance, "num_workers": workers,
+        "train.log_with": log_with or None,
     }
     cfg = resolve_finetune_config(file=config, flags=flags, sets=set_ or [])
     run_finetune(cfg, registry=registry(), resume=resume)

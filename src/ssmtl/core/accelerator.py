@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
 import torch
+
+from ssmtl.core.trackers import check_trackers, logs_dir
 
 
 def allow_precision(precision: str | None) -> None:
@@ -20,20 +25,30 @@ def allow_precision(precision: str | None) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def make_accelerator(mixed_precision: str | None):
+def make_accelerator(mixed_precision: str | None, log_with: Sequence[str] = (), run_dir: Path | None = None):
     """An Accelerator on the GPU if there is one, else a CPU process group (gloo) when
     launched with several processes; ``mixed_precision`` None defers to ``accelerate launch``.
 
     DDP runs with ``find_unused_parameters=False``: every trainable parameter gets a
     gradient every step (tasks and heads promise it; the contract check tests it).
+
+    ``log_with``: experiment trackers (checked to be installed), writing under
+    ``run_dir/logs`` (:mod:`ssmtl.core.trackers`).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     allow_precision(mixed_precision)
+    tracking = {}
+    if log_with:
+        tracking = {
+            "log_with": check_trackers(log_with),
+            "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(logs_dir(run_dir))),
+        }
     return Accelerator(
         # without a GPU, Accelerate only forms a process group (gloo) when told it runs on CPU
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)],
+        **tracking,
     )

@@ -3,16 +3,23 @@
 ``export/`` holds
 
 * ``model.safetensors``: the shared encoder *and* decoder (``encoder.*``, ``decoder.*``),
-* ``encoder.safetensors``: the encoder alone (for encoder-only downstream use),
-* ``manifest.json``: the resolved config, tasks, versions, steps and the data
-  fingerprint of the cache it was trained on.
+* ``encoder.safetensors``: the encoder alone (for encoder-only downstream use), under the
+  network's own key names (``encoder.*`` for the U-Net; MONAI's ``conv_0.*``, ``down_*``),
+* ``manifest.json``: the resolved config, tasks, versions, steps, the data
+  fingerprint of the cache it was trained on, the network's config (``model``, whose
+  ``name`` is its network plugin) and, when the network plugin names one, the class
+  outside ssmtl that loads ``model.safetensors`` (``native_class``: import path and
+  arguments; e.g. MONAI's ``BasicUNet``).
 
 It is written to a temporary directory and renamed into place. Loading uses
-safetensors only (no pickle) and ``strict=True``.
+safetensors only (no pickle) and ``strict=True``. A manifest whose ``model`` table
+names no network predates network plugins: it is read as the default network (the
+U-Net, the only network then).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from importlib import metadata
@@ -20,19 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ssmtl import __version__
-from ssmtl.api.errors import SsmtlError
+from ssmtl.api.errors import ConfigError, SsmtlError
 from ssmtl.core.files import atomic_directory, load_into, load_json, save_json, save_tensors
-from ssmtl.core.model import ModelConfig, UNet
-from ssmtl.core.settings import validate_model
+from ssmtl.core.networks import build_network, native_class, network_config
 
 EXPORT_DIR = "export"
 
 
 def _versions() -> dict[str, str]:
     out = {"ssmtl": __version__, "python": platform.python_version()}
-    for dist in ("torch", "accelerate", "h5py", "pydantic", "pluggy"):
+    for dist in ("torch", "accelerate", "h5py", "pydantic", "pluggy", "monai"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -44,7 +51,23 @@ def _tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tenso
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def write_export(run_dir: Path, network: UNet, manifest: dict[str, Any]) -> Path:
+def part_state(network: nn.Module, part: nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of ``network``'s state dict that belong to ``part`` (e.g. its encoder), under the
+    network's own key names: ``encoder.*`` for the U-Net, ``conv_0.*`` and ``down_*`` for MONAI's
+    BasicUNet, so the part loads into the network's class with ``strict=False``."""
+    own = {id(t) for t in part.state_dict(keep_vars=True).values()}
+    return {k: t.detach().cpu().contiguous() for k, t in network.state_dict(keep_vars=True).items() if id(t) in own}
+
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to write weights that hold NaN or Inf: one clear error naming a few of them."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SsmtlError(f"{what}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {', '.join(bad[:3])}); "
+                         "refusing to write them (train with a lower learning rate or gradient clipping)")
+
+
+def write_export(run_dir: Path, network: nn.Module, manifest: dict[str, Any]) -> Path:
     """Write ``run_dir/export`` (weights and manifest) atomically: all of it, or nothing new."""
     full = dict(manifest)
     full.update(
@@ -54,10 +77,15 @@ def write_export(run_dir: Path, network: UNet, manifest: dict[str, Any]) -> Path
         versions=_versions(),
         model=network.config.model_dump(mode="json"),
     )
+    native = native_class(network)
+    if native is not None:
+        full["native_class"] = dataclasses.asdict(native)
     final = Path(run_dir) / EXPORT_DIR
+    weights = _tensors(network)
+    check_finite_weights(weights, f"{final}")
     with atomic_directory(final) as tmp:
-        save_tensors(tmp / "model.safetensors", _tensors(network))
-        save_tensors(tmp / "encoder.safetensors", _tensors(network.encoder, "encoder."))
+        save_tensors(tmp / "model.safetensors", weights)
+        save_tensors(tmp / "encoder.safetensors", part_state(network, network.encoder))
         save_json(tmp / "manifest.json", full)
     return final
 
@@ -72,10 +100,14 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_pretrained_network(run_dir: Path) -> tuple[UNet, dict[str, Any]]:
-    """Build the U-Net described by an export and load its weights with ``strict=True``."""
+def load_pretrained_network(run_dir: Path, registry=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network described by an export and load its weights with ``strict=True``."""
     manifest = read_manifest(run_dir)
-    model = validate_model(ModelConfig, manifest["model"], prefix="export model")
-    network = UNet(model)
+    path = Path(run_dir) / EXPORT_DIR / "manifest.json"
+    try:
+        model = network_config(manifest["model"], registry, prefix="model")
+    except ConfigError as exc:
+        raise SsmtlError(f"{path}: {exc}") from None
+    network = build_network(model, registry)
     load_into(network, Path(run_dir) / EXPORT_DIR / "model.safetensors", what="exported weights")
     return network, manifest

@@ -16,6 +16,8 @@ forward computes) and the batches; the mechanics and policies are the same:
 * **Checkpoints** every ``checkpoint_every`` steps and at the end, so ``--resume``
   continues exactly where a killed run stopped (the batches are a function of the
   step, and the RNG states are part of the checkpoint).
+* **What people watch**: the recorder's trackers (``log_with``) are closed when the run
+  ends, however it ends, and a completed run draws ``curves.png``.
 
 The model's ``forward(batch, step)`` returns a :class:`StepLosses`-like 4-tuple:
 ``(total, losses (components,), weights (components,), metrics {"component/name": value})``.
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.progress import Progress
 from ssmtl.core.recorder import Recorder
+from ssmtl.core.trackers import Tracker
 
 
 class LoopConfig(BaseModel):
@@ -60,6 +63,7 @@ class LoopConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
     log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
     max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss (each is skipped: no update).")
+    log_with: list[Tracker] = Field(default_factory=list, description="Experiment trackers that get every metrics.jsonl record: tensorboard, wandb (offline unless WANDB_MODE=online), mlflow (a file store in the run unless MLFLOW_TRACKING_URI is set), aim. Each writes under RUN_DIR/logs; each is an optional extra (pip install 'ssmtl[tensorboard]').")
 
 
 @dataclass
@@ -140,6 +144,7 @@ class TrainingLoop:
         bar = Progress(progress and acc.is_main_process, label, policy.steps, start_step, self.names)
         nonfinite_run = 0
         t_start = t_last = time.perf_counter()
+        completed = False
         try:
             for step in range(start_step, policy.steps):
                 outcome = self.step([next(batches) for _ in range(policy.grad_accum)], step)
@@ -170,6 +175,8 @@ class TrainingLoop:
                     recorder.save_checkpoint(done)
             recorder.flush()
             recorder.save_checkpoint(policy.steps)
+            completed = True
         finally:
             bar.close()
+            recorder.finish(completed)
         return LoopResult(steps=policy.steps, seconds=time.perf_counter() - t_start, last=dict(recorder.last))

@@ -1,13 +1,19 @@
-"""What a training run leaves on disk while it runs: ``metrics.jsonl`` and checkpoints.
+"""What a training run leaves on disk while it runs: ``metrics.jsonl``, checkpoints, and what
+people watch: experiment trackers and ``curves.png``.
 
-One :class:`Recorder` per run owns both (and is the one writer of ``metrics.jsonl``):
+One :class:`Recorder` per run owns them all (and is the one writer of ``metrics.jsonl``):
 
 * **Metrics.** Per-step values stay on the device and are written at log intervals,
   one JSON line per step (``step``, ``loss``, ``lr``, ``slices_per_s`` and, per loss
   component, its ``loss``, ``weight`` and metrics), so logging costs no host-device
   sync per step. A skipped step (non-finite loss) gets its own line, in step order.
   On resume, lines of steps at or after the resumed step are dropped (they are
-  recomputed), so the file never repeats a step.
+  recomputed), so the file never repeats a step. :meth:`log` adds a record of its own
+  (e.g. a validation score) to the file.
+* **Trackers.** When the Accelerator was made with ``log_with``
+  (:mod:`ssmtl.core.trackers`), :meth:`start` starts them and every record written to
+  ``metrics.jsonl`` goes to them too, flattened to scalars at the record's step;
+  :meth:`finish` closes them and draws ``curves.png`` (:mod:`ssmtl.core.curves`).
 * **Checkpoints.** ``accelerator.save_state`` into a hidden temporary directory, then
   :func:`ssmtl.core.checkpointing.finalize` (checksums, atomic rename); the newest
   ``keep`` are kept. :meth:`resume_point` loads the newest one that verifies.
@@ -19,11 +25,12 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ssmtl.core import checkpointing as ckpt
+from ssmtl.core import trackers
 from ssmtl.core.files import save_text
 
 METRICS = "metrics.jsonl"
@@ -59,8 +66,12 @@ class Recorder:
             self._reduce = lambda t: t
 
     # -- metrics ----------------------------------------------------------------------
-    def start(self, step: int) -> None:
-        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines before ``step``."""
+    def start(self, step: int, *, project: str = "run", config: Mapping[str, Any] | None = None) -> None:
+        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines before ``step``.
+        Starts the trackers (``project``: their run name; ``config``: the hyper-parameters they record)."""
+        if self.accelerator.log_with:
+            names = [str(t) for t in self.accelerator.log_with]  # LoggerType values
+            trackers.start_trackers(self.accelerator, names, self.run_dir, project, config or {})
         if not self.main:
             return
         if step == 0:
@@ -104,11 +115,34 @@ class Recorder:
             self.last = {n: last["tasks"][n]["loss"] for n in self.names}
             self.last["loss"] = last["loss"]
         ordered = [records.get(id(p)) or {"step": p.step, "skipped": True, "nonfinite": list(p.nonfinite)} for p in self.pending]
-        if self.main and ordered:
-            with open(self.path, "a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in ordered))
+        self._write(ordered)
         self.pending.clear()
         return ordered
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Add one record of the caller's (``{"step": ..., "val_dice": ...}``) to ``metrics.jsonl``
+        and the trackers, after the pending steps. Call it on every process, as :meth:`flush`
+        (averaging the pending steps over processes is a collective)."""
+        self.flush()
+        self._write([dict(record)])
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        if not self.main or not records:
+            return
+        with open(self.path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+        if self.accelerator.trackers:
+            for record in records:
+                if not record.get("skipped"):
+                    self.accelerator.log(trackers.scalars(record), step=record["step"])
+
+    def finish(self, completed: bool = True) -> None:
+        """Close the trackers; after a completed run, draw ``curves.png`` from ``metrics.jsonl``."""
+        trackers.finish_trackers(self.accelerator)
+        if completed and self.main:
+            from ssmtl.core.curves import write_curves
+
+            write_curves(self.run_dir)
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, step: int, state: dict[str, Any] | None = None) -> Path:

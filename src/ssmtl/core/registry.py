@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from ssmtl.api import hooks as hookspecs
 from ssmtl.api.errors import SsmtlError
-from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, PluginInfo, TaskSpec
+from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, NetworkSpec, PluginInfo, TaskSpec
 
 ENTRY_POINT_GROUP = "ssmtl"
 DISTRIBUTION = "ssmtl"  # the entry points of this distribution are the built-ins
@@ -54,6 +54,7 @@ _KINDS = {
     "tasks": ("ssmtl_register_tasks", TaskSpec, "ssmtl.api.tasks:TaskConfig"),
     "datasets": ("ssmtl_register_datasets", DatasetSpec, "ssmtl.api.volumes:DatasetConfig"),
     "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.api.heads:HeadConfig"),
+    "networks": ("ssmtl_register_networks", NetworkSpec, "ssmtl.api.network:NetworkConfig"),
 }
 _DEFAULTS_HOOK = "ssmtl_defaults"
 
@@ -80,6 +81,7 @@ class Registry:
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     heads: dict[str, HeadSpec] = field(default_factory=dict)
+    networks: dict[str, NetworkSpec] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     #: what runs use when the user names nothing (empty when no plugin provides it)
@@ -96,6 +98,14 @@ class Registry:
 
     def head(self, name: str) -> HeadSpec:
         return self._lookup("heads", "head", name)
+
+    def network(self, name: str) -> NetworkSpec:
+        return self._lookup("networks", "network", name)
+
+    def default_network(self) -> str:
+        if self.defaults.network is None:
+            raise SsmtlError("no default network: no plugin provides ssmtl_defaults; name the network (--set model.name=NAME)")
+        return self.defaults.network
 
     def default_head(self) -> str:
         if self.defaults.head is None:
@@ -145,7 +155,7 @@ class Registry:
             if owner is None and "defaults" in info.provides:  # a second spec of this plugin
                 owner = f"{info.distribution} ({info.name})"
             if owner is not None:
-                self._refuse("defaults", info, owner, "; override a default with --task, --head or --methods instead")
+                self._refuse("defaults", info, owner, "; override a default with --task, --head, --methods or --set model.name instead")
                 continue
             self.defaults = spec
             info.provides["defaults"] = ["defaults"]
@@ -238,8 +248,9 @@ def _checked_defaults(spec: Any) -> DefaultsSpec:
             _check_name(name, f"DefaultsSpec.{what}: ")
         return tuple(value)
 
-    if spec.head is not None:
-        _check_name(spec.head, "DefaultsSpec.head: ")
+    for what in ("head", "network"):
+        if getattr(spec, what) is not None:
+            _check_name(getattr(spec, what), f"DefaultsSpec.{what}: ")
     if not isinstance(spec.task_sets, Mapping):
         raise TypeError(f"DefaultsSpec.task_sets must be a dict of name -> tasks, got {type(spec.task_sets).__name__}")
     task_sets = {}

@@ -158,6 +158,18 @@ def parse_set_flags(set_flags: Iterable[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+def as_set_flags(settings: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
+    """``--set`` strings from the Python API's ``settings``: ``{"train.lr": 3e-4}`` (values as
+    Python objects, written as JSON, which ``--set`` reads as YAML) or ``["train.lr=3e-4"]``."""
+    if settings is None:
+        return []
+    if isinstance(settings, Mapping):
+        return [f"{key}={json.dumps(value, default=str)}" for key, value in settings.items()]
+    if isinstance(settings, str):
+        raise ConfigError(f"settings {settings!r}: give a mapping {{'train.lr': 3e-4}} or a list of 'KEY=VALUE' strings")
+    return [str(item) for item in settings]
+
+
 def flag_layer(flags: Mapping[str, Any] | None) -> dict[str, Any]:
     """``{"train.steps": 5, "seed": None}`` -> ``{"train": {"steps": 5}}``: unset flags (None) are dropped."""
     layer: dict[str, Any] = {}

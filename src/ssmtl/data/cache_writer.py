@@ -53,15 +53,18 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 
 def check_output_path(out: Path, force: bool) -> None:
-    """Refuse to overwrite without --force, and check the directory is writable, before any work."""
+    """Refuse to overwrite without --force, create the directory (as runs create theirs) and
+    check it is writable, before any work."""
     out = Path(out)
     if out.exists() and not force:
         raise SsmtlError(f"{out}: a file already exists; pass --force to replace it")
     if out.is_dir():
         raise SsmtlError(f"{out}: is a directory; give a file path such as data.h5")
     parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise SsmtlError(f"{parent}: output directory does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SsmtlError(f"{parent}: cannot create the output directory ({exc.strerror or exc})") from None
     if not os.access(parent, os.W_OK):
         raise SsmtlError(f"{parent}: output directory is not writable")
 

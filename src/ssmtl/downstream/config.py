@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
-from ssmtl.core.model import ModelConfig
+from ssmtl.api.network import NetworkConfig
+from ssmtl.core.networks import validate_network_field
 from ssmtl.core.settings import ENV_PREFIX, layered, validate_model
 
 ENV = f"{ENV_PREFIX}FINETUNE__"
@@ -63,12 +64,17 @@ class FinetuneConfig(BaseModel):
     test_fraction: float = Field(0.3, ge=0, lt=1, description="Fraction of the labeled subjects held out for testing (at least one).")
     head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
-    model: ModelConfig | None = Field(None, description="Network for init='none' (default: ModelConfig defaults). With an export, the export decides.")
+    model: SerializeAsAny[NetworkConfig] | None = Field(None, description="Network for init='none' (`name` picks the network plugin; default: the plugins' default network with its defaults). With an export, the export decides.")
     freeze_encoder: bool = Field(False, description="Train only the decoder and head (encoder weights and norm statistics stay fixed).")
     augment: AugmentConfig = Field(default_factory=finetune_augment, description="Random affine (image and label alike) and intensity augmentation.")
     num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
     train: FinetuneTrainConfig = Field(default_factory=lambda: FinetuneTrainConfig(), description="Optimisation and bookkeeping (the training loop shared with pre-training).")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _resolve_model(cls, value: Any) -> NetworkConfig | None:
+        return None if value is None else validate_network_field(value)
 
     def with_defaults(self, registry) -> "FinetuneConfig":
         """This config with what it leaves to the plugins (the head) taken from ``registry``."""

@@ -23,7 +23,7 @@ from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.finetune import WEIGHTS
 from ssmtl.downstream.model import FinetuneModel, build_head
 from ssmtl.downstream.metrics import dice_per_class, hd95_per_class, nanmean, summarise
-from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.networks import build_network, network_config
 from ssmtl.core.files import save_json
 from ssmtl.data.splits import volumes_of
 
@@ -47,7 +47,7 @@ def load_finetuned(run_dir: Path, registry=None) -> tuple[FinetuneModel, dict[st
         registry = get_registry()
     run_dir = Path(run_dir)
     run = _read_json(run_dir / "run.json", "run.json is written when training ends")
-    network = UNet(ModelConfig.model_validate(run["model"]))
+    network = build_network(network_config(run["model"], registry), registry)
     head_options = {k: v for k, v in run["head"].items() if k != "name"}
     head = build_head(registry, run["head"]["name"], head_options, network, int(run["num_classes"]))
     model = FinetuneModel(network, head)

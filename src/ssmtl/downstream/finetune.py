@@ -79,9 +79,9 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
         registry = get_registry()
     config = config.with_defaults(registry)
     train = config.train
-    accelerator = make_accelerator(train.mixed_precision)
-    main = accelerator.is_main_process
     out = Path(config.out)
+    accelerator = make_accelerator(train.mixed_precision, train.log_with, out)
+    main = accelerator.is_main_process
 
     # every input is checked before the run directory is created
     cache = SliceCache(config.data)
@@ -91,7 +91,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
     train_volumes = volumes_of(cache, labeled)
     set_seed(config.seed)
-    network, manifest = build_network(config)
+    network, manifest = build_network(config, registry)
     check_network(network, cache)
     head = build_head(registry, config.head, config.head_options, network, num_classes)
     init = _init_record(config, manifest, split["test"])
@@ -137,7 +137,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
     batches = itertools.chain(list(itertools.islice(batches, 1)), batches)  # fetched now (none if nothing is left)
     start_step = recorder.load_checkpoint(found)
-    recorder.start(start_step)
+    recorder.start(start_step, project="finetune", config=config.model_dump(mode="json"))
     result = loop.run(batches, start_step, recorder, slices_per_step=train.batch_size * train.grad_accum * accelerator.num_processes,
                       label="finetune", progress=progress)
 

@@ -11,9 +11,10 @@ from torch import nn
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.heads import DownstreamHead
+from ssmtl.api.network import SharedNetwork
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
-from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.networks import build_network as build_shared_network, network_config
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache import SliceCache
 from ssmtl.downstream.config import FinetuneConfig
@@ -26,7 +27,7 @@ class FinetuneModel(nn.Module):
     Its state dict has exactly the ``network.*`` and ``head.*`` keys of the saved weights.
     """
 
-    def __init__(self, network: UNet, head: DownstreamHead):
+    def __init__(self, network: SharedNetwork, head: DownstreamHead):
         super().__init__()
         self.network = network
         self.head = head
@@ -35,7 +36,7 @@ class FinetuneModel(nn.Module):
         return self.head(self.network(images).decoder)
 
 
-def build_head(registry, name: str, options: dict[str, Any], network: UNet, num_classes: int) -> DownstreamHead:
+def build_head(registry, name: str, options: dict[str, Any], network: SharedNetwork, num_classes: int) -> DownstreamHead:
     """Validate the head's options with its plugin's config model and build it."""
     spec = registry.head(name)
     config = validate_model(spec.config_model, {**options, "name": name}, prefix=name)
@@ -55,28 +56,28 @@ def resolve_init(init: str) -> Path | None:
     return path
 
 
-def build_network(config: FinetuneConfig) -> tuple[UNet, dict[str, Any] | None]:
+def build_network(config: FinetuneConfig, registry=None) -> tuple[SharedNetwork, dict[str, Any] | None]:
     """The initial network: the export's (strict load) or a fresh one; plus the export manifest."""
     run_dir = resolve_init(config.init)
     if run_dir is None:
-        return UNet(config.model or ModelConfig()), None
-    network, manifest = load_pretrained_network(run_dir)
+        return build_shared_network(network_config(config.model, registry), registry), None
+    network, manifest = load_pretrained_network(run_dir, registry)
     if config.model is not None and config.model != network.config:
         raise SsmtlError(
             f"model is set but init={config.init} loads an export with a different model config "
             f"({network.config.model_dump()}); drop the model options when starting from an export"
         )
     if config.init_parts == "encoder":
-        fresh = UNet(network.config)  # random decoder, from the seeded RNG
+        fresh = build_shared_network(network.config, registry)  # random decoder, from the seeded RNG
         fresh.encoder.load_state_dict(network.encoder.state_dict(), strict=True)
         network = fresh
     return network, manifest
 
 
-def check_network(network: UNet, cache: SliceCache) -> None:
-    if network.config.in_channels != 1:
+def check_network(network: SharedNetwork, cache: SliceCache) -> None:
+    if network.info.in_channels != 1:
         raise SsmtlError(
-            f"the network expects {network.config.in_channels} input channels but cache slices have 1"
+            f"the network expects {network.info.in_channels} input channels but cache slices have 1"
         )
     shapes = {v.shape[1:] for v in cache.volumes}
     if len(shapes) > 1:

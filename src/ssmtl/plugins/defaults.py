@@ -8,6 +8,8 @@ these choices live beside the plugins they name, registered through the same
 * Pre-training without ``--task`` runs the paper's pair: MoCo v2 instance
   discrimination (``contrastive``) and slice ordering (``order``).
 * Fine-tuning without ``--head`` trains the ``segmentation`` head.
+* Runs whose config names no network (``model.name``) train ssmtl's ``unet``; so do
+  exports written before networks were plugins (their manifests name none).
 * ``ssmtl benchmark --methods`` knows ``contrastive`` (MoCo v2 alone, the paper's
   baseline) and ``multitask`` (every sequential task of the paper at once); its
   default methods are ``scratch``, ``contrastive`` and ``multitask``.
@@ -25,6 +27,7 @@ DEFAULTS = DefaultsSpec(
         "multitask": ("contrastive", "order", "position", "reconstruct", "neighbor"),
     },
     baseline="contrastive",
+    network="unet",
 )
 
 

@@ -6,12 +6,10 @@ import sys
 
 import torch
 
-from ssmtl.core.model import Encoder
-from ssmtl.pretrain.config import RunConfig
 from ssmtl.pretrain.module import PretrainModule
 
 
-def compile_in_place(module: PretrainModule, config: RunConfig, accelerator) -> None:
+def compile_in_place(module: PretrainModule, accelerator) -> None:
     """``torch.compile`` the encoder, the decoder and every copy of the encoder a task
     holds (MoCo's key encoder) in place; fall back to eager if compilation fails.
 
@@ -26,15 +24,17 @@ def compile_in_place(module: PretrainModule, config: RunConfig, accelerator) -> 
     """
     network = module.network
     parts = [network.encoder, network.decoder]
-    parts += [child for task in module.tasks.values() for child in task.children() if isinstance(child, Encoder)]
+    # the tasks' copies of the encoder (a deep copy has the encoder's own class)
+    parts += [child for task in module.tasks.values() for child in task.children() if type(child) is type(network.encoder)]
     try:
         for part in parts:
             # in place (nn.Module.compile): the state dict keeps its plain names, so a
             # checkpoint of a compiled run resumes without --compile and vice versa
             part.compile(dynamic=False)
-        side = 2 ** config.model.depth * 2
+        info = network.info
+        side = 2 ** info.depth * 2
         module.to(accelerator.device)  # where accelerator.prepare would put it anyway
-        probe = torch.zeros(2, config.model.in_channels, side, side, device=accelerator.device)
+        probe = torch.zeros(2, info.in_channels, side, side, device=accelerator.device)
         with torch.no_grad():
             network.decoder(network.encoder(probe))
     except Exception as exc:  # no compiler toolchain, unsupported platform or op

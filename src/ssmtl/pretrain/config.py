@@ -49,8 +49,9 @@ from ssmtl.core.settings import (
     set_path,
     summary,
 )
-from ssmtl.core.model import ModelConfig
+from ssmtl.api.network import NetworkConfig
 from ssmtl.api.tasks import TaskConfig
+from ssmtl.core.networks import network_models, resolve_network_config, validate_network_field
 
 class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
@@ -91,7 +92,10 @@ class RunConfig(BaseModel):
     seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
     out: Path | None = Field(None, description="Run directory.")
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: SerializeAsAny[NetworkConfig] = Field(
+        default_factory=dict, validate_default=True,
+        description="The shared network: `name` picks the network plugin (default: the plugins' default network), the other keys are its options.",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
@@ -109,6 +113,11 @@ class RunConfig(BaseModel):
         if errors:
             raise ValueError("; ".join(f"{loc}: {msg}" for loc, msg in errors))
         return resolved
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _resolve_model(cls, value: Any, info: ValidationInfo) -> NetworkConfig:
+        return validate_network_field(value, (info.context or {}).get("registry"))
 
     @model_validator(mode="after")
     def _needs_tasks(self):
@@ -266,11 +275,15 @@ def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
     data = dict(data)
     resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in default_tasks(registry)}), registry)
     data["tasks"] = resolved
+    network, network_rows = resolve_network_config(data.get("model"), registry)
+    rows += network_rows
+    if network is not None:
+        data["model"] = network
     try:
         config = RunConfig.model_validate(data, context={"registry": registry})
     except ValidationError as exc:
         task_rows = bool(rows)
-        more = [r for r in error_rows(exc) if not r[0].startswith("tasks")]
+        more = [r for r in error_rows(exc) if not r[0].startswith("tasks") and not (network_rows and r[0].startswith("model"))]
         if task_rows:  # the empty task table is a consequence of the task errors already listed
             more = [r for r in more if "at least one task" not in r[1]]
         rows += more if (more or task_rows) else error_rows(exc)
@@ -293,17 +306,24 @@ def load_saved_config(path: Path, registry=None) -> RunConfig:
     return validate_run_config(data, registry)
 
 
+def _union(models: list[type[BaseModel]]) -> Any:
+    """The models as one type, discriminated by ``name`` when there are several."""
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="name")]
+
+
 def run_config_schema(registry=None) -> dict[str, Any]:
-    """JSON Schema of RunConfig with ``tasks`` as the union of every registered task model."""
+    """JSON Schema of RunConfig with ``tasks`` and ``model`` as the unions of every registered task
+    and network model."""
     registry = _registry(registry)
-    models = [spec.config_model for spec in registry.tasks.values()]
-    if not models:
+    fields: dict[str, Any] = {}
+    tasks = [spec.config_model for spec in registry.tasks.values()]
+    if tasks:
+        fields["tasks"] = (dict[str, _union(tasks)], Field(default_factory=dict, description=RunConfig.model_fields["tasks"].description))
+    networks = network_models(registry)
+    if networks:
+        fields["model"] = (_union(networks), Field(default_factory=dict, description=RunConfig.model_fields["model"].description))
+    if not fields:
         return RunConfig.model_json_schema()
-    union = Union[tuple(models)] if len(models) > 1 else models[0]
-    task_type = Annotated[union, Field(discriminator="name")] if len(models) > 1 else union
-    schema_model = create_model(
-        "RunConfig",
-        __base__=RunConfig,
-        tasks=(dict[str, task_type], Field(default_factory=dict, description=RunConfig.model_fields["tasks"].description)),
-    )
-    return schema_model.model_json_schema()
+    return create_model("RunConfig", __base__=RunConfig, **fields).model_json_schema()

@@ -76,7 +76,7 @@ class Trainer(TrainingLoop):
         if config.train.channels_last:
             module.use_channels_last()
         if config.train.compile:
-            compile_in_place(module, config, accelerator)
+            compile_in_place(module, accelerator)
         ignored = ddp_ignored_names(module)
         if ignored:
             from torch.nn.parallel import DistributedDataParallel
@@ -131,9 +131,9 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     if config.data.path is None:
         raise SsmtlError("no data: pass --data CACHE.h5")
 
-    accelerator = make_accelerator(config.train.mixed_precision)
-    main = accelerator.is_main_process
     out = Path(config.out)
+    accelerator = make_accelerator(config.train.mixed_precision, config.train.log_with, out)
+    main = accelerator.is_main_process
     # every process checks inputs; only the main process creates the directory
     cache = SliceCache(config.data.path)
     volumes = select_volumes(cache, config)
@@ -151,7 +151,7 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     start_step = recorder.resume_point() if resume else 0
     if main:
         save_json(out / "config.json", config_to_dict(config))
-    recorder.start(start_step)
+    recorder.start(start_step, project="pretrain", config=config_to_dict(config))
 
     loader = make_loader(config, SequenceDataset(cache, k, config.data.stride, volumes), accelerator, start_step)
     slices_per_step = config.train.batch_size * k * config.train.grad_accum * accelerator.num_processes

@@ -17,7 +17,8 @@ from ssmtl.api.errors import SsmtlError
 from ssmtl.api.tasks import PretextTask
 from ssmtl.api.views import SequenceBatch, StepContext, task_views
 from ssmtl.core.augment import make_augmenter
-from ssmtl.core.model import UNet
+from ssmtl.api.network import SharedNetwork
+from ssmtl.core.networks import build_network
 from ssmtl.pretrain.config import RunConfig
 from ssmtl.pretrain.weighting import LossWeighting, build_weighting
 
@@ -29,7 +30,7 @@ class PretrainModule(nn.Module):
     ``task_losses`` and ``effective_weights`` are (num_tasks,) tensors in task order.
     """
 
-    def __init__(self, network: UNet, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
+    def __init__(self, network: SharedNetwork, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
                  decoder_slices: str = "all"):
         super().__init__()
         self.network = network
@@ -73,7 +74,7 @@ class PretrainModule(nn.Module):
         return total, stacked, weights, metrics
 
 
-def build_tasks(config: RunConfig, network: UNet, registry) -> dict[str, PretextTask]:
+def build_tasks(config: RunConfig, network: SharedNetwork, registry) -> dict[str, PretextTask]:
     tasks = {}
     for name, task_config in config.tasks.items():
         spec = registry.task(name)
@@ -97,7 +98,7 @@ def sequence_length(config: RunConfig, tasks: dict[str, PretextTask]) -> int:
 def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
     """Network + tasks + weighting, with the decoder frozen when no task trains it."""
     torch.manual_seed(config.seed)
-    network = UNet(config.model)
+    network = build_network(config.model, registry)
     tasks = build_tasks(config, network, registry)
     if not any("decoder" in t.trains for t in tasks.values()):
         # no loss reaches the decoder: freeze it so it stays at init and DDP has no unused params

@@ -14,7 +14,8 @@ broken promise:
    silently), survives a JSON round trip (runs save ``config.json`` and resume
    from it) and resolves inside a :class:`~ssmtl.pretrain.config.RunConfig`.
 3. **Heads.** The factory builds a :class:`~ssmtl.api.tasks.PretextTask` on a tiny
-   U-Net's :class:`~ssmtl.core.model.NetworkInfo`; ``trains`` names only
+   network's :class:`~ssmtl.api.network.NetworkInfo` (the default U-Net, or any
+   network plugin's: ``model={"name": ...}``); ``trains`` names only
    ``encoder``/``decoder``; extra views do not shadow built-in ones; the task does
    not adopt the shared network's parameters as its own; every name it asks DDP
    to ignore exists.
@@ -48,12 +49,13 @@ from ssmtl.core.augment import AugmentConfig, make_augmenter
 from ssmtl.pretrain.config import resolve_task_configs
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.hooks import hookimpl
-from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.api.network import SharedNetwork
+from ssmtl.core.networks import build_network
 from ssmtl.core.registry import build_registry
 from ssmtl.api.specs import TaskSpec
 from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
 from ssmtl.api.views import BUILTIN_VIEWS, StepContext, task_views
-from ssmtl.testing.tiny import TINY_MODEL, TINY_SIZE, tiny_batch
+from ssmtl.testing.tiny import TINY_SIZE, tiny_batch, tiny_model
 
 KNOWN_PARTS = frozenset({"encoder", "decoder"})
 _UNKNOWN_FIELD = "ssmtl_contract_unknown_option"
@@ -154,7 +156,7 @@ def _check_config(spec: TaskSpec, registry, overrides: dict[str, Any]) -> TaskCo
     return config
 
 
-def _build(spec: TaskSpec, config: TaskConfig, network: UNet) -> PretextTask:
+def _build(spec: TaskSpec, config: TaskConfig, network: SharedNetwork) -> PretextTask:
     name = spec.name
     task = spec.factory(config, network.info)
     if not isinstance(task, PretextTask):
@@ -198,7 +200,7 @@ def _missing_grads(module: torch.nn.Module) -> list[str]:
     return [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
 
 
-def _check_gradients(name: str, task: PretextTask, network: UNet) -> None:
+def _check_gradients(name: str, task: PretextTask, network: SharedNetwork) -> None:
     missing = _missing_grads(network.encoder)
     if missing:
         raise _fail(name, f"encoder parameters get no gradient: {_names(missing)}")
@@ -239,8 +241,9 @@ def check_task_contract(
             object whose ``ssmtl_register_tasks`` provides the task.
         name: which task, when the plugin provides several.
         config: task options to validate and run with (default: the defaults).
-        model: :class:`~ssmtl.core.model.ModelConfig` overrides of the tiny U-Net
-            (4 base channels, depth 2).
+        model: the network's options: overrides of the tiny default U-Net (4 base
+            channels, depth 2), or a whole ``model`` table naming another network
+            plugin (``{"name": "monai-basic-unet", "features": [4, 4, 8, 8, 16, 4]}``).
         batch_size: sequences per batch.
         sequence_length: slices per sequence (default: what the task asks for).
         size: in-plane size of the synthetic slices.
@@ -254,7 +257,7 @@ def check_task_contract(
     spec, registry = resolve_task_spec(spec_or_plugin, name)
     task_config = _check_config(spec, registry, dict(config or {}))
     torch.manual_seed(seed)
-    network = UNet(ModelConfig(**{**TINY_MODEL, **(model or {})}))
+    network = build_network(tiny_model(model))
     task = _build(spec, task_config, network)
     try:
         builders, transforms = task_views({spec.name: task})  # as the engine collects them

@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the real thing: a small U-Net and a synthetic sequence batch.
+"""Tiny stand-ins for the real thing: a small network and a synthetic sequence batch.
 
 They are small enough for a forward and backward pass in well under a second on
 one CPU core, yet structured like the data ssmtl trains on: every "volume" is a
@@ -15,21 +15,36 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ssmtl.api import PretextTask, SequenceBatch, StepContext
+from ssmtl.api import NetworkConfig, PretextTask, SequenceBatch, SharedNetwork, StepContext
 from ssmtl.api.views import task_views
 from ssmtl.core.augment import AugmentConfig, make_augmenter
-from ssmtl.core.model import ModelConfig, UNet
+from ssmtl.core.networks import build_network, network_config
 
-#: The model options every tiny network uses unless overridden.
+#: The options of the default network (ssmtl's U-Net) every tiny network uses unless overridden.
 TINY_MODEL: dict[str, int] = {"base_channels": 4, "depth": 2}
 
 #: In-plane size of tiny batches (divisible by 2**depth for every tiny depth).
 TINY_SIZE = 32
 
 
-def tiny_network(**overrides) -> UNet:
-    """A :class:`~ssmtl.core.model.UNet` with 4 base channels and depth 2 (override any field)."""
-    return UNet(ModelConfig(**{**TINY_MODEL, **overrides}))
+def tiny_model(model: Mapping[str, Any] | None = None, registry=None) -> NetworkConfig:
+    """A network config: the default network (the U-Net) with :data:`TINY_MODEL` and
+    ``model``'s options, or, when ``model`` names another network (``name``), exactly
+    ``model`` (its own options; make them small)."""
+    if registry is None:
+        from ssmtl.core.registry import get_registry
+
+        registry = get_registry()
+    model = dict(model or {})
+    if model.get("name", registry.default_network()) == registry.default_network():
+        model = {**TINY_MODEL, **model}
+    return network_config(model, registry)
+
+
+def tiny_network(**overrides) -> SharedNetwork:
+    """The default network with 4 base channels and depth 2 (override any field), or
+    ``tiny_network(name="NETWORK", ...)`` another network plugin's with these options."""
+    return build_network(tiny_model(overrides))
 
 
 def tiny_batch(

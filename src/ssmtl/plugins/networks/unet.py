@@ -1,10 +1,12 @@
-"""The shared 2D U-Net encoder-decoder.
+"""``unet``: ssmtl's own 2D U-Net, the default shared encoder-decoder (a network plugin).
 
-Every pretext task and the downstream head share one :class:`UNet`. Its forward
-pass returns the multi-scale encoder features *and* the decoder features, so
-encoder tasks (contrastive, order, position) and decoder tasks (reconstruct,
-neighbor, local-contrastive) train the same weights, and the export carries a
-pre-trained decoder, not only an encoder.
+Every pretext task and the downstream head share one network. Its forward pass
+returns the multi-scale encoder features *and* the decoder features, so encoder
+tasks (contrastive, order, position) and decoder tasks (reconstruct, neighbor,
+local-contrastive) train the same weights, and the export carries a pre-trained
+decoder, not only an encoder. Its state dict holds ``encoder.*`` and ``decoder.*``;
+outside ssmtl it loads through ``ssmtl.load_network`` or as TorchScript/ONNX
+(``ssmtl export``).
 """
 
 from __future__ import annotations
@@ -12,18 +14,18 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ssmtl.api.network import NetworkInfo, NetworkOutput
+from ssmtl.api import hookimpl, NetworkConfig, NetworkInfo, NetworkOutput, NetworkSpec
 
 
-class ModelConfig(BaseModel):
+class UNetConfig(NetworkConfig):
     """Width and depth of the shared U-Net."""
 
-    model_config = ConfigDict(extra="forbid")
+    name: Literal["unet"] = "unet"
     in_channels: int = Field(1, ge=1, description="Input channels (1 for CT/MR intensity slices).")
     base_channels: int = Field(16, ge=2, le=512, description="Channels of the first stage; doubled at every down-sampling.")
     depth: int = Field(4, ge=1, le=7, description="Number of down-sampling stages (input size must be divisible by 2**depth).")
@@ -64,7 +66,7 @@ def _run(block: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tenso
 class Encoder(nn.Module):
     """Returns features at every scale, full resolution first."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: UNetConfig):
         super().__init__()
         self.channels = tuple(
             min(config.base_channels * 2**i, config.max_channels) for i in range(config.depth + 1)
@@ -97,7 +99,7 @@ class UpStage(nn.Module):
 class Decoder(nn.Module):
     """Up-samples the deepest features back to full resolution with skip connections."""
 
-    def __init__(self, encoder_channels: tuple[int, ...], config: ModelConfig):
+    def __init__(self, encoder_channels: tuple[int, ...], config: UNetConfig):
         super().__init__()
         self.checkpointing = config.checkpointing
         ups = []
@@ -119,7 +121,7 @@ class Decoder(nn.Module):
 class UNet(nn.Module):
     """The shared encoder-decoder. ``forward`` returns :class:`NetworkOutput`."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
@@ -138,3 +140,8 @@ class UNet(nn.Module):
         feats = self.encoder(x)
         return NetworkOutput(encoder=feats, decoder=self.decoder(feats))
 
+
+
+@hookimpl
+def ssmtl_register_networks():
+    return [NetworkSpec.of(UNetConfig, UNet, "ssmtl's 2D U-Net: conv blocks with batch/instance/group norm, max-pool down, nearest-neighbour up.")]

@@ -1,0 +1,106 @@
+"""Predictions laid over held-out slices: the pictures of a fine-tuning run's report.
+
+For the best, the median and the worst test volume (by mean 3D Dice in ``eval.json``) the
+run's model predicts the whole volume from the cache, and one slice is shown three times:
+the image, the reference labels over it, the prediction over it. The slice is the one
+with the most labeled foreground, where a mistake is easiest to see.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssmtl.api.errors import SsmtlError
+
+#: (rank, label) of the volumes shown
+PICKS = ("best", "median", "worst")
+
+
+@dataclass
+class Overlay:
+    rank: str  # best, median or worst
+    volume: str
+    mean_dice: float | None
+    slice_index: int
+    png: bytes
+
+
+def pick_volumes(per_volume: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The best, median and worst scored volume (fewer when there are fewer than three)."""
+    scored = sorted((v for v in per_volume if v.get("mean_dice") is not None and v.get("volume")),
+                    key=lambda v: v["mean_dice"], reverse=True)
+    if not scored:
+        return []
+    chosen = {"best": scored[0], "median": scored[len(scored) // 2], "worst": scored[-1]}
+    seen: set[str] = set()
+    picks = []
+    for rank in PICKS:
+        volume = chosen[rank]
+        if volume["volume"] not in seen:
+            seen.add(volume["volume"])
+            picks.append((rank, volume))
+    return picks
+
+
+def _figure(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, class_names: list[str], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = plt.get_cmap("tab10").colors
+    cmap = ListedColormap([colors[i % len(colors)] for i in range(max(len(class_names), 1))])
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4), dpi=100)
+    for ax, (name, overlay) in zip(axes, (("image", None), ("reference", label), ("prediction", prediction))):
+        ax.imshow(image, cmap="gray", interpolation="nearest")
+        if overlay is not None:
+            shown = np.ma.masked_where(overlay == 0, overlay.astype(int) - 1)  # background stays clear
+            ax.imshow(shown, cmap=cmap, vmin=0, vmax=max(len(class_names) - 1, 1), alpha=0.5, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    handles = [Patch(color=cmap(i), label=n) for i, n in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) -> list[Overlay]:
+    """Predict and draw the picked test volumes; raises :class:`SsmtlError` when the cache is unreadable."""
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.downstream.evaluate import load_finetuned, predict_volume
+
+    picks = pick_volumes(evaluation.get("per_volume") or [])
+    if not picks:
+        return []
+    import torch
+
+    model, run = load_finetuned(Path(run_dir), registry)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    cache = SliceCache(Path(evaluation.get("data") or run["data"]["path"]))
+    index = {v.name: v.index for v in cache.volumes}
+    class_names = list(evaluation.get("class_names") or [])
+    overlays = []
+    for rank, scored in picks:
+        if scored["volume"] not in index:
+            raise SsmtlError(f"{cache.path}: has no volume {scored['volume']!r} (evaluated on another cache?)")
+        image, label = cache.read_volume(index[scored["volume"]])
+        prediction = predict_volume(model, image, device=device)
+        reference = label if label is not None else np.zeros_like(prediction)
+        z = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(axis=1)))
+        dice = scored.get("mean_dice")
+        title = f"{rank}: {scored['volume']} (mean Dice {dice:.3f}), slice {z}" if dice is not None else f"{rank}: {scored['volume']}"
+        overlays.append(Overlay(rank, scored["volume"], dice, z,
+                                _figure(image[z], reference[z], prediction[z], class_names, title)))
+    return overlays

@@ -1,0 +1,138 @@
+"""``ssmtl report``: one self-contained HTML page about a run or a benchmark.
+
+* **A run** (pre-training or fine-tuning): what it is (network, tasks, data, steps), its
+  curves (drawn again from ``metrics.jsonl``; ``curves.png`` is rewritten too), and for an
+  evaluated fine-tuning run the per-structure and per-volume tables and the predictions
+  over held-out slices of the best, median and worst test volume; then the config.
+* **A benchmark directory** (``results.json``): the Dice-vs-labels plot, the tables of
+  :mod:`ssmtl.experiments.results` (by budget, paired differences, per structure) and the
+  curves of each pre-training.
+
+Images are embedded as base64 PNG and there is no external asset (:mod:`ssmtl.publish.html`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ssmtl import __version__
+from ssmtl.api.errors import SsmtlError
+from ssmtl.core.curves import collect, read_records, render, write_curves
+from ssmtl.core.files import load_json, save_text
+from ssmtl.core.recorder import METRICS
+from ssmtl.publish import html
+from ssmtl.publish.runs import RunInfo, read_run
+
+REPORT_FILE = "report.html"
+RESULTS_FILE = "results.json"
+
+
+def _number(value: Any, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.{digits}f}"
+
+
+def _header(title: str, subtitle: str) -> list[str]:
+    generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return [f"<h1>{html.text(title)}</h1>", f'<p class="meta">{html.text(subtitle)} · generated {generated} by ssmtl {__version__}</p>']
+
+
+def _curves(run_dir: Path, title: str) -> list[str]:
+    metrics = run_dir / METRICS
+    curves = collect(read_records(metrics)) if metrics.is_file() else None
+    if curves is None or curves.empty:
+        return ['<p class="note">No metrics.jsonl records: nothing to draw.</p>']
+    write_curves(run_dir)  # regenerated with the page
+    return [html.image(render(curves, title), f"training curves of {title}")]
+
+
+def _summary(info: RunInfo) -> list[str]:
+    data = info.data
+    rows = [
+        ["kind", info.kind],
+        ["network", ", ".join(f"{k}={v}" for k, v in info.network.items())],
+        ["pre-training tasks", ", ".join(info.tasks) or "none (scratch)"],
+        ["steps", info.steps],
+        ["data", f"{data.get('path')} (fingerprint {str(data.get('fingerprint'))[:16]})"],
+        ["subjects in the cache", data.get("subjects", "cache not readable")],
+        ["modalities", ", ".join(f"{m}: {n}" for m, n in (data.get("modalities") or {}).items()) or "–"],
+    ]
+    if info.kind == "finetune":
+        rows += [["started from", info.init], ["head", (info.head or {}).get("name")],
+                 ["labeled subjects", ", ".join(info.labeled_subjects)]]
+    return ["<h2>Run</h2>", html.table(None, rows)]
+
+
+def _evaluation(info: RunInfo, registry) -> list[str]:
+    results = info.evaluation
+    if results is None:
+        note = ("not evaluated: run <code>ssmtl evaluate --run RUN</code>, then the report again"
+                if info.kind == "finetune" else "pre-training has no score of its own; report a fine-tuning run from it")
+        return ["<h2>Evaluation</h2>", f'<p class="note">{note}</p>']
+    classes = list(results.get("class_names") or [])
+    per_class = results.get("per_class") or {}
+    out = ["<h2>Evaluation</h2>",
+           f"<p>3D Dice and HD95 (mm) on the {len(results.get('test_subjects') or [])} held-out "
+           f"<code>{html.text(results.get('split', 'test'))}</code> subject(s), {html.text(results.get('space', 'cache'))} grid.</p>",
+           html.table(["structure", "Dice", "HD95 (mm)"],
+                      [[c, _number((per_class.get(c) or {}).get("dice"), 3), _number((per_class.get(c) or {}).get("hd95"), 2)] for c in classes],
+                      total=["mean", _number(results.get("mean_dice"), 3), _number(results.get("mean_hd95"), 2)]),
+           "<h3>Per volume</h3>",
+           html.table(["volume", "mean Dice", *classes],
+                      [[v.get("volume"), _number(v.get("mean_dice"), 3), *(_number((v.get("dice") or {}).get(c), 3) for c in classes)]
+                       for v in results.get("per_volume") or []])]
+    from ssmtl.publish.overlays import render_overlays
+
+    out.append("<h2>Predictions on held-out slices</h2>")
+    try:
+        overlays = render_overlays(info.path, results, registry)
+    except SsmtlError as exc:
+        return out + [f'<p class="note">No overlays: {html.text(exc)}</p>']
+    out.append("<p>The best, the median and the worst test volume by mean Dice; each on the slice with the most labeled "
+               "foreground: the image, the reference labels, the prediction.</p>")
+    out += [html.image(o.png, f"{o.rank} volume {o.volume}", f"{o.rank}: {o.volume}, slice {o.slice_index}") for o in overlays]
+    return out
+
+
+def run_report(run_dir: Path, registry=None) -> str:
+    info = read_run(run_dir, registry)
+    body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.path}")
+    body += _summary(info)
+    body += ["<h2>Curves</h2>", *_curves(info.path, info.name)]
+    body += _evaluation(info, registry)
+    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(info.config, indent=2, default=str))}</pre>"]
+    return html.page(f"ssmtl report: {info.name}", body)
+
+
+def benchmark_report(bench_dir: Path) -> str:
+    from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown
+
+    results = load_json(bench_dir / RESULTS_FILE, "benchmark results")
+    body = _header(f"ssmtl benchmark: {bench_dir.resolve().name}", f"benchmark {bench_dir}")
+    with tempfile.TemporaryDirectory() as tmp:  # drawn again: the page never shows a stale plot
+        plot = Path(tmp) / "dice_vs_labels.png"
+        plot_dice_vs_labels(results, plot)
+        body += ["<h2>Dice vs label budget</h2>", html.image(plot.read_bytes(), "mean 3D Dice by label budget")]
+    body += ["<h2>Tables</h2>", html.markdown(render_markdown(results))]
+    pretrain_runs = sorted(p for p in (bench_dir / "pretrain").glob("*") if (p / METRICS).is_file())
+    if pretrain_runs:
+        body.append("<h2>Pre-training curves</h2>")
+        for run in pretrain_runs:
+            body += [f"<h3>{html.text(run.name)}</h3>", *_curves(run, run.name)]
+    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(results.get('config'), indent=2, default=str))}</pre>"]
+    return html.page(f"ssmtl benchmark: {bench_dir.name}", body)
+
+
+def write_report(target: str | Path, out: str | Path | None = None, *, registry=None) -> Path:
+    """Write the report of a run or benchmark directory to ``out`` (default ``TARGET/report.html``)."""
+    target = Path(target)
+    if not target.is_dir():
+        raise SsmtlError(f"{target}: no such run or benchmark directory")
+    page = benchmark_report(target) if (target / RESULTS_FILE).is_file() else run_report(target, registry)
+    out = Path(out) if out is not None else target / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_text(out, page)

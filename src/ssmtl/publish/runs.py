@@ -1,0 +1,132 @@
+"""What a run directory is, what it holds, and its trained network as a torch module.
+
+Two kinds of runs leave weights:
+
+* a **pre-training** run (``ssmtl pretrain``): ``export/manifest.json`` and
+  ``export/model.safetensors``, the shared encoder-decoder;
+* a **fine-tuning** run (``ssmtl finetune``): ``run.json`` and ``model.safetensors``,
+  the shared network plus a head that gives class logits.
+
+:func:`read_run` gathers what describes a run (config, data, tasks, steps, evaluation)
+for model cards and reports; :func:`load_network` rebuilds its module from the saved
+configs and weights alone (safetensors, ``strict=True``), in eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from ssmtl.api.errors import SsmtlError
+from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
+from ssmtl.core.files import load_json
+from ssmtl.core.networks import resolve_network_config
+
+RunKind = Literal["pretrain", "finetune"]
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class RunInfo:
+    """What describes one run, as far as its files tell."""
+
+    path: Path
+    kind: RunKind
+    network: dict[str, Any]  # the model table (``name`` and options)
+    config: dict[str, Any]  # the run's resolved config (config.json)
+    steps: int | None
+    tasks: dict[str, Any]  # pre-training tasks (of the run, or of the export a fine-tuning started from)
+    data: dict[str, Any]  # path, fingerprint, subjects, modalities, slice_shape, preprocess (when the cache is readable)
+    native_class: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+    num_classes: int | None = None
+    class_names: dict[str, str] = field(default_factory=dict)
+    init: str | None = None  # fine-tuning: the pre-training run it started from ("none": scratch)
+    labeled_subjects: list[str] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None  # eval.json
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+
+def run_kind(run_dir: Path) -> RunKind:
+    run_dir = Path(run_dir)
+    if (run_dir / "run.json").is_file():
+        return "finetune"
+    if (run_dir / EXPORT_DIR / "manifest.json").is_file():
+        return "pretrain"
+    if not run_dir.is_dir():
+        raise SsmtlError(f"{run_dir}: no such run directory")
+    raise SsmtlError(f"{run_dir}: neither a finished pre-training run (no {EXPORT_DIR}/manifest.json) "
+                     "nor a finished fine-tuning run (no run.json)")
+
+
+def _cache_facts(path: str | None) -> dict[str, Any]:
+    """Subjects, modalities, slice shape and preprocessing of a cache, when it is still readable."""
+    if not path:
+        return {}
+    from ssmtl.data.cache import SliceCache
+
+    try:
+        summary = SliceCache(Path(path)).summary()
+    except SsmtlError:
+        return {}
+    return {
+        "subjects": len({volume["subject"] for volume in summary["subjects"]}),
+        "volumes": summary["volumes"],
+        "modalities": summary["modalities"],
+        "slice_shape": summary["slice_shape"],
+        "preprocess": summary.get("preprocess"),
+        "dataset": summary.get("dataset"),
+    }
+
+
+def _network(table: dict[str, Any], registry) -> dict[str, Any]:
+    """The model table with its network named (runs from before networks were plugins name none)."""
+    config, _ = resolve_network_config(table, registry)
+    return table if config is None else config.model_dump(mode="json")
+
+
+def read_run(run_dir: Path, registry=None) -> RunInfo:
+    """Everything :class:`RunInfo` holds, from the run's own files."""
+    run_dir = Path(run_dir)
+    kind = run_kind(run_dir)
+    config_path = run_dir / "config.json"
+    config = load_json(config_path, "run config") if config_path.is_file() else {}
+    evaluation = load_json(run_dir / EVAL_FILE, "evaluation") if (run_dir / EVAL_FILE).is_file() else None
+    if kind == "pretrain":
+        manifest = load_json(run_dir / EXPORT_DIR / "manifest.json", "export manifest")
+        data = dict(manifest.get("data") or {})
+        data["trained_on"] = len(data.get("volumes") or [])
+        return RunInfo(
+            path=run_dir, kind=kind, network=_network(manifest.get("model") or {}, registry), config=manifest.get("config") or config,
+            steps=manifest.get("steps"), tasks=manifest.get("tasks") or {}, data={**data, **_cache_facts(data.get("path"))},
+            native_class=manifest.get("native_class"), evaluation=evaluation,
+        )
+    run = load_json(run_dir / "run.json", "run.json")
+    data = dict(run.get("data") or {})
+    data["trained_on"] = len(run.get("labeled_subjects") or [])
+    init_manifest = run.get("init_manifest") or {}
+    return RunInfo(
+        path=run_dir, kind=kind, network=_network(run.get("model") or {}, registry), config=config, steps=run.get("steps"),
+        tasks=init_manifest.get("tasks") or {}, data={**data, **_cache_facts(data.get("path"))},
+        head=run.get("head"), num_classes=run.get("num_classes"), class_names=run.get("class_names") or {},
+        init=run.get("init"), labeled_subjects=list(run.get("labeled_subjects") or []), evaluation=evaluation,
+    )
+
+
+def load_network(run_dir: Path, registry=None) -> nn.Module:
+    """The trained module of a run, in eval mode: a pre-training run's shared network
+    (``forward(images) -> NetworkOutput``: encoder features and decoder features), or a
+    fine-tuning run's network + head (``forward(images) -> logits (N, classes, H, W)``)."""
+    if run_kind(run_dir) == "pretrain":
+        network, _ = load_pretrained_network(Path(run_dir), registry)
+    else:
+        from ssmtl.downstream.evaluate import load_finetuned
+
+        network, _ = load_finetuned(Path(run_dir), registry)
+    return network.eval()
