@@ -492,7 +492,6 @@ def test_an_installation_older_than_the_defaults_plugin_is_named(monkeypatch):
 
 
 def test_a_spec_takes_its_name_from_the_config_model():
-    from typing import Literal
 
     from pydantic import BaseModel
 
