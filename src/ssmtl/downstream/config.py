@@ -44,8 +44,8 @@ class FinetuneTrainConfig(LoopConfig):
     """
 
     steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="Optimizer steps, or `auto`: stop on a validation plateau (patience, max_steps).")
-    max_steps: int = Field(1500, ge=1, description="With steps=auto: the most steps (the cosine schedule spans them), and the fixed schedule when there is no validation.")
-    patience: int = Field(300, ge=1, description="With steps=auto: stop after this many steps without a new best validation Dice.")
+    max_steps: int = Field(1000, ge=1, description="With steps=auto: the most steps (the cosine schedule spans them), and the fixed schedule when there is no validation.")
+    patience: int = Field(200, ge=1, description="With steps=auto: stop after this many steps without a new best validation Dice.")
     min_delta: float = Field(0.001, ge=0, description="A validation Dice must beat the best by more than this to count as a new best.")
     validate_every: int = Field(50, ge=1, description="Validate every N steps (a multiple of log_every) and at the last step.")
     batch_size: int = Field(16, ge=1, description="Slices per process per micro-batch.")

@@ -31,6 +31,8 @@ import numpy as np
 from ssmtl.api.datasets.grids import AFFINE_TOLERANCE_MM
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.settings import validate_model
+from ssmtl.data.build import volume_name
+from ssmtl.data.cache import group_name
 from ssmtl.data.native import labels_to_cache
 from ssmtl.data.transform import VolumeTransform
 
@@ -56,7 +58,7 @@ class NativeReferences:
     def __init__(self, cache, registry):
         self.cache = cache
         self.registry = registry
-        self._items: dict[tuple[str, str], Any] | None = None
+        self._items: dict[tuple[str, str], list[Any]] | None = None
 
     def transform(self, index: int) -> VolumeTransform:
         meta = self.cache.volumes[index]
@@ -66,7 +68,7 @@ class NativeReferences:
                             "rebuild it with this ssmtl version to evaluate at native resolution")
         return VolumeTransform.from_json(meta.transform)
 
-    def _dataset_items(self) -> dict[tuple[str, str], Any]:
+    def _dataset_items(self) -> dict[tuple[str, str], list[Any]]:
         if self._items is None:
             name = self.cache.attrs.get("dataset")
             try:
@@ -77,12 +79,17 @@ class NativeReferences:
                 raise NoWayBack(f"the {name} dataset that built the cache cannot be read again ({exc})") from None
             # by subject and file name: a dataset folder moved (and its cache's config updated) still matches;
             # that it is the same label is checked on its content
-            self._items = {(item.subject, Path(item.source).name): item for item in source.items}
+            self._items = {}
+            for item in source.items:
+                self._items.setdefault((item.subject, Path(item.source).name), []).append(item)
         return self._items
 
     def _read_label(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         meta = self.cache.volumes[index]
-        item = self._dataset_items().get((meta.subject, Path(meta.source).name))
+        candidates = self._dataset_items().get((meta.subject, Path(meta.source).name), [])
+        # several series of one folder share a source: the volume's group name tells them apart
+        item = next((i for i in candidates if group_name(volume_name(i), set()) == meta.name), None) or \
+            (candidates[0] if len(candidates) == 1 else None)
         if item is None:
             raise NoWayBack(f"volume {meta.name}: the dataset no longer lists {meta.source}")
         try:
