@@ -1,7 +1,9 @@
-"""Shared fixtures: small slice caches written directly or built from the phantom plugin."""
+"""Shared fixtures: small slice caches written directly or built from the phantom plugin, real sample data."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -11,6 +13,20 @@ import pytest
 from ssmtl.data.cache_writer import CacheWriter
 
 CACHE_SIZE = 8  # in-plane size of caches written by `cache_factory`
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / ".sample-data"
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """Fetch (once; skipped when present) and return the real sample data folder
+    (``scripts/fetch_sample_data.py``). Fails, never skips: silently skipping would hide
+    that the real data paths are untested."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_sample_data.py"), "--dest", str(SAMPLE_DATA)],
+                            capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        pytest.fail(f"cannot fetch the real sample data:\n{result.stderr}", pytrace=False)
+    return SAMPLE_DATA
 
 
 def slice_value(volume: int, slice_index: int) -> float:
@@ -116,3 +132,28 @@ def monai_run(tmp_path_factory, ssmtl_tiny_cache) -> Path:
     out = tmp_path_factory.mktemp("runs") / "monai"
     ssmtl.pretrain(ssmtl_tiny_cache, out, steps=2, batch_size=2, settings=TINY_MONAI, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def ball_run(tmp_path_factory):
+    """A tiny model fine-tuned to segment bright balls, on NIfTI scans with oblique, flipped and
+    non-square grids: (root folder, its cache, the run directory). Shared by the way-back tests."""
+    from native_helpers import write_ball_dataset
+
+    from ssmtl.core.registry import build_registry
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
+    from ssmtl.downstream.config import FinetuneConfig
+    from ssmtl.downstream.finetune import run_finetune
+
+    root = tmp_path_factory.mktemp("balls")
+    images, labels = write_ball_dataset(root, subjects=6)
+    registry = build_registry(external=False)
+    cache = build_cache(dataset="nifti", dataset_options={"images": images, "labels": labels, "modality": "ct"},
+                        preprocess=PreprocessConfig(size=32), out=root / "balls.h5", registry=registry,
+                        test_fraction=0.34)
+    config = FinetuneConfig(data=cache, out=root / "run", labeled_volumes=3, validation="none", class_balance=0.5,
+                            model={"base_channels": 4, "depth": 2},
+                            train={"steps": 80, "batch_size": 8, "lr": 1e-2, "log_every": 10, "checkpoint_every": 80})
+    run_finetune(config, registry=registry, progress=False)
+    return root, cache, root / "run"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ssmtl.data.build import build_cache
-from ssmtl.data.cache import FORMAT, SliceCache
+from ssmtl.data.cache import FORMAT, FORMAT_VERSION, SliceCache
 from ssmtl.data.cache_writer import TMP_PREFIX, CacheWriter, check_output_path
 from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
 from ssmtl.data.preprocess import PreprocessConfig
@@ -44,7 +44,7 @@ def test_round_trip_layout_and_attrs(cache_factory, tmp_path):
     depths = [4, 1, 6]
     path = cache_factory(depths)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == FORMAT and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == FORMAT and f.attrs["format_version"] == FORMAT_VERSION
         assert f.attrs["num_volumes"] == 3 and f.attrs["num_slices"] == sum(depths)
         assert json.loads(f.attrs["class_names"]) == {"0": "background", "1": "a", "2": "b"}
         names = [n.decode() if isinstance(n, bytes) else n for n in f["index/names"][()]]

@@ -43,8 +43,8 @@ def test_itk_reader_matches_nifti_export(tmp_path, ext):
     path = save_itk(tmp_path / f"a{ext}", image.astype(np.int16), spacing=(0.8, 0.6, 2.0), origin=(5, -3, 7),
                     direction=(-1, 0, 0, 0, 0, 1, 0, -1, 0))
     sitk.WriteImage(sitk.ReadImage(str(path)), str(tmp_path / "a.nii.gz"))
-    array, spacing, affine = itk_io.load_image(path)
-    expected, expected_spacing, expected_affine = nifti_io.load_image(tmp_path / "a.nii.gz")
+    array, spacing, affine, _ = itk_io.load_image(path)
+    expected, expected_spacing, expected_affine, _ = nifti_io.load_image(tmp_path / "a.nii.gz")
     assert array.dtype == np.float32 and array.shape == expected.shape
     np.testing.assert_allclose(spacing, expected_spacing, rtol=1e-6)
     np.testing.assert_allclose(affine, expected_affine, atol=1e-4)

@@ -19,7 +19,8 @@ def finetune_args(cache: Path, out: Path, steps: int = 10) -> list[str]:
     return ["finetune", "--data", str(cache), "--init", "none", "--out", str(out), "--labeled-volumes", "1",
             "--steps", str(steps), "--batch-size", "4", "--lr", "3e-3", "--num-workers", "1",
             "--set", "model.base_channels=4", "--set", "model.depth=2",
-            "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=3", "--set", "train.log_every=1"]
+            "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=3", "--set", "train.log_every=1",
+            "--set", "train.validate_every=3"]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -49,6 +50,14 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_cache, tmp_path, uninter
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000008", "step-00000010"]
+    # validation (on the labeled subjects the budget leaves unused) selects the same step with the same score:
+    # its curve, best score and best weights are part of every checkpoint
+    ran, resumed = (json.loads((d / "run.json").read_text()) for d in (uninterrupted, out))
+    assert resumed["validation"]["source"] == "unused labeled subjects"
+    assert [s for s, _ in resumed["validation"]["curve"]] == [3, 6, 9, 10]
+    assert resumed["selected_step"] == ran["selected_step"]
+    for (step, dice), (step_ran, dice_ran) in zip(resumed["validation"]["curve"], ran["validation"]["curve"]):
+        assert step == step_ran and dice == pytest.approx(dice_ran, rel=1e-5, abs=1e-9)
 
 
 def test_config_file_env_flags_and_set_in_precedence(tiny_cache, tmp_path):

@@ -27,6 +27,8 @@ FILE_SUFFIXES = {"json", "jsonl", "h5", "csv", "toml", "yaml", "yml", "md", "png
 # (file under src/ssmtl, literal): the same word with another meaning, and why
 NOT_A_PLUGIN = {
     ("data/cache_writer.py", "position"): "the slice index's column of relative slice positions (HDF5 file format)",
+    ("data/scan_writer.py", "nifti"): "the NIfTI file format (SourceGeometry.format, predict --format), not the dataset",
+    ("data/scan_writer.py", "dicom"): "the DICOM file format (SourceGeometry.format), not the dataset",
 }
 
 

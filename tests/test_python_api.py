@@ -2,8 +2,8 @@
 
 Typed functions that return results, raise ``SsmtlError`` on bad input, and run the same
 code as the command line (a run through the API equals the same run through the CLI).
-``predict`` is checked here only as the wrapper it is: its behaviour belongs to
-``ssmtl.downstream.predict`` and its own tests.
+``predict``'s geometry is tested in depth by ``tests/test_predict.py``; here, its result
+and its errors.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import inspect
 import json
 import subprocess
 import sys
-import types
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -97,10 +97,20 @@ def test_bad_input_raises_ssmtl_errors_before_any_work(ssmtl_tiny_cache, tmp_pat
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
-def test_predict_hands_its_arguments_to_the_predict_module(monkeypatch):
-    calls = []
-    fake = types.ModuleType("ssmtl.downstream.predict")
-    fake.predict = lambda *args, **kwargs: calls.append((args, kwargs)) or "written"
-    monkeypatch.setitem(sys.modules, "ssmtl.downstream.predict", fake)
-    assert ssmtl.predict("runs/ft", ["scan.nii.gz"], out="pred") == "written"
-    assert calls == [(("runs/ft", ["scan.nii.gz"]), {"out": "pred"})]
+def test_predict_writes_label_maps_in_the_scan_space_and_counts_failures(ball_run, tmp_path):
+    import nibabel as nib
+
+    root, _, run = ball_run
+    scan = sorted((root / "images").glob("*.nii.gz"))[0]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a scan")
+    result = ssmtl.predict(run, [scan, broken], tmp_path / "pred", modality="ct")
+    assert (result.written, result.failed) == (1, 1)
+    source = nib.load(str(scan))
+    label_map = nib.load(str(tmp_path / "pred" / scan.name))
+    assert label_map.shape == source.shape
+    np.testing.assert_allclose(label_map.affine, source.affine, atol=1e-5)
+    assert [item["status"] for item in result.items] == ["ok", "error"]
+    assert result.record == json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    with pytest.raises(SsmtlError, match="broken.nii.gz"):
+        ssmtl.predict(run, broken, tmp_path / "none", modality="ct")

@@ -1,7 +1,7 @@
 """Ingestion on real scans: TotalSegmentator's reference CT/MR/DICOM and pyradiomics' NRRD volumes.
 
 The data come from registry source distributions (``scripts/fetch_sample_data.py``),
-downloaded once into ``.sample-data/`` and reused. When they cannot be fetched the
+downloaded once into ``.sample-data/`` and reused (the ``sample_data`` fixture of conftest.py). When they cannot be fetched the
 tests FAIL: CI has the registries, and silently skipping would hide that the real
 data paths are untested.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -32,8 +30,6 @@ from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 from ssmtl.plugins.datasets.mmwhs import CLASS_NAMES as MMWHS_NAMES
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_DATA = REPO / ".sample-data"
 LIVER, SPLEEN, KIDNEY_R, KIDNEY_L, STOMACH, AORTA, IVC = 5, 1, 2, 3, 6, 52, 63
 VERTEBRAE = range(26, 51)
 CT_WINDOW = (-250.0, 750.0)  # the default window: cached CT value = (HU + 250) / 1000
@@ -46,16 +42,6 @@ def class_id(cache: SliceCache, value: int) -> int:
 
 def hu(normalised):
     return np.asarray(normalised) * (CT_WINDOW[1] - CT_WINDOW[0]) + CT_WINDOW[0]
-
-
-@pytest.fixture(scope="session")
-def sample_data() -> Path:
-    """Fetch (once; skipped when present) and return the sample data folder. Fails, never skips."""
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_sample_data.py"), "--dest", str(SAMPLE_DATA)],
-                            capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        pytest.fail(f"cannot fetch the real sample data:\n{result.stderr}", pytrace=False)
-    return SAMPLE_DATA
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +58,7 @@ def ts(sample_data) -> Path:
 def dicom_volume(ts):
     """The 20-slice DICOM CT series, read by the dicom reader."""
     [series] = scan_dicom_folder(ts / "example_ct_dicom").series
-    return read_series(series)
+    return read_series(series)[:3]
 
 
 # -- DICOM ------------------------------------------------------------------------------------
@@ -85,7 +71,7 @@ def test_dicom_series_equals_its_nifti_export(ts, dicom_volume, tmp_path):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(ts / "example_ct_dicom")))
     sitk.WriteImage(reader.Execute(), str(tmp_path / "export.nii.gz"))
-    exported, exported_spacing, exported_affine = nifti_io.load_image(tmp_path / "export.nii.gz")
+    exported, exported_spacing, exported_affine, _ = nifti_io.load_image(tmp_path / "export.nii.gz")
     array, spacing, affine = dicom_volume
     assert array.shape == exported.shape == (512, 512, 20)
     assert spacing == pytest.approx(exported_spacing) and spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
@@ -150,7 +136,7 @@ def test_contrast_ct_heart_is_bright_after_resampling(ts, registry, tmp_path):
     images.mkdir(), labels.mkdir()
     (images / "heart_ct.nii.gz").symlink_to(ts / "aorta_report" / "example_ct.nii.gz")
     (labels / "heart_ct.nii.gz").symlink_to(ts / "pulmonary_report" / "models" / "heart.nii.gz")
-    raw, _, _ = nifti_io.load_image(ts / "aorta_report" / "example_ct.nii.gz")
+    raw, _, _, _ = nifti_io.load_image(ts / "aorta_report" / "example_ct.nii.gz")
     heart, _ = nifti_io.read_label_values(ts / "pulmonary_report" / "models" / "heart.nii.gz")
     assert raw[heart == 1].mean() > 250
     out = build_cache(dataset="nifti", dataset_options={"images": str(images), "labels": str(labels)},
@@ -230,8 +216,8 @@ def test_nrrd_reader_equals_its_nifti_export(sample_data, tmp_path):
 
     source = sample_data / "pyradiomics" / "brain1_image.nrrd"
     sitk.WriteImage(sitk.ReadImage(str(source)), str(tmp_path / "brain1.nii.gz"))
-    array, spacing, affine = itk_io.load_image(source)
-    expected, expected_spacing, expected_affine = nifti_io.load_image(tmp_path / "brain1.nii.gz")
+    array, spacing, affine, _ = itk_io.load_image(source)
+    expected, expected_spacing, expected_affine, _ = nifti_io.load_image(tmp_path / "brain1.nii.gz")
     np.testing.assert_array_equal(array, expected)
     np.testing.assert_allclose(affine, expected_affine, atol=1e-4)
     assert spacing == pytest.approx(expected_spacing) and spacing == pytest.approx((0.78125, 0.78125, 6.5))

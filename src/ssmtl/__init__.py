@@ -31,21 +31,14 @@ from ssmtl.api.hooks import hookimpl  # noqa: E402  (the only thing plugins need
 _API: dict[str, str] = {
     "finetune": "ssmtl.downstream.python_api",
     "evaluate": "ssmtl.downstream.python_api",
+    "predict": "ssmtl.downstream.python_api",
     "load_network": "ssmtl.publish.runs",
     "export": "ssmtl.publish.hub",
     "report": "ssmtl.publish.report",
 }
 _DEFINED_AS = {"export": "export_run", "report": "write_report"}
 
-__all__ = ["__version__", "hookimpl", "pretrain", "predict", *_API]
-
-
-def predict(*args: Any, **kwargs: Any) -> Any:
-    """Segment scans with a fine-tuned run, writing label maps in each scan's own space: the
-    code ``ssmtl predict`` runs (:func:`ssmtl.downstream.predict.predict`, same arguments)."""
-    from ssmtl.downstream.predict import predict as run_predict
-
-    return run_predict(*args, **kwargs)
+__all__ = ["__version__", "hookimpl", "pretrain", *_API]
 
 
 def __getattr__(name: str) -> Any:
@@ -64,7 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static type checkers and IDEs see
-    from ssmtl.downstream.python_api import evaluate, finetune
+    from ssmtl.downstream.python_api import evaluate, finetune, predict
     from ssmtl.pretrain.python_api import pretrain
     from ssmtl.publish.hub import export_run as export
     from ssmtl.publish.report import write_report as report

@@ -12,7 +12,8 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
   :class:`DataInfo` (tasks), :class:`StepContext` / :class:`View` /
   :class:`SequenceBatch` (the shared views and features of one step),
   :class:`DownstreamHead` / :class:`HeadConfig` (heads), :class:`DatasetConfig` /
-  :class:`VolumeSource` / :class:`VolumeItem` / :class:`RawVolume` (datasets),
+  :class:`VolumeSource` / :class:`VolumeItem` / :class:`RawVolume` /
+  :class:`SourceGeometry` (datasets),
   :class:`NetworkInfo` / :class:`SharedNetwork` (the shared network, as plugins see it),
   :class:`NetworkConfig` / :class:`NetworkOutput` / :class:`NativeClass` (networks).
 * **Errors**: :class:`SsmtlError` (one clear line, exit code 2), :class:`ConfigError`,
@@ -77,6 +78,7 @@ _WHERE: dict[str, str] = {
     "DatasetConfig": "volumes",
     "Modality": "volumes",
     "RawVolume": "volumes",
+    "SourceGeometry": "volumes",
     "VolumeItem": "volumes",
     "VolumeSource": "volumes",
     "SPLITS": "volumes",
@@ -161,7 +163,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, NetworkSpec, TaskSpec
     from ssmtl.api.tasks import DataInfo, PretextTask, TaskConfig, TaskOutput
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
-    from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, VolumeItem, VolumeSource
+    from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, SourceGeometry, VolumeItem, VolumeSource
     from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices
     from ssmtl.api.datasets.config import FolderDatasetConfig, LabeledDatasetConfig
     from ssmtl.api.datasets.files import FileKind, check_directory, is_hidden, walk_files

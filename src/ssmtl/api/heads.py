@@ -14,6 +14,7 @@ Fine-tuning then runs, per batch of 2D slices::
     loss = head.loss(logits, labels)              # labels: (N, H, W) int64 class ids
     ...
     prediction = head.predict(logits)             # (N, H, W) int64 class ids, for evaluation
+    probabilities = head.probabilities(logits)    # (N, num_classes, H, W), for `ssmtl predict`
 
 The head owns its parameters (they are trained with the network and saved as
 ``head.*`` in the fine-tuned ``model.safetensors``), its loss and its prediction
@@ -78,3 +79,12 @@ class DownstreamHead(nn.Module, ABC):
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, H, W) int64 class ids from logits; the arg-max over dimension 1 by default."""
         return logits.argmax(dim=1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes, H, W) float32 class probabilities; the softmax over dimension 1 by default.
+
+        ``ssmtl predict`` interpolates them onto the scan's own grid (and writes them with
+        ``--probabilities``); a head whose :meth:`predict` is not the arg-max of per-pixel
+        scores overrides both consistently.
+        """
+        return torch.softmax(logits.float(), dim=1)

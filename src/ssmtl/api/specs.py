@@ -49,14 +49,21 @@ class TaskSpec(PluginSpec):
 
 @dataclass(frozen=True)
 class DatasetSpec(PluginSpec):
-    """A volume source for ``ssmtl cache build``.
+    """A volume source for ``ssmtl cache build``, and optionally a reader of single scans for ``ssmtl predict``.
 
     Attributes:
         name: the value of ``--dataset``.
         config_model: a subclass of :class:`ssmtl.api.volumes.DatasetConfig`.
         factory: ``factory(config) -> VolumeSource``.
         description: one line shown by ``ssmtl plugins``.
+        open_scan: ``open_scan(path) -> VolumeItem | None``: an unloaded item for one scan
+            (a file, or a folder such as a DICOM series) this dataset reads, or None for a
+            path it does not read (decided cheaply, by extension or a header peek). Its
+            ``load()`` should report the :class:`~ssmtl.api.SourceGeometry` so predictions
+            can be written in the scan's own grid. None: the dataset reads no single scans.
     """
+
+    open_scan: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)

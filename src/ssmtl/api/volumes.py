@@ -7,7 +7,10 @@ items are plain picklable objects so they can be loaded in worker processes.
 
 ``load()`` returns a :class:`RawVolume` whose arrays are already in the
 **canonical RAS orientation** with axes (x, y, z), slices along z; labels are
-already mapped to contiguous class ids (0 = background).
+already mapped to contiguous class ids (0 = background). A volume read from a file
+also says where it came from (:class:`SourceGeometry`: the array shape and
+voxel-to-world matrix as stored in the file, before reorientation), which is how
+``ssmtl predict`` and native-resolution evaluation find the way back to the scan.
 """
 
 from __future__ import annotations
@@ -31,6 +34,31 @@ class DatasetConfig(BaseModel):
     name: str
 
 
+@dataclass(frozen=True)
+class SourceGeometry:
+    """The voxel grid of a volume as its file stores it, before reorientation to canonical RAS.
+
+    Attributes:
+        shape: the array shape (i, j, k) in the file's own axis order (a DICOM
+            series: columns, rows, slices sorted along the slice normal).
+        affine: the 4x4 voxel (i, j, k) -> world matrix of that array, in **RAS**
+            millimetres (an LPS matrix from DICOM/ITK is converted with ``LPS_TO_RAS``).
+        format: the file format, e.g. ``"nifti"``, ``"nrrd"``, ``"mha"``, ``"dicom"``:
+            ``ssmtl predict --format same`` writes its output in it where it can.
+        convention: the world convention the format itself uses, ``"RAS"`` (NIfTI) or
+            ``"LPS"`` (DICOM, NRRD, MetaImage): how direction and origin are shown.
+
+    Reorientation only permutes and flips axes, so the canonical array and this one
+    hold the same voxels; :mod:`ssmtl.data.transform` derives the permutation from the
+    two affines.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    format: str = ""
+    convention: Literal["RAS", "LPS"] = "RAS"
+
+
 @dataclass
 class RawVolume:
     """One volume in canonical orientation, before resampling and normalisation.
@@ -41,6 +69,10 @@ class RawVolume:
         modality: "ct" or "mr".
         label: uint8 class ids (X, Y, Z) or None.
         affine: the 4x4 voxel-to-world matrix of the canonical array.
+        source_geometry: the file's own voxel grid (:class:`SourceGeometry`), or None
+            for a volume without a file (generated data) or from a reader that does
+            not report it. Without it the cache cannot map predictions back to the
+            file's array layout; evaluation at native resolution still works.
     """
 
     image: np.ndarray
@@ -48,6 +80,7 @@ class RawVolume:
     modality: Modality
     label: np.ndarray | None = None
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    source_geometry: SourceGeometry | None = None
 
 
 @dataclass

@@ -11,12 +11,12 @@ from typing import Optional
 import typer
 
 from ssmtl import __version__
-from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, publish_cmd, train_cmd
+from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, predict_cmd, publish_cmd, train_cmd
 
 app = typer.Typer(
     name="ssmtl",
     help="Self-supervised multi-task pre-training on sequential medical images (CT/MR slices).\n\n"
-    "Typical session: `ssmtl cache build` -> `ssmtl pretrain` -> `ssmtl finetune` -> `ssmtl evaluate`.",
+    "Typical session: `ssmtl cache build` -> `ssmtl pretrain` -> `ssmtl finetune` -> `ssmtl evaluate` -> `ssmtl predict`.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -47,6 +47,7 @@ app.add_typer(plugin_cmd.app, name="plugin")
 train_cmd.register(app)
 benchmark_cmd.register(app)
 publish_cmd.register(app)
+predict_cmd.register(app)
 plugins_cmd.register(app)
 
 

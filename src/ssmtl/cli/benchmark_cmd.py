@@ -33,7 +33,7 @@ def benchmark(
     seeds: int = typer.Option(3, "--seeds", help="Seeds per (method, budget): labeled subjects and initialisation."),
     out: Path = typer.Option(..., "--out", "-o", help="Benchmark directory; re-running reuses what is already done."),
     pretrain_steps: int = typer.Option(500, "--pretrain-steps", help="Pre-training steps per method."),
-    finetune_steps: int = typer.Option(300, "--finetune-steps", help="Fine-tuning steps per cell."),
+    finetune_steps: str = typer.Option("300", "--finetune-steps", help="Fine-tuning steps per cell, or auto (stop on a validation plateau; see `ssmtl finetune --steps`)."),
     finetune_batch_size: int = typer.Option(16, "--finetune-batch-size", help="Slices per fine-tuning step."),
     finetune_lr: float = typer.Option(1e-3, "--finetune-lr", help="Fine-tuning learning rate."),
     frozen_encoder: bool = typer.Option(False, "--frozen-encoder", help="Also train decoder + head on each frozen pre-trained encoder (representation quality)."),

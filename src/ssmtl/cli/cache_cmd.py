@@ -27,6 +27,7 @@ def build(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Dataset option KEY=VALUE (repeatable, after the flags), e.g. --set label_values=[205,420]."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stored subject-level train/test split (a manifest's split column takes precedence)."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing (0: none). Pre-training never reads them."),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Fraction of labeled subjects held out for validation (fine-tuning selects its best step and stops on them; 0: none)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Processes that load and preprocess volumes (0: this process). Memory: about one volume per worker."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip inputs that fail to load and list them at the end (default: stop at the first)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing cache at --out (the old one stays intact until the new one is complete)."),
@@ -83,7 +84,8 @@ def build(
         build_cache(
             dataset=dataset, dataset_options=options, preprocess=preprocess, out=out, force=force,
             compression=compression, registry=reg, on_volume=on_volume,
-            split_seed=split_seed, test_fraction=test_fraction, workers=workers, skip_bad=skip_bad,
+            split_seed=split_seed, test_fraction=test_fraction, val_fraction=val_fraction, workers=workers,
+            skip_bad=skip_bad,
         )
     finally:
         progress.stop()
@@ -147,6 +149,7 @@ def _print_info(path: Path) -> None:
             f"{k}: {v}" + (f" ({', '.join(f'{m} {n}' for m, n in by_modality.get(k, {}).items())})" if len(s["modalities"]) > 1 else "")
             for k, v in split.items()
         ) + (" from the dataset" if (s.get("split_info") or {}).get("source") == "dataset" else ""))
+    table.add_row("way back", _way_back(s))
     if s.get("skipped"):
         table.add_row("skipped inputs", str(len(s["skipped"])))
     table.add_row("dataset", str(s["dataset"]))
@@ -154,17 +157,63 @@ def _print_info(path: Path) -> None:
     console.print(table)
 
 
+def _way_back(s: dict[str, Any]) -> str:
+    """How the cache maps back to the scans: recorded transforms, source geometries, resampling factors."""
+    way = s["way_back"]
+    if not way["recorded"]:
+        return (f"not recorded (cache format {s['format_version']}); predictions map back to the scans and "
+                "evaluation runs at native resolution only for caches rebuilt with this version")
+    scale = way["scale"]
+    scales = f"x{scale['min']:.3g}" if scale["min"] == scale["max"] else f"x{scale['min']:.3g} to x{scale['max']:.3g}"
+    return (f"{way['recorded']}/{way['volumes']} volumes ({way['source_geometry']} with source geometry); in-plane "
+            f"resampling {scales}; {way['cropped']} cropped, {way['padded']} padded; exact label round trip for "
+            f"{way['exact_round_trip']} (details: --volume NAME)")
+
+
+def _print_volume(path: Path, name: str) -> None:
+    from rich.table import Table
+
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.data.cache import SliceCache
+    from rich.markup import escape
+
+    from ssmtl.data.transform import describe_transform
+
+    cache = SliceCache(path)
+    volume = next((v for v in cache.volumes if name in (v.name, v.subject)), None)
+    if volume is None:
+        names = ", ".join(v.name for v in cache.volumes[:10]) + (", ..." if len(cache.volumes) > 10 else "")
+        raise SsmtlError(f"{path}: no volume {name!r}; the volumes are {names}")
+    table = Table(title=f"{path}: {volume.name} ({volume.source})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("cache grid", f"{' x '.join(map(str, volume.shape))} (D, H, W), "
+                                f"{' x '.join(f'{v:.4g}' for v in volume.spacing)} mm")
+    if volume.transform is None:
+        table.add_row("way back", "not recorded (format 1 cache): rebuild it to map predictions back")
+    else:
+        for key, value in describe_transform(volume.transform):
+            table.add_row(key, escape(value))
+    console.print(table)
+
+
 @app.command("info")
 @handle_errors
 def info(
     path: Path = typer.Argument(..., help="Cache file (.h5)."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON (every volume's transform included)."),
+    volume: Optional[str] = typer.Option(None, "--volume", help="Show one volume's way from its source file to the cache grid and back (by volume or subject name)."),
 ) -> None:
-    """Describe a cache: volumes per modality, spacing statistics, class voxel counts, the stored split."""
+    """Describe a cache: volumes per modality, spacing statistics, class voxel counts, the stored split, the way back to the scans."""
     from ssmtl.data.cache import SliceCache
 
     if as_json:
-        typer.echo(json.dumps(SliceCache(path).summary(), indent=2))
+        summary = SliceCache(path).summary()
+        if volume is not None:
+            summary = next((v for v in summary["subjects"] if volume in (v["name"], v["subject"])), None) or {}
+        typer.echo(json.dumps(summary, indent=2))
+    elif volume is not None:
+        _print_volume(path, volume)
     else:
         _print_info(path)
 

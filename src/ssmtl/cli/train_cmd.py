@@ -50,9 +50,11 @@ def finetune(
     init_parts: Optional[str] = typer.Option(None, "--init-parts", help="Load `all` of the export (encoder and decoder) or only the `encoder` (random decoder: the ablation of decoder pre-training)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Fine-tuning run directory (out)."),
     labeled_volumes: Optional[int] = typer.Option(None, "--labeled-volumes", "-n", help="Label budget, counted in volumes (subjects). Default 2."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (train.steps, default 300)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Optimizer steps N, or auto (the default): stop when the validation Dice has not improved for --patience steps, at most --max-steps (train.steps)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="With --steps auto: the most steps (train.max_steps, default 1000)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="With --steps auto: steps without a new best validation Dice before stopping (train.patience, default 200)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per process per step (train.batch_size, default 16)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate (train.lr, default 1e-3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate (train.lr, default 3e-3)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation, sampling and augmentation."),
     split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the subject-level train/test split (keep it fixed to compare methods)."),
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Fraction of labeled subjects held out for testing (default 0.3)."),
@@ -78,15 +80,21 @@ def finetune(
 
     flags = {
         "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes,
-        "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "split_seed": split_seed,
+        "train.steps": steps, "train.max_steps": max_steps, "train.patience": patience, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "split_seed": split_seed,
         "test_fraction": test_fraction, "head": head, "train.mixed_precision": mixed_precision,
         "freeze_encoder": freeze_encoder, "class_balance": class_balance, "num_workers": workers,
         "train.log_with": log_with or None,
     }
     cfg = resolve_finetune_config(file=config, flags=flags, sets=set_ or [])
-    run_finetune(cfg, registry=registry(), resume=resume)
+    result = run_finetune(cfg, registry=registry(), resume=resume)
     if is_main_process():
+        validation = result["validation"]
+        if validation["dice"] is not None:
+            how = "stopped on a plateau" if result["stopped_early"] else f"ran {result['steps']} steps"
+            err_console.print(f"{how}; kept step {result['selected_step']} (validation Dice {validation['dice']:.3f} "
+                              f"on {len(validation['subjects'])} {validation['source']})", highlight=False)
         console.print(f"fine-tuned model: {cfg.out}")
+
 
 
 @handle_errors
@@ -94,14 +102,18 @@ def evaluate(
     run: Path = typer.Option(..., "--run", help="Fine-tuning run directory."),
     data: Optional[Path] = typer.Option(None, "--data", help="Cache holding the test volumes (default: the run's cache)."),
     as_json: bool = typer.Option(False, "--json", help="Print eval.json instead of a table."),
+    space: str = typer.Option("auto", "--space", help="auto: at native resolution against the original label files when they are reachable, else on the cache grid; native: fail when not possible; cache: the cache grid."),
+    resample: str = typer.Option("auto", "--resample", help="How predictions reach the native grid, as `ssmtl predict --resample`: auto, linear or nearest."),
 ) -> None:
     """Predict the held-out test volumes slice by slice and report 3D Dice and HD95 per structure.
 
-    Writes RUN/eval.json (mean_dice, per_class, per_volume).
+    Scores at native resolution (each scan's own voxel grid, the original label files) when the
+    cache records the way back and the files are reachable; otherwise on the cache grid, saying why.
+    Writes RUN/eval.json (space, mean_dice, per_class, per_volume, and the cache-grid scores).
     """
     from ssmtl.downstream.evaluate import evaluate_run, render_eval_table
 
-    results = evaluate_run(run, data)
+    results = evaluate_run(run, data, space=space, resample=resample)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:

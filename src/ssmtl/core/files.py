@@ -24,10 +24,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ssmtl.api.errors import SsmtlError
 
 
-def temporary_name(path: Path) -> Path:
-    """The hidden sibling a file is written to before it is renamed into place."""
+def temporary_name(path: Path, suffix: str = "") -> Path:
+    """The hidden sibling a file is written to before it is renamed into place.
+
+    ``suffix`` ends the temporary name, for writers that pick the format from the
+    extension (``.nii.gz``, ``.nrrd``).
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
 
 
 def fsync_file(path: Path) -> None:
@@ -52,10 +56,10 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` to produce the file at a temporary name, then publish it as ``path``."""
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
+    """Call ``write(tmp)`` to produce the file at a temporary name (ending in ``suffix``), then publish it as ``path``."""
     path = Path(path)
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, suffix)
     try:
         write(tmp)
         fsync_file(tmp)

@@ -135,14 +135,16 @@ class TrainingLoop:
         return "the weighted sum of the losses"
 
     def run(self, batches: Iterator[Any], start_step: int, recorder: Recorder, *, slices_per_step: int,
-            label: str, progress: bool = True, on_logged: Callable[[int], None] | None = None) -> LoopResult:
+            label: str, progress: bool = True, on_logged: Callable[[int], bool | None] | None = None) -> LoopResult:
         """Steps ``start_step`` .. ``policy.steps - 1``; ``batches`` yields micro-batches on the device.
 
-        ``on_logged(done)`` runs on every process after each logging interval (e.g. validation).
+        ``on_logged(done)`` runs on every process after each logging interval (e.g. validation);
+        when it returns True (on every process alike) the run stops there, with a checkpoint.
         """
         acc, policy = self.accelerator, self.policy
         bar = Progress(progress and acc.is_main_process, label, policy.steps, start_step, self.names)
         nonfinite_run = 0
+        last = policy.steps
         t_start = t_last = time.perf_counter()
         completed = False
         try:
@@ -169,14 +171,15 @@ class TrainingLoop:
                 if done % policy.log_every == 0 or done == policy.steps:
                     recorder.flush()
                     bar.update(done, recorder.last, slices_per_step * (done - start_step) / max(now - t_start, 1e-9))
-                    if on_logged is not None:
-                        on_logged(done)
+                    if on_logged is not None and on_logged(done):
+                        last = done
+                        break
                 if done % policy.checkpoint_every == 0 and done < policy.steps:
                     recorder.save_checkpoint(done)
             recorder.flush()
-            recorder.save_checkpoint(policy.steps)
+            recorder.save_checkpoint(last)
             completed = True
         finally:
             bar.close()
             recorder.finish(completed)
-        return LoopResult(steps=policy.steps, seconds=time.perf_counter() - t_start, last=dict(recorder.last))
+        return LoopResult(steps=last, seconds=time.perf_counter() - t_start, last=dict(recorder.last))

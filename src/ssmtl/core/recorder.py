@@ -60,6 +60,9 @@ class Recorder:
         self.path = self.run_dir / METRICS
         self.pending: list[_Pending] = []
         self.last: dict[str, float] = {}
+        #: ``extras(directory) -> state``: called on the main process while a checkpoint is
+        #: assembled, to add files to it (checksummed with the rest) and JSON state to its manifest
+        self.checkpoint_extras: Callable[[Path], dict[str, Any]] | None = None
         if accelerator.num_processes > 1:
             self._reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: accelerator.reduce(t, reduction="mean")
         else:
@@ -155,7 +158,8 @@ class Recorder:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if self.main:
-            ckpt.finalize(tmp, final, {"step": step, **(state or {})})
+            extras = self.checkpoint_extras(tmp) if self.checkpoint_extras is not None else {}
+            ckpt.finalize(tmp, final, {"step": step, **(state or {}), **extras})
             ckpt.prune(self.checkpoints, self.keep)
         acc.wait_for_everyone()
         return final

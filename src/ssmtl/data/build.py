@@ -83,6 +83,17 @@ def preset_split(source: VolumeSource) -> dict[str, str]:
     return preset
 
 
+def absolute_paths(config):
+    """``config`` with its top-level path fields made absolute.
+
+    The cache records the dataset config so that evaluation can read the original
+    label files again (at native resolution); absolute paths keep them reachable
+    from any working directory.
+    """
+    update = {name: Path(value).absolute() for name, value in config if isinstance(value, Path)}
+    return config.model_copy(update=update) if update else config
+
+
 def build_cache(
     *,
     dataset: str,
@@ -123,7 +134,7 @@ def build_cache(
         registry = get_registry()
     spec = registry.dataset(dataset)
     check_output_path(Path(out), force)  # before any slow work
-    config = validate_model(spec.config_model, {"name": dataset, **dataset_options}, prefix=dataset)
+    config = absolute_paths(validate_model(spec.config_model, {"name": dataset, **dataset_options}, prefix=dataset))
     source: VolumeSource = spec.factory(config)
     if not source.items:
         where = dataset_options.get("path") or dataset_options.get("images") or dataset
@@ -170,6 +181,7 @@ def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, ta
         "original_spacing": np.asarray(processed.original_spacing, dtype=np.float64),
         "original_shape": np.asarray(processed.original_shape, dtype=np.int64),
         "orientation": "RAS",
+        "transform": processed.transform.to_json(),
     }
     if processed.label is not None:
         attrs["class_voxels"] = tally.count_classes(processed.label, processed.modality)

@@ -1,6 +1,6 @@
 """The HDF5 slice cache: one file, one group per volume.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     /                       attrs: format, format_version, ssmtl_version, created,
                                    dataset, dataset_config, preprocess, class_names,
@@ -10,9 +10,15 @@ Layout (format version 1)::
     /volumes/<name>/label   uint8   (D, H, W), chunks=(1, H, W)   (optional)
                             attrs: subject, source, modality, split, spacing (z, y, x mm),
                                    original_spacing, original_shape, class_voxels,
-                                   sha256_image, sha256_label
+                                   transform, sha256_image, sha256_label
     /index/volume, /index/slice, /index/position     one row per slice (side table)
     /index/names            volume group names in build order
+
+``transform`` (JSON, new in format 2) is the way from the source file to the cache
+grid and back: the source file's array shape, affine and format, the reorientation
+to canonical RAS, the in-plane resampling factors, the crop/pad offsets and the
+slice layout (:class:`~ssmtl.data.transform.VolumeTransform`). Format 1 caches have
+no ``transform``: they train as before, and evaluation scores them on the cache grid.
 
 JSON-valued root attributes: ``split`` (how the stored split was chosen),
 ``class_voxels`` (voxels per class id over the cache, in total and per modality,
@@ -49,9 +55,11 @@ import h5py
 import numpy as np
 
 from ssmtl.api.errors import InputFileError
+from ssmtl.data.transform import summarise_transforms
 
 FORMAT = "ssmtl-slice-cache"
-FORMAT_VERSION = 1
+#: 2: volumes record their ``transform`` (the way back to the source file). Format 1 is still read.
+FORMAT_VERSION = 2
 
 
 def _json(value: Any) -> str:
@@ -96,6 +104,7 @@ class VolumeMeta:
     source: str
     split: str
     original_spacing: tuple[float, ...] | None = None
+    transform: dict[str, Any] | None = None  # VolumeTransform.to_json(); None in format 1 caches
 
 
 def _spacing_attr(value: Any) -> tuple[float, ...] | None:
@@ -125,6 +134,9 @@ class SliceCache:
             with h5py.File(self.path, "r", locking=False) as f:
                 if f.attrs.get("format") != FORMAT:
                     raise InputFileError(self.path, "not an ssmtl slice cache")
+                if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
+                    raise InputFileError(self.path, f"cache format {int(f.attrs['format_version'])} is newer than this "
+                                         f"ssmtl reads ({FORMAT_VERSION}); upgrade ssmtl")
                 self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["index/names"][()]]
                 self.volumes = [self._meta(i, n, f[f"volumes/{n}"]) for i, n in enumerate(names)]
@@ -151,6 +163,7 @@ class SliceCache:
             source=str(a.get("source", "")),
             split=str(a.get("split", "")),
             original_spacing=_spacing_attr(a.get("original_spacing")),
+            transform=_decode_attr(a["transform"]) if "transform" in a else None,
         )
 
     # -- lazy per-process handle --------------------------------------------------------
@@ -277,10 +290,12 @@ class SliceCache:
             "fingerprint": self.fingerprint,
             "created": self.attrs.get("created"),
             "preprocess": self.attrs.get("preprocess"),
+            "way_back": summarise_transforms([v.transform for v in self.volumes]),
             "subjects": [
                 {"name": v.name, "subject": v.subject, "slices": v.num_slices, "modality": v.modality,
                  "labeled": v.has_label, "split": v.split, "spacing": list(v.spacing),
-                 "original_spacing": list(v.original_spacing) if v.original_spacing else None, "source": v.source}
+                 "original_spacing": list(v.original_spacing) if v.original_spacing else None, "source": v.source,
+                 "transform": v.transform}
                 for v in self.volumes
             ],
         }

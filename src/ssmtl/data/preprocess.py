@@ -5,7 +5,9 @@ Steps, in order:
 1. **Slice layout.** The canonical RAS array (x, y, z) becomes a stack of axial
    slices (D, H, W) in the radiological display convention, see :func:`to_slices`.
 2. **In-plane resampling** to the target spacing (never through-plane: the pretext
-   tasks reason about slice order, so slices are kept as acquired). Images are
+   tasks reason about slice order, so slices are kept as acquired). The numbers of
+   every step are recorded (:class:`~ssmtl.data.transform.VolumeTransform`) so a
+   prediction can be mapped back to the scan (:mod:`ssmtl.data.native`). Images are
    resampled bilinearly (antialiased when downsampling), labels by nearest
    neighbour on the same sampling grid so they stay aligned with the image.
 3. **Centre crop / pad** to ``size x size``. Images are padded with the volume
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ssmtl.api.errors import InputFileError
 from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices  # noqa: F401  (from_slices: the inverse, for callers)
 from ssmtl.api.volumes import Modality, RawVolume
+from ssmtl.data.transform import AxisResampling, checked_source, plan_axis, VolumeTransform
 
 # Voxels per resampling chunk: bounds the float32 temporaries (~64 MiB each).
 _CHUNK_VOXELS = 1 << 24
@@ -103,6 +106,8 @@ class ProcessedVolume:
         original_spacing: (sx, sy, sz) in mm of the canonical input.
         original_shape: (X, Y, Z) of the canonical input.
         modality: "ct" or "mr".
+        transform: the way from the source file to these arrays, and back
+            (:class:`~ssmtl.data.transform.VolumeTransform`).
     """
 
     image: np.ndarray
@@ -111,6 +116,7 @@ class ProcessedVolume:
     original_spacing: tuple[float, float, float]
     original_shape: tuple[int, int, int]
     modality: Modality
+    transform: VolumeTransform
 
 
 def _validate(raw: RawVolume, source: str) -> None:
@@ -134,30 +140,6 @@ def _validate(raw: RawVolume, source: str) -> None:
 # -- geometry -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _AxisPlan:
-    """Resampling of one in-plane axis: scale factor, resampled length, output spacing."""
-
-    scale: float
-    length: int
-    spacing: float
-
-
-def _plan_axis(n: int, spacing: float, target: float) -> _AxisPlan:
-    """Scale factor that gives exactly ``target`` spacing, with an integer length.
-
-    torch sizes the output as ``floor(n * scale)``; when ``n * spacing / target`` is
-    an integer up to rounding noise, floor could drop a pixel, so the scale is
-    nudged up by a few ulps until floor reaches the intended length.
-    """
-    scale = spacing / target
-    length = max(1, math.floor(n * scale + 1e-6))
-    scale = max(scale, length / n)  # only differs from spacing/target by rounding, or if < 1 pixel
-    while math.floor(n * scale) < length:
-        scale = math.nextafter(scale, math.inf)
-    return _AxisPlan(scale=scale, length=length, spacing=spacing / scale)
-
-
 def _target_spacing(shape_hw: tuple[int, int], spacing_hw: tuple[float, float], config: PreprocessConfig) -> float:
     """The configured spacing, or the isotropic spacing fitting the field of view into ``size``."""
     if config.spacing is not None:
@@ -166,29 +148,12 @@ def _target_spacing(shape_hw: tuple[int, int], spacing_hw: tuple[float, float], 
     return field_of_view / config.size
 
 
-def _crop_pad(length: int, size: int) -> tuple[slice, slice]:
-    """Centre crop/pad along one axis: (source slice, destination slice)."""
-    if length >= size:
-        start = (length - size) // 2
-        return slice(start, start + size), slice(0, size)
-    start = (size - length) // 2
-    return slice(0, length), slice(start, start + length)
-
-
 # -- resampling ---------------------------------------------------------------------
 
 
-def _resample_stack(
-    stack: np.ndarray,
-    rows: _AxisPlan,
-    cols: _AxisPlan,
-    out: np.ndarray,
-    crop: tuple[tuple[slice, slice], tuple[slice, slice]],
-    *,
-    is_label: bool,
-) -> None:
+def _resample_stack(stack: np.ndarray, rows: AxisResampling, cols: AxisResampling, out: np.ndarray, *,
+                    is_label: bool) -> None:
     """Resample a (D, H, W) stack (any strides) chunk by chunk into the crop window of ``out``."""
-    (src_r, dst_r), (src_c, dst_c) = crop
     depth, height, width = stack.shape
     chunk = max(1, _CHUNK_VOXELS // (height * width))
     downsampling = rows.scale < 1.0 or cols.scale < 1.0
@@ -212,9 +177,9 @@ def _resample_stack(
                 recompute_scale_factor=False,
             )
         resampled = resampled[:, 0].numpy()
-        if resampled.shape[1:] != (rows.length, cols.length):  # a bug, not bad input
-            raise RuntimeError(f"resampled to {resampled.shape[1:]}, planned {(rows.length, cols.length)}")
-        out[start:stop, dst_r, dst_c] = resampled[:, src_r, src_c]
+        if resampled.shape[1:] != (rows.resampled_length, cols.resampled_length):  # a bug, not bad input
+            raise RuntimeError(f"resampled to {resampled.shape[1:]}, planned {(rows.resampled_length, cols.resampled_length)}")
+        out[start:stop, rows.cache_window, cols.cache_window] = resampled[:, rows.source_window, cols.source_window]
 
 
 # -- normalisation ------------------------------------------------------------------
@@ -271,24 +236,26 @@ def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<
     stack = to_slices(raw.image)
     depth, height, width = stack.shape
     target = _target_spacing((height, width), (sy, sx), config)
-    rows, cols = _plan_axis(height, sy, target), _plan_axis(width, sx, target)
-    crop = (_crop_pad(rows.length, config.size), _crop_pad(cols.length, config.size))
+    rows, cols = plan_axis(height, sy, target, config.size), plan_axis(width, sx, target, config.size)
+    transform = VolumeTransform(
+        canonical_shape=tuple(int(n) for n in raw.image.shape), canonical_affine=np.asarray(raw.affine, dtype=np.float64),
+        rows=rows, cols=cols, source=checked_source(raw.source_geometry, raw.image.shape, raw.affine, source),
+    )
 
     # Pad value = the volume minimum (air), so padding looks like outside-body background.
     image = np.full((depth, config.size, config.size), float(raw.image.min()), dtype=np.float32)
-    _resample_stack(stack, rows, cols, image, crop, is_label=False)
+    _resample_stack(stack, rows, cols, image, is_label=False)
 
     label = None
     if raw.label is not None:
         label = np.zeros((depth, config.size, config.size), dtype=np.uint8)
-        _resample_stack(to_slices(raw.label), rows, cols, label, crop, is_label=True)
+        _resample_stack(to_slices(raw.label), rows, cols, label, is_label=True)
 
     if raw.modality == "ct":
         _normalise_ct(image, config.ct_window)
     else:
         # Percentiles over the resampled data only, not the padding.
-        (_, dst_r), (_, dst_c) = crop
-        _normalise_mr(image, _mr_clip_range(image[:, dst_r, dst_c], config.mr_percentiles))
+        _normalise_mr(image, _mr_clip_range(image[:, rows.cache_window, cols.cache_window], config.mr_percentiles))
 
     return ProcessedVolume(
         image=image,
@@ -297,4 +264,5 @@ def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<
         original_spacing=(sx, sy, sz),
         original_shape=tuple(int(n) for n in raw.image.shape),
         modality=raw.modality,
+        transform=transform,
     )

@@ -10,9 +10,9 @@ pre-training (:class:`~ssmtl.core.loop.LoopConfig`), with fine-tuning's own defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
@@ -37,12 +37,45 @@ def finetune_augment() -> AugmentConfig:
 
 
 class FinetuneTrainConfig(LoopConfig):
-    """The training loop of fine-tuning: 2D slices, sampled with replacement from the labeled volumes."""
+    """The training loop of fine-tuning: 2D slices, sampled with replacement from the labeled volumes.
 
-    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    ``steps: auto`` trains until the validation Dice stops improving (``patience`` steps
+    without a new best, at most ``max_steps``); a number is a fixed schedule, whose best
+    validation step is still selected when there are validation volumes.
+    """
+
+    steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="Optimizer steps, or `auto`: stop on a validation plateau (patience, max_steps).")
+    max_steps: int = Field(1000, ge=1, description="With steps=auto: the most steps (the cosine schedule spans them), and the fixed schedule when there is no validation.")
+    patience: int = Field(200, ge=1, description="With steps=auto: stop after this many steps without a new best validation Dice.")
+    min_delta: float = Field(0.001, ge=0, description="A validation Dice must beat the best by more than this to count as a new best.")
+    validate_every: int = Field(50, ge=1, description="Validate every N steps (a multiple of log_every) and at the last step.")
     batch_size: int = Field(16, ge=1, description="Slices per process per micro-batch.")
-    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 0).")
+    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 0).")
     checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return text
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"expected a number of steps or auto, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _validation_on_log_steps(self) -> "FinetuneTrainConfig":
+        if self.validate_every % self.log_every:
+            raise ValueError(f"validate_every ({self.validate_every}) must be a multiple of log_every ({self.log_every})")
+        return self
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps the learning-rate schedule and the sampler span."""
+        return self.max_steps if self.steps == "auto" else self.steps
 
 
 class FinetuneConfig(BaseModel):
@@ -69,6 +102,9 @@ class FinetuneConfig(BaseModel):
     augment: AugmentConfig = Field(default_factory=finetune_augment, description="Random affine (image and label alike) and intensity augmentation.")
     num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
     train: FinetuneTrainConfig = Field(default_factory=lambda: FinetuneTrainConfig(), description="Optimisation and bookkeeping (the training loop shared with pre-training).")
+    validation: Literal["auto", "budget", "none"] = Field("auto", description="Validation volumes: auto (the split's val subjects, else up to val_volumes labeled subjects the budget leaves unused, else none), budget (carve 20% of the labeled budget, at least 1) or none.")
+    val_volumes: int = Field(2, ge=0, description="With validation=auto and no val split: at most this many unused labeled subjects validate.")
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of the labeled subjects drawn as val subjects when the cache stores no split.")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
 
     @field_validator("model", mode="before")

@@ -4,6 +4,14 @@ The model is rebuilt from the run's ``run.json`` and ``model.safetensors`` alone
 (safetensors, ``strict=True``), the volumes of the run's ``split.json`` are
 predicted slice by slice, stacked back into volumes and scored in 3D with the
 volume's voxel spacing. Results go to ``eval.json`` (NaN written as ``null``).
+
+**Space.** By default (``space="auto"``) the scores are computed at native resolution,
+against the original label files, on the scans' own voxel grids, with the prediction
+mapped back exactly as ``ssmtl predict`` writes it (:mod:`~ssmtl.downstream.native_eval`);
+the cache-grid scores are kept beside them (``cache_grid``). When any evaluated volume
+has no way back (a format 1 cache, moved files, a changed label file) every volume is
+scored on the cache grid instead and ``space_reason`` says why: ``eval.json`` records
+``"space": "native"`` or ``"cache"``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 from rich.table import Table
 from safetensors.torch import load_file
 
+from ssmtl.api.datasets.arrays import from_slices
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.finetune import WEIGHTS
@@ -26,6 +35,8 @@ from ssmtl.downstream.metrics import dice_per_class, hd95_per_class, nanmean, su
 from ssmtl.core.networks import build_network, network_config
 from ssmtl.core.files import save_json
 from ssmtl.data.splits import volumes_of
+from ssmtl.downstream.inference import resolve_device, SliceInference
+from ssmtl.downstream.native_eval import NativeReferences, NoWayBack, SPACES
 
 EVAL_FILE = "eval.json"
 
@@ -104,13 +115,23 @@ def evaluate_run(
     batch_size: int = 32,
     device: str | None = None,
     registry=None,
+    space: str = "auto",
+    resample: str = "auto",
 ) -> dict[str, Any]:
     """Score a fine-tuning run on the ``split`` subjects of its split.json; writes ``run_dir/eval.json``.
 
     ``data`` overrides the cache path recorded in run.json (same subjects, e.g. a
     copied cache); it must hold labeled volumes of every evaluated subject and
-    the same class names.
+    the same class names. ``space``: ``auto`` (native resolution when every volume has a
+    way back, else the cache grid), ``native`` (an error when not possible) or ``cache``.
+    ``resample``: how predictions reach the native grid (as ``ssmtl predict --resample``).
     """
+    if space not in SPACES:
+        raise SsmtlError(f"--space {space!r}: use {', '.join(SPACES)}")
+    if registry is None:
+        from ssmtl.core.registry import get_registry
+
+        registry = get_registry()
     run_dir = Path(run_dir)
     model, run = load_finetuned(run_dir, registry)
     splits = _read_json(run_dir / "split.json", "split.json is written when training starts")
@@ -125,26 +146,42 @@ def evaluate_run(
     if cache.class_names and cache.class_names != class_names:
         raise SsmtlError(f"{data_path}: classes {cache.class_names} differ from the run's {class_names}")
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
+    engine = SliceInference(model, resolve_device(device), batch_size=batch_size)
     num_classes = int(run["num_classes"])
     foreground = [class_names.get(c, f"class_{c}") for c in range(1, num_classes)]
-    per_volume = []
+    references = NativeReferences(cache, registry) if space != "cache" else None
+    reason = "asked for the cache grid (space=cache)" if space == "cache" else None
+    per_volume, on_cache = [], []
     for index in volumes_of(cache, subjects):
         meta = cache.volumes[index]
         image, label = cache.read_volume(index)
-        pred = predict_volume(model, image, batch_size=batch_size, device=device)
-        dice = dice_per_class(pred, label, num_classes)
-        hd95 = hd95_per_class(pred, label, num_classes, meta.spacing)
-        per_volume.append({
-            "subject": meta.subject,
-            "volume": meta.name,
-            "dice": {foreground[c - 1]: dice[c] for c in dice},
-            "hd95": {foreground[c - 1]: hd95[c] for c in hd95},
-            "mean_dice": nanmean(dice.values()),
-        })
-    summary = summarise(per_volume)
+        reference = None
+        if reason is None:
+            try:
+                reference = references.get(index)
+            except NoWayBack as exc:
+                if space == "native":
+                    raise SsmtlError(f"{data_path}: cannot evaluate at native resolution: {exc}") from None
+                reason = str(exc)
+        if reference is None:
+            pred = predict_volume(model, image, batch_size=batch_size, device=engine.device)
+        else:
+            predicted = engine.native(image, reference.transform, resample=resample, cache_labels=True)
+            pred = predicted.cache_labels
+            native = np.ascontiguousarray(from_slices(predicted.labels))
+            per_volume.append(_scores(meta, native, reference.label, num_classes, reference.transform.canonical_spacing, foreground))
+        on_cache.append(_scores(meta, pred, label, num_classes, meta.spacing, foreground))
+    native_space = reason is None
+    per_volume = per_volume if native_space else on_cache
+    summary, cache_summary = summarise(per_volume), summarise(on_cache)
+    if native_space:  # after summarising: the cache-grid scores ride along, they are not a metric of this space
+        for scores, cached in zip(per_volume, on_cache):
+            scores["cache_grid"] = {k: cached[k] for k in ("dice", "hd95", "mean_dice")}
     results = _json_safe({
+        "space": "native" if native_space else "cache",
+        "space_reason": reason,
+        "resample": resample if native_space else None,
+        "cache_grid": {"mean_dice": cache_summary["mean_dice"], "mean_hd95": cache_summary["mean_hd95"]},
         "mean_dice": summary["mean_dice"],
         "mean_hd95": summary["mean_hd95"],
         "per_class": {name: summary["per_class"].get(name, {"dice": math.nan, "hd95": math.nan}) for name in foreground},
@@ -163,6 +200,21 @@ def evaluate_run(
     return results
 
 
+def _scores(meta, pred: np.ndarray, label: np.ndarray, num_classes: int, spacing, foreground: list[str]) -> dict[str, Any]:
+    """Per-class 3D Dice and HD95 of one volume (on whichever grid ``pred`` and ``label`` share)."""
+    dice = dice_per_class(pred, label, num_classes)
+    hd95 = hd95_per_class(pred, label, num_classes, spacing)
+    return {
+        "subject": meta.subject,
+        "volume": meta.name,
+        "dice": {foreground[c - 1]: dice[c] for c in dice},
+        "hd95": {foreground[c - 1]: hd95[c] for c in hd95},
+        "mean_dice": nanmean(dice.values()),
+        "shape": list(pred.shape),
+        "spacing_mm": [float(s) for s in spacing],
+    }
+
+
 # -- tables --------------------------------------------------------------------------------
 
 
@@ -173,7 +225,13 @@ def _fmt(value: float | None, digits: int) -> str:
 def render_eval_table(results: dict[str, Any]) -> Table:
     """Per-class Dice and HD95 (mm) of one evaluation, with the mean as the last row."""
     n = len(results.get("test_subjects") or [])
-    table = Table(title=f"{results.get('split', 'test')} set: {n} subject(s), init={results.get('init')}")
+    space = results.get("space", "cache")
+    where = "native resolution" if space == "native" else "cache grid"
+    table = Table(title=f"{results.get('split', 'test')} set: {n} subject(s), init={results.get('init')}, {where}")
+    if space != "native" and results.get("space_reason"):
+        table.caption = f"on the cache grid: {results['space_reason']}"
+    elif space == "native":
+        table.caption = f"cache grid: mean Dice {_fmt((results.get('cache_grid') or {}).get('mean_dice'), 3)}"
     table.add_column("class")
     table.add_column("Dice", justify="right")
     table.add_column("HD95 (mm)", justify="right")
@@ -205,6 +263,11 @@ def render_comparison_table(runs: dict[str, dict[str, Any]], metric: str = "dice
     table.add_section()
     table.add_row("[bold]mean", *(f"[bold]{_fmt(r.get(f'mean_{metric}'), digits)}" for r in runs.values()))
     test_sets = {tuple(sorted(r.get("test_subjects") or [])) for r in runs.values()}
+    spaces = {r.get("space", "cache") for r in runs.values()}
     if len(test_sets) > 1:
         table.caption = "warning: these runs were evaluated on different subjects; the columns are not comparable"
+    elif len(spaces) > 1:
+        table.caption = "warning: some runs were scored at native resolution, others on the cache grid; not comparable"
+    else:
+        table.caption = "native resolution" if spaces == {"native"} else "cache grid"
     return table

@@ -35,6 +35,7 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import LabeledSliceDataset, make_loader
+from ssmtl.downstream.validation import plan_validation, Validator
 from ssmtl.downstream.model import (
     FinetuneModel,
     SegmentationObjective,
@@ -69,6 +70,49 @@ def _init_record(config: FinetuneConfig, manifest: dict[str, Any] | None, test: 
     }
 
 
+def _validator(config: FinetuneConfig, plan, cache, volumes: list[int], model, accelerator, num_classes: int,
+               main: bool) -> Validator | None:
+    """The run's validator, or None (and a note on stderr) when there is nothing to validate on."""
+    train = config.train
+    if not volumes:
+        if main:
+            print(f"note: no validation volumes ({plan.reason}); training for the fixed schedule of "
+                  f"{train.schedule_steps} steps and keeping the last step's weights", file=sys.stderr)
+        return None
+    return Validator(cache, volumes, model, accelerator.device, every=train.validate_every,
+                     patience=train.patience if train.steps == "auto" else None, min_delta=train.min_delta,
+                     num_classes=num_classes)
+
+
+def _on_logged(validator: Validator, total: int, out: Path, main: bool, recorder: Recorder):
+    """Validate when due; record the curve in validation.json, metrics.jsonl and the trackers
+    (so curves.png draws it); say whether to stop."""
+
+    def on_logged(done: int) -> bool:
+        if not validator.due(done, total):
+            return False
+        stop = validator(done, total)
+        recorder.log({"step": done, "val_dice": validator.state.curve[-1][1]})
+        if main:
+            save_json(out / "validation.json", validator.state.to_json())
+        return stop
+
+    return on_logged
+
+
+def _selection(validator: Validator | None, plan, train, steps_run: int, total: int) -> dict[str, Any]:
+    """What run.json says about the steps: how many ran, which one was kept and why."""
+    record: dict[str, Any] = {"steps": steps_run, "steps_requested": train.steps, "schedule_steps": total}
+    if validator is None or validator.state.best_step is None:
+        return {**record, "selected_step": steps_run, "stopped_early": False,
+                "validation": {**plan.record(), "dice": None, "selected": "the last step (no validation)"}}
+    state = validator.state
+    return {**record, "selected_step": state.best_step, "stopped_early": state.stopped and steps_run < total,
+            "validation": {**plan.record(), "dice": state.best_dice, "selected": "the best validation Dice",
+                           "every": train.validate_every, "min_delta": train.min_delta,
+                           "patience": validator.patience, "curve": state.curve}}
+
+
 def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Fine-tune ``config.init`` (or a fresh network) on ``config.labeled_volumes`` labeled subjects."""
     from accelerate.utils import set_seed
@@ -86,10 +130,11 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     # every input is checked before the run directory is created
     cache = SliceCache(config.data)
     num_classes, class_names = cache_classes(cache)
-    split = split_cache(cache, seed=config.split_seed, test_fraction=config.test_fraction)
+    split = split_cache(cache, seed=config.split_seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction)
     labeled_seed = config.split_seed if config.labeled_seed is None else config.labeled_seed
     labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
-    train_volumes = volumes_of(cache, labeled)
+    plan = plan_validation(split, labeled, config.validation, config.val_volumes, labeled_seed)
+    train_volumes, val_volumes = volumes_of(cache, plan.train), volumes_of(cache, plan.val)
     set_seed(config.seed)
     network, manifest = build_network(config, registry)
     check_network(network, cache)
@@ -111,7 +156,10 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
             "labeled_seed": labeled_seed,
             "labeled_volumes": config.labeled_volumes,
             "labeled": labeled,
+            "train_subjects": plan.train,
             "train_volumes": [cache.volumes[v].name for v in train_volumes],
+            "validation": plan.record(),
+            "val_volumes": [cache.volumes[v].name for v in val_volumes],
             "test_volumes": [cache.volumes[v].name for v in volumes_of(cache, split["test"])],
             "data": str(config.data),
             "data_fingerprint": cache.fingerprint,
@@ -120,14 +168,17 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
 
     model = FinetuneModel(network, head)
     objective = SegmentationObjective(model, config.augment, config.freeze_encoder)
+    total = train.schedule_steps
     optimizer, scheduler = build_optimizer(objective, lr=train.lr, weight_decay=train.weight_decay,
-                                           warmup_steps=train.warmup_steps, total_steps=train.steps)
-    loader = make_loader(LabeledSliceDataset(cache, train_volumes), batches=train.steps * train.grad_accum,
+                                           warmup_steps=train.warmup_steps, total_steps=total)
+    loader = make_loader(LabeledSliceDataset(cache, train_volumes), batches=total * train.grad_accum,
                          batch_size=train.batch_size, seed=config.seed, world=accelerator.num_processes,
                          class_balance=config.class_balance, num_workers=config.num_workers)
     prepared, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
-    loop = TrainingLoop(accelerator, prepared, optimizer, scheduler, train, [config.head])
-    recorder = Recorder(accelerator, out, loop.names, keep_checkpoints=train.keep_checkpoints)
+    recorder = Recorder(accelerator, out, [config.head], keep_checkpoints=train.keep_checkpoints)
+    validator = _validator(config, plan, cache, val_volumes, model, accelerator, num_classes, main)
+    if validator is not None:
+        recorder.checkpoint_extras = validator.save
 
     # A loader draws its workers' base seed from the global RNG when its first batch is
     # fetched. Fetch it before a resume restores the RNG, as an uninterrupted run fetched
@@ -137,24 +188,35 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
     batches = itertools.chain(list(itertools.islice(batches, 1)), batches)  # fetched now (none if nothing is left)
     start_step = recorder.load_checkpoint(found)
+    if validator is not None and found is not None:
+        validator.load(found.path, found.state)
+    stopped = validator is not None and validator.state.stopped  # a resumed run that had already stopped
+    loop = TrainingLoop(accelerator, prepared, optimizer, scheduler,
+                        train.model_copy(update={"steps": start_step if stopped else total}), [config.head])
     recorder.start(start_step, project="finetune", config=config.model_dump(mode="json"))
+    on_logged = None if validator is None else _on_logged(validator, total, out, main, recorder)
     result = loop.run(batches, start_step, recorder, slices_per_step=train.batch_size * train.grad_accum * accelerator.num_processes,
-                      label="finetune", progress=progress)
+                      label="finetune", progress=progress, on_logged=on_logged)
 
     final_loss = result.last.get("loss")
+    selection = _selection(validator, plan, train, result.steps, total)
     if main:
-        save_tensors(out / WEIGHTS, model.state_dict())
+        best = validator.best_weights if validator is not None and validator.best_weights is not None else None
+        save_tensors(out / WEIGHTS, best if best is not None else model.state_dict())
         save_json(out / "run.json", {
             **init,
             "ssmtl_version": __version__,
-            "data": {"path": str(config.data), "fingerprint": cache.fingerprint},
+            "data": {"path": str(config.data), "fingerprint": cache.fingerprint, "dataset": cache.attrs.get("dataset"),
+                     "modalities": sorted({cache.volumes[v].modality for v in train_volumes})},
+            "preprocess": cache.attrs.get("preprocess"),  # how `ssmtl predict` prepares new scans
             "num_classes": num_classes,
             "class_names": {str(c): n for c, n in class_names.items()},
             "model": network.config.model_dump(mode="json"),
             "head": head.config.model_dump(mode="json"),
             "labeled_volumes": config.labeled_volumes,
             "labeled_subjects": labeled,
-            "steps": train.steps,
+            "train_subjects": plan.train,
+            **selection,
             "seconds": result.seconds,
             "final_loss": final_loss,
         })
@@ -162,7 +224,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     return {
         "run_dir": str(out),
         "init": init["init"],
-        "steps": train.steps,
+        **selection,
         "seconds": result.seconds,
         "final_loss": final_loss,
         "num_classes": num_classes,

@@ -1,5 +1,5 @@
-"""``ssmtl.finetune(...)`` and ``ssmtl.evaluate(...)``: the same code ``ssmtl finetune`` and
-``ssmtl evaluate`` run, from Python.
+"""``ssmtl.finetune(...)``, ``ssmtl.evaluate(...)`` and ``ssmtl.predict(...)``: the same code
+``ssmtl finetune``, ``ssmtl evaluate`` and ``ssmtl predict`` run, from Python.
 
 Fine-tuning resolves its config from the same sources as the command line, lowest to
 highest: defaults, ``config`` (a file), ``SSMTL_FINETUNE__*`` environment variables, the
@@ -8,6 +8,7 @@ keyword arguments, then ``settings`` (any field).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,6 +30,15 @@ class FinetuneResult:
     labeled_subjects: list[str]
     test_subjects: list[str]
     details: dict[str, Any] = field(default_factory=dict)  # everything the run reported
+
+
+@dataclass
+class Predictions:
+    out: Path
+    written: int  # scans whose label map was written
+    failed: int  # scans that could not be read or segmented (each has its error in ``items``)
+    items: list[dict[str, Any]]  # per scan: input, status, outputs, shape, structures (ml) or error
+    record: dict[str, Any]  # the whole predictions.json
 
 
 @dataclass
@@ -82,3 +92,33 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
     results = evaluate_run(Path(run), None if data is None else Path(data), split=split, registry=registry)
     return Evaluation(mean_dice=results.get("mean_dice"), mean_hd95=results.get("mean_hd95"),
                       per_class=results.get("per_class") or {}, per_volume=results.get("per_volume") or [], results=results)
+
+
+def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, *,
+            format: str = "nifti", probabilities: bool = False, resample: str = "auto", device: str = "auto",
+            mixed_precision: str = "no", workers: int = 0, batch_size: int = 32, modality: str | None = None,
+            dataset: str | None = None, progress: bool = False, registry=None) -> Predictions:
+    """Segment ``inputs`` (scans, DICOM series folders, folders of scans or a manifest) with the
+    fine-tuned ``run``; writes one label map per scan in its own space under ``out`` and
+    ``out/predictions.json`` (:func:`~ssmtl.downstream.predict.predict`).
+
+    A scan that cannot be read is counted in ``failed`` and the others are still written;
+    raises :class:`~ssmtl.api.SsmtlError` when nothing could be written or the options are bad.
+    """
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.downstream.predict import PredictOptions, predict as run_predict
+
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    options = PredictOptions(out=Path(out), format=format, probabilities=probabilities, resample=resample,
+                             device=device, mixed_precision=mixed_precision, workers=workers,
+                             batch_size=batch_size, modality=modality, dataset=dataset)
+    errors: list[str] = []
+
+    def log(line: str) -> None:  # errors are counted in the result; warnings reach Python's warnings
+        errors.append(line) if line.startswith("error:") else warnings.warn(line.removeprefix("warning: "), stacklevel=3)
+
+    record = run_predict(Path(run), paths, options, registry=registry, progress=progress, log=log)
+    if not record.get("written"):
+        raise SsmtlError(errors[0].removeprefix("error: ") if errors else "no scan was written")
+    return Predictions(out=Path(out), written=record["written"], failed=record["failed"],
+                       items=list(record["predictions"]), record=record)

@@ -27,7 +27,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -102,7 +102,7 @@ class BenchmarkConfig(BaseModel):
     labeled_volumes: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Label budgets, in subjects.")
     seeds: int = Field(3, ge=1, le=100, description="Fine-tuning seeds per cell (labeled subjects and initialisation).")
     pretrain_steps: int = Field(500, ge=1, description="Pre-training steps per method.")
-    finetune_steps: int = Field(300, ge=1, description="Fine-tuning steps per cell.")
+    finetune_steps: int | Literal["auto"] = Field(300, description="Fine-tuning steps per cell, or auto (stop on a validation plateau, see `ssmtl finetune --steps`).")
     finetune_batch_size: int = Field(16, ge=1, description="Slices per fine-tuning step.")
     finetune_lr: float = Field(1e-3, gt=0, description="Fine-tuning peak learning rate.")
     frozen_encoder: bool = Field(False, description="Also run the frozen-encoder protocol (decoder + head trained on a fixed encoder).")
@@ -216,7 +216,7 @@ class Benchmark:
         try:
             if json.loads(record.read_text())["key"] == key:
                 evaluation = json.loads((cell_dir / "eval.json").read_text())
-                if isinstance(evaluation.get("per_volume"), list) and "mean_dice" in evaluation:
+                if isinstance(evaluation.get("per_volume"), list) and "mean_dice" in evaluation and "space" in evaluation:
                     return evaluation
         except (OSError, json.JSONDecodeError, KeyError):
             pass
@@ -264,6 +264,7 @@ class Benchmark:
                             "labeled_subjects": evaluation.get("labeled_subjects"),
                             "test_subjects": evaluation.get("test_subjects"),
                             "mean_dice": evaluation.get("mean_dice"), "mean_hd95": evaluation.get("mean_hd95"),
+                            "space": evaluation.get("space"), "space_reason": evaluation.get("space_reason"),
                             "per_class": evaluation.get("per_class"), "per_volume": evaluation.get("per_volume"),
                         })
         tests = {tuple(c["test_subjects"] or []) for c in cells}
@@ -281,6 +282,7 @@ class Benchmark:
             "finetune_data": {"path": str(self.ft_path), "fingerprint": self.ft_cache.fingerprint, "labeled_subjects": available},
             "test_subjects": test_subjects,
             "class_names": list(cells[0]["per_class"] or {}) if cells else [],
+            "space": sorted({c["space"] for c in cells if c.get("space")}),
             "cells": cells,
             "summary": summarise_cells(cells, references=(SCRATCH, *filter(None, [self.registry.defaults.baseline]))),
         }

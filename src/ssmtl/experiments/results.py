@@ -51,6 +51,17 @@ def _fmt(mean: float, std: float) -> str:
     return "–" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
+def _space_line(results: dict[str, Any]) -> str:
+    """Which grid the metrics were computed on (eval.json's ``space`` of every cell)."""
+    spaces = results.get("space") or []
+    if spaces == ["native"]:
+        return "Metrics at native resolution: each test scan's own voxel grid, against its original label file."
+    reasons = sorted({c.get("space_reason") for c in results.get("cells", []) if c.get("space") == "cache"} - {None})
+    why = f" ({reasons[0]})" if reasons else ""
+    return ("Metrics on the cache grid (the resampled slices), not at native resolution" + why + "."
+            if spaces == ["cache"] else f"Metrics in mixed spaces {spaces}: not comparable across cells.")
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     summary = results["summary"]
     budgets = sorted({r["labeled_volumes"] for r in summary})
@@ -59,6 +70,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append(f"Test subjects (same for every cell): {', '.join(results['test_subjects'])}.")
     cfg = results["config"]
     lines.append(f"Pre-training {cfg['pretrain_steps']} steps per method; fine-tuning {cfg['finetune_steps']} steps; {cfg['seeds']} seed(s); mean ± std over seeds of the mean 3D Dice over structures and test volumes.")
+    lines.append(_space_line(results))
     lines.append("")
     for protocol in sorted({r["protocol"] for r in summary}, key=lambda p: p != "finetune"):
         rows = [r for r in summary if r["protocol"] == protocol]

@@ -21,8 +21,8 @@ from ssmtl.api.datasets.grids import check_same_grid
 from ssmtl.api.datasets.labels import map_labels
 from ssmtl.api.datasets.modality import detect_modality
 from ssmtl.api.datasets.pairing import pair_files, unique_subjects
-from ssmtl.api.errors import ConfigError
-from ssmtl.api.volumes import Modality, RawVolume, VolumeItem, VolumeSource
+from ssmtl.api.errors import ConfigError, InputFileError
+from ssmtl.api.volumes import Modality, RawVolume, SourceGeometry, VolumeItem, VolumeSource
 
 
 @dataclass
@@ -49,7 +49,13 @@ class ImageLabelItem(VolumeItem):
 
     @abstractmethod
     def read_image(self) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, Modality | None]:
-        """The image as (float array (X, Y, Z), spacing in mm, 4x4 affine, modality the file states or None)."""
+        """The image as (float array (X, Y, Z), spacing in mm, 4x4 affine, modality the file states or None).
+
+        A fifth element, the file's own voxel grid (:class:`~ssmtl.api.SourceGeometry`),
+        is optional: readers that return it let ``ssmtl predict`` write label maps in the
+        file's array layout. Four elements keep working (the volume then has no source
+        geometry).
+        """
 
     @staticmethod
     @abstractmethod
@@ -67,7 +73,8 @@ class ImageLabelItem(VolumeItem):
             InputFileError: unreadable files, non-finite voxels, a label off the image's
                 grid, or a label value outside ``label_values``.
         """
-        image, spacing, affine, file_modality = self.read_image()
+        image, spacing, affine, file_modality, *rest = self.read_image()
+        geometry: SourceGeometry | None = rest[0] if rest else None
         check_finite(image, str(self.image_path))
         modality = self.modality or file_modality or detect_modality(image)
         label = None
@@ -75,7 +82,23 @@ class ImageLabelItem(VolumeItem):
             values, label_affine = self.read_label(self.label_path)
             check_same_grid(self.image_path, image.shape, affine, self.label_path, values.shape, label_affine)
             label = map_labels(values, self.label_values, self.label_path)
-        return RawVolume(image=image, spacing=spacing, modality=modality, label=label, affine=affine)
+        return RawVolume(image=image, spacing=spacing, modality=modality, label=label, affine=affine,
+                         source_geometry=geometry)
+
+    def load_label(self) -> tuple[np.ndarray, np.ndarray]:
+        """Only the label map, mapped to class ids: (uint8 (X, Y, Z), its 4x4 affine); the image is not read.
+
+        Evaluation at native resolution reads the reference this way, so a large CT is
+        not decoded just to score its segmentation.
+
+        Raises:
+            InputFileError: the item has no label, the file cannot be read, or it holds a
+                value outside ``label_values``.
+        """
+        if self.label_path is None:
+            raise InputFileError(self.image_path, "has no label map")
+        values, label_affine = self.read_label(self.label_path)
+        return map_labels(values, self.label_values, self.label_path), label_affine
 
 
 def folder_source(

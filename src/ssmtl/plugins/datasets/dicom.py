@@ -42,7 +42,14 @@ from ssmtl.api import (
 )
 
 from ssmtl.plugins.datasets.dicom_series import DicomSeries, read_series, scan_dicom_folder
-from ssmtl.plugins.datasets.volume_files import DICOM_MODALITIES, LABEL_MAP_FILES, read_label, volume_stem
+from ssmtl.plugins.datasets.volume_files import (
+    DICOM_MODALITIES,
+    holds_dicom,
+    LABEL_MAP_FILES,
+    read_label,
+    scan_item,
+    volume_stem,
+)
 
 
 class DicomConfig(LabeledDatasetConfig):
@@ -86,7 +93,8 @@ class DicomItem(ImageLabelItem):
     series: DicomSeries
 
     def read_image(self):
-        return (*read_series(self.series), DICOM_MODALITIES[self.series.modality])
+        array, spacing, affine, geometry = read_series(self.series)
+        return array, spacing, affine, DICOM_MODALITIES[self.series.modality], geometry
 
     read_label = staticmethod(read_label)
 
@@ -209,6 +217,15 @@ def build_source(config: DicomConfig) -> VolumeSource:
                         description=description + (f"; {'; '.join(notes)}" if notes else ""))
 
 
+def open_scan(path: Path) -> ImageLabelItem | None:
+    """A folder holding one DICOM series, for ``ssmtl predict``; None for anything else.
+
+    The folder is read as one series when its pixels load: a folder with several
+    series is refused then, naming them.
+    """
+    return scan_item(path) if Path(path).is_dir() and holds_dicom(Path(path)) else None
+
+
 @hookimpl
 def ssmtl_register_datasets():
     return [
@@ -217,5 +234,6 @@ def ssmtl_register_datasets():
             config_model=DicomConfig,
             factory=build_source,
             description="DICOM CT/MR series from a (nested) folder, sorted along the slice normal, with optional label maps",
+            open_scan=open_scan,
         )
     ]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmtl.api import check_directory, InputFileError, lps_to_canonical, walk_files
+from ssmtl.api import check_directory, InputFileError, LPS_TO_RAS, lps_to_canonical, SourceGeometry, walk_files
 
 from ssmtl.plugins.datasets.dicom_geometry import series_geometry, SeriesRefused, SliceHeader
 
@@ -271,8 +271,10 @@ def _read_slice(path: Path, rows: int, columns: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def read_series(series: DicomSeries) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """Decode a checked series as canonical float32 (X, Y, Z); returns (array, spacing, RAS affine).
+def read_series(series: DicomSeries) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, SourceGeometry]:
+    """Decode a checked series as canonical float32 (X, Y, Z); returns (array, spacing, RAS affine, the series' grid).
+
+    The series' own grid is (columns, rows, slices in the order along the normal), in LPS.
 
     Raises:
         InputFileError: the series was refused at scan time, or a file cannot be decoded.
@@ -283,4 +285,5 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, tuple[float, float, fl
     volume = np.empty((columns, rows, depth), dtype=np.float32)
     for k, path in enumerate(series.files):
         volume[:, :, k] = _read_slice(path, rows, columns).T  # (row, column) -> (x=column, y=row)
-    return lps_to_canonical(volume, series.affine_lps, series.folder)
+    geometry = SourceGeometry(shape=series.shape, affine=LPS_TO_RAS @ series.affine_lps, format="dicom", convention="LPS")
+    return (*lps_to_canonical(volume, series.affine_lps, series.folder), geometry)

@@ -20,7 +20,7 @@ from pydantic import Field
 from ssmtl.api import DatasetSpec, folder_source, FolderDatasetConfig, hookimpl, VolumeSource
 
 from ssmtl.plugins.datasets.itk_io import ITK_FILES
-from ssmtl.plugins.datasets.volume_files import VolumeFileItem
+from ssmtl.plugins.datasets.volume_files import scan_item, VolumeFileItem
 
 
 class ItkConfig(FolderDatasetConfig):
@@ -30,6 +30,11 @@ class ItkConfig(FolderDatasetConfig):
     images: Path | None = Field(
         None, description="Directory of image volumes (.nrrd, .nhdr, .mha, .mhd). Required."
     )
+
+
+def open_scan(path: Path) -> VolumeFileItem | None:
+    """One NRRD or MetaImage file for ``ssmtl predict``; None for anything else."""
+    return scan_item(path) if ITK_FILES.matches(path) else None
 
 
 def build_source(config: ItkConfig) -> VolumeSource:
@@ -45,5 +50,6 @@ def ssmtl_register_datasets():
             config_model=ItkConfig,
             factory=build_source,
             description="NRRD and MetaImage volumes (.nrrd/.nhdr/.mha/.mhd) via SimpleITK, with optional label maps",
+            open_scan=open_scan,
         )
     ]

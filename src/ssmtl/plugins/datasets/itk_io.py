@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmtl.api import affine_from_geometry, FileKind, InputFileError, integer_labels, lps_to_canonical, spatial_shape
+from ssmtl.api import (
+    affine_from_geometry,
+    FileKind,
+    InputFileError,
+    integer_labels,
+    LPS_TO_RAS,
+    lps_to_canonical,
+    SourceGeometry,
+    spatial_shape,
+)
 
 ITK_FILES = FileKind("NRRD or MetaImage files", (".nrrd", ".nhdr", ".mha", ".mhd"))
 # SimpleITK prefixes its messages with source locations and object addresses.
@@ -67,13 +76,20 @@ def _as_volume(path: Path, image) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
-def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, RAS affine)."""
+def _format(path: Path) -> str:
+    """``nrrd`` or ``mha`` (the single-file writer of each family: ``.nhdr`` is NRRD, ``.mhd`` MetaImage)."""
+    return "nrrd" if (ITK_FILES.extension(path) or "").lower() in (".nrrd", ".nhdr") else "mha"
+
+
+def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, SourceGeometry]:
+    """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, RAS affine, the file's own grid)."""
     path = Path(path)
     array, affine_lps = _as_volume(path, _read(path))
     if np.iscomplexobj(array):
         raise InputFileError(path, "complex-valued voxels are not supported")
-    return lps_to_canonical(array.astype(np.float32, copy=False), affine_lps, path)
+    geometry = SourceGeometry(shape=tuple(int(n) for n in array.shape), affine=LPS_TO_RAS @ affine_lps,
+                              format=_format(path), convention="LPS")
+    return (*lps_to_canonical(array.astype(np.float32, copy=False), affine_lps, path), geometry)
 
 
 def read_label_values(path: Path) -> tuple[np.ndarray, np.ndarray]:

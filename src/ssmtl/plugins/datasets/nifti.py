@@ -34,6 +34,7 @@ from pydantic import Field
 from ssmtl.api import DatasetSpec, folder_source, FolderDatasetConfig, hookimpl, ImageLabelItem, VolumeSource
 
 from ssmtl.plugins.datasets.nifti_io import load_image, NIFTI_FILES, read_label_values
+from ssmtl.plugins.datasets.volume_files import scan_item
 
 
 class NiftiConfig(FolderDatasetConfig):
@@ -48,9 +49,15 @@ class NiftiItem(ImageLabelItem):
     """One NIfTI image, optionally with its NIfTI label map; loads lazily (see :class:`ssmtl.api.ImageLabelItem`)."""
 
     def read_image(self):
-        return (*load_image(self.image_path), None)
+        array, spacing, affine, geometry = load_image(self.image_path)
+        return array, spacing, affine, None, geometry
 
     read_label = staticmethod(read_label_values)
+
+
+def open_scan(path: Path) -> NiftiItem | None:
+    """One NIfTI file for ``ssmtl predict``; None for anything else."""
+    return scan_item(path, NiftiItem) if NIFTI_FILES.matches(path) else None
 
 
 def build_source(config: NiftiConfig) -> VolumeSource:
@@ -66,5 +73,6 @@ def ssmtl_register_datasets():
             config_model=NiftiConfig,
             factory=build_source,
             description="NIfTI volumes (.nii/.nii.gz) from a folder, with optional label maps",
+            open_scan=open_scan,
         )
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ssmtl.api import FileKind, InputFileError, integer_labels, spatial_shape
+from ssmtl.api import FileKind, InputFileError, integer_labels, SourceGeometry, spatial_shape
 
 NIFTI_FILES = FileKind("NIfTI files", (".nii", ".nii.gz"))
 
@@ -46,8 +46,8 @@ def _canonical(img, data: np.ndarray):
     return nib.as_closest_canonical(img.__class__(data, img.affine, img.header))
 
 
-def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, affine)."""
+def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, SourceGeometry]:
+    """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, affine, the file's own grid)."""
     img = _load_header(path)
     shape = spatial_shape(img.shape, path)
     # Decode straight to float32: scaled integer data would otherwise become float64.
@@ -55,7 +55,8 @@ def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
     canonical = _canonical(img, data)
     array = np.asanyarray(canonical.dataobj)
     spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
-    return array, spacing, canonical.affine
+    geometry = SourceGeometry(shape=shape, affine=np.asarray(img.affine, dtype=np.float64), format="nifti")
+    return array, spacing, canonical.affine, geometry
 
 
 def read_label_values(path: Path) -> tuple[np.ndarray, np.ndarray]:

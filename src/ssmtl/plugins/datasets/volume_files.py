@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from ssmtl.api import FileKind, ImageLabelItem, InputFileError, Modality
+from ssmtl.api import FileKind, ImageLabelItem, InputFileError, Modality, SourceGeometry, walk_files
 
 from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
@@ -69,27 +69,30 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def read_dicom_image(folder: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, Modality | None]:
-    """The one image series in ``folder``: (array, spacing, affine, modality from the header)."""
+Image = tuple[np.ndarray, tuple[float, float, float], np.ndarray, Modality | None, SourceGeometry]
+
+
+def read_dicom_image(folder: Path) -> Image:
+    """The one image series in ``folder``: (array, spacing, affine, modality from the header, the series' grid)."""
     scan = scan_dicom_folder(folder)
     images = [s for s in scan.series if s.modality in DICOM_MODALITIES] or scan.series  # e.g. a SEG beside its CT
     if len(images) != 1:
         found = ", ".join(s.describe() for s in images) or "none"
         raise InputFileError(folder, f"expected one DICOM image series in the folder, found {len(images)}: {found}")
     series = images[0]  # a modality other than CT/MR gives None: the manifest's column, else detection
-    array, spacing, affine = read_series(series)
-    return array, spacing, affine, DICOM_MODALITIES.get(series.modality)
+    array, spacing, affine, geometry = read_series(series)
+    return array, spacing, affine, DICOM_MODALITIES.get(series.modality), geometry
 
 
-def read_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, Modality | None]:
-    """Canonical float32 image: (array, spacing, affine, modality if the file says so)."""
+def read_image(path: Path) -> Image:
+    """Canonical float32 image: (array, spacing, affine, modality if the file says so, the file's own grid)."""
     path = Path(path)
     kind = volume_format(_existing(path))
     if kind == "dicom":
         return read_dicom_image(path)
     reader = nifti_io.load_image if kind == "nifti" else itk_io.load_image
-    array, spacing, affine = reader(path)
-    return array, spacing, affine, None
+    array, spacing, affine, geometry = reader(path)
+    return array, spacing, affine, None, geometry
 
 
 def read_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +102,32 @@ def read_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if kind == "dicom":
         raise InputFileError(path, "a label must be a label-map file (NIfTI, NRRD, MetaImage), not a DICOM folder")
     return (nifti_io.read_label_values if kind == "nifti" else itk_io.read_label_values)(path)
+
+
+def holds_dicom(folder: Path, peek: int = 3) -> bool:
+    """True when one of the first ``peek`` files under ``folder`` is DICOM (the ``DICM`` preamble, or a .dcm name).
+
+    A cheap test for ``ssmtl predict``, which must tell a DICOM series folder from a
+    folder of other scans without reading every header.
+    """
+    for checked, path in enumerate(walk_files(folder)):
+        if checked >= peek:
+            break
+        if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+            return True
+        try:
+            with open(path, "rb") as f:
+                if f.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def scan_item(path: Path, item_class: type[ImageLabelItem] | None = None) -> ImageLabelItem:
+    """An unloaded, unlabeled item for one scan given on the command line (``ssmtl predict``)."""
+    path = Path(path)
+    return (item_class or VolumeFileItem)(subject=volume_stem(path), source=str(path), image_path=path)
 
 
 @dataclass
