@@ -10,8 +10,10 @@ own statistics, so a sample's key is normalised among other samples than its que
 :func:`split_bn_forward` does that for any network: inside it, every BatchNorm layer of
 ``module`` that is in training mode normalises each of ``groups`` contiguous groups of
 its input with that group's mean and (biased) variance, with the layer's own affine
-parameters. Nothing is copied or converted: the layers' ``forward`` is swapped for the
-duration of the call, so the state dict (and a checkpoint) is unchanged.
+parameters. Nothing is copied or converted: on first use each layer gets an instance
+``forward`` that reads its number of groups (1 outside the block: the class's own
+forward), so the state dict (and a checkpoint) is unchanged, and a compiled module sees
+one stable function whose only changing input is an integer.
 
 Running statistics: each layer's running mean and variance move towards the **mean over
 groups** of the group means and of the unbiased group variances, with the layer's own
@@ -24,6 +26,7 @@ within-group variance. A layer in eval mode is left alone (it uses its running s
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -83,18 +86,30 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+_GROUPS = "_ssmtl_split_bn_groups"
+
+
+def _grouped_forward(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    groups = getattr(layer, _GROUPS, 1)
+    if groups > 1 and layer.training:
+        return _split_forward(layer, groups, x)
+    return type(layer).forward(layer, x)
+
+
 @contextmanager
 def split_batchnorm(module: nn.Module, groups: int) -> Iterator[None]:
     """Within the block, every BatchNorm layer of ``module`` computes its statistics in ``groups`` groups."""
-    layers = batchnorm_layers(module) if groups > 1 else []
+    layers = batchnorm_layers(module)
     for layer in layers:
-        # an instance attribute shadows the class's forward for this layer only
-        layer.forward = lambda x, _layer=layer: _split_forward(_layer, groups, x)
+        if not hasattr(layer, _GROUPS):
+            # an instance attribute shadows the class's forward for this layer only
+            layer.forward = partial(_grouped_forward, layer)
+        setattr(layer, _GROUPS, groups)
     try:
         yield
     finally:
         for layer in layers:
-            del layer.forward
+            setattr(layer, _GROUPS, 1)
 
 
 @torch.no_grad()
