@@ -86,3 +86,16 @@ def test_summary_and_markdown_carry_the_interval_and_failures():
     assert "**multi** vs scratch: +0.073 mean Dice" in text and ": better" in text
     assert "| scratch | 1 | 3 / 0 |" in text and "| base | 1 | 0 / 6 |" in text
     assert any(line.startswith("CT->CT, finetune, 1 labeled: **multi** vs base") for line in verdict_lines(results, "CT->CT"))
+
+
+def test_frozen_cells_compare_with_frozen_contrastive_and_fine_tuned_scratch():
+    cells = []
+    for seed in range(2):
+        cells.append(_cell("scratch", seed, {"a": 0.5}))
+        for method, ft, frozen in (("contrastive", 0.6, 0.4), ("multi", 0.7, 0.45)):
+            cells.append(_cell(method, seed, {"a": ft}))
+            cells.append({**_cell(method, seed, {"a": frozen}), "protocol": "frozen"})
+    rows = {(r["protocol"], r["method"]): r for r in summarise_cells(cells, references=("scratch", "contrastive"))}
+    assert rows[("frozen", "multi")]["vs_contrastive"]["pair_mean"] == pytest.approx(0.05)  # frozen vs frozen
+    assert rows[("frozen", "multi")]["vs_scratch"]["pair_mean"] == pytest.approx(-0.05)  # vs fine-tuned scratch
+    assert rows[("finetune", "multi")]["vs_contrastive"]["pair_mean"] == pytest.approx(0.1)

@@ -29,7 +29,9 @@ def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (
     ``pairs`` = seeds, ``wins``) and the paired comparison over (seed, test subject) pairs with
     its 95 % bootstrap interval (``pair_mean``, ``ci95``, ``subject_pairs``; see
     :mod:`ssmtl.experiments.paired`). ``failures`` counts, per structure, the test volumes
-    where it was missed or predicted though absent, over all seeds.
+    where it was missed or predicted though absent, over all seeds. A frozen-encoder row is
+    compared with the reference's frozen row when there is one (representation against
+    representation), else with its fine-tuned row (scratch has no frozen protocol).
     """
     by = {}
     for c in cells:
@@ -47,7 +49,8 @@ def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (
                "per_class_dice": {k: {"mean": v[0], "std": v[1]} for k, v in per_class.items()},
                "failures": failures}
         for reference in references:
-            ref = by.get(("finetune", reference, budget)) or by.get((protocol, reference, budget))
+            # the same protocol when the reference has it (frozen vs frozen), else fine-tuned (scratch)
+            ref = by.get((protocol, reference, budget)) or by.get(("finetune", reference, budget))
             if ref is None or reference == method or method == SCRATCH:
                 continue
             diffs = [seeds[s]["mean_dice"] - ref[s]["mean_dice"] for s in seeds if s in ref
