@@ -26,12 +26,18 @@
 #   ct-mr        pre-train on CT, fine-tune and test on MR (the CT pre-trainings reused)
 #   mr-mr        pre-train and fine-tune on MR
 #
-# Time: estimated from timed runs on this machine's 2 cores (2 cores of an Intel Xeon,
-# torch 2.13.0+cpu, fp32; see docs/benchmarks.md). With the defaults:
-#   cells:          102 fine-tuning cells (66 fine-tune + 36 frozen-encoder) x ~50 s  ~ 85 min
-#   pre-trainings:  CT contrastive / multitask / encoder-only / decoder-only, MR contrastive /
-#                   multitask, and two short ones: PRETRAIN_STEPS x ~0.85 s in all   ~ 42 min
-#   total:          about 2 h 10 min on 2 idle cores (2 h 30 min at most).
+# Time, estimated for 2 idle cores (2 cores of an Intel Xeon, torch 2.13.0+cpu, fp32) from
+# the idle measurements of the previous protocol on this machine (fine-tuning cell of 400
+# steps with its evaluation ~55 s; pre-training contrastive 0.075 s/step, multitask
+# 0.21 s/step) and a timed small run of each pre-training (30 steps, CPU time per step:
+# contrastive 0.074 s, encoder-only 0.22 s, decoder-only 0.14 s, multitask 0.28 s, so
+# encoder-only ~0.16 s/step and decoder-only ~0.10 s/step at idle):
+#   cells:          105 new cells: 69 fine-tuning x ~55 s + 36 frozen-encoder x ~45 s   ~ 87 min
+#   pre-trainings:  CT contrastive + multitask + encoder-only + decoder-only (0.55 s/step),
+#                   MR contrastive + multitask (0.29 s/step), two quarter-length ones
+#                   (0.07 s/step): ~0.9 s x PRETRAIN_STEPS = 3000                      ~ 45 min
+#   total:          about 2 h 15 min on 2 idle cores (the budget: 2 h 30 min). Shared
+#                   cores stretch it in proportion to the load.
 # A smoke run of the whole script: PRETRAIN_STEPS=20 FINETUNE_STEPS=20 SEEDS=2 OUT=/tmp/smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."

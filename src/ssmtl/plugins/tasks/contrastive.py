@@ -122,7 +122,8 @@ class ContrastiveTask(PretextTask):
 
     def on_data(self, info: DataInfo) -> list[str]:
         keys_per_batch = info.global_batch * (info.sequence_length if self.config.query_slices == "all" else 1)
-        notes = [self._bn_note(keys_per_batch // world_size()), self._momentum_note(info.total_steps)]
+        self.total_steps = info.total_steps  # the cosine schedule's T (None: unknown, constant momentum)
+        notes = [self._bn_note(keys_per_batch // world_size()), self._momentum_note()]
         cap = max(keys_per_batch, int(self.config.max_queue_fraction * info.num_slices))
         if self.queue.size > cap:
             old = self.queue.size
@@ -164,13 +165,11 @@ class ContrastiveTask(PretextTask):
                 f"shuffled keys each{fewer}")
 
     # -- momentum ---------------------------------------------------------------------
-    def _momentum_note(self, total_steps: int | None) -> str:
-        c = self.config
-        self.total_steps = total_steps
-        if c.momentum_schedule == "cosine" and not total_steps:
-            self.total_steps = None
-            return "contrastive: the run length is unknown; momentum_schedule=cosine falls back to a constant momentum"
+    def _momentum_note(self) -> str:
+        c, total_steps = self.config, self.total_steps
         if not total_steps:
+            if c.momentum_schedule == "cosine":
+                return "contrastive: the run length is unknown; momentum_schedule=cosine falls back to a constant momentum"
             return f"contrastive: constant key-encoder momentum {c.momentum:g}"
         share = initial_weight_share(c.momentum, c.momentum_schedule, total_steps)
         return (f"contrastive: key-encoder momentum {c.momentum:g} ({c.momentum_schedule}); after {total_steps} steps "
