@@ -1,46 +1,62 @@
 #!/usr/bin/env bash
-# The paper's protocol, larger, on one GPU (target: under 8 minutes on an H100/H200).
+# The paper's protocol on one GPU: label budgets 1, 2 and 8 volumes, 3 seeds, fine-tuning and
+# the frozen-encoder protocol, scratch vs MoCo v2 (contrastive) vs multitask.
 #
-#   bash benchmarks/gpu_protocol.sh            # from the repository root
+#   bash benchmarks/gpu_protocol.sh                                   # phantom data
+#   CACHES=benchmarks/out/real bash benchmarks/gpu_protocol.sh        # real MM-WHS (+ ACDC)
 #
-# Phantom caches at 128 px (CT and MR), methods scratch / contrastive (MoCo v2) /
-# multitask, label budgets 1,2,4, 2 seeds, bf16; settings CT->CT and CT->MR (the CT
-# pre-trainings are shared), and MR->MR when MR_TOO=1. Results land in
-# $OUT/protocol/<setting>/results.{json,md} and dice_vs_labels.png.
-# Sizes are environment variables: PRETRAIN_STEPS, FINETUNE_STEPS, SEEDS, SUBJECTS, SIZE.
+# CACHES is a folder with ct.h5 and mr.h5 (MM-WHS CT and MR, e.g. from
+# benchmarks/real_caches.sh) and optionally acdc.h5; without it the script builds phantom
+# caches (realistic variability, SUBJECTS subjects at SIZE px). Settings: CT->CT, CT->MR (the
+# CT pre-trainings reused), MR->MR, and ACDC->ACDC when acdc.h5 exists. Results land in
+# $OUT/protocol/<setting>/results.{json,md} and dice_vs_labels.png; the verdict of every
+# setting (paired differences with 95 % bootstrap intervals) in $OUT/protocol/verdict.md.
+# Interrupted? Run it again: finished pre-trainings and cells are reused.
+# Sizes are environment variables: PRETRAIN_STEPS, FINETUNE_STEPS, SEEDS, BUDGETS, SUBJECTS, SIZE.
+# Budget 8 needs at least 8 labeled training subjects per cache (MM-WHS: 20 labeled per
+# modality, 6 held out for testing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/out}/protocol
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}
-FINETUNE_STEPS=${FINETUNE_STEPS:-300}
-SEEDS=${SEEDS:-2}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-5000}
+FINETUNE_STEPS=${FINETUNE_STEPS:-500}
+SEEDS=${SEEDS:-3}
+BUDGETS=${BUDGETS:-1,2,8}
 SUBJECTS=${SUBJECTS:-24}
 SIZE=${SIZE:-128}
 mkdir -p "$OUT"
 $PY -c "import ssmtl, torch; assert torch.cuda.is_available(), 'no CUDA device'; print('ssmtl', ssmtl.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
 
 t0=$(date +%s)
-for domain in ct mr; do
-  $PY -m ssmtl cache build --dataset phantom --out "$OUT/$domain.h5" --subjects "$SUBJECTS" --domain "$domain" \
-      --size "$SIZE" --set num_slices=48 --force > /dev/null
-done
+if [ -n "${CACHES:-}" ]; then
+  DATA=$CACHES
+  for f in ct mr; do [ -f "$DATA/$f.h5" ] || { echo "error: $DATA/$f.h5 not found (see benchmarks/real_caches.sh)" >&2; exit 2; }; done
+else
+  DATA=$OUT
+  for domain in ct mr; do
+    [ -f "$DATA/$domain.h5" ] || $PY -m ssmtl cache build --dataset phantom --out "$DATA/$domain.h5" --subjects "$SUBJECTS" \
+        --domain "$domain" --size "$SIZE" --set num_slices=48 > /dev/null
+  done
+fi
 echo "caches: $(( $(date +%s) - t0 ))s"
 
-COMMON=(--methods scratch,contrastive,multitask --labeled-volumes 1,2,4 --seeds "$SEEDS"
+COMMON=(--methods scratch,contrastive,multitask --labeled-volumes "$BUDGETS" --seeds "$SEEDS" --frozen-encoder
         --pretrain-steps "$PRETRAIN_STEPS" --finetune-steps "$FINETUNE_STEPS" --finetune-batch-size 32
         --set train.mixed_precision=bf16 --set train.batch_size=32 --set data.num_workers=6
-        --set train.checkpoint_every=100000)
+        --set train.checkpoint_every=1000)
 
 bench() {  # name, pretrain cache, finetune cache
   local t=$(date +%s)
-  $PY -m ssmtl benchmark --data "$OUT/$2.h5" --finetune-data "$OUT/$3.h5" --out "$OUT/$1" "${COMMON[@]}"
+  $PY -m ssmtl benchmark --data "$DATA/$2.h5" --finetune-data "$DATA/$3.h5" --out "$OUT/$1" "${COMMON[@]}"
   echo "$1: $(( $(date +%s) - t ))s"
 }
 
 bench ct-ct ct ct
 mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"  # same CT pre-training
 bench ct-mr ct mr
-if [ "${MR_TOO:-0}" = 1 ]; then bench mr-mr mr mr; fi
+bench mr-mr mr mr
+if [ -f "$DATA/acdc.h5" ]; then bench acdc acdc acdc; fi
+$PY benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"
 echo "total: $(( $(date +%s) - t0 ))s"

@@ -15,7 +15,9 @@ LABELED=${LABELED:-2}
 run() { printf '\n$ %s\n' "$*"; "$@"; }
 
 rm -rf "$OUT" && mkdir -p "$OUT"
-run ssmtl cache build --dataset phantom --out "$OUT/phantom-ct.h5" --subjects 16 --domain ct --size 64
+# the original, low-variability phantom: a quick demo of the pipeline. The benchmarks use
+# the default realistic variability, on which one labeled subject is far from enough.
+run ssmtl cache build --dataset phantom --out "$OUT/phantom-ct.h5" --subjects 16 --domain ct --size 64 --variability low
 run ssmtl pretrain --data "$OUT/phantom-ct.h5" --task contrastive --task order --task position --task reconstruct --task neighbor --out "$OUT/pre" \
     --steps "$PRETRAIN_STEPS" --batch-size 16 --set model.base_channels=8 --set train.checkpoint_every=100
 for init in pre none; do

@@ -120,6 +120,30 @@ def test_evaluate_writes_eval_json(scratch_run, registry):
     assert "square" in text and "mean" in text and "not comparable" not in text
 
 
+def test_a_model_that_predicts_nothing_scores_finite_hd95_and_counts_misses(scratch_run, registry, tmp_path):
+    from safetensors.torch import save_file
+
+    out, _ = scratch_run
+    silent = tmp_path / "silent"
+    shutil.copytree(out, silent)
+    weights = load_file(silent / "model.safetensors")
+    weights["head.classifier.weight"].zero_()
+    weights["head.classifier.bias"].copy_(torch.tensor([10.0, 0.0, 0.0]))  # background everywhere
+    save_file(weights, silent / "model.safetensors")
+    results = evaluate_run(silent, registry=registry)
+    diagonal = float(np.sqrt(8 ** 2 * 2.0 ** 2 + 32 ** 2 + 32 ** 2))  # (8, 32, 32) voxels of (2, 1, 1) mm
+    n = len(results["test_subjects"])
+    for name in ("square", "disc"):
+        assert results["per_class"][name]["dice"] == 0.0
+        assert results["per_class"][name]["hd95"] == pytest.approx(diagonal)
+        assert results["per_class"][name]["missed"] == n and results["per_class"][name]["false_positive"] == 0
+    assert results["mean_hd95"] == pytest.approx(diagonal)
+    assert all(v["missed"] == ["square", "disc"] for v in results["per_volume"])
+    console = Console(file=io.StringIO(), width=160)
+    console.print(render_eval_table(results))
+    assert "missed" in console.file.getvalue()
+
+
 def test_evaluate_on_another_cache_needs_the_test_subjects(scratch_run, registry, tmp_path, cache_path):
     out, _ = scratch_run
     copy = tmp_path / "copy.h5"

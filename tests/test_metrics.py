@@ -80,12 +80,43 @@ def test_scipy_fallback_matches_monai_on_irregular_shapes():
     assert metrics._scipy_hd95(a == 1, b == 1, spacing) == pytest.approx(metrics._monai_hd95(a == 1, b == 1, spacing), abs=1e-4)
 
 
-def test_hd95_nan_when_either_is_empty():
+def test_hd95_of_a_false_positive_is_the_diagonal_and_absent_is_nan():
     pred, target = _volumes()
-    hd = hd95_per_class(pred, target, num_classes=5, spacing=(1.0, 1.0, 1.0))
-    assert math.isnan(hd[3])  # empty target
-    assert math.isnan(hd[4])  # both empty
-    assert hd[1] >= 0 and hd[2] >= 0
+    spacing = (2.0, 1.5, 0.5)
+    hd = hd95_per_class(pred, target, num_classes=5, spacing=spacing)
+    diagonal = math.sqrt((2 * 2.0) ** 2 + (3 * 1.5) ** 2 + (4 * 0.5) ** 2)  # (2, 3, 4) voxels
+    assert hd[3] == pytest.approx(diagonal)  # predicted, absent from the target
+    assert math.isnan(hd[4])  # absent from both: undefined, left out of means
+    assert 0 <= hd[1] < diagonal and 0 <= hd[2] < diagonal
+
+
+def test_presence_cases_hand_labelled():
+    pred, target = _volumes()
+    assert metrics.presence_per_class(pred, target, 5) == {1: "found", 2: "found", 3: "false_positive", 4: "absent"}
+    assert metrics.presence_per_class(np.zeros_like(target), target, 3) == {1: "missed", 2: "missed"}
+
+
+def test_an_all_background_prediction_is_scored_not_skipped():
+    """Predicting nothing: Dice 0, HD95 = the diagonal (finite), every present structure missed."""
+    target = np.zeros((4, 10, 12), np.uint8)
+    target[1:3, 2:6, 3:7] = 1
+    target[2, 7:9, 8:11] = 2
+    pred = np.zeros_like(target)
+    spacing = (3.0, 1.0, 1.0)
+    diagonal = math.sqrt(12.0 ** 2 + 10.0 ** 2 + 12.0 ** 2)
+    dice = dice_per_class(pred, target, num_classes=4)
+    hd = hd95_per_class(pred, target, num_classes=4, spacing=spacing)
+    assert dice[1] == 0.0 and dice[2] == 0.0 and math.isnan(dice[3])
+    assert hd[1] == pytest.approx(diagonal) and hd[2] == pytest.approx(diagonal) and math.isnan(hd[3])
+    presence = metrics.presence_per_class(pred, target, 4)
+    volume = {"dice": dice, "hd95": hd, "missed": [c for c, v in presence.items() if v == "missed"],
+              "false_positive": [c for c, v in presence.items() if v == "false_positive"]}
+    counts = metrics.count_failures([volume, volume], classes=[1, 2, 3])
+    assert counts == {1: {"missed": 2, "false_positive": 0}, 2: {"missed": 2, "false_positive": 0},
+                      3: {"missed": 0, "false_positive": 0}}
+    summary = summarise([volume])
+    assert summary["mean_hd95"] == pytest.approx(diagonal)  # a miss is the worst score, not a skipped one
+    assert summary["mean_dice"] == 0.0
 
 
 def test_shapes_must_match():

@@ -19,7 +19,9 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
 * **Errors**: :class:`SsmtlError` (one clear line, exit code 2), :class:`ConfigError`,
   :class:`InputFileError`.
 * **Task toolkit**: :func:`info_nce`, :func:`multi_positive_info_nce`,
-  :class:`KeyQueue`, :func:`concat_all_gather`, :func:`shuffle_bn_forward`, :func:`rank`,
+  :class:`KeyQueue`, :func:`concat_all_gather`, :func:`shuffle_bn_forward`,
+  :func:`split_bn_forward` (split BatchNorm in one process), :func:`ema_momentum` /
+  :func:`initial_weight_share` (momentum-encoder schedules), :func:`rank`,
   :func:`world_size`, :func:`global_pool`, :func:`apply_affine`, :func:`correspondence`.
 * **Dataset toolkit** (see :mod:`ssmtl.api.datasets`): finding files
   (:class:`FileKind`, :func:`walk_files`), pairing images with labels and naming
@@ -131,6 +133,14 @@ _WHERE: dict[str, str] = {
     "rank": "distributed",
     "world_size": "distributed",
     "is_distributed": "distributed",
+    "split_bn_forward": "split_batchnorm",
+    "split_bn_groups": "split_batchnorm",
+    "split_batchnorm": "split_batchnorm",
+    "batchnorm_layers": "split_batchnorm",
+    "MIN_SPLIT_BN_GROUP": "split_batchnorm",
+    "ema_momentum": "momentum",
+    "initial_weight_share": "momentum",
+    "MomentumSchedule": "momentum",
     "apply_affine": "geometry",
     "correspondence": "geometry",
 }
@@ -159,7 +169,15 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.hooks import hookspec
     from ssmtl.api.losses import info_nce, multi_positive_info_nce
     from ssmtl.api.network import NativeClass, NetworkConfig, NetworkInfo, NetworkOutput, SharedNetwork, global_pool
+    from ssmtl.api.momentum import MomentumSchedule, ema_momentum, initial_weight_share
     from ssmtl.api.queue import KeyQueue
+    from ssmtl.api.split_batchnorm import (
+        MIN_SPLIT_BN_GROUP,
+        batchnorm_layers,
+        split_batchnorm,
+        split_bn_forward,
+        split_bn_groups,
+    )
     from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, NetworkSpec, TaskSpec
     from ssmtl.api.tasks import DataInfo, PretextTask, TaskConfig, TaskOutput
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View

@@ -40,6 +40,7 @@ class DataInfo:
     num_slices: int  # slices the run samples from (after modality/split selection)
     sequence_length: int
     global_batch: int  # sequences per optimizer micro-step, all processes together
+    total_steps: int | None = None  # optimizer steps of the whole run (None: unknown), e.g. for a momentum schedule
 
 
 @dataclass

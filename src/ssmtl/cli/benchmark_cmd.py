@@ -80,9 +80,11 @@ def render_table(results):
                 values.append("–")
                 continue
             text = f"{r['dice_mean']:.3f} ± {r['dice_std']:.3f}"
-            if "vs_scratch" in r and r["vs_scratch"]["pairs"]:
-                text += f" ({r['vs_scratch']['mean']:+.3f})"
+            vs = r.get("vs_scratch") or {}
+            if vs.get("subject_pairs"):
+                low, high = vs["ci95"]
+                text += f" ({vs['pair_mean']:+.3f} [{low:+.3f}, {high:+.3f}])"
             values.append(text)
         table.add_row(row_key[0], row_key[1], *values)
-    table.caption = "(±x.xxx) = paired difference against scratch"
+    table.caption = "(+x.xxx [low, high]) = paired difference against scratch over (seed, test subject), 95 % bootstrap CI"
     return table

@@ -31,7 +31,16 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.finetune import WEIGHTS
 from ssmtl.downstream.model import FinetuneModel, build_head
-from ssmtl.downstream.metrics import dice_per_class, hd95_per_class, nanmean, summarise
+from ssmtl.downstream.metrics import (
+    count_failures,
+    dice_per_class,
+    FALSE_POSITIVE,
+    hd95_per_class,
+    MISSED,
+    nanmean,
+    presence_per_class,
+    summarise,
+)
 from ssmtl.core.networks import build_network, network_config
 from ssmtl.core.files import save_json
 from ssmtl.data.splits import volumes_of
@@ -177,6 +186,7 @@ def evaluate_run(
     if native_space:  # after summarising: the cache-grid scores ride along, they are not a metric of this space
         for scores, cached in zip(per_volume, on_cache):
             scores["cache_grid"] = {k: cached[k] for k in ("dice", "hd95", "mean_dice")}
+    failures = count_failures(per_volume, foreground)
     results = _json_safe({
         "space": "native" if native_space else "cache",
         "space_reason": reason,
@@ -184,7 +194,8 @@ def evaluate_run(
         "cache_grid": {"mean_dice": cache_summary["mean_dice"], "mean_hd95": cache_summary["mean_hd95"]},
         "mean_dice": summary["mean_dice"],
         "mean_hd95": summary["mean_hd95"],
-        "per_class": {name: summary["per_class"].get(name, {"dice": math.nan, "hd95": math.nan}) for name in foreground},
+        "per_class": {name: {**summary["per_class"].get(name, {"dice": math.nan, "hd95": math.nan}), **failures[name]}
+                      for name in foreground},
         "per_volume": per_volume,
         "class_names": foreground,
         "split": split,
@@ -204,12 +215,16 @@ def _scores(meta, pred: np.ndarray, label: np.ndarray, num_classes: int, spacing
     """Per-class 3D Dice and HD95 of one volume (on whichever grid ``pred`` and ``label`` share)."""
     dice = dice_per_class(pred, label, num_classes)
     hd95 = hd95_per_class(pred, label, num_classes, spacing)
+    presence = presence_per_class(pred, label, num_classes)
     return {
         "subject": meta.subject,
         "volume": meta.name,
         "dice": {foreground[c - 1]: dice[c] for c in dice},
         "hd95": {foreground[c - 1]: hd95[c] for c in hd95},
         "mean_dice": nanmean(dice.values()),
+        # structures scored 0 Dice / the diagonal as HD95 because one side has none of them
+        MISSED: [foreground[c - 1] for c, case in presence.items() if case == MISSED],
+        FALSE_POSITIVE: [foreground[c - 1] for c, case in presence.items() if case == FALSE_POSITIVE],
         "shape": list(pred.shape),
         "spacing_mm": [float(s) for s in spacing],
     }
@@ -223,7 +238,7 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def render_eval_table(results: dict[str, Any]) -> Table:
-    """Per-class Dice and HD95 (mm) of one evaluation, with the mean as the last row."""
+    """Per-class Dice, HD95 (mm) and missed / false-positive volume counts of one evaluation, then the mean."""
     n = len(results.get("test_subjects") or [])
     space = results.get("space", "cache")
     where = "native resolution" if space == "native" else "cache grid"
@@ -235,11 +250,18 @@ def render_eval_table(results: dict[str, Any]) -> Table:
     table.add_column("class")
     table.add_column("Dice", justify="right")
     table.add_column("HD95 (mm)", justify="right")
+    table.add_column("missed", justify="right")
+    table.add_column("false pos.", justify="right")
+    totals = {MISSED: 0, FALSE_POSITIVE: 0}
     for name in results["class_names"]:
         scores = results["per_class"].get(name, {})
-        table.add_row(name, _fmt(scores.get("dice"), 3), _fmt(scores.get("hd95"), 2))
+        counts = [scores.get(MISSED), scores.get(FALSE_POSITIVE)]
+        totals = {k: totals[k] + (v or 0) for k, v in zip(totals, counts)}
+        table.add_row(name, _fmt(scores.get("dice"), 3), _fmt(scores.get("hd95"), 2), *("–" if v is None else str(v) for v in counts))
     table.add_section()
-    table.add_row("[bold]mean", f"[bold]{_fmt(results.get('mean_dice'), 3)}", f"[bold]{_fmt(results.get('mean_hd95'), 2)}")
+    table.add_row("[bold]mean (counts: sum)", f"[bold]{_fmt(results.get('mean_dice'), 3)}", f"[bold]{_fmt(results.get('mean_hd95'), 2)}",
+                  f"[bold]{totals[MISSED]}", f"[bold]{totals[FALSE_POSITIVE]}")
+    table.caption = "missed / false pos.: volumes where a structure was not predicted / predicted but absent (Dice 0, HD95 = the volume's diagonal)"
     return table
 
 

@@ -4,12 +4,18 @@ Both work on whole label volumes (D, H, W) of integer class ids and score the
 foreground classes ``1 .. num_classes - 1`` (background Dice is dominated by the
 huge background and says nothing about the structures).
 
-NaN marks "undefined", and every mean here skips NaN:
+A structure can be missing from either side, and every such case is scored, never
+skipped (:func:`presence_per_class` names the case):
 
-* Dice is NaN when a class is absent from both prediction and target (nothing to
-  find, nothing found). A class absent from the target but predicted scores 0.0.
-* HD95 is NaN when either mask is empty: a distance to nothing is undefined. Such a
-  miss still shows up as a Dice of 0.0.
+* **missed** (in the reference, not predicted) and **false positive** (predicted, not
+  in the reference): Dice 0.0, and HD95 = the volume's diagonal in mm
+  (:func:`volume_diagonal_mm`), the largest distance the volume allows. An empty mask
+  has no surface to measure from; scoring it as NaN, as is common, would let a method
+  that misses a structure get a *better* mean HD95 than one that finds it roughly.
+  Both cases are also counted per structure (``missed`` / ``false_positive``).
+* **absent** from both: nothing to find, nothing found. Dice and HD95 are NaN
+  ("undefined"), shown as ``null`` in JSON, and left out of every mean here (a
+  perfect score would reward nothing; a zero would punish a correct empty answer).
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> di
     return scores
 
 
+FOUND, MISSED, FALSE_POSITIVE, ABSENT = "found", "missed", "false_positive", "absent"
+
+
+def presence_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[int, str]:
+    """Per foreground class: ``"found"`` (in both), ``"missed"`` (in the target only),
+    ``"false_positive"`` (in the prediction only) or ``"absent"`` (in neither)."""
+    _check_shapes(pred, target)
+    cases = {(True, True): FOUND, (False, True): MISSED, (True, False): FALSE_POSITIVE, (False, False): ABSENT}
+    return {c: cases[(bool((pred == c).any()), bool((target == c).any()))] for c in _foreground_classes(num_classes)}
+
+
+def volume_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The length of the volume's diagonal in mm: ``sqrt(sum_i (n_i * s_i)^2)``."""
+    return float(math.sqrt(sum((int(n) * float(s)) ** 2 for n, s in zip(shape, spacing))))
+
+
 def hd95_per_class(
     pred: np.ndarray, target: np.ndarray, num_classes: int, spacing: Sequence[float]
 ) -> dict[int, float]:
@@ -45,17 +67,21 @@ def hd95_per_class(
     ``spacing`` is the voxel size along the array axes (for cache volumes: (z, y, x)
     mm, as in :attr:`~ssmtl.data.cache.VolumeMeta.spacing`). Uses MONAI's
     ``compute_hausdorff_distance`` when MONAI imports, else an equivalent scipy
-    implementation (surface voxels, Euclidean distance transform).
+    implementation (surface voxels, Euclidean distance transform). A class missed or
+    predicted where it is absent scores the volume's diagonal; absent from both, NaN.
     """
     _check_shapes(pred, target)
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing has {len(spacing)} values for a {pred.ndim}-D volume")
     distance = _monai_hd95 if _monai_available() else _scipy_hd95
+    diagonal = volume_diagonal_mm(pred.shape, spacing)
     scores: dict[int, float] = {}
-    for c in _foreground_classes(num_classes):
-        p, t = pred == c, target == c
-        scores[c] = math.nan if not (p.any() and t.any()) else distance(p, t, spacing)
+    for c, case in presence_per_class(pred, target, num_classes).items():
+        if case == FOUND:
+            scores[c] = distance(pred == c, target == c, spacing)
+        else:
+            scores[c] = math.nan if case == ABSENT else diagonal
     return scores
 
 
@@ -114,6 +140,20 @@ def nanmean(values: Iterable[float]) -> float:
     """Mean of the non-NaN values; NaN when there are none."""
     kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(kept) / len(kept) if kept else math.nan
+
+
+def count_failures(per_volume: list[dict[str, Any]], classes: Iterable[Any]) -> dict[Any, dict[str, int]]:
+    """Per class, in how many volumes it was ``missed`` and predicted as a ``false_positive``.
+
+    Each item lists the classes of that volume under ``"missed"`` and ``"false_positive"``
+    (e.g. from :func:`presence_per_class`); an item without them counts as none.
+    """
+    counts = {c: {MISSED: 0, FALSE_POSITIVE: 0} for c in classes}
+    for item in per_volume:
+        for case in (MISSED, FALSE_POSITIVE):
+            for c in item.get(case) or []:
+                counts.setdefault(c, {MISSED: 0, FALSE_POSITIVE: 0})[case] += 1
+    return counts
 
 
 def summarise(per_volume: list[dict[str, Any]]) -> dict[str, Any]:

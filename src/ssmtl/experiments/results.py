@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ssmtl.core.files import atomic_write
+from ssmtl.experiments.paired import compare, RESAMPLES, verdict
 
 SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets
 
@@ -22,7 +23,16 @@ def _mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (SCRATCH,)) -> list[dict[str, Any]]:
-    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs each reference method."""
+    """Mean +- std over seeds per (protocol, method, budget), and paired differences vs each reference method.
+
+    Each ``vs_<reference>`` entry has the per-seed difference of mean Dice (``mean``, ``std``,
+    ``pairs`` = seeds, ``wins``) and the paired comparison over (seed, test subject) pairs with
+    its 95 % bootstrap interval (``pair_mean``, ``ci95``, ``subject_pairs``; see
+    :mod:`ssmtl.experiments.paired`). ``failures`` counts, per structure, the test volumes
+    where it was missed or predicted though absent, over all seeds. A frozen-encoder row is
+    compared with the reference's frozen row when there is one (representation against
+    representation), else with its fine-tuned row (scratch has no frozen protocol).
+    """
     by = {}
     for c in cells:
         by.setdefault((c["protocol"], c["method"], c["labeled_volumes"]), {})[c["seed"]] = c
@@ -32,17 +42,22 @@ def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (
         hd_mean, hd_std, _ = _mean_std([c["mean_hd95"] for c in seeds.values()])
         classes = next(iter(seeds.values()))["per_class"] or {}
         per_class = {name: _mean_std([(c["per_class"] or {}).get(name, {}).get("dice") for c in seeds.values()])[:2] for name in classes}
+        failures = {name: {k: sum(int(((c["per_class"] or {}).get(name) or {}).get(k) or 0) for c in seeds.values())
+                           for k in ("missed", "false_positive")} for name in classes}
         row = {"protocol": protocol, "method": method, "labeled_volumes": budget, "seeds": n,
                "dice_mean": mean, "dice_std": std, "hd95_mean": hd_mean, "hd95_std": hd_std,
-               "per_class_dice": {k: {"mean": v[0], "std": v[1]} for k, v in per_class.items()}}
+               "per_class_dice": {k: {"mean": v[0], "std": v[1]} for k, v in per_class.items()},
+               "failures": failures}
         for reference in references:
-            ref = by.get(("finetune", reference, budget)) or by.get((protocol, reference, budget))
+            # the same protocol when the reference has it (frozen vs frozen), else fine-tuned (scratch)
+            ref = by.get((protocol, reference, budget)) or by.get(("finetune", reference, budget))
             if ref is None or reference == method or method == SCRATCH:
                 continue
             diffs = [seeds[s]["mean_dice"] - ref[s]["mean_dice"] for s in seeds if s in ref
                      and seeds[s]["mean_dice"] is not None and ref[s]["mean_dice"] is not None]
             d_mean, d_std, d_n = _mean_std(diffs)
-            row[f"vs_{reference}"] = {"mean": d_mean, "std": d_std, "pairs": d_n, "wins": int(sum(d > 0 for d in diffs))}
+            row[f"vs_{reference}"] = {"mean": d_mean, "std": d_std, "pairs": d_n, "wins": int(sum(d > 0 for d in diffs)),
+                                      **compare(seeds, ref)}
         rows.append(row)
     return rows
 
@@ -62,6 +77,30 @@ def _space_line(results: dict[str, Any]) -> str:
             if spaces == ["cache"] else f"Metrics in mixed spaces {spaces}: not comparable across cells.")
 
 
+def _fmt_diff(d: dict[str, Any]) -> str:
+    low, high = d["ci95"]
+    if not d.get("subject_pairs"):
+        return "–"
+    return f"{d['pair_mean']:+.3f} [{low:+.3f}, {high:+.3f}] ({d['wins']}/{d['pairs']})"
+
+
+def verdict_lines(results: dict[str, Any], setting: str = "") -> list[str]:
+    """One line per (protocol, budget, method, reference): the paired difference, its 95 % CI, the verdict."""
+    lines = []
+    prefix = f"{setting}, " if setting else ""
+    for r in results["summary"]:
+        for key in (k for k in r if k.startswith("vs_")):
+            d = r[key]
+            if not d.get("subject_pairs"):
+                continue
+            low, high = d["ci95"]
+            lines.append(
+                f"{prefix}{r['protocol']}, {r['labeled_volumes']} labeled: **{r['method']}** vs {key[3:]}: "
+                f"{d['pair_mean']:+.3f} mean Dice (95 % CI {low:+.3f} to {high:+.3f}, {d['subject_pairs']} "
+                f"(seed, test subject) pairs): {verdict(d['ci95'])}")
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     summary = results["summary"]
     budgets = sorted({r["labeled_volumes"] for r in summary})
@@ -72,6 +111,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append(f"Pre-training {cfg['pretrain_steps']} steps per method; fine-tuning {cfg['finetune_steps']} steps; {cfg['seeds']} seed(s); mean ± std over seeds of the mean 3D Dice over structures and test volumes.")
     lines.append(_space_line(results))
     lines.append("")
+    verdicts = verdict_lines(results)
+    if verdicts:
+        lines += ["## Verdict", "", f"Paired over (seed, test subject); 95 % percentile bootstrap interval ({RESAMPLES} resamples, fixed seed). "
+                  "better / worse: the interval excludes 0.", ""]
+        lines += [f"- {v}" for v in verdicts] + [""]
     for protocol in sorted({r["protocol"] for r in summary}, key=lambda p: p != "finetune"):
         rows = [r for r in summary if r["protocol"] == protocol]
         lines += [f"## {protocol}: 3D Dice by label budget", "", "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |",
@@ -84,13 +128,12 @@ def render_markdown(results: dict[str, Any]) -> str:
             diff_rows = [r for r in rows if f"vs_{reference}" in r]
             if not diff_rows:
                 continue
-            lines += [f"Paired difference in mean Dice against **{reference}** (same budget and seed; wins = seeds where the method is better):", "",
+            lines += [f"Paired difference in mean Dice against **{reference}**: mean over (seed, test subject) pairs "
+                      "[95 % bootstrap CI] (seeds where the method is better / seeds):", "",
                       "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
             for method in dict.fromkeys(r["method"] for r in diff_rows):
                 cells = {r["labeled_volumes"]: r[f"vs_{reference}"] for r in diff_rows if r["method"] == method}
-                lines.append(f"| {method} | " + " | ".join(
-                    f"{cells[b]['mean']:+.3f} ± {cells[b]['std']:.3f} ({cells[b]['wins']}/{cells[b]['pairs']})" if b in cells and cells[b]["pairs"] else "–"
-                    for b in budgets) + " |")
+                lines.append(f"| {method} | " + " | ".join(_fmt_diff(cells[b]) if b in cells else "–" for b in budgets) + " |")
             lines.append("")
         lines += [f"### {protocol}: Dice per structure (mean over seeds)", ""]
         classes = list(rows[0]["per_class_dice"]) if rows else []
@@ -99,6 +142,14 @@ def render_markdown(results: dict[str, Any]) -> str:
             hd = "–" if math.isnan(r["hd95_mean"]) else f"{r['hd95_mean']:.1f}"
             lines.append(f"| {r['method']} | {r['labeled_volumes']} | " + " | ".join(
                 "–" if math.isnan(r["per_class_dice"][c]["mean"]) else f"{r['per_class_dice'][c]['mean']:.3f}" for c in classes) + f" | {hd} |")
+        lines.append("")
+        lines += [f"### {protocol}: missed / false-positive structures (test volumes, all seeds)", "",
+                  "A missed structure scores Dice 0 and HD95 = the volume's diagonal; so does one predicted where it is absent.", "",
+                  "| method | labeled | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+        for r in rows:
+            failures = r.get("failures") or {}
+            lines.append(f"| {r['method']} | {r['labeled_volumes']} | " + " | ".join(
+                f"{failures.get(c, {}).get('missed', 0)} / {failures.get(c, {}).get('false_positive', 0)}" for c in classes) + " |")
         lines.append("")
     return "\n".join(lines)
 

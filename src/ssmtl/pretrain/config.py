@@ -83,6 +83,7 @@ class WeightingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scheme: Literal["fixed", "uncertainty", "dwa"] = Field("fixed", description="Loss weighting: fixed weights, learned uncertainty (Kendall et al. 2018) or dynamic weight average (Liu et al. 2019).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of dynamic weight averaging.")
+    window: int | None = Field(None, ge=1, description="Dynamic weight averaging: optimizer steps per window whose mean losses are compared (the paper's epoch). None: one pass over the training slices.")
 
 
 class RunConfig(BaseModel):

@@ -34,6 +34,7 @@ from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_seque
 from ssmtl.pretrain.compile import compile_in_place
 from ssmtl.pretrain.config import RunConfig, config_to_dict
 from ssmtl.pretrain.module import PretrainModule, build_pretrain_module, ddp_ignored_names, sequence_length
+from ssmtl.pretrain.weighting import micro_batches_per_pass
 
 
 def select_volumes(cache: SliceCache, config: RunConfig) -> list[int]:
@@ -68,9 +69,10 @@ class Trainer(TrainingLoop):
         self.sequence_length = sequence_length(config, module.tasks)
         info = DataInfo(
             num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
-            global_batch=config.train.batch_size * accelerator.num_processes,
+            global_batch=config.train.batch_size * accelerator.num_processes, total_steps=config.train.steps,
         )
         self.notes = module.notes + [note for task in module.tasks.values() for note in task.on_data(info)]
+        self.notes += module.weighting.on_data(micro_batches_per_pass(num_slices, info.global_batch))
         if any(t.needs_sync_batchnorm for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if config.train.channels_last:

@@ -110,6 +110,7 @@ def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
         {n: config.tasks[n].weight for n in names},
         {n: config.tasks[n].warmup_steps for n in names},
         temperature=config.weighting.temperature,
+        window=None if config.weighting.window is None else config.weighting.window * config.train.grad_accum,
     )
     return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices)
 

@@ -1,22 +1,38 @@
 """Combining task losses into the one loss that is back-propagated.
 
-Every scheme multiplies each task's loss by its configured ``weight`` and by its
-warm-up ramp ``min(1, step / warmup_steps)``, then applies its own adaptive factor.
-``forward`` returns the total and the *effective* weight of every task (what the
-raw loss was multiplied by), which the engine logs.
+Every scheme starts from each task's configured ``weight`` ``w_i`` times its warm-up
+ramp ``r_i(t) = min(1, t / warmup_steps)`` (the *prior* ``p_i = w_i r_i``), then applies
+its own adaptive factor. ``forward`` returns the total and the *effective* weight of
+every task (what the raw loss was multiplied by), which the engine logs.
 
-* :class:`FixedWeighting`: the configured weights alone.
+* :class:`FixedWeighting`: ``L = sum_i p_i L_i``.
 * :class:`UncertaintyWeighting`: Kendall, Gal & Cipolla, "Multi-Task Learning Using
-  Uncertainty to Weigh Losses", CVPR 2018. A learned log-variance ``s_i`` per task:
-  ``L = sum_i exp(-s_i) * L_i + s_i`` (the regression form, used for every task as
-  is common practice); effective weight ``exp(-s_i)``.
-* :class:`DynamicWeightAverage`: Liu, Johns & Davison, "End-to-End Multi-Task
-  Learning with Attention", CVPR 2019. ``w_i = n * softmax(r_i / T)`` where
-  ``r_i = L_i(t-1) / L_i(t-2)``; tasks whose loss falls slowly get more weight. Loss
-  levels are smoothed with an EMA per step (the paper uses epoch means).
+  Uncertainty to Weigh Losses", CVPR 2018, with a learned log-variance ``s_i`` per task::
+
+      L = sum_i p_i * (exp(-s_i) * L_i + s_i)
+
+  The bracket is the paper's regression form with ``s = log sigma^2`` (its 1/2 factors
+  dropped, a constant scale, as is common practice), used for every task. The prior
+  multiplies **both** terms: at the optimum ``exp(-s_i) = 1 / L_i`` still, so the
+  effective weight ``p_i exp(-s_i)`` converges to ``w_i / L_i`` and the configured
+  weights keep their meaning (without ``p_i`` on the bracket every task converged to
+  ``1 / L_i`` whatever its weight), and a task still warming up (``r_i = 0``) puts no
+  pull on its ``s_i``.
+* :class:`DynamicWeightAverage`: Liu, Johns & Davison, "End-to-End Multi-Task Learning
+  with Attention", CVPR 2019, eq. (7)::
+
+      lambda_i(k) = K exp(q_i(k-1) / T) / sum_j exp(q_j(k-1) / T),   q_i(k-1) = Lbar_i(k-1) / Lbar_i(k-2)
+
+  with ``Lbar_i(k)`` the **mean** loss of task i over window k (the paper's epoch; by
+  default one pass over the training slices, ``weighting.window``), ``K`` tasks and
+  ``lambda_i = 1`` in the first two windows. Effective weight ``p_i lambda_i``. The
+  window state lives on the device (no host sync per step) and in the checkpoint; each
+  process weighs by its own loss means (over a whole pass they agree closely).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -35,14 +51,19 @@ class LossWeighting(nn.Module):
         values = [min(1.0, step / w) if w > 0 else 1.0 for w in self.warmups]
         return torch.tensor(values, device=device)
 
-    def adaptive(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(factor per task, extra loss term). Default: no adaptation."""
+    def on_data(self, steps_per_pass: int) -> list[str]:
+        """Called once before training with the micro-batches of one pass over the training data; notes to print."""
+        return []
+
+    def adaptive(self, losses: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(factor per task, extra loss term) for the priors ``w_i r_i``. Default: no adaptation."""
         return torch.ones_like(losses), losses.new_zeros(())
 
     def forward(self, losses: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         stacked = torch.stack([losses[n].float() for n in self.names])
-        factor, extra = self.adaptive(stacked)
-        weights = self.base.to(stacked.device) * self.ramp(step, stacked.device) * factor
+        prior = self.base.to(stacked.device) * self.ramp(step, stacked.device)
+        factor, extra = self.adaptive(stacked, prior)
+        weights = prior * factor
         total = (weights * stacked).sum() + extra
         return total, weights.detach()
 
@@ -52,50 +73,78 @@ class FixedWeighting(LossWeighting):
 
 
 class UncertaintyWeighting(LossWeighting):
-    """Learned homoscedastic-uncertainty weights (Kendall et al., 2018)."""
+    """Learned homoscedastic-uncertainty weights (Kendall et al., 2018), the configured weights as priors."""
 
     def __init__(self, names, weights, warmups):
         super().__init__(names, weights, warmups)
         self.log_vars = nn.Parameter(torch.zeros(len(self.names)))
 
-    def adaptive(self, losses):
-        precision = torch.exp(-self.log_vars)
-        # the regulariser is ramped with its task so a warming-up task adds no pull on s_i
-        return precision, self.log_vars.sum()
+    def adaptive(self, losses, prior):
+        # p_i * (exp(-s_i) L_i + s_i): the regulariser is ramped and weighted with its task
+        return torch.exp(-self.log_vars), (prior * self.log_vars).sum()
 
 
 class DynamicWeightAverage(LossWeighting):
-    """Dynamic weight average (Liu et al., 2019) on EMA-smoothed loss levels."""
+    """Dynamic weight average (Liu et al., 2019) on loss means over windows of micro-batches."""
 
-    def __init__(self, names, weights, warmups, temperature: float = 2.0, smoothing: float = 0.9):
+    def __init__(self, names, weights, warmups, temperature: float = 2.0, window: int | None = None):
         super().__init__(names, weights, warmups)
+        if window is not None and window < 1:
+            raise ValueError(f"the DWA window must be at least 1 step, got {window}")
         self.temperature = temperature
-        self.smoothing = smoothing
-        self.register_buffer("previous", torch.zeros(len(self.names)))
-        self.register_buffer("current", torch.zeros(len(self.names)))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.window = window  # micro-batches per window; None: one pass, set by on_data
+        n = len(self.names)
+        self.register_buffer("window_sum", torch.zeros(n))  # finite losses of the current window
+        self.register_buffer("window_count", torch.zeros(n))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))  # micro-batches in the current window
+        self.register_buffer("mean_1", torch.zeros(n))  # Lbar(k-1): the last complete window
+        self.register_buffer("mean_2", torch.zeros(n))  # Lbar(k-2)
+        self.register_buffer("windows", torch.zeros((), dtype=torch.long))  # complete windows so far
 
-    def adaptive(self, losses):
-        detached = losses.detach().float()
+    def on_data(self, steps_per_pass: int) -> list[str]:
+        if self.window is not None:
+            return [f"dwa: loss means over windows of {self.window} micro-batches (weighting.window)"]
+        self.window = max(1, steps_per_pass)
+        return [f"dwa: loss means over windows of {self.window} micro-batches (one pass over the training slices)"]
+
+    def adaptive(self, losses, prior):
+        if self.window is None:
+            raise RuntimeError("DynamicWeightAverage needs its window: call on_data() before the first step")
         with torch.no_grad():
-            # both levels start at the first loss; a tensor condition, not `if int(seen)`,
-            # so that the step makes no host-device sync
-            first = self.seen == 0
-            smoothed = torch.add(self.current * self.smoothing, detached, alpha=1 - self.smoothing)
-            self.previous.copy_(torch.where(first, detached, self.current))
-            self.current.copy_(torch.where(first, detached, smoothed))
-            self.seen.add_(1)
-            ratio = self.current / self.previous.clamp_min(1e-12)
-            factor = len(self.names) * torch.softmax(ratio / self.temperature, dim=0)
+            ratio = self.mean_1 / self.mean_2.clamp_min(1e-12)
+            dwa = len(self.names) * torch.softmax(ratio / self.temperature, dim=0)
+            # tensor conditions, not `if int(...)`: the step makes no host-device sync
+            factor = torch.where(self.windows >= 2, dwa, torch.ones_like(dwa))
+            detached = losses.detach().float()
+            finite = torch.isfinite(detached)
+            self.window_sum.add_(torch.where(finite, detached, torch.zeros_like(detached)))
+            self.window_count.add_(finite.float())
+            self.calls.add_(1)
+            closed = self.calls >= self.window
+            mean = self.window_sum / self.window_count.clamp_min(1.0)
+            self.mean_2.copy_(torch.where(closed, self.mean_1, self.mean_2))
+            self.mean_1.copy_(torch.where(closed, mean, self.mean_1))
+            self.windows.add_(closed.long())
+            keep = (~closed).float()
+            self.window_sum.mul_(keep)
+            self.window_count.mul_(keep)
+            self.calls.mul_((~closed).long())
         return factor, losses.new_zeros(())
 
 
 SCHEMES = {"fixed": FixedWeighting, "uncertainty": UncertaintyWeighting, "dwa": DynamicWeightAverage}
 
 
-def build_weighting(scheme: str, names: list[str], weights: dict[str, float], warmups: dict[str, int], temperature: float = 2.0) -> LossWeighting:
+def build_weighting(scheme: str, names: list[str], weights: dict[str, float], warmups: dict[str, int],
+                    temperature: float = 2.0, window: int | None = None) -> LossWeighting:
+    """The weighting ``scheme``; ``window`` (DWA) is in micro-batches, None for one pass over the data."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown weighting scheme {scheme!r}; available: {', '.join(SCHEMES)}")
     if scheme == "dwa":
-        return DynamicWeightAverage(names, weights, warmups, temperature=temperature)
+        return DynamicWeightAverage(names, weights, warmups, temperature=temperature, window=window)
     return SCHEMES[scheme](names, weights, warmups)
+
+
+def micro_batches_per_pass(num_slices: int, global_batch: int) -> int:
+    """Micro-batches (forward passes per process) that sample about ``num_slices`` sequences in all."""
+    return max(1, math.ceil(num_slices / max(1, global_batch)))

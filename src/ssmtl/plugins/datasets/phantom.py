@@ -20,8 +20,18 @@ Anatomy
     beside the spine through every slice). Because everything is a smooth 3D
     shape, consecutive slices are continuous and the same relative slice position
     shows similar anatomy in every subject, which is what slice-order and
-    position-aware pretext tasks rely on. Subjects differ in body and heart size
-    (about +-15%), position, heart orientation, chamber shapes and intensities.
+    position-aware pretext tasks rely on.
+
+Variability
+    ``variability="realistic"`` (the default) draws each subject from the
+    inter-subject variability of clinical cardiac CT / MR: heart size, shape, position
+    and orientation, LV wall thickness, field of view, coverage and slice spacing (so
+    subjects differ in voxel size and number of slices), contrast phase, coil bias,
+    noise, and blood-filled neighbours labelled background (pulmonary trunk, superior
+    vena cava); every range and its source is in
+    :mod:`~ssmtl.plugins.datasets.phantom_variability`. ``variability="low"`` is the
+    original phantom, unchanged for the same seed (about +-15 % in body and heart size,
+    +-10 % in intensities, a fixed grid): quick demos and tests.
 
 Labels
     The MM-WHS structures: 1 myocardium (of the LV, as in MM-WHS), 2 left atrium,
@@ -51,6 +61,7 @@ from pydantic import Field
 
 from ssmtl.api import DatasetConfig, DatasetSpec, hookimpl, RawVolume, VolumeItem, VolumeSource
 from ssmtl.plugins.datasets.phantom_anatomy import CLASS_NAMES, generate_subject
+from ssmtl.plugins.datasets.phantom_variability import Variability
 
 
 class PhantomConfig(DatasetConfig):
@@ -65,7 +76,10 @@ class PhantomConfig(DatasetConfig):
         64, ge=16, le=1024, description="In-plane grid size in voxels (size x size) over a fixed field of view."
     )
     num_slices: int = Field(
-        32, ge=4, le=1024, description="Number of axial slices over a fixed 160 mm cranio-caudal extent."
+        32, ge=4, le=1024, description="Number of axial slices over a 160 mm cranio-caudal extent (variability=realistic: the nominal count; each subject's coverage and slice spacing vary around it)."
+    )
+    variability: Literal["low", "realistic"] = Field(
+        "realistic", description="Inter-subject variability: 'realistic' (clinical ranges of anatomy and acquisition, see docs/datasets.md) or 'low' (the original phantom, for quick demos)."
     )
     seed: int = Field(
         0, ge=0, description="Random seed; the same seed always generates the same subjects."
@@ -81,6 +95,7 @@ class PhantomItem(VolumeItem):
     domain: Literal["ct", "mr"]
     size: int
     num_slices: int
+    variability: Variability = "low"
 
     def load(self) -> RawVolume:
         image, label, spacing = generate_subject(
@@ -89,6 +104,7 @@ class PhantomItem(VolumeItem):
             domain=self.domain,
             size=self.size,
             num_slices=self.num_slices,
+            variability=self.variability,
         )
         return RawVolume(
             image=image,
@@ -104,12 +120,15 @@ def build_source(config: PhantomConfig) -> VolumeSource:
     items: list[VolumeItem] = [
         PhantomItem(
             subject=f"phantom_{config.domain}_{index:03d}",
-            source=f"phantom:{config.domain}:seed={config.seed}:index={index}",
+            # the original (low) phantom keeps its original source name
+            source=f"phantom:{config.domain}:seed={config.seed}:index={index}"
+            + ("" if config.variability == "low" else f":variability={config.variability}"),
             index=index,
             seed=config.seed,
             domain=config.domain,
             size=config.size,
             num_slices=config.num_slices,
+            variability=config.variability,
         )
         for index in range(config.subjects)
     ]
@@ -118,7 +137,7 @@ def build_source(config: PhantomConfig) -> VolumeSource:
         class_names=dict(CLASS_NAMES),
         description=(
             f"{config.subjects} generated {config.domain.upper()} cardiac phantoms "
-            f"({config.size}x{config.size}x{config.num_slices}, seed {config.seed})"
+            f"({config.size}x{config.size}x{config.num_slices}, seed {config.seed}, {config.variability} variability)"
         ),
     )
 

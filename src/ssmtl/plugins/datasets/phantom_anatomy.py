@@ -31,11 +31,19 @@ just threshold intensities.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ssmtl.plugins.datasets.phantom_layout import Domain, Grid, Layout, make_grid, sample_layout
+from ssmtl.plugins.datasets.phantom_layout import Domain, Grid, Layout, LOW_SPREAD, make_grid, sample_layout
+from ssmtl.plugins.datasets.phantom_variability import (
+    REALISTIC_SPREAD,
+    sample_variation,
+    slice_grid,
+    SubjectVariation,
+    Variability,
+    VENOUS_CONTRAST,
+)
 from ssmtl.plugins.datasets.phantom_scanner import (
     acquire,
     BLOOD_LEFT,
@@ -133,12 +141,8 @@ def _paint_torso(tissue: np.ndarray, grid: Grid, layout: Layout) -> None:
     _paint(tissue, _ellipse(x, y, (cx, sternum_y), (14.0, 6.0)) & (z > -50.0), BONE)
 
 
-def _heart_box(grid: Grid, layout: Layout, margin: float) -> tuple[slice, slice, slice]:
-    """Index box of the grid that contains every chamber grown by ``margin`` mm.
-
-    The heart fills a small part of the volume, so evaluating its ellipsoids only
-    inside this box keeps large grids fast.
-    """
+def _heart_bounds(layout: Layout, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) corners in mm of the patient-frame box around every chamber grown by ``margin``."""
     rotation = layout.heart_rotation
     low = np.full(3, np.inf)
     high = np.full(3, -np.inf)
@@ -146,6 +150,16 @@ def _heart_box(grid: Grid, layout: Layout, margin: float) -> tuple[slice, slice,
         center = layout.heart_center + rotation @ ellipsoid.center
         half = ellipsoid.half_extent(rotation) + margin
         low, high = np.minimum(low, center - half), np.maximum(high, center + half)
+    return low, high
+
+
+def _heart_box(grid: Grid, layout: Layout, margin: float) -> tuple[slice, slice, slice]:
+    """Index box of the grid that contains every chamber grown by ``margin`` mm.
+
+    The heart fills a small part of the volume, so evaluating its ellipsoids only
+    inside this box keeps large grids fast.
+    """
+    low, high = _heart_bounds(layout, margin)
     box = []
     for axis, coords in enumerate((grid.x.ravel(), grid.y.ravel(), grid.z.ravel())):
         start, stop = np.searchsorted(coords, [low[axis], high[axis]])
@@ -231,31 +245,75 @@ def _paint_aorta(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layo
     _paint(label, aorta, AORTA)
 
 
-def _subject_rngs(index: int, seed: int, domain: Domain) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent streams for anatomy and acquisition.
+def _paint_heart_lookalikes(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layout,
+                            variation: SubjectVariation) -> None:
+    """Blood-filled neighbours labelled background: the pulmonary trunk and the superior vena cava.
+
+    Painted last and only outside the labelled structures, so they never change a label.
+    """
+    x, y, z = grid.x, grid.y, grid.z
+    rv, ra = layout.chambers["rv"], layout.chambers["ra"]
+    rotation, center = layout.heart_rotation, layout.heart_center
+    # The trunk leaves the top of the RV (its outflow, anterior and to the left) and runs
+    # up, back and to the left for about 45 mm.
+    root = center + rotation @ (rv.center + np.array([0.5, 0.3, 0.85]) * rv.radii)
+    rise = np.clip(z - root[2], 0.0, None)
+    lean_x, lean_y = variation.pulmonary_lean
+    cx, cy = root[0] + 0.7 * lean_x * rise, root[1] + 0.7 * lean_y * rise
+    trunk = ((x - cx) ** 2 + (y - cy) ** 2 <= variation.pulmonary_radius ** 2) & (z >= root[2]) & (z <= root[2] + 45.0)
+    # The SVC comes down from the top of the volume into the top of the RA, behind and to its right.
+    top = center + rotation @ (ra.center + np.array([-0.2, -0.2, 0.8]) * ra.radii)
+    svc = ((x - top[0]) ** 2 + (y - top[1]) ** 2 <= variation.svc_radius ** 2) & (z >= top[2])
+    outside = label == 0
+    _paint(tissue, trunk & outside, BLOOD_RIGHT)
+    _paint(tissue, svc & outside, VENOUS_CONTRAST)
+
+
+def _subject_rngs(index: int, seed: int, domain: Domain) -> tuple[np.random.Generator, ...]:
+    """Independent streams for anatomy, acquisition and the realistic setting's extra draws.
 
     Keeping the anatomy on its own stream means it does not depend on the grid size
-    (the noise draws do), so the same subject can be rendered at any resolution.
+    (the noise draws do), so the same subject can be rendered at any resolution. The
+    first two streams are those of the original phantom (spawning a third child leaves
+    them unchanged).
     """
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
-    anatomy, acquisition = np.random.SeedSequence([seed, index, _DOMAIN_KEY[domain]]).spawn(2)
-    return np.random.default_rng(anatomy), np.random.default_rng(acquisition)
+    children = np.random.SeedSequence([seed, index, _DOMAIN_KEY[domain]]).spawn(3)
+    return tuple(np.random.default_rng(c) for c in children)
 
 
-def render_subject(index: int, *, seed: int, domain: Domain, size: int, num_slices: int) -> PhantomSubject:
-    """Render subject ``index`` of the phantom with the tissue map (for tests and plots)."""
+def render_subject(index: int, *, seed: int, domain: Domain, size: int, num_slices: int,
+                   variability: Variability = "low") -> PhantomSubject:
+    """Render subject ``index`` of the phantom with the tissue map (for tests and plots).
+
+    ``variability="realistic"`` draws the subject from the wider ranges of
+    :mod:`~ssmtl.plugins.datasets.phantom_variability`, including its own field of view and
+    slice grid (``num_slices`` is then the nominal count over 160 mm).
+    """
     if domain not in _DOMAIN_KEY:
         raise ValueError(f"domain must be 'ct' or 'mr', got {domain!r}")
-    anatomy_rng, acquisition_rng = _subject_rngs(index, seed, domain)
-    layout = sample_layout(anatomy_rng)
-    grid = make_grid(domain, size, num_slices)
+    if variability not in ("low", "realistic"):
+        raise ValueError(f"variability must be 'low' or 'realistic', got {variability!r}")
+    anatomy_rng, acquisition_rng, variation_rng = _subject_rngs(index, seed, domain)
+    realistic = variability == "realistic"
+    layout = sample_layout(anatomy_rng, REALISTIC_SPREAD if realistic else LOW_SPREAD)
+    variation = sample_variation(variation_rng, domain, num_slices) if realistic else None
+    if variation is None:
+        grid = make_grid(domain, size, num_slices)
+    else:
+        layout = replace(layout, myocardium_mm=variation.myocardium_mm)
+        low, high = _heart_bounds(layout, margin=0.0)
+        slices, extent = slice_grid(variation, float(max(-low[2], high[2])))
+        grid = make_grid(domain, size, slices, variation.field_of_view_mm, extent)
     tissue = np.zeros(grid.shape, dtype=np.uint8)
     label = np.zeros(grid.shape, dtype=np.uint8)
     _paint_torso(tissue, grid, layout)
     _paint_heart(tissue, label, grid, layout)
     _paint_aorta(tissue, label, grid, layout)
-    image = acquire(tissue, acquisition_rng, grid, domain).astype(np.float32, copy=False)
+    if variation is not None:
+        _paint_heart_lookalikes(tissue, label, grid, layout, variation)
+    image = acquire(tissue, acquisition_rng, grid, domain, variation).astype(np.float32, copy=False)
     # drawn with x towards the patient's left; RAS has +x towards the patient's right
     mirror = (slice(None, None, -1),)
     return PhantomSubject(
@@ -267,12 +325,14 @@ def render_subject(index: int, *, seed: int, domain: Domain, size: int, num_slic
 
 
 def generate_subject(
-    index: int, *, seed: int, domain: Domain, size: int, num_slices: int
+    index: int, *, seed: int, domain: Domain, size: int, num_slices: int, variability: Variability = "low"
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Generate one subject: ``(image float32, label uint8, spacing)``, arrays (X, Y, Z).
 
-    Deterministic in ``(index, seed, domain)``; ``size`` and ``num_slices`` only set
-    the sampling grid (``size`` x ``size`` in-plane, ``num_slices`` along z).
+    Deterministic in ``(index, seed, domain, variability)``; ``size`` and ``num_slices``
+    only set the sampling grid (``size`` x ``size`` in-plane, ``num_slices`` along z, the
+    nominal count when ``variability="realistic"``).
     """
-    subject = render_subject(index, seed=seed, domain=domain, size=size, num_slices=num_slices)
+    subject = render_subject(index, seed=seed, domain=domain, size=size, num_slices=num_slices,
+                             variability=variability)
     return subject.image, subject.label, subject.spacing

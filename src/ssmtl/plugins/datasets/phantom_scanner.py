@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ssmtl.plugins.datasets.phantom_layout import Domain, Grid
+from ssmtl.plugins.datasets.phantom_variability import SubjectVariation
 
 TISSUES: dict[int, str] = {
     0: "air",
@@ -55,21 +56,32 @@ def _smooth_field(rng: np.random.Generator, grid: Grid) -> np.ndarray:
     return field / max(float(np.abs(field).max()), 1e-6)
 
 
-def acquire(tissue: np.ndarray, rng: np.random.Generator, grid: Grid, domain: Domain) -> np.ndarray:
-    """Turn the tissue map into a scanner-like image: PSF blur, bias field, noise."""
-    image = _sample_intensities(rng, domain)[tissue]
-    # A small in-plane point spread function gives partial-volume edges.
-    image = ndimage.gaussian_filter(image, sigma=(0.5, 0.5, 0.0), mode="nearest")
+def acquire(tissue: np.ndarray, rng: np.random.Generator, grid: Grid, domain: Domain,
+            variation: SubjectVariation | None = None) -> np.ndarray:
+    """Turn the tissue map into a scanner-like image: PSF blur, bias field, noise.
+
+    ``variation`` (the realistic setting) gives the subject's intensities, through-plane
+    blur, shading and noise; without it they are drawn here as the original phantom did
+    (the same draws in the same order, so ``variability="low"`` is unchanged).
+    """
+    low = variation is None
+    values = _sample_intensities(rng, domain) if low else variation.intensities
+    image = values[tissue]
+    # A small in-plane point spread function gives partial-volume edges; the realistic
+    # setting adds the slice sensitivity profile through-plane.
+    sigma_z = 0.0 if low else variation.through_plane_sigma
+    image = ndimage.gaussian_filter(image, sigma=(0.5, 0.5, sigma_z), mode="nearest")
     field = _smooth_field(rng, grid)
     if domain == "ct":
         # CT is nearly quantitative: a weak additive shading (beam hardening, scatter).
-        image += rng.uniform(5.0, 20.0) * field
-        image += rng.standard_normal(grid.shape, dtype=np.float32) * rng.uniform(15.0, 25.0)
+        image += (rng.uniform(5.0, 20.0) if low else variation.shading) * field
+        noise = rng.standard_normal(grid.shape, dtype=np.float32)
+        image += noise * (rng.uniform(15.0, 25.0) if low else variation.noise)
         return image
-    # MR: strong multiplicative coil-sensitivity bias in [0.7, 1.3] and Rician noise
+    # MR: strong multiplicative coil-sensitivity bias and Rician noise
     # (the magnitude of a complex signal with Gaussian noise in both channels).
-    image *= 1.0 + rng.uniform(0.15, 0.3) * field
-    sigma = rng.uniform(10.0, 20.0)
+    image *= 1.0 + (rng.uniform(0.15, 0.3) if low else variation.shading) * field
+    sigma = rng.uniform(10.0, 20.0) if low else variation.noise
     real = image + sigma * rng.standard_normal(grid.shape, dtype=np.float32)
     imag = sigma * rng.standard_normal(grid.shape, dtype=np.float32)
     return np.sqrt(real * real + imag * imag)

@@ -11,12 +11,20 @@ untouched, which is why the method adds decoder tasks.
 
 As in the reference:
 
-* the key encoder is an EMA (``momentum`` 0.999) of the query encoder and receives
-  no gradients; it is updated after every optimizer step;
+* the key encoder is an EMA of the query encoder and receives no gradients; it is
+  updated after every optimizer step. MoCo's constant m = 0.999 suits runs of
+  hundreds of thousands of steps; here the default is m0 = 0.99 rising to 1 on a
+  cosine (``momentum_schedule``, as BYOL / MoCo v3), so a run of a few hundred steps
+  does not end with a mostly random key encoder. The share of its initial weights the
+  key encoder still holds is logged (``contrastive/key_init_share``) and announced;
 * keys are gathered from all processes before they enter the queue of
   ``queue_size`` keys; the queue is kept out of DDP's broadcast buffers;
 * a 2-layer MLP projection head, InfoNCE with temperature 0.2;
 * shuffle-BN across processes for the key encoder (``bn_mode="shuffle"``), or SyncBN.
+  In one process there is nothing to shuffle across: the key encoder then uses split
+  BatchNorm, statistics in ``bn_groups`` groups of the shuffled key batch (the MoCo
+  authors' single-GPU demo), so a key is normalised among other samples than its
+  query. Which mode is in effect is printed at start-up.
 
 Positives (``positives``):
 
@@ -38,21 +46,28 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssmtl.api import (
+    batchnorm_layers,
     concat_all_gather,
     DataInfo,
+    ema_momentum,
     global_pool,
     hookimpl,
     info_nce,
+    initial_weight_share,
     KeyQueue,
+    MIN_SPLIT_BN_GROUP,
     multi_positive_info_nce,
     NetworkInfo,
     PretextTask,
     SharedNetwork,
     shuffle_bn_forward,
+    split_bn_forward,
+    split_bn_groups,
     StepContext,
     TaskConfig,
     TaskOutput,
     TaskSpec,
+    world_size,
 )
 
 
@@ -61,10 +76,12 @@ class ContrastiveConfig(TaskConfig):
     queue_size: int = Field(4096, ge=1, description="Number of negative keys in the queue (K).")
     max_queue_fraction: float = Field(0.5, gt=0, le=10, description="Cap K at this fraction of the slices the run samples from: a queue larger than the data holds stale keys of the query's own slice as negatives.")
     temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (T).")
-    momentum: float = Field(0.999, ge=0, le=1, description="EMA momentum of the key encoder (m).")
+    momentum: float = Field(0.99, ge=0, le=1, description="EMA momentum of the key encoder (m; the starting value m0 of a cosine schedule).")
+    momentum_schedule: Literal["constant", "cosine"] = Field("cosine", description="Key-encoder momentum over the run: 'constant' (MoCo v2: m), or 'cosine' from m to 1 (BYOL, MoCo v3), so short runs do not end with a mostly random key encoder.")
     projection_dim: int = Field(128, ge=1, description="Output size of the projection head.")
     hidden_dim: int | None = Field(None, ge=1, description="Hidden size of the 2-layer MLP head (default: encoder width).")
-    bn_mode: Literal["shuffle", "sync", "none"] = Field("shuffle", description="Keep BN statistics from leaking across the positive pair: shuffle-BN across processes, or SyncBN.")
+    bn_mode: Literal["shuffle", "split", "sync", "none"] = Field("shuffle", description="Keep BN statistics from leaking across the positive pair: shuffle-BN across processes, split BN (statistics per group of the shuffled key batch), or SyncBN. With one process, shuffle and sync fall back to split. 'none' lets them leak.")
+    bn_groups: int = Field(8, ge=1, description="Split BN: groups of the key batch with their own statistics (fewer when the batch does not divide into groups of at least 4 keys).")
     query_slices: Literal["all", "center"] = Field("all", description="Use every slice of each sequence as a query, or only the centre one.")
     positives: Literal["augment", "neighbors", "position"] = Field("augment", description="What counts as a positive key.")
     position_threshold: float = Field(0.1, gt=0, le=1, description="Max normalised position distance of positional positives.")
@@ -85,6 +102,10 @@ class ContrastiveTask(PretextTask):
         self.key_encoder: nn.Module | None = None
         self.key_projection = copy.deepcopy(self.projection)
         self.key_projection.requires_grad_(False)
+        # the product of the momenta applied so far: the share of its initial weights the
+        # key encoder still holds (a buffer, so a resumed run continues the product)
+        self.register_buffer("key_init_share", torch.ones(()))
+        self.total_steps: int | None = None
 
     @property
     def sequence_length(self) -> int:
@@ -100,19 +121,66 @@ class ContrastiveTask(PretextTask):
         self.key_projection.load_state_dict(self.projection.state_dict())
 
     def on_data(self, info: DataInfo) -> list[str]:
-        cap = max(info.global_batch * (info.sequence_length if self.config.query_slices == "all" else 1),
-                  int(self.config.max_queue_fraction * info.num_slices))
-        if self.queue.size <= cap:
-            return []
-        old = self.queue.size
-        self.queue = KeyQueue(cap, self.config.projection_dim).to(self.queue.keys.device)
-        return [
-            f"contrastive: queue_size {old} > {self.config.max_queue_fraction:g} x {info.num_slices} training slices; "
-            f"using {cap} keys so a slice's own stale keys are not its negatives (tasks.contrastive.max_queue_fraction)"
-        ]
+        keys_per_batch = info.global_batch * (info.sequence_length if self.config.query_slices == "all" else 1)
+        self.total_steps = info.total_steps  # the cosine schedule's T (None: unknown, constant momentum)
+        notes = [self._bn_note(keys_per_batch // world_size()), self._momentum_note()]
+        cap = max(keys_per_batch, int(self.config.max_queue_fraction * info.num_slices))
+        if self.queue.size > cap:
+            old = self.queue.size
+            self.queue = KeyQueue(cap, self.config.projection_dim).to(self.queue.keys.device)
+            notes.append(
+                f"contrastive: queue_size {old} > {self.config.max_queue_fraction:g} x {info.num_slices} training slices; "
+                f"using {cap} keys so a slice's own stale keys are not its negatives (tasks.contrastive.max_queue_fraction)")
+        return notes
+
+    # -- BatchNorm of the key encoder -------------------------------------------------
+    def _bn_mode(self) -> str:
+        """What keeps the key batch's BN statistics apart in this process group: shuffle, split, sync or none."""
+        mode = self.config.bn_mode
+        if mode in ("shuffle", "sync") and world_size() == 1:
+            return "split"  # nothing to shuffle or sync across
+        return mode
+
+    def _bn_note(self, keys: int) -> str:
+        mode, asked = self._bn_mode(), self.config.bn_mode
+        if self.key_encoder is not None and not batchnorm_layers(self.key_encoder):
+            return "contrastive: the key encoder has no BatchNorm layers; no batch statistics can leak across the positive pair"
+        if mode == "shuffle":
+            return f"contrastive: shuffle-BN: keys are computed on a batch shuffled across {world_size()} processes"
+        if mode == "sync":
+            return f"contrastive: SyncBatchNorm across {world_size()} processes"
+        if mode == "none":
+            return ("contrastive: bn_mode=none: the key encoder's BatchNorm statistics come from the query batch's own "
+                    "samples, so they leak across the positive pair")
+        groups = split_bn_groups(keys, self.config.bn_groups)
+        why = {"split": "bn_mode=split", "shuffle": "one process: nothing to shuffle across",
+               "sync": "one process: nothing to sync across"}[asked]
+        if groups == 1:
+            return (f"contrastive: split BN ({why}) cannot split {keys} keys into groups of at least {MIN_SPLIT_BN_GROUP}; "
+                    "the key encoder uses plain BatchNorm, whose statistics leak across the positive pair")
+        fewer = "" if groups == self.config.bn_groups else (
+            f" (tasks.contrastive.bn_groups={self.config.bn_groups} does not split {keys} keys into equal groups of at "
+            f"least {MIN_SPLIT_BN_GROUP})")
+        return (f"contrastive: split BN ({why}): the key encoder normalises {groups} groups of {keys // groups} "
+                f"shuffled keys each{fewer}")
+
+    # -- momentum ---------------------------------------------------------------------
+    def _momentum_note(self) -> str:
+        c, total_steps = self.config, self.total_steps
+        if not total_steps:
+            if c.momentum_schedule == "cosine":
+                return "contrastive: the run length is unknown; momentum_schedule=cosine falls back to a constant momentum"
+            return f"contrastive: constant key-encoder momentum {c.momentum:g}"
+        share = initial_weight_share(c.momentum, c.momentum_schedule, total_steps)
+        return (f"contrastive: key-encoder momentum {c.momentum:g} ({c.momentum_schedule}); after {total_steps} steps "
+                f"it holds {100 * share:.3g} % of its initial weights (logged as contrastive/key_init_share)")
+
+    def momentum_at(self, step: int) -> float:
+        schedule = self.config.momentum_schedule if self.total_steps else "constant"
+        return ema_momentum(self.config.momentum, schedule, step, self.total_steps)
 
     def ddp_ignored_names(self) -> list[str]:
-        names = [f"queue.{n}" for n, _ in self.queue.named_buffers()]
+        names = [f"queue.{n}" for n, _ in self.queue.named_buffers()] + ["key_init_share"]
         for prefix, module in (("key_encoder", self.key_encoder), ("key_projection", self.key_projection)):
             if module is not None:
                 names += [f"{prefix}.{n}" for n, _ in module.named_parameters()]
@@ -123,8 +191,11 @@ class ContrastiveTask(PretextTask):
         def encode(x: torch.Tensor) -> torch.Tensor:
             return F.normalize(self.key_projection(global_pool(self.key_encoder(x)[-1])), dim=1)
 
-        if self.config.bn_mode == "shuffle":
+        mode = self._bn_mode()
+        if mode == "shuffle":
             return shuffle_bn_forward(encode, images)
+        if mode == "split":
+            return split_bn_forward(encode, images, self.key_encoder, split_bn_groups(images.shape[0], self.config.bn_groups))
         with torch.no_grad():
             return encode(images)
 
@@ -176,11 +247,12 @@ class ContrastiveTask(PretextTask):
             gathered = concat_all_gather(keys.float())
             gathered_pos = concat_all_gather(key_positions.float())
             self.queue.enqueue(gathered, gathered_pos)
-        return TaskOutput(loss=loss, metrics={"acc": accuracy})
+        return TaskOutput(loss=loss, metrics={"acc": accuracy, "key_init_share": self.key_init_share.detach().clone()})
 
     @torch.no_grad()
     def after_optimizer_step(self, network: SharedNetwork, step: int) -> None:
-        m = self.config.momentum
+        m = self.momentum_at(step)
+        self.key_init_share.mul_(m)
         online = [p.detach() for p in (*network.encoder.parameters(), *self.projection.parameters())]
         keys = [*self.key_encoder.parameters(), *self.key_projection.parameters()]
         # p_k = m * p_k + (1 - m) * p_q, as two multi-tensor ops instead of two per parameter
