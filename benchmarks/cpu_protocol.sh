@@ -10,58 +10,63 @@
 # Data: phantom caches with realistic inter-subject variability (the default; 16 subjects,
 # 64 px, about 32 slices, 5 subjects held out for testing), CT and MR.
 # Model: U-Net base width 8, depth 4. Pre-training: PRETRAIN_STEPS per method (batch 16).
-# Fine-tuning: FINETUNE_STEPS per cell at a peak learning rate of FINETUNE_LR (a fixed
-# schedule), label budgets BUDGETS, SEEDS seeds; the frozen-encoder protocol (decoder +
-# head trained on the fixed pre-trained encoder) beside fine-tuning. Every method is
-# compared with scratch and with contrastive (MoCo v2) per (seed, test subject), with a
-# 95 % bootstrap interval.
+# Every method is compared with scratch and with contrastive (MoCo v2) per (seed, test
+# subject), with a 95 % bootstrap interval. Each setting is a folder of $OUT with
+# results.json / results.md / dice_vs_labels.png.
 #
-# Settings (each a folder of $OUT with results.json / results.md / dice_vs_labels.png):
-#   ct-ct        pre-train and fine-tune on CT: scratch, contrastive, multitask
-#   ablation     CT->CT, 1 labeled: the encoder tasks alone (encoder-only), the decoder
-#                tasks alone (decoder-only), and the multitask pre-training fine-tuned
-#                with a random decoder (multitask-encoder)
-#   ct-ct-short  CT->CT, 1 labeled: contrastive and multitask pre-trained for a quarter of
-#                the steps (does longer pre-training change the trend?)
-#   ct-mr        pre-train on CT, fine-tune and test on MR (the CT pre-trainings reused)
-#   mr-mr        pre-train and fine-tune on MR
+# Fine-tuning uses the defaults a user gets (`--finetune-steps auto`): validate every 50 steps
+# on up to 2 labeled subjects the budget leaves unused (the same for every method), keep the
+# best step, stop after 200 steps without a new best, at most 1000 steps; with every training
+# subject labeled there is nothing left to validate on and the 1000-step schedule runs whole.
 #
-# Time, estimated for 2 idle cores (2 cores of an Intel Xeon, torch 2.13.0+cpu, fp32) from
-# the idle measurements of the previous protocol on this machine (fine-tuning cell of 400
-# steps with its evaluation ~55 s; pre-training contrastive 0.075 s/step, multitask
-# 0.21 s/step) and a timed small run of each pre-training (30 steps, CPU time per step:
-# contrastive 0.074 s, encoder-only 0.22 s, decoder-only 0.14 s, multitask 0.28 s, so
-# encoder-only ~0.16 s/step and decoder-only ~0.10 s/step at idle):
-#   cells:          105 new cells: 69 fine-tuning x ~55 s + 36 frozen-encoder x ~45 s   ~ 87 min
-#   pre-trainings:  CT contrastive + multitask + encoder-only + decoder-only (0.55 s/step),
-#                   MR contrastive + multitask (0.29 s/step), two quarter-length ones
-#                   (0.07 s/step): ~0.9 s x PRETRAIN_STEPS = 3000                      ~ 45 min
-#   total:          about 2 h 15 min on 2 idle cores (the budget: 2 h 30 min). Shared
-#                   cores stretch it in proportion to the load.
-# A smoke run of the whole script: PRETRAIN_STEPS=20 FINETUNE_STEPS=20 SEEDS=2 OUT=/tmp/smoke.
+# What runs by default (PROTOCOL=standard, about 80 minutes on 2 idle cores of an AMD EPYC,
+# torch 2.13.0+cpu, fp32):
+#   headroom     CT, scratch only, 1 and all 11 training subjects labeled: does the test bed
+#                leave room between the two ends?
+#   ct-ct        CT->CT, 1 and 2 labeled: scratch, contrastive, multitask; plus the frozen-encoder
+#                protocol at 1 labeled
+#   ablation     CT->CT, 1 labeled: encoder tasks alone, decoder tasks alone, and the multitask
+#                pre-training fine-tuned with a random decoder
+#   ct-ct-short  CT->CT, 1 labeled: pre-training a quarter as long
+#   ct-mr        pre-train on CT, fine-tune and test on MR, 1 labeled
+# PROTOCOL=full adds MR->MR, the label budget 4 and the frozen encoder everywhere (about
+# 2 h 30 min more). A smoke run of the whole script: PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SEEDS=2 OUT=/tmp/smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SSMTL=${SSMTL:-ssmtl}
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-benchmarks/out}/cpu
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
+PROTOCOL=${PROTOCOL:-standard}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
 SHORT_PRETRAIN_STEPS=${SHORT_PRETRAIN_STEPS:-$(( PRETRAIN_STEPS / 4 ))}
-FINETUNE_STEPS=${FINETUNE_STEPS:-400}
+FINETUNE_STEPS=${FINETUNE_STEPS:-auto}
 FINETUNE_LR=${FINETUNE_LR:-3e-3}
 SEEDS=${SEEDS:-3}
-BUDGETS=${BUDGETS:-1,4}
+if [ "$PROTOCOL" = full ]; then BUDGETS=${BUDGETS:-1,2,4}; FROZEN_BUDGETS=$BUDGETS; else BUDGETS=${BUDGETS:-1,2}; FROZEN_BUDGETS=1; fi
 mkdir -p "$OUT"
 t0=$(date +%s)
 for domain in ct mr; do
   [ -f "$OUT/$domain.h5" ] || $SSMTL cache build --dataset phantom --out "$OUT/$domain.h5" --subjects 16 --domain "$domain" --size 64 > /dev/null
 done
+ALL=$($PYTHON -c "
+import sys
+from ssmtl.data.cache import SliceCache
+cache = SliceCache(sys.argv[1])
+print(len({v.subject for v in cache.volumes if v.split == 'train'}))" "$OUT/ct.h5")
 FT=(--seeds "$SEEDS" --finetune-steps "$FINETUNE_STEPS" --finetune-lr "$FINETUNE_LR" --set model.base_channels=8)
 COMMON=("${FT[@]}" --pretrain-steps "$PRETRAIN_STEPS")
 METHODS=scratch,contrastive,multitask
 elapsed() { echo "$1: $(( $(date +%s) - t0 ))s since start"; }
 
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" --frozen-encoder "${COMMON[@]}"
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/headroom" --methods scratch --labeled-volumes "1,$ALL" "${COMMON[@]}"
+elapsed headroom
+mkdir -p "$OUT/ct-ct" && cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct/" 2>/dev/null || true
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" "${COMMON[@]}"
 elapsed ct-ct
+# the frozen-encoder cells live in their own setting (their own budgets), reusing the pre-trainings
+mkdir -p "$OUT/ct-ct-frozen" && cp -rn "$OUT/ct-ct/." "$OUT/ct-ct-frozen/"
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-frozen" --methods "$METHODS" --labeled-volumes "$FROZEN_BUDGETS" --frozen-encoder "${COMMON[@]}"
+elapsed ct-ct-frozen
 # A copy of what is missing reuses the runs above and keeps a setting's own pre-trainings
 # and cells on a re-run (anything stale is detected by the benchmark and recomputed).
 mkdir -p "$OUT/ablation" && cp -rn "$OUT/ct-ct/." "$OUT/ablation/"
@@ -74,10 +79,12 @@ $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short" --labeled-volumes 
 elapsed ct-ct-short
 mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"
 $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods "$METHODS" \
-    --labeled-volumes "$BUDGETS" --frozen-encoder "${COMMON[@]}"
+    --labeled-volumes "$FROZEN_BUDGETS" "${COMMON[@]}" $([ "$PROTOCOL" = full ] && echo --frozen-encoder)
 elapsed ct-mr
-$SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods "$METHODS" --labeled-volumes "$BUDGETS" \
-    --frozen-encoder "${COMMON[@]}"
-elapsed mr-mr
+if [ "$PROTOCOL" = full ]; then
+  $SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods "$METHODS" --labeled-volumes "$BUDGETS" \
+      --frozen-encoder "${COMMON[@]}"
+  elapsed mr-mr
+fi
 $PYTHON benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"
 echo "total: $(( $(date +%s) - t0 ))s"
