@@ -88,7 +88,7 @@ def tiny_cache(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_cache") / "ph.h5"
     return build_cache(
         dataset="phantom",
-        dataset_options={"subjects": 4, "size": 32, "num_slices": 8},
+        dataset_options={"subjects": 4, "size": 32, "num_slices": 8, "variability": "low"},
         preprocess=PreprocessConfig(size=32),
         out=out,
         registry=build_registry(external=False),

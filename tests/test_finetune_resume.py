@@ -24,7 +24,13 @@ def finetune_args(cache: Path, out: Path, steps: int = 10) -> list[str]:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["loss"] for r in records if "loss" in r}  # validation records have val_dice instead
+
+
+def validation_records(run_dir: Path) -> list[dict]:
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [r for r in records if "val_dice" in r]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_cache, tmp_path, uninter
     ran, resumed = (json.loads((d / "run.json").read_text()) for d in (uninterrupted, out))
     assert resumed["validation"]["source"] == "unused labeled subjects"
     assert [s for s, _ in resumed["validation"]["curve"]] == [3, 6, 9, 10]
+    # metrics.jsonl holds each validation once, after the resume as in the uninterrupted run
+    assert [r["step"] for r in validation_records(out)] == [r["step"] for r in validation_records(uninterrupted)] == [3, 6, 9, 10]
     assert resumed["selected_step"] == ran["selected_step"]
     for (step, dice), (step_ran, dice_ran) in zip(resumed["validation"]["curve"], ran["validation"]["curve"]):
         assert step == step_ran and dice == pytest.approx(dice_ran, rel=1e-5, abs=1e-9)

@@ -93,8 +93,11 @@ def test_steps_auto_stops_on_a_plateau(tiny_cache, tmp_path, registry):
     assert result["steps"] == run["steps"] == 15 and run["stopped_early"] is True and run["selected_step"] == 5
     assert run["steps_requested"] == "auto" and run["schedule_steps"] == 200
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "step-00000015"
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(15))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(15))
+    # the validation Dice reaches metrics.jsonl (and the trackers, and curves.png) at each validation
+    curve = json.loads((out / "validation.json").read_text())["curve"]
+    assert [[r["step"], r["val_dice"]] for r in records if "val_dice" in r] == curve and len(curve) == 3
 
 
 def test_no_room_for_validation_says_so_and_keeps_the_schedule(tiny_cache, tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,14 +35,15 @@ def quickstart_commands(text: str) -> list[str]:
     part = text.split("## The same, step by step", 1)[1].split("## Next", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", part, flags=re.DOTALL)
     lines = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
-    return [" ".join(line.split()) for line in lines if line.startswith("ssmtl ")]
+    return [" ".join(line.split()) for line in lines if line.startswith(("ssmtl ", "python examples/"))]
 
 
 @pytest.mark.slow
 def test_the_quickstart_runs_as_written_in_an_empty_folder(tmp_path, monkeypatch, ssmtl_cli):
     commands = quickstart_commands(PAGE.read_text())
     assert [c.split()[1] for c in commands] == ["--help", "cache", "cache", "pretrain", "finetune", "finetune",
-                                                "evaluate", "evaluate", "compare", "report", "export"]
+                                                "evaluate", "evaluate", "compare", "examples/phantom_scans.py",
+                                                "predict", "report", "export"]
     used = set()
     tiny = []
     for command in commands:
@@ -52,9 +55,15 @@ def test_the_quickstart_runs_as_written_in_an_empty_folder(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # empty: the first command must create demo/ itself
     assert list(tmp_path.iterdir()) == []
     for command in tiny:
+        if command.startswith("python "):  # a helper script of the repository
+            args = shlex.split(command)
+            done = subprocess.run([sys.executable, str(ROOT / args[1]), *args[2:]], capture_output=True, text=True)
+            assert done.returncode == 0, f"$ {command}\n{done.stdout}\n{done.stderr}"
+            continue
         result = ssmtl_cli(*shlex.split(command)[1:])
         assert result.exit_code == 0, f"$ {command}\n{result.stdout}\n{result.stderr}"
     for produced in ("demo/phantom-ct.h5", "demo/pre/export/model.safetensors", "demo/pre/curves.png",
                      "demo/ft-pretrained/eval.json", "demo/ft-scratch/eval.json", "demo/ft-pretrained/report.html",
-                     "demo/ft-pretrained/hub/finetuned-torchscript/model.pt"):
+                     "demo/ft-pretrained/hub/finetuned-torchscript/model.pt", "demo/pred/phantom_ct_000.nii.gz",
+                     "demo/pred/predictions.json"):
         assert (tmp_path / produced).is_file(), produced

@@ -70,7 +70,8 @@ class Recorder:
 
     # -- metrics ----------------------------------------------------------------------
     def start(self, step: int, *, project: str = "run", config: Mapping[str, Any] | None = None) -> None:
-        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines before ``step``.
+        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines before ``step``
+        (and the caller's records, e.g. validation, made once ``step`` steps were done).
         Starts the trackers (``project``: their run name; ``config``: the hyper-parameters they record)."""
         if self.accelerator.log_with:
             names = [str(t) for t in self.accelerator.log_with]  # LoggerType values
@@ -84,7 +85,9 @@ class Recorder:
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
-                    if json.loads(line).get("step", -1) < step:
+                    record = json.loads(line)
+                    at = record.get("step", -1)
+                    if at < step or (at == step and "loss" not in record):  # log() records count steps done
                         kept.append(line)
                 except (json.JSONDecodeError, AttributeError):
                     continue  # a line cut by the kill

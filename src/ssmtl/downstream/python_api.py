@@ -95,7 +95,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
 
 
 def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, *,
-            format: str = "nifti", probabilities: bool = False, resample: str = "auto", device: str = "auto",
+            format: str | None = None, probabilities: bool = False, resample: str = "auto", device: str = "auto",
             mixed_precision: str = "no", workers: int = 0, batch_size: int = 32, modality: str | None = None,
             dataset: str | None = None, progress: bool = False, registry=None) -> Predictions:
     """Segment ``inputs`` (scans, DICOM series folders, folders of scans or a manifest) with the
@@ -108,6 +108,8 @@ def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str
     from ssmtl.api.errors import SsmtlError
     from ssmtl.downstream.predict import PredictOptions, predict as run_predict
 
+    if format is None:
+        format = PredictOptions.format  # the CLI's default: NIfTI
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     options = PredictOptions(out=Path(out), format=format, probabilities=probabilities, resample=resample,
                              device=device, mixed_precision=mixed_precision, workers=workers,

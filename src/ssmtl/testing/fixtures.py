@@ -7,8 +7,9 @@ from typing import Any, Callable, Iterable
 
 import pytest
 
-#: Size of the session's tiny phantom cache.
-TINY_CACHE = {"subjects": 4, "size": 32, "num_slices": 8}
+
+#: the original low-variability phantom: every volume has exactly 8 slices of 32x32, so tests can count
+TINY_CACHE = {"subjects": 4, "size": 32, "num_slices": 8, "variability": "low"}
 
 
 @pytest.fixture
