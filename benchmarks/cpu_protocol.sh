@@ -19,18 +19,19 @@
 # best step, stop after 200 steps without a new best, at most 1000 steps; with every training
 # subject labeled there is nothing left to validate on and the 1000-step schedule runs whole.
 #
-# What runs by default (PROTOCOL=standard, about 80 minutes on 2 idle cores of an AMD EPYC,
-# torch 2.13.0+cpu, fp32):
+# What runs by default (PROTOCOL=standard; 2 cores of an AMD EPYC, torch 2.13.0+cpu, fp32,
+# OMP_NUM_THREADS=1 on a shared machine: the measured time is in docs/benchmarks.md):
 #   headroom     CT, scratch only, 1 and all 11 training subjects labeled: does the test bed
 #                leave room between the two ends?
-#   ct-ct        CT->CT, 1 and 2 labeled: scratch, contrastive, multitask; plus the frozen-encoder
-#                protocol at 1 labeled
+#   ct-ct        CT->CT, 1 labeled: scratch, contrastive, multitask
 #   ablation     CT->CT, 1 labeled: encoder tasks alone, decoder tasks alone, and the multitask
 #                pre-training fine-tuned with a random decoder
-#   ct-ct-short  CT->CT, 1 labeled: pre-training a quarter as long
 #   ct-mr        pre-train on CT, fine-tune and test on MR, 1 labeled
-# PROTOCOL=full adds MR->MR, the label budget 4 and the frozen encoder everywhere (about
-# 2 h 30 min more). A smoke run of the whole script: PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SEEDS=2 OUT=/tmp/smoke.
+#   ct-ct-short  CT->CT, 1 labeled: pre-training a quarter as long
+#   ct-ct-frozen CT->CT, 1 labeled, the frozen-encoder protocol (decoder + head trained on
+#                the fixed pre-trained encoder: the representation alone)
+# PROTOCOL=full adds MR->MR, the label budgets 2 and 4 and the frozen encoder everywhere
+# (about 3 hours more). A smoke run of the whole script: PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SEEDS=2 OUT=/tmp/smoke.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SSMTL=${SSMTL:-ssmtl}
@@ -42,7 +43,7 @@ SHORT_PRETRAIN_STEPS=${SHORT_PRETRAIN_STEPS:-$(( PRETRAIN_STEPS / 4 ))}
 FINETUNE_STEPS=${FINETUNE_STEPS:-auto}
 FINETUNE_LR=${FINETUNE_LR:-3e-3}
 SEEDS=${SEEDS:-3}
-if [ "$PROTOCOL" = full ]; then BUDGETS=${BUDGETS:-1,2,4}; FROZEN_BUDGETS=$BUDGETS; else BUDGETS=${BUDGETS:-1,2}; FROZEN_BUDGETS=1; fi
+if [ "$PROTOCOL" = full ]; then BUDGETS=${BUDGETS:-1,2,4}; FROZEN_BUDGETS=$BUDGETS; else BUDGETS=${BUDGETS:-1}; FROZEN_BUDGETS=1; fi
 mkdir -p "$OUT"
 t0=$(date +%s)
 for domain in ct mr; do
@@ -63,24 +64,24 @@ elapsed headroom
 mkdir -p "$OUT/ct-ct" && cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct/" 2>/dev/null || true
 $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" "${COMMON[@]}"
 elapsed ct-ct
-# the frozen-encoder cells live in their own setting (their own budgets), reusing the pre-trainings
-mkdir -p "$OUT/ct-ct-frozen" && cp -rn "$OUT/ct-ct/." "$OUT/ct-ct-frozen/"
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-frozen" --methods "$METHODS" --labeled-volumes "$FROZEN_BUDGETS" --frozen-encoder "${COMMON[@]}"
-elapsed ct-ct-frozen
 # A copy of what is missing reuses the runs above and keeps a setting's own pre-trainings
 # and cells on a re-run (anything stale is detected by the benchmark and recomputed).
 mkdir -p "$OUT/ablation" && cp -rn "$OUT/ct-ct/." "$OUT/ablation/"
 $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation" --labeled-volumes 1 "${COMMON[@]}" \
     --methods "$METHODS,encoder-only=contrastive+order+position,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
 elapsed ablation
-mkdir -p "$OUT/ct-ct-short" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-short/" 2>/dev/null || true
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short" --labeled-volumes 1 "${FT[@]}" \
-    --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS"
-elapsed ct-ct-short
 mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"
 $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods "$METHODS" \
     --labeled-volumes "$FROZEN_BUDGETS" "${COMMON[@]}" $([ "$PROTOCOL" = full ] && echo --frozen-encoder)
 elapsed ct-mr
+mkdir -p "$OUT/ct-ct-short" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-short/" 2>/dev/null || true
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short" --labeled-volumes 1 "${FT[@]}" \
+    --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS"
+elapsed ct-ct-short
+# the frozen-encoder cells live in their own setting (their own budgets), reusing the pre-trainings
+mkdir -p "$OUT/ct-ct-frozen" && cp -rn "$OUT/ct-ct/." "$OUT/ct-ct-frozen/"
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-frozen" --methods "$METHODS" --labeled-volumes "$FROZEN_BUDGETS" --frozen-encoder "${COMMON[@]}"
+elapsed ct-ct-frozen
 if [ "$PROTOCOL" = full ]; then
   $SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods "$METHODS" --labeled-volumes "$BUDGETS" \
       --frozen-encoder "${COMMON[@]}"
