@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from ssmtl.api.rules import CONFIG_RULES
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.progress import Progress
 from ssmtl.core.recorder import Recorder
@@ -48,7 +49,7 @@ class LoopConfig(BaseModel):
     the loop reads only these fields.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Samples per process per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")

@@ -31,6 +31,7 @@ import numpy as np
 from ssmtl import __version__
 from ssmtl.data.cache_writer import CacheWriter, check_output_path
 from ssmtl.core.settings import validate_model
+from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
@@ -125,6 +126,8 @@ def build_cache(
     """
     if workers < 0:
         raise SsmtlError(f"--workers {workers}: expected 0 (load in this process) or more")
+    if not 0 <= split_seed <= MAX_SEED:
+        raise SsmtlError(f"--split-seed {split_seed}: a seed must be between 0 and {MAX_SEED} (2**32 - 1)")
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise SsmtlError(f"--test-fraction {test_fraction} and val_fraction {val_fraction}: each must be in [0, 1) "
                          "and together below 1")

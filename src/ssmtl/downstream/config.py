@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
+from ssmtl.api.rules import CONFIG_RULES, Seed
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
 from ssmtl.api.network import NetworkConfig
@@ -81,19 +82,19 @@ class FinetuneTrainConfig(LoopConfig):
 class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs. Saved as config.json in the run directory."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     data: Path = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
     out: Path = Field(description="Run directory (must be new or empty).")
     init: str = Field("none", description="'none' (random init, the baseline) or a pre-training run directory with an export/.")
     init_parts: Literal["all", "encoder"] = Field("all", description="What to load from the export: 'all' (encoder and decoder) or 'encoder' (the decoder starts from random init, seeded by `seed`: the ablation of decoder pre-training).")
     labeled_volumes: int = Field(2, ge=1, description="Labeled training subjects to fine-tune on (all labeled volumes of each chosen subject are used).")
-    seed: int = Field(0, description="Seed for head/scratch initialisation, slice sampling and augmentation.")
-    split_seed: int = Field(
+    seed: Seed = Field(0, description="Seed for head/scratch initialisation, slice sampling and augmentation.")
+    split_seed: Seed = Field(
         0,
         description="Seed of the subject-level test split. Keep it fixed across methods and training seeds "
         "so that every run is evaluated on the same test subjects.",
     )
-    labeled_seed: int | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
+    labeled_seed: Seed | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
     test_fraction: float = Field(0.3, ge=0, lt=1, description="Fraction of the labeled subjects held out for testing (at least one).")
     head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
