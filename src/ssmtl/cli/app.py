@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from ssmtl import __version__
+from ssmtl.cli.common import check_environment, handle_errors, set_debug
 from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, predict_cmd, publish_cmd, train_cmd
 
 app = typer.Typer(
@@ -31,13 +32,17 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
+@handle_errors
 def root(
     no_plugins: bool = typer.Option(False, "--no-plugins", help="Load built-in plugins only (ignore the `ssmtl` entry points)."),
+    debug: bool = typer.Option(False, "--debug", help="Print the full traceback behind an error line (a plugin's failure, a file reader's); also SSMTL_DEBUG=1."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """ssmtl: pre-train one encoder-decoder with several pretext tasks at once, then fine-tune segmentation."""
     from ssmtl.core.registry import set_default_external
 
+    set_debug(debug)
+    check_environment()
     set_default_external(False if no_plugins else None)
 
 

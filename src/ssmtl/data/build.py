@@ -30,6 +30,7 @@ import numpy as np
 
 from ssmtl import __version__
 from ssmtl.data.cache_writer import CacheWriter, check_output_path
+from ssmtl.core.plugin_calls import plugin_call, refuse
 from ssmtl.core.settings import validate_model
 from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
@@ -138,7 +139,10 @@ def build_cache(
     spec = registry.dataset(dataset)
     check_output_path(Path(out), force)  # before any slow work
     config = absolute_paths(validate_model(spec.config_model, {"name": dataset, **dataset_options}, prefix=dataset))
-    source: VolumeSource = spec.factory(config)
+    with plugin_call("dataset", dataset, "its factory", registry):
+        source: VolumeSource = spec.factory(config)
+    if not isinstance(source, VolumeSource):
+        raise refuse("dataset", dataset, "the factory", f"returned {type(source).__name__}, not a VolumeSource", registry)
     if not source.items:
         where = dataset_options.get("path") or dataset_options.get("images") or dataset
         raise InputFileError(where, "the dataset has no volumes")

@@ -15,11 +15,14 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
 from ssmtl.api.rules import CONFIG_RULES, Seed
+from ssmtl.api.errors import ConfigError
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
 from ssmtl.api.network import NetworkConfig
 from ssmtl.core.networks import validate_network_field
-from ssmtl.core.settings import ENV_PREFIX, layered, validate_model
+from ssmtl.core.settings import (
+    ENV_PREFIX, blame_environment, dotted_paths, env_origins, flag_layer, layered, parse_set_flags, validate_model,
+)
 
 ENV = f"{ENV_PREFIX}FINETUNE__"
 
@@ -127,4 +130,8 @@ def resolve_finetune_config(
 ) -> FinetuneConfig:
     """Merge file, ``SSMTL_FINETUNE__*`` variables, flags and ``--set``; validate once."""
     merged = layered(FinetuneConfig, env_prefix=ENV, file=file, flags=flags, sets=sets or (), environ=environ)
-    return validate_model(FinetuneConfig, merged, prefix="finetune")
+    try:
+        return validate_model(FinetuneConfig, merged, prefix="finetune")
+    except ConfigError as exc:
+        later = dotted_paths(flag_layer(flags)) + [key for key, _ in parse_set_flags(sets or ())]
+        raise blame_environment(exc, env_origins(ENV, FinetuneConfig.model_fields, environ), later, "finetune", environ) from None

@@ -40,6 +40,9 @@ from ssmtl.core.loop import LoopConfig
 from ssmtl.api.errors import ConfigError
 from ssmtl.core.settings import (
     ENV_PREFIX,
+    blame_environment,
+    dotted_paths,
+    env_origins,
     deep_merge,
     env_overrides,
     error_rows,
@@ -267,7 +270,14 @@ def resolve_run_config(
                 f"--set {key}: task {parts[1]!r} is not enabled (enabled: {enabled}); add --task {parts[1]}"
             )
         set_path(merged, key, value)
-    return validate_run_config(merged, registry)
+    try:
+        return validate_run_config(merged, registry)
+    except ConfigError as exc:
+        environ = os.environ if environ is None else environ
+        origins = env_origins(ENV_PREFIX, RunConfig.model_fields, environ)
+        later = dotted_paths(flag_layer(flags)) + [key for key, _ in parse_set_flags(sets or [])]
+        later += ["tasks"] if tasks else []
+        raise blame_environment(exc, origins, later, environ=environ) from None
 
 
 def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:

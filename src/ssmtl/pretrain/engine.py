@@ -27,6 +27,7 @@ from ssmtl.core.export import write_export
 from ssmtl.core.files import save_json
 from ssmtl.core.loop import TrainingLoop
 from ssmtl.core.optim import build_optimizer
+from ssmtl.core.plugin_calls import plugin_call
 from ssmtl.core.recorder import Recorder
 from ssmtl.core.rundir import prepare_run_dir
 from ssmtl.data.cache import SliceCache
@@ -71,7 +72,10 @@ class Trainer(TrainingLoop):
             num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
             global_batch=config.train.batch_size * accelerator.num_processes, total_steps=config.train.steps,
         )
-        self.notes = module.notes + [note for task in module.tasks.values() for note in task.on_data(info)]
+        self.notes = list(module.notes)
+        for name, task in module.tasks.items():
+            with plugin_call("task", name, "on_data", registry):
+                self.notes += task.on_data(info)
         self.notes += module.weighting.on_data(micro_batches_per_pass(num_slices, info.global_batch))
         if any(t.needs_sync_batchnorm for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -93,8 +97,9 @@ class Trainer(TrainingLoop):
                          after_step=self._after_step)
 
     def _after_step(self, step: int) -> None:
-        for task in self.unwrapped.tasks.values():
-            task.after_optimizer_step(self.unwrapped.network, step)
+        for name, task in self.unwrapped.tasks.items():
+            with plugin_call("task", name, "after_optimizer_step"):
+                task.after_optimizer_step(self.unwrapped.network, step)
 
 
 def make_loader(config: RunConfig, dataset: SequenceDataset, accelerator, start_step: int) -> torch.utils.data.DataLoader:
