@@ -60,6 +60,7 @@ _WHERE: dict[str, str] = {
     # the rules every config shares
     "CONFIG_RULES": "rules",
     "Seed": "rules",
+    "AbsolutePath": "rules",
     "MAX_SEED": "rules",
     # the shared network, as plugins see it
     "NetworkInfo": "network",
@@ -168,7 +169,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.distributed import concat_all_gather, is_distributed, rank, shuffle_bn_forward, world_size
     from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
-    from ssmtl.api.rules import CONFIG_RULES, MAX_SEED, Seed
+    from ssmtl.api.rules import CONFIG_RULES, MAX_SEED, AbsolutePath, Seed
     from ssmtl.api.geometry import apply_affine, correspondence
     from ssmtl.api.heads import DownstreamHead, HeadConfig
     from ssmtl.api.hooks import hookspec

@@ -9,12 +9,13 @@ pre-training (:class:`~ssmtl.core.loop.LoopConfig`), with fine-tuning's own defa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
-from ssmtl.api.rules import CONFIG_RULES, Seed
+from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
 from ssmtl.api.errors import ConfigError
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
@@ -86,7 +87,7 @@ class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs. Saved as config.json in the run directory."""
 
     model_config = CONFIG_RULES
-    data: Path = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
+    data: AbsolutePath = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
     out: Path = Field(description="Run directory (must be new or empty).")
     init: str = Field("none", description="'none' (random init, the baseline) or a pre-training run directory with an export/.")
     init_parts: Literal["all", "encoder"] = Field("all", description="What to load from the export: 'all' (encoder and decoder) or 'encoder' (the decoder starts from random init, seeded by `seed`: the ablation of decoder pre-training).")
@@ -110,6 +111,12 @@ class FinetuneConfig(BaseModel):
     val_volumes: int = Field(2, ge=0, description="With validation=auto and no val split: at most this many unused labeled subjects validate.")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of the labeled subjects drawn as val subjects when the cache stores no split.")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    @field_validator("init")
+    @classmethod
+    def _absolute_init(cls, value: str) -> str:
+        """A run directory is stored absolute, so the run can be used from any directory."""
+        return value if value.strip().lower() == "none" else os.path.abspath(value)
 
     @field_validator("model", mode="before")
     @classmethod

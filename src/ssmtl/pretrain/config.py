@@ -34,7 +34,7 @@ from pydantic import (
 )
 from typing_extensions import Annotated
 
-from ssmtl.api.rules import CONFIG_RULES, Seed
+from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
 from ssmtl.api.errors import ConfigError
@@ -60,7 +60,7 @@ class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
 
     model_config = CONFIG_RULES
-    path: Path | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`.")
+    path: AbsolutePath | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`.")
     stride: int = Field(1, ge=1, description="Slice step between consecutive slices of a sequence.")
     sequence_length: int | None = Field(None, ge=1, description="Slices per sequence (k). Default: the largest any enabled task needs.")
     num_workers: int = Field(1, ge=0, le=64, description="Data loader worker processes.")
