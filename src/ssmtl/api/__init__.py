@@ -93,6 +93,10 @@ _WHERE: dict[str, str] = {
     "to_slices": "datasets.arrays",
     "from_slices": "datasets.arrays",
     "check_finite": "datasets.arrays",
+    "check_claimed_size": "datasets.limits",
+    "max_voxels": "datasets.limits",
+    "MAX_VOXELS_ENV": "datasets.limits",
+    "DEFAULT_MAX_VOXELS": "datasets.limits",
     "is_hidden": "datasets.files",
     "check_directory": "datasets.files",
     "walk_files": "datasets.files",
@@ -189,6 +193,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
     from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, SourceGeometry, VolumeItem, VolumeSource
     from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices
+    from ssmtl.api.datasets.limits import DEFAULT_MAX_VOXELS, MAX_VOXELS_ENV, check_claimed_size, max_voxels
     from ssmtl.api.datasets.config import FolderDatasetConfig, LabeledDatasetConfig
     from ssmtl.api.datasets.files import FileKind, check_directory, is_hidden, walk_files
     from ssmtl.api.datasets.grids import AFFINE_TOLERANCE_MM, check_same_grid, spatial_shape

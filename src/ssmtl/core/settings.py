@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ssmtl.api.datasets.limits import MAX_VOXELS_ENV, max_voxels
 from ssmtl.api.errors import ConfigError
 
 try:  # Python 3.11+
@@ -34,7 +35,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 ENV_PREFIX = "SSMTL_"
 #: ``SSMTL_*`` variables that are not config fields of any command.
-NON_CONFIG_ENV = frozenset({"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA", "SSMTL_DEBUG"})
+NON_CONFIG_ENV = frozenset({"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA", "SSMTL_DEBUG", "SSMTL_MAX_VOXELS"})
 #: the yes/no variables among them
 FLAG_ENV = frozenset({"SSMTL_NO_PLUGINS", "SSMTL_DEBUG"})
 
@@ -65,6 +66,8 @@ def check_environment(known_sections: Iterable[str], environ: Mapping[str, str] 
             continue
         if name in FLAG_ENV:
             env_flag(name, environ)
+        elif name == MAX_VOXELS_ENV:
+            max_voxels(environ)
         elif name not in NON_CONFIG_ENV and name[len(ENV_PREFIX):].lower().split("__")[0] not in known:
             raise ConfigError(f"environment variable {name}: not a setting of ssmtl (settings are {ENV_PREFIX}SECTION__FIELD, "
                               f"e.g. {ENV_PREFIX}TRAIN__STEPS; known: {', '.join(sorted(known))})")
