@@ -144,12 +144,14 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     # every process checks inputs; only the main process creates the directory
     cache = SliceCache(config.data.path)
     volumes = select_volumes(cache, config)
+    set_seed(config.seed)
+    # the network and the tasks (plugin code) are built before the run directory exists, so a
+    # plugin that fails to build leaves nothing behind
+    trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
+                      num_slices=sum(cache.volumes[v].num_slices for v in volumes))
     if main:
         prepare_run_dir(out, resume=resume)
     accelerator.wait_for_everyone()
-    set_seed(config.seed)
-    trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
-                      num_slices=sum(cache.volumes[v].num_slices for v in volumes))
     for note in trainer.notes:
         accelerator.print(f"note: {note}", file=sys.stderr)
     k, names = trainer.sequence_length, trainer.names
