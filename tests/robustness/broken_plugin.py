@@ -19,8 +19,10 @@ from typing import Literal
 
 import torch
 
+from dataclasses import dataclass
+
 from ssmtl.api import (DatasetConfig, DatasetSpec, DownstreamHead, HeadConfig, HeadSpec, NetworkConfig, NetworkSpec,
-                       PretextTask, TaskConfig, TaskOutput, TaskSpec, hookimpl)
+                       PretextTask, TaskConfig, TaskOutput, TaskSpec, VolumeItem, VolumeSource, hookimpl)
 
 
 def task(name, forward=None, init=None, on_data=None):
@@ -72,10 +74,22 @@ class WrongDatasetConfig(DatasetConfig):
     name: Literal["wrong-dataset"] = "wrong-dataset"
 
 
+class FailingLoadConfig(DatasetConfig):
+    name: Literal["raise-load"] = "raise-load"
+
+
+@dataclass
+class FailingItem(VolumeItem):
+    def load(self):
+        raise KeyError("no such field")
+
+
 @hookimpl
 def ssmtl_register_datasets():
     return [DatasetSpec("raise-dataset", BrokenDatasetConfig, boom("the dataset factory")),
-            DatasetSpec("wrong-dataset", WrongDatasetConfig, lambda config: ["not", "a", "source"])]
+            DatasetSpec("wrong-dataset", WrongDatasetConfig, lambda config: ["not", "a", "source"]),
+            DatasetSpec("raise-load", FailingLoadConfig,
+                        lambda config: VolumeSource(items=[FailingItem("s1", "broken://s1")], class_names={})),]
 
 
 class BrokenHeadConfig(HeadConfig):

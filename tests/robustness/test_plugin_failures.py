@@ -56,6 +56,8 @@ def test_each_failing_plugin_call_is_one_line_naming_the_plugin(plugin_env, ssmt
              f"head 'raise-head' {PACKAGE} failed in its factory (build): ValueError: boom in the head factory", tmp_path / "head"),
         case("dataset", ssmtl_cli("cache", "build", "--dataset", "raise-dataset", "--out", built),
              f"dataset 'raise-dataset' {PACKAGE} failed in its factory: ValueError: boom in the dataset factory", built),
+        case("dataset item load", ssmtl_cli("cache", "build", "--dataset", "raise-load", "--out", built),
+             f"broken://s1: dataset 'raise-load' {PACKAGE} failed in load: KeyError: 'no such field'", built),
         case("dataset returns a list", ssmtl_cli("cache", "build", "--dataset", "wrong-dataset", "--out", built),
              f"dataset 'wrong-dataset' {PACKAGE}: the factory returned list, not a VolumeSource", built),
     ]

@@ -30,7 +30,7 @@ import numpy as np
 
 from ssmtl import __version__
 from ssmtl.data.cache_writer import CacheWriter, check_output_path
-from ssmtl.core.plugin_calls import plugin_call, refuse
+from ssmtl.core.plugin_calls import plugin_call, plugin_label, refuse
 from ssmtl.core.settings import validate_model
 from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
@@ -161,6 +161,8 @@ def build_cache(
             on_volume(0, total, "")
         for done, (item, result) in enumerate(iter_processed(source.items, preprocess, workers), start=1):
             failure = result if isinstance(result, Failure) else _unknown_labels(result, source.class_names, item)
+            if failure is not None and failure.in_plugin:  # name the plugin whose load() raised, and its package
+                failure = Failure(failure.path, f"{plugin_label('dataset', dataset, registry)} failed in load: {failure.reason}")
             if failure is not None:
                 if not skip_bad:
                     raise InputFileError(failure.path, failure.reason)
