@@ -41,6 +41,8 @@ def test_each_message_names_the_real_problem(ssmtl_tiny_cache, tmp_path):
              absent=[built], watch=[tmp_path]),
         pretrain("task twice", "--task", "order", "--task", "order", message="--task order: given twice"),
         pretrain("task with an empty weight", "--task", "order:", message="--task 'order:'"),
+        Case("value of the wrong type", ssmtl_cli("pretrain", "--steps", "many"), message="Invalid value for '--steps'"),
+        Case("unknown option", ssmtl_cli("pretrain", "--stpes", "5"), message="No such option: --stpes"),
         Case("config show xml", ssmtl_cli("config", "show", "--format", "xml"), message="--format 'xml'"),
         pretrain("bad yes/no variable", message="SSMTL_DEBUG='maybe'", env={"SSMTL_DEBUG": "maybe"}),
         pretrain("bad --no-plugins variable", message="SSMTL_NO_PLUGINS='sometimes'", env={"SSMTL_NO_PLUGINS": "sometimes"}),
