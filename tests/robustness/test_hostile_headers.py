@@ -116,3 +116,18 @@ def test_a_non_finite_task_weight_flag_is_refused(value):
 
     with pytest.raises(ConfigError, match=f"order:{value}"):
         parse_task_flags([f"order:{value}"])
+
+
+def test_a_dicom_series_over_the_cap_is_refused_before_it_is_allocated(tmp_path, monkeypatch):
+    from ingest_helpers import write_dicom_series
+
+    from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
+
+    write_dicom_series(tmp_path / "s", np.zeros((6, 5, 3), dtype=np.float32))
+    [series] = scan_dicom_folder(tmp_path / "s").series
+    monkeypatch.setenv("SSMTL_MAX_VOXELS", "89")  # 6 x 5 x 3 = 90 voxels
+    with pytest.raises(InputFileError, match="6x5x3 = 90 voxels, more than the limit of 89") as info:
+        read_series(series)
+    assert str(tmp_path / "s") in str(info.value)
+    monkeypatch.setenv("SSMTL_MAX_VOXELS", "90")
+    assert read_series(series)[0].shape == (6, 5, 3)

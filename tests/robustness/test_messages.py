@@ -4,6 +4,7 @@ names what is really wrong (the path, the flag, the environment variable)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,15 @@ def test_a_flag_overrides_a_bad_variable_and_a_missing_allowed_plugin_is_reporte
 
     with pytest.raises(ConfigError, match="environment variable SSMTL_TRAIN__STEPZ='5': .*train.stepz"):
         resolve_run_config(environ={"SSMTL_TRAIN__STEPZ": "5"})
+    from ssmtl.core.settings import check_environment
+
+    known = {"train": None, "seed": None, "finetune": ["seed", "train"]}
+    check_environment(known, {"SSMTL_TRAIN__ANYTHING": "1", "SSMTL_FINETUNE__SEED": "1", "SSMTL_DEBUG": "yes", "HOME": "/"})
+    for name, needle in [("SSMTL_FINETUNE__STEPZ", "SSMTL_FINETUNE__FIELD; known: seed, train"),
+                         ("SSMTL_FINETUNE", "SSMTL_FINETUNE__FIELD"), ("SSMTL_TRIAN__STEPS", "known: finetune, seed, train")]:
+        with pytest.raises(ConfigError, match=re.escape(f"environment variable {name}: not a setting of ssmtl")) as info:
+            check_environment(known, {name: "1"})
+        assert needle in str(info.value)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSMTL_")}
     result = subprocess.run([sys.executable, "-m", "ssmtl", "plugins"], capture_output=True, text=True, timeout=120,
                             env={**env, "SSMTL_PLUGINS": "no-such-plugin", "OMP_NUM_THREADS": "1"})

@@ -112,11 +112,12 @@ def check_environment() -> None:
     from ssmtl.core.settings import ENV_PREFIX, NON_CONFIG_ENV, check_environment as check
 
     names = [k for k in os.environ if k.startswith(ENV_PREFIX)]
-    sections: list[str] = []
+    known: dict[str, Any] = {}
     if any(k not in NON_CONFIG_ENV for k in names):  # only then pay for importing the config models
-        from ssmtl.downstream.config import ENV as FINETUNE_ENV
+        from ssmtl.downstream.config import ENV as FINETUNE_ENV, FinetuneConfig
         from ssmtl.pretrain.config import RunConfig
 
-        sections = [*RunConfig.model_fields, FINETUNE_ENV[len(ENV_PREFIX):].rstrip("_")]
+        known = {name: None for name in RunConfig.model_fields}
+        known[FINETUNE_ENV[len(ENV_PREFIX):].rstrip("_").lower()] = list(FinetuneConfig.model_fields)
     if names:
-        check(sections)
+        check(known)

@@ -53,24 +53,31 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
     raise ConfigError(f"environment variable {name}={raw!r}: expected 1/true/yes or 0/false/no")
 
 
-def check_environment(known_sections: Iterable[str], environ: Mapping[str, str] | None = None) -> None:
+def check_environment(known: Mapping[str, Iterable[str] | None], environ: Mapping[str, str] | None = None) -> None:
     """Refuse an ``SSMTL_*`` variable that no command reads (a typo such as ``SSMTL_TRIAN__STEPS``
     would otherwise be ignored) and a yes/no variable with another value.
 
-    ``known_sections``: the first components a command's config reads (``train``, ``finetune``, ...).
+    ``known``: the first components the commands' configs read (``train``, ``seed``, ...), each
+    with the second components it takes when it is a command's own prefix (``finetune``: the
+    fine-tuning config's fields), else None (the config's validation names a bad field).
     """
     environ = os.environ if environ is None else environ
-    known = {s.lower() for s in known_sections}
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in NON_CONFIG_ENV - FLAG_ENV - {MAX_VOXELS_ENV}:
             continue
         if name in FLAG_ENV:
             env_flag(name, environ)
-        elif name == MAX_VOXELS_ENV:
+            continue
+        if name == MAX_VOXELS_ENV:
             max_voxels(environ)
-        elif name not in NON_CONFIG_ENV and name[len(ENV_PREFIX):].lower().split("__")[0] not in known:
-            raise ConfigError(f"environment variable {name}: not a setting of ssmtl (settings are {ENV_PREFIX}SECTION__FIELD, "
-                              f"e.g. {ENV_PREFIX}TRAIN__STEPS; known: {', '.join(sorted(known))})")
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        fields = known.get(parts[0], ()) if parts[0] in known else None
+        if parts[0] not in known or (fields is not None and (len(parts) < 2 or parts[1] not in set(fields))):
+            own = parts[0] in known and fields is not None  # a command's own prefix, e.g. SSMTL_FINETUNE__
+            what = f"{ENV_PREFIX}{parts[0].upper()}__FIELD" if own else f"{ENV_PREFIX}SECTION__FIELD, e.g. {ENV_PREFIX}TRAIN__STEPS"
+            raise ConfigError(f"environment variable {name}: not a setting of ssmtl (settings are {what}; "
+                              f"known: {', '.join(sorted(fields if own else known))})")
 
 
 def error_rows(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
