@@ -111,13 +111,61 @@ def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
     registry = build_registry(external=False, extra=[_nan_plugin()])
     config = resolve_run_config(
         flags={"data.path": str(tiny_cache), "out": str(tmp_path / "run"), "train.steps": 10, "train.batch_size": 2},
-        tasks=["order", "nan"], sets=tiny_sets(["order"]) + ["train.max_nonfinite_steps=3"], registry=registry,
+        tasks=["order", "nan"], sets=tiny_sets(["order"]) + ["train.max_nonfinite_steps=3", "train.max_skipped_share=1"],
+        registry=registry,
     )
     with pytest.raises(SsmtlError, match=r"3 consecutive steps.*nan"):
         run_pretraining(config, registry=registry, progress=False)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert all(r["skipped"] and r["nonfinite"] == ["nan"] for r in records)
+
+
+def _sometimes_nan_plugin(every: int):
+    """A task whose loss is NaN on every ``every``-th step (steps every-1, 2*every-1, ...)."""
+    from typing import Literal
+
+    from ssmtl import hookimpl
+    from ssmtl.api.specs import TaskSpec
+    from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
+
+    class SometimesConfig(TaskConfig):
+        name: Literal["sometimes-nan"] = "sometimes-nan"
+
+    class SometimesNan(PretextTask):
+        def forward(self, ctx):
+            scale = float("nan") if ctx.step % every == every - 1 else 0.0
+            return TaskOutput(loss=ctx.pooled("sequence").sum() * scale)
+
+    module = types.ModuleType("sometimes_nan_plugin")
+    module.ssmtl_register_tasks = hookimpl(lambda: [TaskSpec("sometimes-nan", SometimesConfig, SometimesNan, "NaN now and then")])
+    return module
+
+
+def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache, tmp_path):
+    """Steps 3 and 7 of 8 are NaN: 2 skips are 25 % of the run. Over the share the run stops at the
+    skip that crosses it, with no export; a share that allows them finishes and exports."""
+    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.core.registry import build_registry
+
+    registry = build_registry(external=False, extra=[_sometimes_nan_plugin(4)])
+
+    def config(out, share):
+        return resolve_run_config(
+            flags={"data.path": str(tiny_cache), "out": str(tmp_path / out), "train.steps": 8, "train.batch_size": 2},
+            tasks=["order", "sometimes-nan"], sets=tiny_sets(["order"]) + [f"train.max_skipped_share={share}"],
+            registry=registry,
+        )
+
+    with pytest.raises(SsmtlError, match=r"stopping: 2 of the run's 8 steps were skipped .*sometimes-nan.*max_skipped_share=0.2"):
+        run_pretraining(config("strict", 0.2), registry=registry, progress=False)
+    records = [json.loads(l) for l in (tmp_path / "strict" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("skipped")] == [3, 7]
+    assert not (tmp_path / "strict" / "export").exists()
+    run_pretraining(config("lenient", 0.25), registry=registry, progress=False)
+    assert (tmp_path / "lenient" / "export" / "model.safetensors").is_file()
 
 
 def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monkeypatch):

@@ -57,6 +57,11 @@ _WHERE: dict[str, str] = {
     "SsmtlError": "errors",
     "ConfigError": "errors",
     "InputFileError": "errors",
+    # the rules every config shares
+    "CONFIG_RULES": "rules",
+    "Seed": "rules",
+    "AbsolutePath": "rules",
+    "MAX_SEED": "rules",
     # the shared network, as plugins see it
     "NetworkInfo": "network",
     "NetworkOutput": "network",
@@ -88,6 +93,10 @@ _WHERE: dict[str, str] = {
     "to_slices": "datasets.arrays",
     "from_slices": "datasets.arrays",
     "check_finite": "datasets.arrays",
+    "check_claimed_size": "datasets.limits",
+    "max_voxels": "datasets.limits",
+    "MAX_VOXELS_ENV": "datasets.limits",
+    "DEFAULT_MAX_VOXELS": "datasets.limits",
     "is_hidden": "datasets.files",
     "check_directory": "datasets.files",
     "walk_files": "datasets.files",
@@ -164,6 +173,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.distributed import concat_all_gather, is_distributed, rank, shuffle_bn_forward, world_size
     from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
+    from ssmtl.api.rules import CONFIG_RULES, MAX_SEED, AbsolutePath, Seed
     from ssmtl.api.geometry import apply_affine, correspondence
     from ssmtl.api.heads import DownstreamHead, HeadConfig
     from ssmtl.api.hooks import hookspec
@@ -183,6 +193,7 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
     from ssmtl.api.volumes import SPLITS, DatasetConfig, Modality, RawVolume, SourceGeometry, VolumeItem, VolumeSource
     from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices
+    from ssmtl.api.datasets.limits import DEFAULT_MAX_VOXELS, MAX_VOXELS_ENV, check_claimed_size, max_voxels
     from ssmtl.api.datasets.config import FolderDatasetConfig, LabeledDatasetConfig
     from ssmtl.api.datasets.files import FileKind, check_directory, is_hidden, walk_files
     from ssmtl.api.datasets.grids import AFFINE_TOLERANCE_MM, check_same_grid, spatial_shape

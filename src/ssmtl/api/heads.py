@@ -29,8 +29,10 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
+
+from ssmtl.api.rules import CONFIG_RULES
 
 if TYPE_CHECKING:
     from ssmtl.api.network import NetworkInfo
@@ -43,7 +45,7 @@ class HeadConfig(BaseModel):
     when the plugin loads, and ``--head NAME`` alone must give a usable head.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     name: str
 
 

@@ -23,8 +23,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from einops import reduce
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
+
+from ssmtl.api.rules import CONFIG_RULES
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class NetworkConfig(BaseModel):
     the export manifest, and rebuild the network from it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     name: str
 
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from ssmtl.api.rules import CONFIG_RULES
 
 Modality = Literal["ct", "mr"]
 #: The subject-level splits a dataset may preset (``VolumeSource.split``) and a cache stores.
@@ -30,7 +32,7 @@ SPLITS = ("train", "val", "test")
 class DatasetConfig(BaseModel):
     """Base class for dataset plugin configs. Subclasses add their own fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     name: str
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from ssmtl import __version__
+from ssmtl.cli.common import check_environment, handle_errors, set_debug
 from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, predict_cmd, publish_cmd, train_cmd
 
 app = typer.Typer(
@@ -31,13 +33,17 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
+@handle_errors
 def root(
     no_plugins: bool = typer.Option(False, "--no-plugins", help="Load built-in plugins only (ignore the `ssmtl` entry points)."),
+    debug: bool = typer.Option(False, "--debug", help="Print the full traceback behind an error line (a plugin's failure, a file reader's); also SSMTL_DEBUG=1."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """ssmtl: pre-train one encoder-decoder with several pretext tasks at once, then fine-tune segmentation."""
     from ssmtl.core.registry import set_default_external
 
+    set_debug(debug)
+    check_environment()
     set_default_external(False if no_plugins else None)
 
 
@@ -52,4 +58,24 @@ plugins_cmd.register(app)
 
 
 def main() -> None:
-    app()
+    """The console script: a usage mistake (an unknown option, a value of the wrong type) is one
+    `error:` line and exit code 2, like every other bad input, instead of a boxed panel."""
+    import sys
+
+    from ssmtl.cli.common import err_console
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption ... (vendored by typer)
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as before
+            exc.show()
+            sys.exit(2)
+        where = f"; see `{ctx.command_path} --help`" if ctx is not None and getattr(ctx, "command_path", "") else ""
+        message = exc.format_message().strip().rstrip(".") if where else exc.format_message().strip()
+        err_console.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -31,16 +31,51 @@ def fail(message: str, rows: list[tuple[str, str]] | None = None) -> None:
     raise typer.Exit(2)
 
 
+_DEBUG = False
+
+
+def set_debug(flag: bool) -> None:
+    """``ssmtl --debug``: a process-level switch (like ``--no-plugins``), so one in-process
+    invocation does not leak into the next; ``SSMTL_DEBUG=1`` does the same from outside."""
+    global _DEBUG
+    _DEBUG = flag
+
+
+def debug_enabled() -> bool:
+    from ssmtl.core.settings import env_flag
+
+    try:
+        return _DEBUG or env_flag("SSMTL_DEBUG")
+    except SsmtlError:
+        return False  # the bad value itself is reported by check_environment
+
+
+def show_cause(exc: BaseException) -> None:
+    """With ``--debug``: the full traceback behind a one-line error (a plugin's, a file reader's)."""
+    if debug_enabled():
+        import traceback
+
+        cause = exc.__cause__ or exc
+        err_console.print("".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip(),
+                          markup=False, highlight=False, soft_wrap=True)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors into one clear line and exit code 2; bugs keep their traceback."""
+    """Turn user errors into one clear line and exit code 2; bugs keep their traceback.
+
+    A plugin's failure is a user error too (core.plugin_calls makes it one): one line naming
+    the plugin and the call; ``--debug`` or ``SSMTL_DEBUG=1`` also prints its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
+            show_cause(exc)
             fail(str(exc), exc.rows)
         except SsmtlError as exc:
+            show_cause(exc)
             fail(str(exc))
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -68,3 +103,21 @@ def registry():
 
 def write_out(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def check_environment() -> None:
+    """Refuse an unknown ``SSMTL_*`` variable or a bad yes/no value before any command runs."""
+    import os
+
+    from ssmtl.core.settings import ENV_PREFIX, NON_CONFIG_ENV, check_environment as check
+
+    names = [k for k in os.environ if k.startswith(ENV_PREFIX)]
+    known: dict[str, Any] = {}
+    if any(k not in NON_CONFIG_ENV for k in names):  # only then pay for importing the config models
+        from ssmtl.downstream.config import ENV as FINETUNE_ENV, FinetuneConfig
+        from ssmtl.pretrain.config import RunConfig
+
+        known = {name: None for name in RunConfig.model_fields}
+        known[FINETUNE_ENV[len(ENV_PREFIX):].rstrip("_").lower()] = list(FinetuneConfig.model_fields)
+    if names:
+        check(known)

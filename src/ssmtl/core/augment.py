@@ -18,16 +18,17 @@ import math
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch.nn import functional as F
 
+from ssmtl.api.rules import CONFIG_RULES
 from ssmtl.api.geometry import apply_affine
 
 
 class AugmentConfig(BaseModel):
     """Strength of the random views. Ranges are sampled uniformly per sample."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     flip: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip.")
     rotate: float = Field(15.0, ge=0, le=180, description="Maximum rotation in degrees.")
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="Side length of the random crop as a fraction of the slice (then resized back).")

@@ -109,5 +109,10 @@ def load_pretrained_network(run_dir: Path, registry=None) -> tuple[nn.Module, di
     except ConfigError as exc:
         raise SsmtlError(f"{path}: {exc}") from None
     network = build_network(model, registry)
-    load_into(network, Path(run_dir) / EXPORT_DIR / "model.safetensors", what="exported weights")
+    weights = Path(run_dir) / EXPORT_DIR / "model.safetensors"
+    load_into(network, weights, what="exported weights")
+    bad = [k for k, t in network.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # named now, as the cause, rather than as a fine-tuning whose every step is skipped
+        raise SsmtlError(f"{weights}: the weights of run {run_dir} hold NaN or Inf in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); "
+                         "that pre-training diverged: start from another run, or from --init none")
     return network, manifest

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from ssmtl.api.rules import CONFIG_RULES
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.progress import Progress
 from ssmtl.core.recorder import Recorder
@@ -48,7 +49,7 @@ class LoopConfig(BaseModel):
     the loop reads only these fields.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Samples per process per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -63,6 +64,7 @@ class LoopConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
     log_every: int = Field(10, ge=1, description="Write metrics.jsonl every N steps.")
     max_nonfinite_steps: int = Field(10, ge=1, description="Stop after this many consecutive steps with a non-finite loss (each is skipped: no update).")
+    max_skipped_share: float = Field(0.1, ge=0, le=1, description="Fail the run (exit 2, no final checkpoint, no export) once more than this share of its steps was skipped for a non-finite loss: such weights are not trained as asked. 1 turns the check off.")
     log_with: list[Tracker] = Field(default_factory=list, description="Experiment trackers that get every metrics.jsonl record: tensorboard, wandb (offline unless WANDB_MODE=online), mlflow (a file store in the run unless MLFLOW_TRACKING_URI is set), aim. Each writes under RUN_DIR/logs; each is an optional extra (pip install 'ssmtl[tensorboard]').")
 
 
@@ -143,7 +145,8 @@ class TrainingLoop:
         """
         acc, policy = self.accelerator, self.policy
         bar = Progress(progress and acc.is_main_process, label, policy.steps, start_step, self.names)
-        nonfinite_run = 0
+        nonfinite_run = skipped = 0
+        allowed = policy.max_skipped_share * (policy.steps - start_step)  # skips this run can take
         last = policy.steps
         t_start = t_last = time.perf_counter()
         completed = False
@@ -155,6 +158,15 @@ class TrainingLoop:
                     culprit = self._culprit(outcome)
                     acc.print(f"warning: step {step}: non-finite loss from {culprit}; step skipped", file=sys.stderr)
                     recorder.skipped(step, outcome.nonfinite)
+                    skipped += 1
+                    if skipped > allowed:
+                        recorder.flush()
+                        raise SsmtlError(
+                            f"stopping: {skipped} of the run's {policy.steps - start_step} steps were skipped for a "
+                            f"non-finite loss (last from {culprit}), more than train.max_skipped_share="
+                            f"{policy.max_skipped_share:g}; the weights are not trained as asked and are not exported. "
+                            "Lower the learning rate, enable gradient clipping, or check the data and the --init weights"
+                        )
                     if nonfinite_run >= policy.max_nonfinite_steps:
                         recorder.flush()
                         raise SsmtlError(

@@ -19,6 +19,7 @@ from torch import nn
 
 from ssmtl.api.errors import ConfigError, SsmtlError
 from ssmtl.api.network import NativeClass, NetworkConfig, NetworkInfo
+from ssmtl.core.plugin_calls import plugin_call
 from ssmtl.core.settings import error_rows, summary
 
 
@@ -74,7 +75,8 @@ def validate_network_field(value: Any, registry=None) -> NetworkConfig:
 def build_network(config: NetworkConfig, registry=None) -> nn.Module:
     """The network plugin's module for ``config``, checked against the network contract."""
     spec = _registry(registry).network(config.name)
-    network = spec.factory(config)
+    with plugin_call("network", config.name, "its factory (build)", registry):
+        network = spec.factory(config)
     what = f"network {config.name!r}: the factory returned"
     if not isinstance(network, nn.Module):
         raise SsmtlError(f"{what} {type(network).__name__}, not a torch.nn.Module")

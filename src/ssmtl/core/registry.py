@@ -38,6 +38,7 @@ from pydantic import BaseModel
 
 from ssmtl.api import hooks as hookspecs
 from ssmtl.api.errors import SsmtlError
+from ssmtl.core.settings import env_flag
 from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, NetworkSpec, PluginInfo, TaskSpec
 
 ENTRY_POINT_GROUP = "ssmtl"
@@ -322,7 +323,7 @@ def build_registry(
     from ssmtl import __version__
 
     if external is None:
-        external = os.environ.get(DISABLE_ENV, "") in ("", "0", "false")
+        external = not env_flag(DISABLE_ENV)
     entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP)) if builtins is None or external else []
     registry = Registry()
     pm = new_plugin_manager()

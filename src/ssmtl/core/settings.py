@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ssmtl.api.datasets.limits import MAX_VOXELS_ENV, max_voxels
 from ssmtl.api.errors import ConfigError
 
 try:  # Python 3.11+
@@ -34,7 +35,49 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 ENV_PREFIX = "SSMTL_"
 #: ``SSMTL_*`` variables that are not config fields of any command.
-NON_CONFIG_ENV = frozenset({"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA", "SSMTL_DEBUG"})
+NON_CONFIG_ENV = frozenset({"SSMTL_PLUGINS", "SSMTL_NO_PLUGINS", "SSMTL_SAMPLE_DATA", "SSMTL_DEBUG", "SSMTL_MAX_VOXELS"})
+#: the yes/no variables among them
+FLAG_ENV = frozenset({"SSMTL_NO_PLUGINS", "SSMTL_DEBUG"})
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """A yes/no environment variable (``SSMTL_DEBUG``, ``SSMTL_NO_PLUGINS``); a value that is
+    neither is an error naming the variable, not silently false."""
+    raw = (os.environ if environ is None else environ).get(name, "")
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ConfigError(f"environment variable {name}={raw!r}: expected 1/true/yes or 0/false/no")
+
+
+def check_environment(known: Mapping[str, Iterable[str] | None], environ: Mapping[str, str] | None = None) -> None:
+    """Refuse an ``SSMTL_*`` variable that no command reads (a typo such as ``SSMTL_TRIAN__STEPS``
+    would otherwise be ignored) and a yes/no variable with another value.
+
+    ``known``: the first components the commands' configs read (``train``, ``seed``, ...), each
+    with the second components it takes when it is a command's own prefix (``finetune``: the
+    fine-tuning config's fields), else None (the config's validation names a bad field).
+    """
+    environ = os.environ if environ is None else environ
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in NON_CONFIG_ENV - FLAG_ENV - {MAX_VOXELS_ENV}:
+            continue
+        if name in FLAG_ENV:
+            env_flag(name, environ)
+            continue
+        if name == MAX_VOXELS_ENV:
+            max_voxels(environ)
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        fields = known.get(parts[0], ()) if parts[0] in known else None
+        if parts[0] not in known or (fields is not None and (len(parts) < 2 or parts[1] not in set(fields))):
+            own = parts[0] in known and fields is not None  # a command's own prefix, e.g. SSMTL_FINETUNE__
+            what = f"{ENV_PREFIX}{parts[0].upper()}__FIELD" if own else f"{ENV_PREFIX}SECTION__FIELD, e.g. {ENV_PREFIX}TRAIN__STEPS"
+            raise ConfigError(f"environment variable {name}: not a setting of ssmtl (settings are {what}; "
+                              f"known: {', '.join(sorted(fields if own else known))})")
 
 
 def error_rows(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
@@ -145,6 +188,47 @@ def env_overrides(prefix: str, fields: Iterable[str], environ: Mapping[str, str]
             continue
         set_path(out, dotted, parse_value(raw))
     return out
+
+
+def env_origins(prefix: str, fields: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The dotted path each variable :func:`env_overrides` reads sets -> that variable's name."""
+    environ = os.environ if environ is None else environ
+    fields = set(fields)
+    origins = {}
+    for key in environ:
+        dotted = key[len(prefix):].lower().replace("__", ".")
+        if key.startswith(prefix) and key not in NON_CONFIG_ENV and dotted.split(".")[0] in fields:
+            origins[dotted] = key
+    return origins
+
+
+def blame_environment(exc: ConfigError, origins: Mapping[str, str], overridden: Iterable[str] = (),
+                      loc_prefix: str = "", environ: Mapping[str, str] | None = None) -> ConfigError:
+    """``exc`` with the environment variable named when its first bad field came from one.
+
+    A variable is only blamed while no later source (a flag, ``--set``) replaced its value:
+    ``overridden`` holds those sources' dotted paths.
+    """
+    environ = os.environ if environ is None else environ
+    later = list(overridden)
+    strip = f"{loc_prefix}." if loc_prefix else ""
+    for loc, _ in exc.rows[:1]:
+        loc = loc[len(strip):] if loc.startswith(strip) else loc
+        for dotted, var in origins.items():
+            hit = loc == dotted or loc.startswith(f"{dotted}.")
+            replaced = any(dotted == q or dotted.startswith(f"{q}.") for q in later)
+            if hit and not replaced:
+                return ConfigError(f"environment variable {var}={environ.get(var, '')!r}: {exc}", exc.rows)
+    return exc
+
+
+def dotted_paths(layer: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``{"train": {"steps": 5}}`` -> ``["train.steps"]``: the leaves a source layer sets."""
+    paths = []
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        paths += dotted_paths(value, f"{path}.") if isinstance(value, Mapping) and value else [path]
+    return paths
 
 
 def parse_set_flags(set_flags: Iterable[str]) -> list[tuple[str, Any]]:

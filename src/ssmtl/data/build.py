@@ -30,7 +30,9 @@ import numpy as np
 
 from ssmtl import __version__
 from ssmtl.data.cache_writer import CacheWriter, check_output_path
+from ssmtl.core.plugin_calls import plugin_call, plugin_label, refuse
 from ssmtl.core.settings import validate_model
+from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
@@ -125,6 +127,8 @@ def build_cache(
     """
     if workers < 0:
         raise SsmtlError(f"--workers {workers}: expected 0 (load in this process) or more")
+    if not 0 <= split_seed <= MAX_SEED:
+        raise SsmtlError(f"--split-seed {split_seed}: a seed must be between 0 and {MAX_SEED} (2**32 - 1)")
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise SsmtlError(f"--test-fraction {test_fraction} and val_fraction {val_fraction}: each must be in [0, 1) "
                          "and together below 1")
@@ -135,7 +139,10 @@ def build_cache(
     spec = registry.dataset(dataset)
     check_output_path(Path(out), force)  # before any slow work
     config = absolute_paths(validate_model(spec.config_model, {"name": dataset, **dataset_options}, prefix=dataset))
-    source: VolumeSource = spec.factory(config)
+    with plugin_call("dataset", dataset, "its factory", registry):
+        source: VolumeSource = spec.factory(config)
+    if not isinstance(source, VolumeSource):
+        raise refuse("dataset", dataset, "the factory", f"returned {type(source).__name__}, not a VolumeSource", registry)
     if not source.items:
         where = dataset_options.get("path") or dataset_options.get("images") or dataset
         raise InputFileError(where, "the dataset has no volumes")
@@ -154,6 +161,8 @@ def build_cache(
             on_volume(0, total, "")
         for done, (item, result) in enumerate(iter_processed(source.items, preprocess, workers), start=1):
             failure = result if isinstance(result, Failure) else _unknown_labels(result, source.class_names, item)
+            if failure is not None and failure.in_plugin:  # name the plugin whose load() raised, and its package
+                failure = Failure(failure.path, f"{plugin_label('dataset', dataset, registry)} failed in load: {failure.reason}")
             if failure is not None:
                 if not skip_bad:
                     raise InputFileError(failure.path, failure.reason)

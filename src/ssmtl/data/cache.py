@@ -55,6 +55,7 @@ import h5py
 import numpy as np
 
 from ssmtl.api.errors import InputFileError
+from ssmtl.data.cache_checks import check_cache_contents, check_label_values
 from ssmtl.data.transform import summarise_transforms
 
 FORMAT = "ssmtl-slice-cache"
@@ -139,13 +140,17 @@ class SliceCache:
                                          f"ssmtl reads ({FORMAT_VERSION}); upgrade ssmtl")
                 self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["index/names"][()]]
+                check_cache_contents(self.path, f, names, self.attrs)
                 self.volumes = [self._meta(i, n, f[f"volumes/{n}"]) for i, n in enumerate(names)]
         except InputFileError:
             raise
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise InputFileError(self.path, f"cannot read cache ({exc})") from None
         raw_names = self.attrs.get("class_names") or {}
-        self.class_names = {int(k): v for k, v in raw_names.items()}
+        try:
+            self.class_names = {int(k): str(v) for k, v in dict(raw_names).items()}
+        except (TypeError, ValueError):
+            raise InputFileError(self.path, f"class_names {raw_names!r} is not a table of class id -> name") from None
 
     @staticmethod
     def _meta(i: int, name: str, group: h5py.Group) -> VolumeMeta:
@@ -195,12 +200,14 @@ class SliceCache:
 
     def read_label_slice(self, volume: int, index: int) -> np.ndarray:
         """(H, W) uint8 label of one slice; raises KeyError for an unlabeled volume."""
-        return self._file()[f"volumes/{self.volumes[volume].name}/label"][int(index)]
+        name = self.volumes[volume].name
+        return check_label_values(self.path, name, self._file()[f"volumes/{name}/label"][int(index)], self.num_classes)
 
     def read_label(self, volume: int) -> np.ndarray | None:
         """(slices, H, W) uint8 label map of one volume; None for an unlabeled volume."""
-        group = self._file()[f"volumes/{self.volumes[volume].name}"]
-        return group["label"][()] if "label" in group else None
+        name = self.volumes[volume].name
+        group = self._file()[f"volumes/{name}"]
+        return check_label_values(self.path, name, group["label"][()], self.num_classes) if "label" in group else None
 
     def read_volume(self, volume: int) -> tuple[np.ndarray, np.ndarray | None]:
         image = self._file()[f"volumes/{self.volumes[volume].name}/image"][()]

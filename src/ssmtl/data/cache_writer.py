@@ -56,10 +56,10 @@ def check_output_path(out: Path, force: bool) -> None:
     """Refuse to overwrite without --force, create the directory (as runs create theirs) and
     check it is writable, before any work."""
     out = Path(out)
+    if out.is_dir():  # first: --force replaces a cache file, never a directory
+        raise SsmtlError(f"{out}: is a directory; give a file path such as {out / 'data.h5'}")
     if out.exists() and not force:
         raise SsmtlError(f"{out}: a file already exists; pass --force to replace it")
-    if out.is_dir():
-        raise SsmtlError(f"{out}: is a directory; give a file path such as data.h5")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)

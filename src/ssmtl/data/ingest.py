@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from ssmtl.api.errors import InputFileError
+from ssmtl.core.plugin_calls import describe
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume, preprocess_volume
 from ssmtl.api.volumes import VolumeItem
 
@@ -47,6 +48,7 @@ class Failure:
 
     path: str
     reason: str
+    in_plugin: bool = False  # the dataset plugin's load() raised something other than InputFileError
 
 
 def load_and_preprocess(item: VolumeItem, preprocess: PreprocessConfig) -> ProcessedVolume | Failure:
@@ -64,7 +66,7 @@ def load_and_preprocess(item: VolumeItem, preprocess: PreprocessConfig) -> Proce
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        return Failure(item.source, f"cannot load ({type(exc).__name__}: {exc})")
+        return Failure(item.source, describe(exc), in_plugin=True)
     try:
         processed = preprocess_volume(raw, preprocess, source=item.source)
     except InputFileError as exc:

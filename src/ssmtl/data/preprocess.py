@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from ssmtl.api.rules import CONFIG_RULES
 from ssmtl.api.errors import InputFileError
 from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices  # noqa: F401  (from_slices: the inverse, for callers)
 from ssmtl.api.volumes import Modality, RawVolume
@@ -49,7 +50,7 @@ _CONSTANT_RELATIVE_STD = 1e-5
 class PreprocessConfig(BaseModel):
     """How volumes are resampled and normalised before they are cached."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
 
     size: int = Field(128, ge=16, le=2048, description="Output in-plane size in pixels (square, size x size).")
     spacing: float | None = Field(

@@ -9,16 +9,21 @@ pre-training (:class:`~ssmtl.core.loop.LoopConfig`), with fine-tuning's own defa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
 
+from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
+from ssmtl.api.errors import ConfigError
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
 from ssmtl.api.network import NetworkConfig
 from ssmtl.core.networks import validate_network_field
-from ssmtl.core.settings import ENV_PREFIX, layered, validate_model
+from ssmtl.core.settings import (
+    ENV_PREFIX, blame_environment, dotted_paths, env_origins, flag_layer, layered, parse_set_flags, validate_model,
+)
 
 ENV = f"{ENV_PREFIX}FINETUNE__"
 
@@ -81,19 +86,19 @@ class FinetuneTrainConfig(LoopConfig):
 class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs. Saved as config.json in the run directory."""
 
-    model_config = ConfigDict(extra="forbid")
-    data: Path = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
+    model_config = CONFIG_RULES
+    data: AbsolutePath = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`).")
     out: Path = Field(description="Run directory (must be new or empty).")
     init: str = Field("none", description="'none' (random init, the baseline) or a pre-training run directory with an export/.")
     init_parts: Literal["all", "encoder"] = Field("all", description="What to load from the export: 'all' (encoder and decoder) or 'encoder' (the decoder starts from random init, seeded by `seed`: the ablation of decoder pre-training).")
     labeled_volumes: int = Field(2, ge=1, description="Labeled training subjects to fine-tune on (all labeled volumes of each chosen subject are used).")
-    seed: int = Field(0, description="Seed for head/scratch initialisation, slice sampling and augmentation.")
-    split_seed: int = Field(
+    seed: Seed = Field(0, description="Seed for head/scratch initialisation, slice sampling and augmentation.")
+    split_seed: Seed = Field(
         0,
         description="Seed of the subject-level test split. Keep it fixed across methods and training seeds "
         "so that every run is evaluated on the same test subjects.",
     )
-    labeled_seed: int | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
+    labeled_seed: Seed | None = Field(None, description="Seed choosing the labeled training subjects (default: split_seed, so every method sees the same labels).")
     test_fraction: float = Field(0.3, ge=0, lt=1, description="Fraction of the labeled subjects held out for testing (at least one).")
     head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
@@ -106,6 +111,12 @@ class FinetuneConfig(BaseModel):
     val_volumes: int = Field(2, ge=0, description="With validation=auto and no val split: at most this many unused labeled subjects validate.")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of the labeled subjects drawn as val subjects when the cache stores no split.")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    @field_validator("init")
+    @classmethod
+    def _absolute_init(cls, value: str) -> str:
+        """A run directory is stored absolute, so the run can be used from any directory."""
+        return value if value.strip().lower() == "none" else os.path.abspath(value)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -126,4 +137,8 @@ def resolve_finetune_config(
 ) -> FinetuneConfig:
     """Merge file, ``SSMTL_FINETUNE__*`` variables, flags and ``--set``; validate once."""
     merged = layered(FinetuneConfig, env_prefix=ENV, file=file, flags=flags, sets=sets or (), environ=environ)
-    return validate_model(FinetuneConfig, merged, prefix="finetune")
+    try:
+        return validate_model(FinetuneConfig, merged, prefix="finetune")
+    except ConfigError as exc:
+        later = dotted_paths(flag_layer(flags)) + [key for key, _ in parse_set_flags(sets or ())]
+        raise blame_environment(exc, env_origins(ENV, FinetuneConfig.model_fields, environ), later, "finetune", environ) from None

@@ -135,6 +135,8 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
     plan = plan_validation(split, labeled, config.validation, config.val_volumes, labeled_seed)
     train_volumes, val_volumes = volumes_of(cache, plan.train), volumes_of(cache, plan.val)
+    for v in train_volumes + val_volumes:
+        cache.read_label(v)  # class ids the cache does not name are refused now, not in a loader worker
     set_seed(config.seed)
     network, manifest = build_network(config, registry)
     check_network(network, cache)

@@ -15,6 +15,7 @@ from ssmtl.api.network import SharedNetwork
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
 from ssmtl.core.networks import build_network as build_shared_network, network_config
+from ssmtl.core.plugin_calls import plugin_call, refuse
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache import SliceCache
 from ssmtl.downstream.config import FinetuneConfig
@@ -33,16 +34,25 @@ class FinetuneModel(nn.Module):
         self.head = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.network(images).decoder)
+        with plugin_call("network", plugin_name(self.network), "forward"):
+            features = self.network(images).decoder
+        with plugin_call("head", plugin_name(self.head), "forward"):
+            return self.head(features)
+
+
+def plugin_name(module: nn.Module) -> str:
+    """The plugin name a network or head was built from (its config's ``name``)."""
+    return str(getattr(getattr(module, "config", None), "name", type(module).__name__))
 
 
 def build_head(registry, name: str, options: dict[str, Any], network: SharedNetwork, num_classes: int) -> DownstreamHead:
     """Validate the head's options with its plugin's config model and build it."""
     spec = registry.head(name)
     config = validate_model(spec.config_model, {**options, "name": name}, prefix=name)
-    head = spec.factory(config, network.info, num_classes)
+    with plugin_call("head", name, "its factory (build)", registry):
+        head = spec.factory(config, network.info, num_classes)
     if not isinstance(head, DownstreamHead):
-        raise SsmtlError(f"head {name!r}: factory returned {type(head).__name__}, not a DownstreamHead")
+        raise refuse("head", name, "the factory", f"returned {type(head).__name__}, not a DownstreamHead", registry)
     return head
 
 
@@ -119,6 +129,12 @@ class SegmentationObjective(nn.Module):
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], step: int):
         images, labels = augment_pair(*batch, self.augment)
-        loss = self.model.head.loss(self.model(images), labels)
+        logits = self.model(images)
+        with plugin_call("head", plugin_name(self.model.head), "loss"):
+            loss = self.model.head.loss(logits, labels)
+        if not isinstance(loss, torch.Tensor) or not loss.is_floating_point() or loss.numel() != 1:
+            what = f"a {type(loss).__name__}" if not isinstance(loss, torch.Tensor) else f"a {loss.dtype} tensor of shape {tuple(loss.shape)}"
+            raise refuse("head", plugin_name(self.model.head), "loss", f"returned {what}, expected one floating-point number")
+        loss = loss.reshape(())
         value = loss.detach().float()
         return loss, value.reshape(1), torch.ones(1, device=value.device), {}

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from ssmtl.api.rules import CONFIG_RULES, Seed
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache import SliceCache
 from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
@@ -94,7 +95,7 @@ def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: M
 
 
 class BenchmarkConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     data: Path = Field(description="Cache for pre-training (its train subjects).")
     finetune_data: Path | None = Field(None, description="Labeled cache for fine-tuning and testing (default: data).")
     out: Path = Field(description="Benchmark directory (reused across re-runs).")
@@ -107,7 +108,7 @@ class BenchmarkConfig(BaseModel):
     finetune_lr: float = Field(1e-3, gt=0, description="Fine-tuning peak learning rate.")
     frozen_encoder: bool = Field(False, description="Also run the frozen-encoder protocol (decoder + head trained on a fixed encoder).")
     pretrain_sets: list[str] = Field(default_factory=list, description="KEY=VALUE overrides for every pre-training (e.g. model.base_channels=8).")
-    split_seed: int = Field(0, description="Seed of the test split when the fine-tuning cache stores none.")
+    split_seed: Seed = Field(0, description="Seed of the test split when the fine-tuning cache stores none.")
 
     @field_validator("labeled_volumes")
     @classmethod

@@ -24,7 +24,6 @@ from typing import Any, Literal, Mapping, Union
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -35,11 +34,15 @@ from pydantic import (
 )
 from typing_extensions import Annotated
 
+from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
 from ssmtl.core.augment import AugmentConfig
 from ssmtl.core.loop import LoopConfig
 from ssmtl.api.errors import ConfigError
 from ssmtl.core.settings import (
     ENV_PREFIX,
+    blame_environment,
+    dotted_paths,
+    env_origins,
     deep_merge,
     env_overrides,
     error_rows,
@@ -56,8 +59,8 @@ from ssmtl.core.networks import network_models, resolve_network_config, validate
 class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
 
-    model_config = ConfigDict(extra="forbid")
-    path: Path | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`.")
+    model_config = CONFIG_RULES
+    path: AbsolutePath | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`.")
     stride: int = Field(1, ge=1, description="Slice step between consecutive slices of a sequence.")
     sequence_length: int | None = Field(None, ge=1, description="Slices per sequence (k). Default: the largest any enabled task needs.")
     num_workers: int = Field(1, ge=0, le=64, description="Data loader worker processes.")
@@ -80,7 +83,7 @@ class TrainConfig(LoopConfig):
 class WeightingConfig(BaseModel):
     """How task losses are combined into one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG_RULES
     scheme: Literal["fixed", "uncertainty", "dwa"] = Field("fixed", description="Loss weighting: fixed weights, learned uncertainty (Kendall et al. 2018) or dynamic weight average (Liu et al. 2019).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of dynamic weight averaging.")
     window: int | None = Field(None, ge=1, description="Dynamic weight averaging: optimizer steps per window whose mean losses are compared (the paper's epoch). None: one pass over the training slices.")
@@ -89,8 +92,8 @@ class WeightingConfig(BaseModel):
 class RunConfig(BaseModel):
     """Everything a pre-training run needs. Saved as config.json in every run."""
 
-    model_config = ConfigDict(extra="forbid")
-    seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
+    model_config = CONFIG_RULES
+    seed: Seed = Field(0, description="Seed for weights, sampling and augmentation.")
     out: Path | None = Field(None, description="Run directory.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: SerializeAsAny[NetworkConfig] = Field(
@@ -267,7 +270,14 @@ def resolve_run_config(
                 f"--set {key}: task {parts[1]!r} is not enabled (enabled: {enabled}); add --task {parts[1]}"
             )
         set_path(merged, key, value)
-    return validate_run_config(merged, registry)
+    try:
+        return validate_run_config(merged, registry)
+    except ConfigError as exc:
+        environ = os.environ if environ is None else environ
+        origins = env_origins(ENV_PREFIX, RunConfig.model_fields, environ)
+        later = dotted_paths(flag_layer(flags)) + [key for key, _ in parse_set_flags(sets or [])]
+        later += ["tasks"] if tasks else []
+        raise blame_environment(exc, origins, later, environ=environ) from None
 
 
 def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:

@@ -27,6 +27,7 @@ from ssmtl.core.export import write_export
 from ssmtl.core.files import save_json
 from ssmtl.core.loop import TrainingLoop
 from ssmtl.core.optim import build_optimizer
+from ssmtl.core.plugin_calls import plugin_call
 from ssmtl.core.recorder import Recorder
 from ssmtl.core.rundir import prepare_run_dir
 from ssmtl.data.cache import SliceCache
@@ -71,7 +72,10 @@ class Trainer(TrainingLoop):
             num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
             global_batch=config.train.batch_size * accelerator.num_processes, total_steps=config.train.steps,
         )
-        self.notes = module.notes + [note for task in module.tasks.values() for note in task.on_data(info)]
+        self.notes = list(module.notes)
+        for name, task in module.tasks.items():
+            with plugin_call("task", name, "on_data", registry):
+                self.notes += task.on_data(info)
         self.notes += module.weighting.on_data(micro_batches_per_pass(num_slices, info.global_batch))
         if any(t.needs_sync_batchnorm for t in module.tasks.values()) and accelerator.num_processes > 1:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -93,8 +97,9 @@ class Trainer(TrainingLoop):
                          after_step=self._after_step)
 
     def _after_step(self, step: int) -> None:
-        for task in self.unwrapped.tasks.values():
-            task.after_optimizer_step(self.unwrapped.network, step)
+        for name, task in self.unwrapped.tasks.items():
+            with plugin_call("task", name, "after_optimizer_step"):
+                task.after_optimizer_step(self.unwrapped.network, step)
 
 
 def make_loader(config: RunConfig, dataset: SequenceDataset, accelerator, start_step: int) -> torch.utils.data.DataLoader:
@@ -139,12 +144,14 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     # every process checks inputs; only the main process creates the directory
     cache = SliceCache(config.data.path)
     volumes = select_volumes(cache, config)
+    set_seed(config.seed)
+    # the network and the tasks (plugin code) are built before the run directory exists, so a
+    # plugin that fails to build leaves nothing behind
+    trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
+                      num_slices=sum(cache.volumes[v].num_slices for v in volumes))
     if main:
         prepare_run_dir(out, resume=resume)
     accelerator.wait_for_everyone()
-    set_seed(config.seed)
-    trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
-                      num_slices=sum(cache.volumes[v].num_slices for v in volumes))
     for note in trainer.notes:
         accelerator.print(f"note: {note}", file=sys.stderr)
     k, names = trainer.sequence_length, trainer.names

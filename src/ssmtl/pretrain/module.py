@@ -19,6 +19,7 @@ from ssmtl.api.views import SequenceBatch, StepContext, task_views
 from ssmtl.core.augment import make_augmenter
 from ssmtl.api.network import SharedNetwork
 from ssmtl.core.networks import build_network
+from ssmtl.core.plugin_calls import checked_task_output, plugin_call, refuse
 from ssmtl.pretrain.config import RunConfig
 from ssmtl.pretrain.weighting import LossWeighting, build_weighting
 
@@ -63,7 +64,9 @@ class PretrainModule(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
-            out = task(ctx)
+            with plugin_call("task", name, "forward"):
+                out = task(ctx)
+            out = checked_task_output(name, out)
             losses[name] = out.loss
             for key, value in out.metrics.items():
                 metrics[f"{name}/{key}"] = value.detach().float()
@@ -78,10 +81,12 @@ def build_tasks(config: RunConfig, network: SharedNetwork, registry) -> dict[str
     tasks = {}
     for name, task_config in config.tasks.items():
         spec = registry.task(name)
-        task = spec.factory(task_config, network.info)
+        with plugin_call("task", name, "its factory (__init__)", registry):
+            task = spec.factory(task_config, network.info)
         if not isinstance(task, PretextTask):
-            raise SsmtlError(f"task {name!r}: factory returned {type(task).__name__}, not a PretextTask")
-        task.setup(network)
+            raise refuse("task", name, "the factory", f"returned {type(task).__name__}, not a PretextTask", registry)
+        with plugin_call("task", name, "setup", registry):
+            task.setup(network)
         tasks[name] = task
     return tasks
 

@@ -4,6 +4,7 @@ The built-in dataset plugins use only these names (through :mod:`ssmtl.api`), ex
 as a third-party dataset would. One module per concept:
 
 * :mod:`~ssmtl.api.datasets.arrays`: the cache's array layout, finite voxels;
+* :mod:`~ssmtl.api.datasets.limits`: a header's claimed size against the file, before allocating;
 * :mod:`~ssmtl.api.datasets.files`: folders, hidden files, extensions and stems;
 * :mod:`~ssmtl.api.datasets.pairing`: images paired with label maps by name, subjects;
 * :mod:`~ssmtl.api.datasets.labels`: raw label values -> class ids, class names;

@@ -184,11 +184,13 @@ def build_source(config: DicomConfig) -> VolumeSource:
     series = [s for s in scan.series if DICOM_MODALITIES.get(s.modality) in wanted]
     others = sorted({s.modality or "?" for s in scan.series} - {m for m, v in DICOM_MODALITIES.items() if v in wanted})
     if not series:
-        found = f"; series of other modalities: {', '.join(others)}" if others else ""
+        # say what was found instead: set-aside series first (a one-slice series is no volume)
+        why = [f"set aside: {', '.join(scan.ignored_series)}; a volume needs a series of 2 or more slices"] if scan.ignored_series else []
+        why += [f"series of other modalities: {', '.join(others)}"] if others else []
+        why += [f"{scan.ignored_files} file(s) are not DICOM images"] if scan.ignored_files or not why else []
         raise InputFileError(
             config.path,
-            f"no {' or '.join(sorted(m.upper() for m in wanted))} DICOM series found "
-            f"({scan.ignored_files} files are not DICOM images{found})",
+            f"no {' or '.join(sorted(m.upper() for m in wanted))} DICOM series found ({'; '.join(why)})",
         )
     labels = pair_labels(config, series)
     label_values, class_names = config.label_mapping(list(labels.values()), read_label)

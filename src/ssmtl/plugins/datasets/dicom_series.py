@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmtl.api import check_directory, InputFileError, LPS_TO_RAS, lps_to_canonical, SourceGeometry, walk_files
+from ssmtl.api import check_claimed_size, check_directory, InputFileError, LPS_TO_RAS, lps_to_canonical, SourceGeometry, walk_files
 
 from ssmtl.plugins.datasets.dicom_geometry import series_geometry, SeriesRefused, SliceHeader
 
@@ -282,6 +282,9 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, tuple[float, float, fl
     if series.problem is not None or series.affine_lps is None:
         raise InputFileError(series.folder, f"{series.describe()}: {series.problem}")
     columns, rows, depth = series.shape
+    # the cap alone (before the allocation): each file's pixel data may be compressed; a slice
+    # shorter than its Rows x Columns is refused by the decoder, file by file
+    check_claimed_size(series.folder, series.shape, 4, compressed=True)
     volume = np.empty((columns, rows, depth), dtype=np.float32)
     for k, path in enumerate(series.files):
         volume[:, :, k] = _read_slice(path, rows, columns).T  # (row, column) -> (x=column, y=row)

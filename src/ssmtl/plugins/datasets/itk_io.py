@@ -24,6 +24,7 @@ import numpy as np
 
 from ssmtl.api import (
     affine_from_geometry,
+    check_claimed_size,
     FileKind,
     InputFileError,
     integer_labels,
@@ -52,8 +53,13 @@ def _read(path: Path):
     if not path.is_file():
         raise InputFileError(path, "not a file")
     try:
-        return sitk.ReadImage(str(path))
-    except MemoryError:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only
+        # the cap alone: the voxels may sit in a detached or compressed data file
+        check_claimed_size(path, reader.GetSize(), 1, compressed=True)
+        return reader.Execute()
+    except (MemoryError, InputFileError):
         raise
     except Exception as exc:  # SimpleITK raises RuntimeError for every reader failure
         raise InputFileError(path, f"cannot read image ({_itk_message(exc)})") from exc

@@ -14,19 +14,28 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ssmtl.api import FileKind, InputFileError, integer_labels, SourceGeometry, spatial_shape
+from ssmtl.api import FileKind, InputFileError, check_claimed_size, integer_labels, SourceGeometry, spatial_shape
 
 NIFTI_FILES = FileKind("NIfTI files", (".nii", ".nii.gz"))
 
 
 def _load_header(path: Path) -> nib.spatialimages.SpatialImage:
-    """``nib.load`` (reads the header only; voxel data stay on disk until asked for)."""
+    """``nib.load`` (reads the header only; voxel data stay on disk until asked for), its claimed
+    size checked against the file before anything is allocated."""
     try:
-        return nib.load(str(path))
+        img = nib.load(str(path))
+        header = img.header
+        dtype = header.get_data_dtype()
+        offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
     except MemoryError:
         raise
     except Exception as exc:
         raise InputFileError(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
+    data_file = img.file_map["image"].filename if "image" in img.file_map else None
+    data_path = Path(data_file) if data_file else Path(path)
+    check_claimed_size(data_path, img.shape, dtype.itemsize, offset=offset,
+                       compressed=data_path.suffix.lower() in (".gz", ".bz2", ".zst"))
+    return img
 
 
 def _read_data(path: Path, read):

@@ -59,7 +59,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ssmtl.api import DatasetConfig, DatasetSpec, hookimpl, RawVolume, VolumeItem, VolumeSource
+from ssmtl.api import DatasetConfig, DatasetSpec, hookimpl, RawVolume, Seed, VolumeItem, VolumeSource
 from ssmtl.plugins.datasets.phantom_anatomy import CLASS_NAMES, generate_subject
 from ssmtl.plugins.datasets.phantom_variability import Variability
 
@@ -81,8 +81,8 @@ class PhantomConfig(DatasetConfig):
     variability: Literal["low", "realistic"] = Field(
         "realistic", description="Inter-subject variability: 'realistic' (clinical ranges of anatomy and acquisition, see docs/datasets.md) or 'low' (the original phantom, for quick demos)."
     )
-    seed: int = Field(
-        0, ge=0, description="Random seed; the same seed always generates the same subjects."
+    seed: Seed = Field(
+        0, description="Random seed; the same seed always generates the same subjects."
     )
 
 
