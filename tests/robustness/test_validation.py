@@ -5,7 +5,6 @@ anything is written."""
 from __future__ import annotations
 
 import shutil
-import sys
 
 import h5py
 import numpy as np
