@@ -10,11 +10,17 @@ Reading: :func:`load_json` and :func:`load_tensors` turn a missing, truncated or
 malformed file into one :class:`~ssmtl.api.SsmtlError` naming the file; ``load_tensors``
 with ``expected`` keys is strict (missing and unexpected keys are both errors), which
 is how every set of weights is loaded.
+
+Running out of space: :func:`out_of_space` recognises a full disk, a file size limit or a
+quota in any exception (an ``OSError``'s errno, or the text h5py, safetensors and torch
+put in their own errors), and :func:`writing` turns such a failure into one
+``SsmtlError`` naming the output. :func:`exclusive_lock` keeps two processes off one output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -158,3 +164,97 @@ def load_into(module, path: Path, what: str = "weights") -> None:
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).splitlines()[-1].strip() or str(exc).splitlines()[0]
         raise SsmtlError(f"{path}: {what} do not match the model: {first}") from None
+
+
+_NO_SPACE = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EFBIG: "the file size limit was reached",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+#: how libraries that do not raise OSError (h5py's HDF5 stack, safetensors, torch's zip writer) say it
+_NO_SPACE_TEXT = {
+    "no space left on device": errno.ENOSPC, "errno = 28": errno.ENOSPC, "code: 28": errno.ENOSPC,
+    "file too large": errno.EFBIG, "errno = 27": errno.EFBIG, "code: 27": errno.EFBIG, "filetoolarge": errno.EFBIG,
+    "disk quota exceeded": errno.EDQUOT, "errno = 122": errno.EDQUOT, "code: 122": errno.EDQUOT,
+    # torch's zip writer drops the errno; a failed write of a file being written is a full disk or a limit
+    "file write failed": errno.ENOSPC,
+}
+
+
+def out_of_space(exc: BaseException | None) -> str | None:
+    """Why ``exc`` (or an exception it was raised from) failed for lack of space, or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return _NO_SPACE[exc.errno]
+        text = str(exc).lower()
+        for needle, code in _NO_SPACE_TEXT.items():
+            if needle in text:
+                return _NO_SPACE[code]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def space_error(path: Path, what: str, reason: str) -> SsmtlError:
+    return SsmtlError(f"{path}: {reason} while writing {what}; free some space (or raise the limit) and run again")
+
+
+@contextlib.contextmanager
+def writing(path: Path, what: str) -> Iterator[None]:
+    """Inside, running out of space becomes one :class:`SsmtlError` naming ``path``; other errors pass."""
+    try:
+        yield
+    except SsmtlError:
+        raise
+    except Exception as exc:
+        reason = out_of_space(exc)
+        if reason is None:
+            raise
+        raise space_error(path, what, reason) from None
+
+
+class OutputInUse(SsmtlError):
+    """Another process holds the lock on an output."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock`` (created, holding our PID) for the block; a second
+    process gets "OUTPUT is in use by PID N". The lock file is removed on the way out.
+
+    A waiter may have opened a lock file that its holder then removed; after taking the lock
+    we check that the name still points at the file we locked, and start again if not.
+    """
+    import fcntl
+
+    lock = Path(lock)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SsmtlError(f"{output}: cannot create the lock file {lock.name} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputInUse(f"{output} is in use by PID {holder}; wait for it to finish or choose another output") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError:
+        pass  # no room for a PID: the lock itself still holds
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
