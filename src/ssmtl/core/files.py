@@ -166,18 +166,18 @@ def load_into(module, path: Path, what: str = "weights") -> None:
         raise SsmtlError(f"{path}: {what} do not match the model: {first}") from None
 
 
-_NO_SPACE = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EFBIG: "the file size limit was reached",
-    errno.EDQUOT: "the disk quota is exceeded",
-}
+_NO_SPACE = "no space left on the device"
+_TOO_LARGE = "the file size limit was reached"
+_QUOTA = "the disk quota is exceeded"
+_BY_ERRNO = {errno.ENOSPC: _NO_SPACE, errno.EFBIG: _TOO_LARGE, errno.EDQUOT: _QUOTA}
 #: how libraries that do not raise OSError (h5py's HDF5 stack, safetensors, torch's zip writer) say it
-_NO_SPACE_TEXT = {
-    "no space left on device": errno.ENOSPC, "errno = 28": errno.ENOSPC, "code: 28": errno.ENOSPC,
-    "file too large": errno.EFBIG, "errno = 27": errno.EFBIG, "code: 27": errno.EFBIG, "filetoolarge": errno.EFBIG,
-    "disk quota exceeded": errno.EDQUOT, "errno = 122": errno.EDQUOT, "code: 122": errno.EDQUOT,
-    # torch's zip writer drops the errno; a failed write of a file being written is a full disk or a limit
-    "file write failed": errno.ENOSPC,
+_BY_TEXT = {
+    "no space left on device": _NO_SPACE, "errno = 28": _NO_SPACE, "os error 28": _NO_SPACE,
+    "file too large": _TOO_LARGE, "errno = 27": _TOO_LARGE, "os error 27": _TOO_LARGE,
+    "disk quota exceeded": _QUOTA, "errno = 122": _QUOTA, "os error 122": _QUOTA,
+    # torch's zip writer (torch.save) drops the errno: a short write shows as a position mismatch
+    "file write failed": "a write failed (the disk is full or a file size limit was reached)",
+    "unexpected pos": "a write failed (the disk is full or a file size limit was reached)",
 }
 
 
@@ -186,12 +186,12 @@ def out_of_space(exc: BaseException | None) -> str | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-            return _NO_SPACE[exc.errno]
+        if isinstance(exc, OSError) and exc.errno in _BY_ERRNO:
+            return _BY_ERRNO[exc.errno]
         text = str(exc).lower()
-        for needle, code in _NO_SPACE_TEXT.items():
+        for needle, reason in _BY_TEXT.items():
             if needle in text:
-                return _NO_SPACE[code]
+                return reason
         exc = exc.__cause__ or exc.__context__
     return None
 
