@@ -56,25 +56,16 @@ def run_kind(out: Path) -> str | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path | str | None]], flag: str = "--out") -> None:
     """Refuse an output that is one of the inputs, holds one, or lies inside an input folder:
     writing there would overwrite an input (or mix the output into the inputs)."""
     target = Path(out).resolve()
-    for name, path in inputs:
-        if path is None or str(path) in ("", "none"):
-            continue
-        source = Path(path).resolve()
-        if source == target:
-            relation = "is"
-        elif target in source.parents:
-            relation = "contains"
-        elif source in target.parents:
-            relation = "is inside"
-        else:
+    given = [(name, path, Path(path).resolve()) for name, path in inputs if path is not None and str(path) not in ("", "none")]
+    # the closest relation first: "is the input volume" says more than "is inside the input folder"
+    for relation, test in (("is", lambda source: source == target), ("contains", lambda source: target in source.parents),
+                           ("is inside", lambda source: source in target.parents)):
+        name, path = next(((name, path) for name, path, source in given if test(source)), (None, None))
+        if name is None:
             continue
         raise SsmtlError(f"{flag} {out}: {relation} the input {name} {path}; choose another {flag} "
                          "(an output never overwrites or mixes with its inputs)")
