@@ -258,3 +258,48 @@ def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def check_shape(data: Any, path: Path, what: str, fields: Mapping[str, type | tuple[type, ...]],
+                required: Iterable[str] = ()) -> dict[str, Any]:
+    """Check a JSON file ssmtl wrote still has the shape its readers rely on (a hand-edited or
+    foreign file is one clear error naming the file and the field, not a KeyError later).
+
+    ``fields`` maps dotted keys (``"head.name"``) to the allowed types (``None`` allowed when
+    ``type(None)`` is listed); ``required`` keys must be present."""
+    if not isinstance(data, dict):
+        raise SsmtlError(f"{path}: {what} should be a JSON object, found {_json_type(data)} (edited or damaged?)")
+
+    def lookup(key: str) -> tuple[bool, Any]:
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False, None
+            node = node[part]
+        return True, node
+
+    for key in required:
+        if not lookup(key)[0]:
+            raise SsmtlError(f"{path}: {what} has no {key!r} (edited or damaged?)")
+    for key, types in fields.items():
+        present, value = lookup(key)
+        allowed = types if isinstance(types, tuple) else (types,)
+        is_bool = isinstance(value, bool) and bool not in allowed
+        if present and (is_bool or not isinstance(value, allowed)):
+            expected = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in allowed)
+            raise SsmtlError(f"{path}: {what}: {key!r} should be {expected}, found {_json_type(value)} (edited or damaged?)")
+    return data
+
+
+def load_json_object(path: Path, what: str, fields: Mapping[str, type | tuple[type, ...]],
+                     required: Iterable[str] = ()) -> dict[str, Any]:
+    """:func:`load_json`, then :func:`check_shape`."""
+    return check_shape(load_json(path, what), path, what, fields, required)
