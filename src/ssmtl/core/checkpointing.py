@@ -109,14 +109,21 @@ def check_rng_state(path: Path) -> None:
         raise ValueError(f"{path.name}: the random-number state cannot be restored ({scrub(exc)})") from None
 
 
+_TORCH_ADVICE = ("weights_only", "weights only", "trusted source", "arbitrary code", "documentation of torch.load",
+                 "WeightsUnpickler", "torch.serialization")
+
+
 def scrub(exc: BaseException) -> str:
-    """An exception's first line, without torch's advice to load with ``weights_only=False``
-    (which would run arbitrary code from the file)."""
+    """An exception's first meaningful line, without torch's advice to load with
+    ``weights_only=False`` (which would run whatever code the file holds)."""
+    import pickle
+
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    keep = [line for line in lines if "weights_only" not in line and "WeightsUnpickler" not in line
-            and "trusted source" not in line and "torch.serialization" not in line]
-    first = (keep or [type(exc).__name__])[0]
-    return first[:200]
+    keep = [line for line in lines if not any(a.lower() in line.lower() for a in _TORCH_ADVICE)]
+    first = (keep or [type(exc).__name__])[0][:200]
+    if isinstance(exc, pickle.UnpicklingError):
+        return f"it holds objects other than tensors and plain data, which ssmtl never unpickles ({first})"
+    return first
 
 
 def list_checkpoints(root: Path) -> list[Path]:
