@@ -88,12 +88,12 @@ def test_outputs_never_overwrite_inputs_or_runs_of_another_kind(tmp_path, ssmtl_
 
 def test_a_cache_being_built_is_locked(tmp_path):
     out = tmp_path / "c.h5"
-    with exclusive_lock(tmp_path / ".c.h5.lock", out):
+    with exclusive_lock(tmp_path / ".c.h5.ssmtl-lock", out):
         [outcome] = run_cases([Case("second build", ssmtl_cli("cache", "build", "--dataset", "phantom", "--size", "16",
                                                                 "--subjects", "2", "--num-slices", "4", "--out", out),
                                      message=f"{out} is in use by PID {os.getpid()}", absent=[out], watch=[tmp_path])])
         assert_all_held([outcome])
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".c.h5.lock"]  # ours: the refused build left nothing
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".c.h5.ssmtl-lock"]  # ours: the refused build left nothing
     assert list(tmp_path.iterdir()) == []
 
 

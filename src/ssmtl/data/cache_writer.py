@@ -12,7 +12,7 @@ the temporary is removed. HDF5 does not write through a plain file here: it writ
 through :class:`_SpaceAwareFile`, which remembers a failed write and drops the rest,
 because HDF5's own error paths after a failed write crash the process (a segfault in
 h5py 3.16 / HDF5 2.0 when the file is flushed after a failed chunk write). An exclusive
-lock next to ``out`` (``.NAME.lock``) keeps a second build off the same output.
+lock next to ``out`` (``.NAME.ssmtl-lock``) keeps a second build off the same output.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ssmtl.core.files import exclusive_lock, fsync_directory, fsync_file, out_of
 from ssmtl.data.cache import FORMAT, FORMAT_VERSION, _json, group_name, sha256_array
 
 TMP_PREFIX = ".ssmtl-tmp-"
+LOCK_SUFFIX = ".ssmtl-lock"  # .NAME.ssmtl-lock next to the cache NAME
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,9 +48,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove_if_free(lock: Path) -> bool:
+    """Delete a cache lock file nobody holds (left by a killed build)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporaries left by killed builds (their writer process is gone)."""
-    removed = []
+    """Delete temporaries and lock files left by killed builds (their writer process is gone)."""
+    removed = [lock for lock in Path(directory).glob(f".*{LOCK_SUFFIX}") if _remove_if_free(lock)]
     for path in Path(directory).glob(f"{TMP_PREFIX}*"):
         match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
         if match and not _pid_alive(int(match.group(1))):
@@ -151,7 +170,7 @@ class CacheWriter:
         self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> "CacheWriter":
-        self._lock.enter_context(exclusive_lock(self.out.with_name(f".{self.out.name}.lock"), self.out))
+        self._lock.enter_context(exclusive_lock(self.out.with_name(f".{self.out.name}{LOCK_SUFFIX}"), self.out))
         try:
             self._raw = _SpaceAwareFile(self.tmp)
             self._file = h5py.File(self._raw, "w", libver="latest")
