@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import OutputInUse, exclusive_lock
+from ssmtl.core.files import exclusive_lock
 from ssmtl.core.rundir import LOCK, MARKER, prepare_run_dir, refuse_overlap, run_directory, run_kind
 
 TINY = ["--steps", "2", "--batch-size", "2", "--set", "model.base_channels=4", "--set", "model.depth=2",
@@ -99,12 +101,14 @@ def test_a_cache_being_built_is_locked(tmp_path):
 
 def test_lock_marker_and_overlap_units(tmp_path):
     lock = tmp_path / "x.lock"
+    other = [sys.executable, "-c", "import sys; from ssmtl.core.files import exclusive_lock\n"
+             f"try:\n    exclusive_lock({str(lock)!r}, 'x').__enter__()\nexcept Exception as e:\n    sys.exit(str(e))"]
     with exclusive_lock(lock, tmp_path / "x"):
         assert lock.read_text() == str(os.getpid())
-        with pytest.raises(OutputInUse, match=f"in use by PID {os.getpid()}"):
-            with exclusive_lock(lock, tmp_path / "x"):
-                pass
+        refused = subprocess.run(other, capture_output=True, text=True)  # another process: refused
+        assert refused.returncode == 1 and f"x is in use by PID {os.getpid()}" in refused.stderr
     assert not lock.exists()  # removed when released
+    assert subprocess.run(other).returncode == 0  # then free for the next process
     with exclusive_lock(lock, tmp_path / "x"):  # and can be taken again
         pass
 

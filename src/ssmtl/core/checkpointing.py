@@ -158,7 +158,7 @@ def prune(root: Path, keep: int) -> None:
 MAY_CHANGE = (
     "out", "data.path", "data.num_workers", "num_workers", "init",
     "train.log_every", "train.log_with", "train.keep_checkpoints", "train.checkpoint_every",
-    "train.max_nonfinite_steps",
+    "train.max_nonfinite_steps", "train.compile",
 )
 
 

@@ -220,11 +220,14 @@ class OutputInUse(SsmtlError):
 
 @contextlib.contextmanager
 def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock`` (created, holding our PID) for the block; a second
+    """Hold an exclusive lock on ``lock`` (created, holding our PID) for the block; a second
     process gets "OUTPUT is in use by PID N". The lock file is removed on the way out.
 
-    A waiter may have opened a lock file that its holder then removed; after taking the lock
-    we check that the name still points at the file we locked, and start again if not.
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so data
+    loader workers forked during the run do not inherit it and keep it after a ``kill -9``;
+    the kernel releases it when the process dies. A waiter may have opened a lock file that
+    its holder then removed; after taking the lock we check that the name still points at the
+    file we locked, and start again if not.
     """
     import fcntl
 
@@ -235,7 +238,7 @@ def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
         except OSError as exc:
             raise SsmtlError(f"{output}: cannot create the lock file {lock.name} ({exc.strerror})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)

@@ -9,10 +9,12 @@ What a run directory promises (docs/robustness.md):
   before the marker existed are recognised by their files.
 * **One process at a time.** An exclusive lock (``.ssmtl.lock`` inside, holding the PID)
   is held for the run's life; a second run on it stops with "in use by PID N".
-* **A failed run leaves nothing it cannot resume from.** :func:`run_directory` wraps a whole
-  run: a full disk becomes one error line, and when the run fails, a folder it created that
-  holds no finished checkpoint is removed again; a folder that has one, or that existed
-  before (``--resume``), keeps everything it had.
+* **A failed run leaves nothing it cannot use.** :func:`run_directory` wraps a whole run: a
+  full disk becomes one error line; when the run fails, a folder it created is removed again
+  if it holds no finished checkpoint and either the disk is full or training never logged a
+  step (a failed check). A folder with a checkpoint, with the metrics of steps that ran (a run
+  stopped by non-finite losses: the metrics say why), or that existed before (``--resume``),
+  keeps everything it had.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import exclusive_lock, load_json, save_json, writing
+from ssmtl.core.files import exclusive_lock, load_json, out_of_space, save_json, writing
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 MARKER = "ssmtl-run.json"
 LOCK = ".ssmtl.lock"
+METRICS = "metrics.jsonl"  # a run that trained keeps its metrics for diagnosis
 #: a run kind -> how a message names a folder of that kind
 KINDS = {
     "pretrain": "a pre-training run",
@@ -100,8 +103,8 @@ def run_directory(out: Path, what: str) -> Iterator[None]:
     try:
         with writing(out, what):
             yield
-    except BaseException:
-        if guard.prepared and guard.fresh and not _has_checkpoint(out):
+    except BaseException as exc:
+        if guard.prepared and guard.fresh and not _has_checkpoint(out) and (out_of_space(exc) or not (out / METRICS).exists()):
             _remove_fresh(out, keep_folder=existed)
         raise
     finally:
