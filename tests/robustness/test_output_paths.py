@@ -3,22 +3,38 @@ one output, and failed validations that used to leave a folder refusing the corr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import exclusive_lock
+from ssmtl.core.files import OutputInUse, exclusive_lock
 from ssmtl.core.rundir import LOCK, MARKER, prepare_run_dir, refuse_overlap, run_directory, run_kind
 
 TINY = ["--steps", "2", "--batch-size", "2", "--set", "model.base_channels=4", "--set", "model.depth=2",
         "--set", "tasks.contrastive.queue_size=16", "--set", "data.num_workers=0"]
+
+
+@contextlib.contextmanager
+def _held_by_another_process(lock: Path) -> Iterator[int]:
+    """A helper process holds the lock on ``lock`` for the block; yields its PID."""
+    code = ("import sys; from ssmtl.core.files import exclusive_lock\n"
+            f"with exclusive_lock({str(lock)!r}, 'x'):\n    print('locked', flush=True)\n    sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
 
 
 def _nifti_folder(root: Path) -> Path:
@@ -79,10 +95,10 @@ def test_outputs_never_overwrite_inputs_or_runs_of_another_kind(tmp_path, ssmtl_
              ssmtl_cli("pretrain", *data, "--out", empty, *TINY, "--set", "data.stride=20"),
              message="data.stride", watch=[runs]),
     ]
-    with exclusive_lock(busy / LOCK, busy):
+    with _held_by_another_process(busy / LOCK) as holder:
         cases.append(Case("a second run on a busy folder", ssmtl_cli("pretrain", "--config", busy / "config.json",
                                                                       "--out", busy, "--resume"),
-                          message=f"is in use by PID {os.getpid()}", inputs=[busy]))
+                          message=f"is in use by PID {holder}", inputs=[busy]))
         assert_all_held(run_cases(cases, workers=2))
     assert list(empty.iterdir()) == []  # the folder stays, empty: the corrected run is not refused
     assert sorted(p.name for p in runs.iterdir()) == ["busy", "empty", "ft", "pre", "with-cache"]
@@ -90,10 +106,10 @@ def test_outputs_never_overwrite_inputs_or_runs_of_another_kind(tmp_path, ssmtl_
 
 def test_a_cache_being_built_is_locked(tmp_path):
     out = tmp_path / "c.h5"
-    with exclusive_lock(tmp_path / ".c.h5.ssmtl-lock", out):
+    with _held_by_another_process(tmp_path / ".c.h5.ssmtl-lock") as holder:
         [outcome] = run_cases([Case("second build", ssmtl_cli("cache", "build", "--dataset", "phantom", "--size", "16",
                                                                 "--subjects", "2", "--num-slices", "4", "--out", out),
-                                     message=f"{out} is in use by PID {os.getpid()}", absent=[out], watch=[tmp_path])])
+                                     message=f"{out} is in use by PID {holder}", absent=[out], watch=[tmp_path])])
         assert_all_held([outcome])
         assert sorted(p.name for p in tmp_path.iterdir()) == [".c.h5.ssmtl-lock"]  # ours: the refused build left nothing
     assert list(tmp_path.iterdir()) == []
@@ -101,14 +117,16 @@ def test_a_cache_being_built_is_locked(tmp_path):
 
 def test_lock_marker_and_overlap_units(tmp_path):
     lock = tmp_path / "x.lock"
-    other = [sys.executable, "-c", "import sys; from ssmtl.core.files import exclusive_lock\n"
-             f"try:\n    exclusive_lock({str(lock)!r}, 'x').__enter__()\nexcept Exception as e:\n    sys.exit(str(e))"]
-    with exclusive_lock(lock, tmp_path / "x"):
-        assert lock.read_text() == str(os.getpid())
-        refused = subprocess.run(other, capture_output=True, text=True)  # another process: refused
-        assert refused.returncode == 1 and f"x is in use by PID {os.getpid()}" in refused.stderr
+    with _held_by_another_process(lock) as holder:
+        assert lock.read_text() == str(holder)
+        with pytest.raises(OutputInUse, match=f"x is in use by PID {holder};"):
+            with exclusive_lock(lock, tmp_path / "x"):
+                pass
     assert not lock.exists()  # removed when released
-    assert subprocess.run(other).returncode == 0  # then free for the next process
+    with exclusive_lock(lock, tmp_path / "x"):  # then free for the next process
+        with pytest.raises(OutputInUse, match="this process"):  # and one process cannot take it twice
+            with exclusive_lock(lock, tmp_path / "x"):
+                pass
     with exclusive_lock(lock, tmp_path / "x"):  # and can be taken again
         pass
 

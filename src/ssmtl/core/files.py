@@ -218,6 +218,16 @@ class OutputInUse(SsmtlError):
     """Another process holds the lock on an output."""
 
 
+#: the lock files this process holds (it must never open one otherwise: closing any descriptor
+#: of a file releases this process's record locks on it)
+_HELD: set[str] = set()
+
+
+def held_here(lock: Path) -> bool:
+    """Whether this process holds ``lock`` (then it must not open it: see :func:`exclusive_lock`)."""
+    return str(Path(lock).absolute()) in _HELD
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``lock`` (created, holding our PID) for the block; a second
@@ -232,6 +242,9 @@ def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
     import fcntl
 
     lock = Path(lock)
+    key = str(lock.absolute())
+    if key in _HELD:  # record locks do not conflict within one process: refuse here instead
+        raise OutputInUse(f"{output} is in use by PID {os.getpid()} (this process); wait for it to finish or choose another output")
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -255,9 +268,11 @@ def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
     except OSError:
         pass  # no room for a PID: the lock itself still holds
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
