@@ -11,6 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 from robustness.harness import Case, assert_all_held, limit_file_size, run_cases, ssmtl_cli
 
 LIMIT = "file size limit"
@@ -33,6 +36,12 @@ def test_a_full_disk_leaves_the_disk_as_it_was(tmp_path, ssmtl_tiny_cache, pretr
     # config.json is rewritten by a resumed run (it records the new --out); everything else must hold
     pre_kept = [p for p in pre.iterdir() if p.name != "config.json"]
     fine_kept = [fine / "checkpoints", fine / "model.safetensors", fine / "run.json", fine / "split.json", fine / "eval.json"]
+    evaluated = runs / "eval-copy"
+    shutil.copytree(finetuned_run, evaluated)
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(16, 16, 6)).astype(np.float32), np.eye(4)), str(scan))
     init = ["--init", str(pretrained_run), "--labeled-volumes", "1", "--steps", "3", "--batch-size", "2"]
 
     cases = [
@@ -54,10 +63,22 @@ def test_a_full_disk_leaves_the_disk_as_it_was(tmp_path, ssmtl_tiny_cache, pretr
         Case("finetune --resume, checkpoint does not fit",
              ssmtl_cli("finetune", "--config", fine / "config.json", "--out", fine, "--resume"),
              message=LIMIT, inputs=fine_kept, watch=[runs], preexec=limit_file_size(30_000)),
+        # what reads a finished run and writes next to it, or elsewhere
+        Case("evaluate, eval.json does not fit", ssmtl_cli("evaluate", "--run", evaluated),
+             message=LIMIT, inputs=[evaluated], watch=[evaluated], preexec=limit_file_size(2_000)),
+        Case("report does not fit", ssmtl_cli("report", evaluated, "--out", outputs / "report.html"),
+             message=LIMIT, inputs=[evaluated], absent=[outputs / "report.html"], watch=[outputs],
+             preexec=limit_file_size(20_000)),
+        Case("export does not fit", ssmtl_cli("export", evaluated, "--out", outputs / "hub"),
+             message=LIMIT, inputs=[evaluated], absent=[outputs / "hub"], watch=[outputs], preexec=limit_file_size(20_000)),
+        Case("predict does not fit", ssmtl_cli("predict", "--run", evaluated, "--input", scan, "--out", outputs / "pred"),
+             message=LIMIT, inputs=[evaluated, scan], absent=[outputs / "pred"], watch=[outputs],
+             preexec=limit_file_size(300)),
     ]
     assert_all_held(run_cases(cases, workers=2))
     assert sorted(p.name for p in builds.iterdir()) == ["old.h5"]  # no lock files either
-    assert sorted(p.name for p in runs.iterdir()) == ["ft-copy", "pre-copy"]
+    assert sorted(p.name for p in runs.iterdir()) == ["eval-copy", "ft-copy", "pre-copy"]
+    assert sorted(p.name for p in outputs.iterdir()) == []  # no report, no export, no half-written predictions
     assert not (pre / ".ssmtl.lock").exists() and not (fine / ".ssmtl.lock").exists()
 
 

@@ -70,11 +70,20 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _raise_if_out_of_space(exc, path)
         raise
     fsync_directory(path.parent)
     return path
+
+
+def _raise_if_out_of_space(exc: BaseException, path: Path, *, rename: bool = False) -> None:
+    """A failed write for lack of space becomes one error naming the file (other failures pass);
+    with ``rename``, also one already reported under a temporary name (a file of a folder)."""
+    reason = None if isinstance(exc, SsmtlError) and not rename else out_of_space(exc)
+    if reason is not None:
+        raise space_error(path, Path(path).name, reason) from None
 
 
 def save_text(path: Path, text: str) -> Path:
@@ -113,8 +122,9 @@ def atomic_directory(final: Path, tmp: Path | None = None) -> Iterator[Path]:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_out_of_space(exc, final, rename=True)
         raise
     fsync_directory(final.parent)
 

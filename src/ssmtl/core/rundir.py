@@ -112,6 +112,20 @@ def run_directory(out: Path, what: str) -> Iterator[None]:
         guard.locks.close()
 
 
+@contextlib.contextmanager
+def removed_on_failure(out: Path) -> Iterator[None]:
+    """An output folder the block creates is removed again if the block fails (a folder that
+    existed before is left as it is)."""
+    out = Path(out)
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def _remove_fresh(out: Path, keep_folder: bool) -> None:
     """Remove what a failed run wrote into a folder that was empty (or missing) before it."""
     if not keep_folder:
