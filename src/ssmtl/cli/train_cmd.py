@@ -127,6 +127,7 @@ def compare(
     """Compare evaluated fine-tuning runs side by side (3D Dice per structure)."""
     from ssmtl.api.errors import SsmtlError
     from ssmtl.downstream.evaluate import render_comparison_table
+    from ssmtl.downstream.records import read_eval_json
 
     results = {}
     for item in runs:
@@ -136,5 +137,5 @@ def compare(
         eval_path = path / "eval.json"
         if not eval_path.is_file():
             raise SsmtlError(f"{eval_path}: not found; run `ssmtl evaluate --run {path}` first")
-        results[label] = json.loads(eval_path.read_text())
+        results[label] = read_eval_json(eval_path)
     console.print(render_comparison_table(results))

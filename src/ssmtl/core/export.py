@@ -31,10 +31,17 @@ from torch import nn
 
 from ssmtl import __version__
 from ssmtl.api.errors import ConfigError, SsmtlError
-from ssmtl.core.files import atomic_directory, load_into, load_json, save_json, save_tensors
+from ssmtl.core.files import atomic_directory, load_into, load_json_object, save_json, save_tensors
 from ssmtl.core.networks import build_network, native_class, network_config
 
 EXPORT_DIR = "export"
+_NONE = type(None)
+#: what the readers of manifest.json rely on (a hand-edited one is one error naming the field)
+MANIFEST_FIELDS = {
+    "model": dict, "model.name": (str, _NONE), "data": (dict, _NONE), "data.path": (str, _NONE),
+    "data.fingerprint": (str, _NONE), "data.volumes": (list, _NONE), "tasks": (dict, _NONE), "config": (dict, _NONE),
+    "steps": (int, _NONE), "native_class": (dict, _NONE), "trained": (list, _NONE), "created": (str, _NONE),
+}
 
 
 def _versions() -> dict[str, str]:
@@ -94,10 +101,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / EXPORT_DIR / "manifest.json"
     if not path.is_file():
         raise SsmtlError(f"{Path(run_dir)}: no pre-training export found (expected {path}); did the run finish?")
-    manifest = load_json(path, "export manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
-        raise SsmtlError(f"{path}: not an ssmtl export manifest (no model table)")
-    return manifest
+    return load_json_object(path, "export manifest", MANIFEST_FIELDS, ("model",))
 
 
 def load_pretrained_network(run_dir: Path, registry=None) -> tuple[nn.Module, dict[str, Any]]:

@@ -10,11 +10,17 @@ Reading: :func:`load_json` and :func:`load_tensors` turn a missing, truncated or
 malformed file into one :class:`~ssmtl.api.SsmtlError` naming the file; ``load_tensors``
 with ``expected`` keys is strict (missing and unexpected keys are both errors), which
 is how every set of weights is loaded.
+
+Running out of space: :func:`out_of_space` recognises a full disk, a file size limit or a
+quota in any exception (an ``OSError``'s errno, or the text h5py, safetensors and torch
+put in their own errors), and :func:`writing` turns such a failure into one
+``SsmtlError`` naming the output. :func:`exclusive_lock` keeps two processes off one output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -64,11 +70,20 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _raise_if_out_of_space(exc, path)
         raise
     fsync_directory(path.parent)
     return path
+
+
+def _raise_if_out_of_space(exc: BaseException, path: Path, *, rename: bool = False) -> None:
+    """A failed write for lack of space becomes one error naming the file (other failures pass);
+    with ``rename``, also one already reported under a temporary name (a file of a folder)."""
+    reason = None if isinstance(exc, SsmtlError) and not rename else out_of_space(exc)
+    if reason is not None:
+        raise space_error(path, Path(path).name, reason) from None
 
 
 def save_text(path: Path, text: str) -> Path:
@@ -107,8 +122,9 @@ def atomic_directory(final: Path, tmp: Path | None = None) -> Iterator[Path]:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_out_of_space(exc, final, rename=True)
         raise
     fsync_directory(final.parent)
 
@@ -158,3 +174,160 @@ def load_into(module, path: Path, what: str = "weights") -> None:
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).splitlines()[-1].strip() or str(exc).splitlines()[0]
         raise SsmtlError(f"{path}: {what} do not match the model: {first}") from None
+
+
+_NO_SPACE = "no space left on the device"
+_TOO_LARGE = "the file size limit was reached"
+_QUOTA = "the disk quota is exceeded"
+_BY_ERRNO = {errno.ENOSPC: _NO_SPACE, errno.EFBIG: _TOO_LARGE, errno.EDQUOT: _QUOTA}
+#: how libraries that do not raise OSError (h5py's HDF5 stack, safetensors, torch's zip writer) say it
+_BY_TEXT = {
+    "no space left on device": _NO_SPACE, "errno = 28": _NO_SPACE, "os error 28": _NO_SPACE,
+    "file too large": _TOO_LARGE, "errno = 27": _TOO_LARGE, "os error 27": _TOO_LARGE,
+    "disk quota exceeded": _QUOTA, "errno = 122": _QUOTA, "os error 122": _QUOTA,
+    # torch's zip writer (torch.save) drops the errno: a short write shows as a position mismatch
+    "file write failed": "a write failed (the disk is full or a file size limit was reached)",
+    "unexpected pos": "a write failed (the disk is full or a file size limit was reached)",
+}
+
+
+def out_of_space(exc: BaseException | None) -> str | None:
+    """Why ``exc`` (or an exception it was raised from) failed for lack of space, or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _BY_ERRNO:
+            return _BY_ERRNO[exc.errno]
+        text = str(exc).lower()
+        for needle, reason in _BY_TEXT.items():
+            if needle in text:
+                return reason
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def space_error(path: Path, what: str, reason: str) -> SsmtlError:
+    return SsmtlError(f"{path}: {reason} while writing {what}; free some space (or raise the limit) and run again")
+
+
+@contextlib.contextmanager
+def writing(path: Path, what: str) -> Iterator[None]:
+    """Inside, running out of space becomes one :class:`SsmtlError` naming ``path``; other errors pass."""
+    try:
+        yield
+    except SsmtlError:
+        raise
+    except Exception as exc:
+        reason = out_of_space(exc)
+        if reason is None:
+            raise
+        raise space_error(path, what, reason) from None
+
+
+class OutputInUse(SsmtlError):
+    """Another process holds the lock on an output."""
+
+
+#: the lock files this process holds (it must never open one otherwise: closing any descriptor
+#: of a file releases this process's record locks on it)
+_HELD: set[str] = set()
+
+
+def held_here(lock: Path) -> bool:
+    """Whether this process holds ``lock`` (then it must not open it: see :func:`exclusive_lock`)."""
+    return str(Path(lock).absolute()) in _HELD
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (created, holding our PID) for the block; a second
+    process gets "OUTPUT is in use by PID N". The lock file is removed on the way out.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so data
+    loader workers forked during the run do not inherit it and keep it after a ``kill -9``;
+    the kernel releases it when the process dies. A waiter may have opened a lock file that
+    its holder then removed; after taking the lock we check that the name still points at the
+    file we locked, and start again if not.
+    """
+    import fcntl
+
+    lock = Path(lock)
+    key = str(lock.absolute())
+    if key in _HELD:  # record locks do not conflict within one process: refuse here instead
+        raise OutputInUse(f"{output} is in use by PID {os.getpid()} (this process); wait for it to finish or choose another output")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SsmtlError(f"{output}: cannot create the lock file {lock.name} ({exc.strerror})") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputInUse(f"{output} is in use by PID {holder}; wait for it to finish or choose another output") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError:
+        pass  # no room for a PID: the lock itself still holds
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def check_shape(data: Any, path: Path, what: str, fields: Mapping[str, type | tuple[type, ...]],
+                required: Iterable[str] = ()) -> dict[str, Any]:
+    """Check a JSON file ssmtl wrote still has the shape its readers rely on (a hand-edited or
+    foreign file is one clear error naming the file and the field, not a KeyError later).
+
+    ``fields`` maps dotted keys (``"head.name"``) to the allowed types (``None`` allowed when
+    ``type(None)`` is listed); ``required`` keys must be present."""
+    if not isinstance(data, dict):
+        raise SsmtlError(f"{path}: {what} should be a JSON object, found {_json_type(data)} (edited or damaged?)")
+
+    def lookup(key: str) -> tuple[bool, Any]:
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False, None
+            node = node[part]
+        return True, node
+
+    for key in required:
+        if not lookup(key)[0]:
+            raise SsmtlError(f"{path}: {what} has no {key!r} (edited or damaged?)")
+    for key, types in fields.items():
+        present, value = lookup(key)
+        allowed = types if isinstance(types, tuple) else (types,)
+        is_bool = isinstance(value, bool) and bool not in allowed
+        if present and (is_bool or not isinstance(value, allowed)):
+            expected = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in allowed)
+            raise SsmtlError(f"{path}: {what}: {key!r} should be {expected}, found {_json_type(value)} (edited or damaged?)")
+    return data
+
+
+def load_json_object(path: Path, what: str, fields: Mapping[str, type | tuple[type, ...]],
+                     required: Iterable[str] = ()) -> dict[str, Any]:
+    """:func:`load_json`, then :func:`check_shape`."""
+    return check_shape(load_json(path, what), path, what, fields, required)

@@ -22,6 +22,7 @@ One :class:`Recorder` per run owns them all (and is the one writer of ``metrics.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ssmtl.api.errors import SsmtlError
 from ssmtl.core import checkpointing as ckpt
 from ssmtl.core import trackers
 from ssmtl.core.files import save_text
@@ -63,6 +65,8 @@ class Recorder:
         #: ``extras(directory) -> state``: called on the main process while a checkpoint is
         #: assembled, to add files to it (checksummed with the rest) and JSON state to its manifest
         self.checkpoint_extras: Callable[[Path], dict[str, Any]] | None = None
+        #: the run's resolved config, stored in every checkpoint so --resume can refuse changes
+        self.config: dict[str, Any] | None = None
         if accelerator.num_processes > 1:
             self._reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: accelerator.reduce(t, reduction="mean")
         else:
@@ -155,15 +159,21 @@ class Recorder:
         """Every process saves its state into one temporary directory; the main process publishes it."""
         acc = self.accelerator
         tmp, final = ckpt.temporary_dir(self.checkpoints, step), ckpt.checkpoint_dir(self.checkpoints, step)
-        if self.main:
-            tmp.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if self.main:
-            extras = self.checkpoint_extras(tmp) if self.checkpoint_extras is not None else {}
-            ckpt.finalize(tmp, final, {"step": step, **(state or {}), **extras})
-            ckpt.prune(self.checkpoints, self.keep)
+        try:
+            if self.main:
+                tmp.mkdir(parents=True, exist_ok=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if self.main:
+                extras = self.checkpoint_extras(tmp) if self.checkpoint_extras is not None else {}
+                config = {"config": self.config} if self.config is not None else {}
+                ckpt.finalize(tmp, final, {"step": step, **(state or {}), **extras, **config})
+                ckpt.prune(self.checkpoints, self.keep)
+        except BaseException:
+            if self.main:  # e.g. a full disk: the staging folder goes, the last good checkpoint stays
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         acc.wait_for_everyone()
         return final
 
@@ -179,7 +189,15 @@ class Recorder:
         """Restore model, optimizer, scheduler and RNG states from ``found``; the step to resume at."""
         if found is None:
             return 0
-        self.accelerator.load_state(str(found.path))
+        acc = self.accelerator
+        try:
+            rng = found.path / f"random_states_{acc.process_index}.pkl"
+            if rng.is_file():
+                ckpt.check_rng_state(rng)
+            acc.load_state(str(found.path))
+        except Exception as exc:  # a checkpoint that verified its checksums yet cannot be loaded was edited
+            raise SsmtlError(f"{found.path}: cannot resume from this checkpoint: {ckpt.scrub(exc)} (its files match "
+                             "checkpoint.json, so they were replaced, not damaged by a crash)") from None
         self.accelerator.print(f"resuming from {found.path} at step {found.step}", file=sys.stderr)
         return found.step
 

@@ -31,6 +31,7 @@ import numpy as np
 from ssmtl import __version__
 from ssmtl.data.cache_writer import CacheWriter, check_output_path
 from ssmtl.core.plugin_calls import plugin_call, plugin_label, refuse
+from ssmtl.core.rundir import refuse_overlap
 from ssmtl.core.settings import validate_model
 from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
@@ -146,6 +147,7 @@ def build_cache(
     if not source.items:
         where = dataset_options.get("path") or dataset_options.get("images") or dataset
         raise InputFileError(where, "the dataset has no volumes")
+    refuse_overlap(Path(out), _inputs(config, source))
     preset = preset_split(source)
     attrs = {
         "ssmtl_version": __version__,
@@ -180,6 +182,16 @@ def build_cache(
         writer.attrs["class_voxels"] = tally.class_voxels()
         writer.attrs["skipped"] = tally.skipped
     return Path(out)
+
+
+def _inputs(config, source: VolumeSource) -> list[tuple[str, Path]]:
+    """What the build reads: the dataset config's paths (``--path``, ``--images``...) and each volume's file."""
+    paths = [(f"--{name.replace('_', '-')}", value) for name, value in config if isinstance(value, Path)]
+    for item in source.items:
+        for part in (item.source, getattr(item, "image_path", None), getattr(item, "label_path", None)):
+            if isinstance(part, (str, Path)) and "://" not in str(part):
+                paths.append(("volume", Path(part)))
+    return paths
 
 
 def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, tally: _Tally) -> None:

@@ -6,11 +6,20 @@ interrupted build, even one killed with ``kill -9``, never leaves a file at ``ou
 and never damages an older cache there. Without ``force`` the new file is hard-linked
 into place, which fails if ``out`` appeared meanwhile: only ``force`` replaces a cache.
 Temporaries of dead writers are deleted by the next build in that directory.
+
+A full disk (or a file size limit) stops the build with one error naming ``out``, and
+the temporary is removed. HDF5 does not write through a plain file here: it writes
+through :class:`_SpaceAwareFile`, which remembers a failed write and drops the rest,
+because HDF5's own error paths after a failed write crash the process (a segfault in
+h5py 3.16 / HDF5 2.0 when the file is flushed after a failed chunk write). An exclusive
+lock next to ``out`` (``.NAME.ssmtl-lock``) keeps a second build off the same output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -22,10 +31,11 @@ import h5py
 import numpy as np
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import fsync_directory, fsync_file
+from ssmtl.core.files import exclusive_lock, fsync_directory, fsync_file, held_here, out_of_space, space_error
 from ssmtl.data.cache import FORMAT, FORMAT_VERSION, _json, group_name, sha256_array
 
 TMP_PREFIX = ".ssmtl-tmp-"
+LOCK_SUFFIX = ".ssmtl-lock"  # .NAME.ssmtl-lock next to the cache NAME
 
 
 def _pid_alive(pid: int) -> bool:
@@ -38,9 +48,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove_if_free(lock: Path) -> bool:
+    """Delete a cache lock file nobody holds (left by a killed build)."""
+    import fcntl
+
+    if held_here(lock):
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporaries left by killed builds (their writer process is gone)."""
-    removed = []
+    """Delete temporaries and lock files left by killed builds (their writer process is gone)."""
+    removed = [lock for lock in Path(directory).glob(f".*{LOCK_SUFFIX}") if _remove_if_free(lock)]
     for path in Path(directory).glob(f"{TMP_PREFIX}*"):
         match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
         if match and not _pid_alive(int(match.group(1))):
@@ -69,6 +99,61 @@ def check_output_path(out: Path, force: bool) -> None:
         raise SsmtlError(f"{parent}: output directory is not writable")
 
 
+class _SpaceAwareFile(io.RawIOBase):
+    """The temporary file HDF5 writes through: the first failed write is kept in ``error`` and
+    every later write is dropped (reported as done), so HDF5 never enters its error paths."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.file = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.file.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.file.readinto(buffer)
+
+    def write(self, data) -> int:
+        size = len(memoryview(data))
+        if self.error is None:
+            try:
+                written = self.file.write(data)
+                if written == size:
+                    return written
+                raise OSError(27, "short write (file size limit)")
+            except OSError as exc:
+                self.error = exc
+        self.file.seek(size, 1)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.file.truncate(size)
+        except OSError as exc:
+            self.error = self.error or exc
+            return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
 class CacheWriter:
     """Writes a cache atomically. Use as a context manager; ``commit`` happens on success."""
 
@@ -83,11 +168,32 @@ class CacheWriter:
         self.names: list[str] = []
         self.checksums: list[str] = []
         self._file: h5py.File | None = None
+        self._raw: _SpaceAwareFile | None = None
+        self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> "CacheWriter":
-        self._file = h5py.File(self.tmp, "w", libver="latest")
-        self._file.create_group("volumes")
+        self._lock.enter_context(exclusive_lock(self.out.with_name(f".{self.out.name}{LOCK_SUFFIX}"), self.out))
+        try:
+            self._raw = _SpaceAwareFile(self.tmp)
+            self._file = h5py.File(self._raw, "w", libver="latest")
+            self._file.create_group("volumes")
+            self._check_space()
+        except BaseException:
+            self._abandon(self._file)
+            raise
         return self
+
+    def _check_space(self) -> None:
+        """Stop with one clear error once a write has failed (full disk, file size limit)."""
+        if self._raw is not None and self._raw.error is not None:
+            raise space_error(self.out, "the cache", out_of_space(self._raw.error) or str(self._raw.error))
+
+    def _abandon(self, f) -> None:
+        """Close everything (dropped writes cannot fail), delete the temporary, release the lock."""
+        _close_quietly(f)
+        _close_quietly(self._raw)
+        self.tmp.unlink(missing_ok=True)
+        self._lock.close()
 
     def _compression_kwargs(self) -> dict[str, Any]:
         if self.compression == "gzip":
@@ -125,6 +231,8 @@ class CacheWriter:
             group.attrs[key] = value if isinstance(value, (str, int, float, np.ndarray)) else _json(value)
         self.names.append(name)
         self.checksums.append(image_sha + group.attrs.get("sha256_label", ""))
+        del group
+        self._check_space()
         return name
 
     def set_split(self, split_of: dict[str, str], attrs: dict[str, Any]) -> None:
@@ -168,18 +276,20 @@ class CacheWriter:
                 )
                 for key, value in attrs.items():
                     f.attrs[key] = value if isinstance(value, (str, int, float)) else _json(value)
-                f.flush()
                 f.close()
+                self._check_space()
+                self._raw.close()
                 fsync_file(self.tmp)
                 self._commit()
+                self._lock.close()
                 return
-        except BaseException:
-            _close_quietly(f)
-            self.tmp.unlink(missing_ok=True)
+        except BaseException as failure:
+            self._abandon(f)
+            reason = out_of_space(failure)
+            if reason is not None and not isinstance(failure, SsmtlError):
+                raise space_error(self.out, "the cache", reason) from None
             raise
-        _close_quietly(f)
-        self.tmp.unlink(missing_ok=True)
-
+        self._abandon(f)
 
     def _commit(self) -> None:
         """Put the finished temporary at ``out`` atomically; without ``force``, never over a file."""

@@ -45,18 +45,10 @@ from ssmtl.core.networks import build_network, network_config
 from ssmtl.core.files import save_json
 from ssmtl.data.splits import volumes_of
 from ssmtl.downstream.inference import resolve_device, SliceInference
+from ssmtl.downstream.records import read_run_json, read_split_json
 from ssmtl.downstream.native_eval import NativeReferences, NoWayBack, SPACES
 
 EVAL_FILE = "eval.json"
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise SsmtlError(f"{path}: not found; is {path.parent} a finished fine-tuning run ({what})?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SsmtlError(f"{path}: corrupt JSON ({exc})") from None
 
 
 def load_finetuned(run_dir: Path, registry=None) -> tuple[FinetuneModel, dict[str, Any]]:
@@ -66,7 +58,7 @@ def load_finetuned(run_dir: Path, registry=None) -> tuple[FinetuneModel, dict[st
 
         registry = get_registry()
     run_dir = Path(run_dir)
-    run = _read_json(run_dir / "run.json", "run.json is written when training ends")
+    run = read_run_json(run_dir)
     network = build_network(network_config(run["model"], registry), registry)
     head_options = {k: v for k, v in run["head"].items() if k != "name"}
     head = build_head(registry, run["head"]["name"], head_options, network, int(run["num_classes"]))
@@ -143,7 +135,7 @@ def evaluate_run(
         registry = get_registry()
     run_dir = Path(run_dir)
     model, run = load_finetuned(run_dir, registry)
-    splits = _read_json(run_dir / "split.json", "split.json is written when training starts")
+    splits = read_split_json(run_dir)
     if split not in ("train", "val", "test"):
         raise SsmtlError(f"unknown split {split!r}; use train, val or test")
     subjects = list(splits.get(split) or [])

@@ -26,11 +26,13 @@ from typing import Any
 
 from ssmtl import __version__
 from ssmtl.core.accelerator import make_accelerator
+from ssmtl.core.export import check_finite_weights
 from ssmtl.core.files import save_json, save_tensors
 from ssmtl.core.loop import TrainingLoop
 from ssmtl.core.optim import build_optimizer
 from ssmtl.core.recorder import Recorder
-from ssmtl.core.rundir import prepare_run_dir
+from ssmtl.core.checkpointing import check_resume, latest_valid
+from ssmtl.core.rundir import prepare_run_dir, run_directory
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 from ssmtl.downstream.config import FinetuneConfig
@@ -114,7 +116,15 @@ def _selection(validator: Validator | None, plan, train, steps_run: int, total: 
 
 
 def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, resume: bool = False) -> dict[str, Any]:
-    """Fine-tune ``config.init`` (or a fresh network) on ``config.labeled_volumes`` labeled subjects."""
+    """Fine-tune ``config.init`` (or a fresh network) on ``config.labeled_volumes`` labeled subjects.
+
+    A full disk is one error; a failed run removes a run directory it created that holds no
+    checkpoint yet (:func:`~ssmtl.core.rundir.run_directory`)."""
+    with run_directory(Path(config.out), "the fine-tuning run"):
+        return _finetune(config, registry=registry, progress=progress, resume=resume)
+
+
+def _finetune(config: FinetuneConfig, *, registry, progress: bool, resume: bool) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     if registry is None:
@@ -148,8 +158,11 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
             f"{len(split['test'])} test subject(s) (unlabeled); results are transductive", file=sys.stderr,
         )
 
+    fingerprint = {**config.model_dump(mode="json"), "data_fingerprint": cache.fingerprint}
     if main:
-        prepare_run_dir(out, resume=resume)
+        prepare_run_dir(out, resume=resume, kind="finetune", inputs=[("--data", config.data), ("--init", resolve_init(config.init))])
+        if resume:  # before config.json is rewritten
+            check_resume(latest_valid(out / "checkpoints"), fingerprint, out)
         save_json(out / "config.json", config.model_dump(mode="json"))
         save_json(out / "split.json", {
             **split,
@@ -185,6 +198,7 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     # A loader draws its workers' base seed from the global RNG when its first batch is
     # fetched. Fetch it before a resume restores the RNG, as an uninterrupted run fetched
     # it before step 0, so every later random draw (augmentation) is the same.
+    recorder.config = fingerprint
     found = recorder.latest_checkpoint() if resume else None
     skip = found.step * train.grad_accum if found is not None else 0
     batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
@@ -204,7 +218,9 @@ def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, r
     selection = _selection(validator, plan, train, result.steps, total)
     if main:
         best = validator.best_weights if validator is not None and validator.best_weights is not None else None
-        save_tensors(out / WEIGHTS, best if best is not None else model.state_dict())
+        weights = best if best is not None else model.state_dict()
+        check_finite_weights(weights, str(out / WEIGHTS))
+        save_tensors(out / WEIGHTS, weights)
         save_json(out / "run.json", {
             **init,
             "ssmtl_version": __version__,

@@ -30,6 +30,7 @@ from ssmtl.api.datasets.arrays import from_slices
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.api.volumes import SourceGeometry
 from ssmtl.core.files import save_json
+from ssmtl.core.rundir import removed_on_failure
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.ingest import Failure, iter_processed
 from ssmtl.data.native import canonical_to_source
@@ -145,6 +146,13 @@ class _Bar:
 
 def predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry=None, progress: bool = True,
             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """:func:`_predict`; an output folder it created is removed again if it fails (a full disk)."""
+    with removed_on_failure(options.out):
+        return _predict(run_dir, inputs, options, registry=registry, progress=progress, log=log)
+
+
+def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry=None, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Segment ``inputs`` with the fine-tuned run ``run_dir``; returns (and writes) the ``predictions.json`` record.
 
     ``log`` receives one ``error: PATH: reason`` line per scan that failed and

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssmtl.core.files import load_tensors, save_tensors
+from ssmtl.api.errors import SsmtlError
+from ssmtl.core.files import check_shape, load_tensors, save_tensors
 from ssmtl.downstream.metrics import dice_per_class, summarise
 
 VALIDATION_SOURCES = ("auto", "budget", "none")
@@ -98,8 +99,16 @@ class ValidationState:
                 "stopped": self.stopped, "curve": self.curve}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "ValidationState":
-        return cls(**data) if data else cls()
+    def from_json(cls, data: dict[str, Any] | None, where: Path | str = "checkpoint.json") -> "ValidationState":
+        """Read back :meth:`to_json`; an edited state is one error naming ``where``."""
+        if not data:
+            return cls()
+        number = (int, float, type(None))
+        check_shape(data, Path(where), "the validation state", {"best_dice": number, "best_step": (int, type(None)),
+                                                                "last_step": int, "stopped": bool, "curve": list})
+        if any(not isinstance(p, list) or len(p) != 2 or not all(isinstance(v, (int, float)) for v in p) for p in data.get("curve", [])):
+            raise SsmtlError(f"{where}: the validation state: 'curve' should list [step, Dice] pairs (edited or damaged?)")
+        return cls(**{k: data[k] for k in ("best_dice", "best_step", "last_step", "stopped", "curve") if k in data})
 
 
 class Validator:
@@ -155,6 +164,6 @@ class Validator:
 
     def load(self, directory: Path, state: dict[str, Any]) -> None:
         """Restore from a checkpoint written by :meth:`save`."""
-        self.state = ValidationState.from_json(state.get("validation"))
+        self.state = ValidationState.from_json(state.get("validation"), Path(directory) / "checkpoint.json")
         path = Path(directory) / BEST_WEIGHTS
         self.best_weights = load_tensors(path, what="best weights") if path.is_file() else None

@@ -29,7 +29,8 @@ from ssmtl.core.loop import TrainingLoop
 from ssmtl.core.optim import build_optimizer
 from ssmtl.core.plugin_calls import plugin_call
 from ssmtl.core.recorder import Recorder
-from ssmtl.core.rundir import prepare_run_dir
+from ssmtl.core.checkpointing import check_resume
+from ssmtl.core.rundir import prepare_run_dir, run_directory
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 from ssmtl.pretrain.compile import compile_in_place
@@ -126,7 +127,15 @@ def _device_batches(loader, device) -> Iterator[SequenceBatch]:
 
 
 def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, progress: bool = True) -> PretrainResult:
-    """Pre-train ``config.tasks`` on ``config.data.path`` into ``config.out``."""
+    """Pre-train ``config.tasks`` on ``config.data.path`` into ``config.out``.
+
+    A full disk is one error; a failed run removes a run directory it created that holds no
+    checkpoint yet (:func:`~ssmtl.core.rundir.run_directory`)."""
+    with run_directory(Path(config.out or "."), "the pre-training run"):
+        return _pretrain(config, resume=resume, registry=registry, progress=progress)
+
+
+def _pretrain(config: RunConfig, *, resume: bool, registry, progress: bool) -> PretrainResult:
     from accelerate.utils import set_seed
 
     if registry is None:
@@ -150,14 +159,17 @@ def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, p
     trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
                       num_slices=sum(cache.volumes[v].num_slices for v in volumes))
     if main:
-        prepare_run_dir(out, resume=resume)
+        prepare_run_dir(out, resume=resume, kind="pretrain", inputs=[("--data", config.data.path)])
     accelerator.wait_for_everyone()
     for note in trainer.notes:
         accelerator.print(f"note: {note}", file=sys.stderr)
     k, names = trainer.sequence_length, trainer.names
 
     recorder = Recorder(accelerator, out, names, keep_checkpoints=config.train.keep_checkpoints)
-    start_step = recorder.resume_point() if resume else 0
+    recorder.config = {**config_to_dict(config), "data_fingerprint": cache.fingerprint}
+    found = recorder.latest_checkpoint() if resume else None
+    check_resume(found, recorder.config, out)
+    start_step = recorder.load_checkpoint(found)
     if main:
         save_json(out / "config.json", config_to_dict(config))
     recorder.start(start_step, project="pretrain", config=config_to_dict(config))

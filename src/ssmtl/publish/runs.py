@@ -21,8 +21,9 @@ from typing import Any, Literal
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
-from ssmtl.core.files import load_json
+from ssmtl.core.export import EXPORT_DIR, load_pretrained_network, read_manifest
+from ssmtl.core.files import load_json_object
+from ssmtl.downstream.records import read_eval_json, read_run_json
 from ssmtl.core.networks import resolve_network_config
 
 RunKind = Literal["pretrain", "finetune"]
@@ -96,10 +97,10 @@ def read_run(run_dir: Path, registry=None) -> RunInfo:
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
     config_path = run_dir / "config.json"
-    config = load_json(config_path, "run config") if config_path.is_file() else {}
-    evaluation = load_json(run_dir / EVAL_FILE, "evaluation") if (run_dir / EVAL_FILE).is_file() else None
+    config = load_json_object(config_path, "run config", {}) if config_path.is_file() else {}
+    evaluation = read_eval_json(run_dir / EVAL_FILE) if (run_dir / EVAL_FILE).is_file() else None
     if kind == "pretrain":
-        manifest = load_json(run_dir / EXPORT_DIR / "manifest.json", "export manifest")
+        manifest = read_manifest(run_dir)
         data = dict(manifest.get("data") or {})
         data["trained_on"] = len(data.get("volumes") or [])
         return RunInfo(
@@ -107,7 +108,7 @@ def read_run(run_dir: Path, registry=None) -> RunInfo:
             steps=manifest.get("steps"), tasks=manifest.get("tasks") or {}, data={**data, **_cache_facts(data.get("path"))},
             native_class=manifest.get("native_class"), evaluation=evaluation,
         )
-    run = load_json(run_dir / "run.json", "run.json")
+    run = read_run_json(run_dir)
     data = dict(run.get("data") or {})
     data["trained_on"] = len(run.get("labeled_subjects") or [])
     init_manifest = run.get("init_manifest") or {}
