@@ -151,10 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, targets not judged")
     parser.add_argument("--plot", type=Path, help="write the curves as a PNG here")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--steps", type=int, help="pre-training steps per run (default 40; 6 with --quick)")
     args = parser.parse_args(argv)
+    # the machine may be shared: the load around the run says how far to trust the timings
+    load_before = [round(x, 2) for x in os.getloadavg()]
     size, slices = (32, 8) if args.quick else (128, 32)
     counts = [2, 3, 4] if args.quick else [4, 16, 64]
     steps, batch = (6, 2) if args.quick else (40, 8)
+    steps = args.steps or steps
     with tempfile.TemporaryDirectory(prefix="ssmtl-scaling-") as tmp:
         folder = Path(tmp)
         caches, builds = {}, []
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "scaling",
         "hardware": common.hardware(common.resolve_device("cpu")),
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()],
+                         "note": "1, 5 and 15 minute load averages (os.getloadavg) before and after the run"},
         "settings": {"quick": args.quick, "slice_size": size, "slices_per_volume": slices, "volumes": counts,
                      "pretrain": {"tasks": ["contrastive", "order"], "steps": steps, "batch_size": batch,
                                   "sets": PRETRAIN_SETS, "num_workers": 1}},
