@@ -42,10 +42,12 @@ import common  # noqa: E402
 PRETRAIN_SETS = ["model.base_channels=8", "train.log_every=1", "train.checkpoint_every=100000", "train.warmup_steps=0"]
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+def run_measured(cmd: list[str], env: dict[str, str | None] | None = None) -> dict:
     """Run ``cmd``; its wall seconds and peak RSS (MiB). Fails loudly on a non-zero exit."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    # a None value removes the variable: "torch's default threads" must not inherit OMP_NUM_THREADS=1
+    merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=merged)
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -91,7 +93,8 @@ def pretrain(folder: Path, cache: Path, name: str, steps: int, batch: int, launc
     for s in PRETRAIN_SETS:
         args += ["--set", s]
     cmd = (launcher + ["-m", "ssmtl", "--no-plugins", *args]) if launcher else ssmtl(*args)
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+    # threads=None: torch's default (one per core), whatever this process was started with
+    env = {"OMP_NUM_THREADS": str(threads) if threads else None}
     measured = run_measured(cmd, env)
     return {**measured, "slices_per_s": round(steady_slices_per_s(out, warmup=max(2, steps // 4)), 2)}
 
@@ -171,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         small, large = counts[0], counts[-1]
         common.log("pre-training on the smallest and the largest cache")
-        pre = [{"volumes": n, **pretrain(folder, caches[n], f"pre-{n}", steps, batch)} for n in (small, large)]
+        # one thread each: on a shared machine, fewer threads are disturbed less by the neighbours
+        pre = [{"volumes": n, **pretrain(folder, caches[n], f"pre-{n}", steps, batch, threads=1)} for n in (small, large)]
         throughput_ratio = pre[1]["slices_per_s"] / pre[0]["slices_per_s"]
         pre_rss_ratio = pre[1]["peak_rss_mib"] / pre[0]["peak_rss_mib"]
 
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "note": "1, 5 and 15 minute load averages (os.getloadavg) before and after the run"},
         "settings": {"quick": args.quick, "slice_size": size, "slices_per_volume": slices, "volumes": counts,
                      "pretrain": {"tasks": ["contrastive", "order"], "steps": steps, "batch_size": batch,
-                                  "sets": PRETRAIN_SETS, "num_workers": 1}},
+                                  "sets": PRETRAIN_SETS, "num_workers": 1, "threads": 1}},
         "cache_build": {"runs": builds, "time_fit": time_fit, "peak_rss_ratio": round(rss_ratio, 3),
                         "seconds_per_volume": time_fit["slope"]},
         "pretrain": {"runs": pre, "throughput_ratio": round(throughput_ratio, 3), "peak_rss_ratio": round(pre_rss_ratio, 3)},

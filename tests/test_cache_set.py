@@ -189,3 +189,20 @@ def test_cache_info_shows_the_union(tmp_path):
     assert [c["volumes"] for c in union["per_cache"]] == [2, 1]
     table = runner.invoke(app, ["--no-plugins", "cache", "info", str(tmp_path)])
     assert table.exit_code == 0 and "2 caches read as one dataset" in table.output
+
+
+def test_native_references_of_a_set_come_from_each_volumes_own_dataset(ball_run, tmp_path):
+    """Evaluation at native resolution re-reads each volume's label through its own cache's dataset."""
+    from ssmtl.core.registry import build_registry
+    from ssmtl.downstream.native_eval import NativeReferences
+
+    _, cache, _ = ball_run
+    other = write_cache(tmp_path / "synthetic.h5", [3])  # format-2 writer, no way back recorded
+    registry = build_registry(external=False)
+    both = open_caches([other, cache])
+    alone = NativeReferences(SliceCache(cache), registry)
+    through_set = NativeReferences(both, registry)
+    for local in range(len(SliceCache(cache).volumes)):
+        expected, got = alone.get(local), through_set.get(1 + local)
+        assert got.origin == expected.origin == "the label file, re-read by the dataset"
+        np.testing.assert_array_equal(got.label, expected.label)

@@ -117,24 +117,25 @@ class CacheSet:
         """Which cache (position in ``paths``) holds global volume ``volume``."""
         return self._where[volume][0]
 
-    def _local(self, volume: int) -> tuple[SliceCache, int]:
+    def locate(self, volume: int) -> tuple[SliceCache, int]:
+        """The file holding global volume ``volume`` and its index there."""
         c, local = self._where[volume]
         return self.caches[c], local
 
     def read_slices(self, volume: int, indices: np.ndarray) -> np.ndarray:
-        cache, local = self._local(volume)
+        cache, local = self.locate(volume)
         return cache.read_slices(local, indices)
 
     def read_label_slice(self, volume: int, index: int) -> np.ndarray:
-        cache, local = self._local(volume)
+        cache, local = self.locate(volume)
         return cache.read_label_slice(local, index)
 
     def read_label(self, volume: int) -> np.ndarray | None:
-        cache, local = self._local(volume)
+        cache, local = self.locate(volume)
         return cache.read_label(local)
 
     def read_volume(self, volume: int) -> tuple[np.ndarray, np.ndarray | None]:
-        cache, local = self._local(volume)
+        cache, local = self.locate(volume)
         return cache.read_volume(local)
 
     def iter_volumes(self):
