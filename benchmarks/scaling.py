@@ -124,7 +124,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=110)
     builds = result["cache_build"]["runs"]
     x = [r["volumes"] for r in builds]
     fit = result["cache_build"]["time_fit"]
@@ -134,10 +134,18 @@ def plot(result: dict, path: Path) -> None:
     ax2 = axes[0].twinx()
     ax2.plot(x, [r["peak_rss_mib"] for r in builds], "s--", color="tab:red", label="peak RSS")
     ax2.set_ylabel("peak RSS (MiB)")
+    ax2.set_ylim(0, 1.3 * max(r["peak_rss_mib"] for r in builds))  # from 0: flat looks flat
     axes[0].legend(fontsize=7, loc="upper left")
     pre = result["pretrain"]["runs"]
     axes[1].bar([f"{r['volumes']} vol" for r in pre], [r["slices_per_s"] for r in pre])
-    axes[1].set(ylabel="slices/s", title="pre-training throughput")
+    axes[1].set(ylabel="slices/s", title="pre-training throughput by cache size")
+    procs = result["processes"]
+    runs = [("1 proc\ndefault thr.", procs["one_process_default_threads"]), ("1 proc\n1 thread", procs["one_process_one_thread"]),
+            ("2 procs\n1 thread each", procs["two_processes_one_thread_each"])]
+    axes[3].bar([name for name, _ in runs], [r["slices_per_s"] for _, r in runs], color=["tab:gray", "tab:blue", "tab:green"])
+    axes[3].axhline(2 * procs["one_process_one_thread"]["slices_per_s"], color="k", ls=":", label="2x one thread (ideal)")
+    axes[3].set(ylabel="slices/s", title=f"processes: efficiency {procs['efficiency_vs_one_thread']:.2f}")
+    axes[3].legend(fontsize=7)
     rd = result["reader"]
     axes[2].plot([r["workers"] for r in rd], [r["slices_per_s"] for r in rd], "o-")
     axes[2].set(xlabel="loader workers", ylabel="slices/s", title="reader throughput")
