@@ -99,6 +99,14 @@ def pretrain(folder: Path, cache: Path, name: str, steps: int, batch: int, launc
     return {**measured, "slices_per_s": round(steady_slices_per_s(out, warmup=max(2, steps // 4)), 2)}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median of each measure over repeated runs, with every repeat's slices/s kept."""
+    return {"seconds": round(statistics.median(r["seconds"] for r in runs), 3),
+            "peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in runs), 1),
+            "slices_per_s": round(statistics.median(r["slices_per_s"] for r in runs), 2),
+            "repeats_slices_per_s": [r["slices_per_s"] for r in runs]}
+
+
 def accelerate_launch(processes: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
@@ -163,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", type=Path, help="write the curves as a PNG here")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     parser.add_argument("--steps", type=int, help="pre-training steps per run (default 40; 6 with --quick)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the pre-training runs, each variant's median reported (a shared machine: 3)")
     args = parser.parse_args(argv)
     # the machine may be shared: the load around the run says how far to trust the timings
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -181,17 +190,27 @@ def main(argv: list[str] | None = None) -> dict:
         rss_ratio = builds[-1]["peak_rss_mib"] / builds[0]["peak_rss_mib"]
 
         small, large = counts[0], counts[-1]
-        common.log("pre-training on the smallest and the largest cache")
-        # one thread each: on a shared machine, fewer threads are disturbed less by the neighbours
-        pre = [{"volumes": n, **pretrain(folder, caches[n], f"pre-{n}", steps, batch, threads=1)} for n in (small, large)]
+        middle = counts[1]
+        # The pre-training runs are repeated in turns (A B C D, A B C D, ...) and each reports
+        # the median: on a shared machine a neighbour's burst then hits one repeat, not one
+        # variant. One thread each where not stated: fewer threads are disturbed less.
+        variants = {
+            "small": lambda r: pretrain(folder, caches[small], f"pre-{small}-{r}", steps, batch, threads=1),
+            "large": lambda r: pretrain(folder, caches[large], f"pre-{large}-{r}", steps, batch, threads=1),
+            "one_default": lambda r: pretrain(folder, caches[middle], f"p1-{r}", steps, batch),
+            "one_thread": lambda r: pretrain(folder, caches[middle], f"p1t-{r}", steps, batch, threads=1),
+            "two": lambda r: pretrain(folder, caches[middle], f"p2-{r}", steps, batch, launcher=accelerate_launch(2), threads=1),
+        }
+        repeats: dict[str, list[dict]] = {name: [] for name in variants}
+        for r in range(args.repeats):
+            common.log(f"pre-training runs, round {r + 1}/{args.repeats}")
+            for name, run in variants.items():
+                repeats[name].append(run(r))
+        med = {name: median_run(runs) for name, runs in repeats.items()}
+        pre = [{"volumes": small, **med["small"]}, {"volumes": large, **med["large"]}]
         throughput_ratio = pre[1]["slices_per_s"] / pre[0]["slices_per_s"]
         pre_rss_ratio = pre[1]["peak_rss_mib"] / pre[0]["peak_rss_mib"]
-
-        middle = counts[1]
-        common.log("one process against two")
-        one_default = pretrain(folder, caches[middle], "p1", steps, batch)
-        one_thread = pretrain(folder, caches[middle], "p1t", steps, batch, threads=1)
-        two = pretrain(folder, caches[middle], "p2", steps, batch, launcher=accelerate_launch(2), threads=1)
+        one_default, one_thread, two = med["one_default"], med["one_thread"], med["two"]
 
         common.log("reader")
         readers = reader(caches[large], [0, 1, 2, 4], batches=4 if args.quick else 30, batch=batch)
@@ -204,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "note": "1, 5 and 15 minute load averages (os.getloadavg) before and after the run"},
         "settings": {"quick": args.quick, "slice_size": size, "slices_per_volume": slices, "volumes": counts,
                      "pretrain": {"tasks": ["contrastive", "order"], "steps": steps, "batch_size": batch,
-                                  "sets": PRETRAIN_SETS, "num_workers": 1, "threads": 1}},
+                                  "sets": PRETRAIN_SETS, "num_workers": 1, "threads": 1},
+                     "repeats": args.repeats},
         "cache_build": {"runs": builds, "time_fit": time_fit, "peak_rss_ratio": round(rss_ratio, 3),
                         "seconds_per_volume": time_fit["slope"]},
         "pretrain": {"runs": pre, "throughput_ratio": round(throughput_ratio, 3), "peak_rss_ratio": round(pre_rss_ratio, 3)},

@@ -57,11 +57,13 @@ class _SelectRows(torch.autograd.Function):
         (rows,) = ctx.saved_tensors
         shape, stride = ctx.layout
         grad_input = torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).zero_()
-        return grad_input.index_add_(0, rows, grad), None
+        # distinct rows: a copy, not an add (index_add_ into channels_last bf16 was 20x slower on CPU)
+        return grad_input.index_copy_(0, rows, grad), None
 
 
 def select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows ``rows`` of ``x`` (dim 0); the gradient keeps ``x``'s memory format."""
+    """Rows ``rows`` of ``x`` (dim 0; ``rows`` distinct, as ``decoder_rows`` are); the gradient
+    keeps ``x``'s memory format."""
     return _SelectRows.apply(x, rows) if x.requires_grad else x.index_select(0, rows)
 
 @dataclass
