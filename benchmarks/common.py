@@ -181,22 +181,28 @@ class StepRunner:
             self.step += 1
 
 
-def interleaved(runners: dict[str, Callable[[int], None]], blocks: int, steps: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved(runners: dict[str, Callable[[int], None]], blocks: int, steps: int, device: torch.device,
+                clock: str = "wall") -> dict[str, list[float]]:
     """Per-step seconds of every variant in each block.
 
     Block b runs every variant for ``steps`` steps, in the given order for even b and
     reversed for odd b (A B, B A, A B, ...), so that neither always goes first after
     the other warmed the caches.
+
+    ``clock="cpu"`` counts this process's CPU seconds (``time.process_time``) instead of
+    wall seconds: on a CPU shared with other jobs, time spent descheduled is left out
+    (with one torch thread it is the step's own compute; on a GPU it misses the device).
     """
+    now = time.process_time if clock == "cpu" else time.perf_counter
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
     for b in range(blocks):
         for name in names if b % 2 == 0 else reversed(names):
             synchronize(device)
-            t0 = time.perf_counter()
+            t0 = now()
             runners[name](steps)
             synchronize(device)
-            times[name].append((time.perf_counter() - t0) / steps)
+            times[name].append((now() - t0) / steps)
         log(f"block {b + 1}/{blocks}: " + "  ".join(f"{n}={times[n][-1] * 1e3:.1f}ms" for n in names))
     return times
 

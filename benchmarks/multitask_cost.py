@@ -34,6 +34,7 @@ Usage: ``python benchmarks/multitask_cost.py [--size 64] [--batch-size 16]
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time blocks by wall seconds, or by this process's CPU seconds (a CPU shared with other jobs)")
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to time (default: all)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every variant, e.g. train.channels_last=true (repeatable)")
@@ -186,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
         for run in runners.values():
             run(args.warmup)
         t0 = time.perf_counter()
-        times = common.interleaved(runners, args.blocks, args.steps, accelerator.device)
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        times = common.interleaved(runners, args.blocks, args.steps, accelerator.device, clock=args.clock)
+        load_after = [round(x, 2) for x in os.getloadavg()]
         timed = time.perf_counter() - t0
         parts = {n: breakdown(trainers[n], batches, args.breakdown_steps, accelerator.device) for n in ("contrastive", "multitask")}
 
@@ -198,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
             "size": args.size, "batch_size": args.batch_size, "sequence_length": K, "slices_per_step": args.batch_size * K,
             "base_channels": args.base_channels, "mixed_precision": args.mixed_precision,
             "steps_per_block": args.steps, "blocks": args.blocks, "timed_seconds": round(timed, 1), "sets": args.sets,
+            "clock": args.clock, "threads": torch.get_num_threads(),
+            "load_average": {"before": load_before, "after": load_after},
             "variants": {n: {"tasks": VARIANTS[n][0], "sets": VARIANTS[n][1]} for n in names},
         },
         "step_ms": {n: common.summary(times[n]) for n in names},

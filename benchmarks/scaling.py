@@ -42,10 +42,12 @@ import common  # noqa: E402
 PRETRAIN_SETS = ["model.base_channels=8", "train.log_every=1", "train.checkpoint_every=100000", "train.warmup_steps=0"]
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+def run_measured(cmd: list[str], env: dict[str, str | None] | None = None) -> dict:
     """Run ``cmd``; its wall seconds and peak RSS (MiB). Fails loudly on a non-zero exit."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    # a None value removes the variable: "torch's default threads" must not inherit OMP_NUM_THREADS=1
+    merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=merged)
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -91,9 +93,18 @@ def pretrain(folder: Path, cache: Path, name: str, steps: int, batch: int, launc
     for s in PRETRAIN_SETS:
         args += ["--set", s]
     cmd = (launcher + ["-m", "ssmtl", "--no-plugins", *args]) if launcher else ssmtl(*args)
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+    # threads=None: torch's default (one per core), whatever this process was started with
+    env = {"OMP_NUM_THREADS": str(threads) if threads else None}
     measured = run_measured(cmd, env)
     return {**measured, "slices_per_s": round(steady_slices_per_s(out, warmup=max(2, steps // 4)), 2)}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The median of each measure over repeated runs, with every repeat's slices/s kept."""
+    return {"seconds": round(statistics.median(r["seconds"] for r in runs), 3),
+            "peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in runs), 1),
+            "slices_per_s": round(statistics.median(r["slices_per_s"] for r in runs), 2),
+            "repeats_slices_per_s": [r["slices_per_s"] for r in runs]}
 
 
 def accelerate_launch(processes: int) -> list[str]:
@@ -121,7 +132,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=110)
     builds = result["cache_build"]["runs"]
     x = [r["volumes"] for r in builds]
     fit = result["cache_build"]["time_fit"]
@@ -131,10 +142,18 @@ def plot(result: dict, path: Path) -> None:
     ax2 = axes[0].twinx()
     ax2.plot(x, [r["peak_rss_mib"] for r in builds], "s--", color="tab:red", label="peak RSS")
     ax2.set_ylabel("peak RSS (MiB)")
+    ax2.set_ylim(0, 1.3 * max(r["peak_rss_mib"] for r in builds))  # from 0: flat looks flat
     axes[0].legend(fontsize=7, loc="upper left")
     pre = result["pretrain"]["runs"]
     axes[1].bar([f"{r['volumes']} vol" for r in pre], [r["slices_per_s"] for r in pre])
-    axes[1].set(ylabel="slices/s", title="pre-training throughput")
+    axes[1].set(ylabel="slices/s", title="pre-training throughput by cache size")
+    procs = result["processes"]
+    runs = [("1 proc\ndefault thr.", procs["one_process_default_threads"]), ("1 proc\n1 thread", procs["one_process_one_thread"]),
+            ("2 procs\n1 thread each", procs["two_processes_one_thread_each"])]
+    axes[3].bar([name for name, _ in runs], [r["slices_per_s"] for _, r in runs], color=["tab:gray", "tab:blue", "tab:green"])
+    axes[3].axhline(2 * procs["one_process_one_thread"]["slices_per_s"], color="k", ls=":", label="2x one thread (ideal)")
+    axes[3].set(ylabel="slices/s", title=f"processes: efficiency {procs['efficiency_vs_one_thread']:.2f}")
+    axes[3].legend(fontsize=7)
     rd = result["reader"]
     axes[2].plot([r["workers"] for r in rd], [r["slices_per_s"] for r in rd], "o-")
     axes[2].set(xlabel="loader workers", ylabel="slices/s", title="reader throughput")
@@ -151,10 +170,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, targets not judged")
     parser.add_argument("--plot", type=Path, help="write the curves as a PNG here")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--steps", type=int, help="pre-training steps per run (default 40; 6 with --quick)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the pre-training runs, each variant's median reported (a shared machine: 3)")
     args = parser.parse_args(argv)
+    # the machine may be shared: the load around the run says how far to trust the timings
+    load_before = [round(x, 2) for x in os.getloadavg()]
     size, slices = (32, 8) if args.quick else (128, 32)
     counts = [2, 3, 4] if args.quick else [4, 16, 64]
     steps, batch = (6, 2) if args.quick else (40, 8)
+    steps = args.steps or steps
     with tempfile.TemporaryDirectory(prefix="ssmtl-scaling-") as tmp:
         folder = Path(tmp)
         caches, builds = {}, []
@@ -166,16 +190,27 @@ def main(argv: list[str] | None = None) -> dict:
         rss_ratio = builds[-1]["peak_rss_mib"] / builds[0]["peak_rss_mib"]
 
         small, large = counts[0], counts[-1]
-        common.log("pre-training on the smallest and the largest cache")
-        pre = [{"volumes": n, **pretrain(folder, caches[n], f"pre-{n}", steps, batch)} for n in (small, large)]
+        middle = counts[1]
+        # The pre-training runs are repeated in turns (A B C D, A B C D, ...) and each reports
+        # the median: on a shared machine a neighbour's burst then hits one repeat, not one
+        # variant. One thread each where not stated: fewer threads are disturbed less.
+        variants = {
+            "small": lambda r: pretrain(folder, caches[small], f"pre-{small}-{r}", steps, batch, threads=1),
+            "large": lambda r: pretrain(folder, caches[large], f"pre-{large}-{r}", steps, batch, threads=1),
+            "one_default": lambda r: pretrain(folder, caches[middle], f"p1-{r}", steps, batch),
+            "one_thread": lambda r: pretrain(folder, caches[middle], f"p1t-{r}", steps, batch, threads=1),
+            "two": lambda r: pretrain(folder, caches[middle], f"p2-{r}", steps, batch, launcher=accelerate_launch(2), threads=1),
+        }
+        repeats: dict[str, list[dict]] = {name: [] for name in variants}
+        for r in range(args.repeats):
+            common.log(f"pre-training runs, round {r + 1}/{args.repeats}")
+            for name, run in variants.items():
+                repeats[name].append(run(r))
+        med = {name: median_run(runs) for name, runs in repeats.items()}
+        pre = [{"volumes": small, **med["small"]}, {"volumes": large, **med["large"]}]
         throughput_ratio = pre[1]["slices_per_s"] / pre[0]["slices_per_s"]
         pre_rss_ratio = pre[1]["peak_rss_mib"] / pre[0]["peak_rss_mib"]
-
-        middle = counts[1]
-        common.log("one process against two")
-        one_default = pretrain(folder, caches[middle], "p1", steps, batch)
-        one_thread = pretrain(folder, caches[middle], "p1t", steps, batch, threads=1)
-        two = pretrain(folder, caches[middle], "p2", steps, batch, launcher=accelerate_launch(2), threads=1)
+        one_default, one_thread, two = med["one_default"], med["one_thread"], med["two"]
 
         common.log("reader")
         readers = reader(caches[large], [0, 1, 2, 4], batches=4 if args.quick else 30, batch=batch)
@@ -184,9 +219,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "scaling",
         "hardware": common.hardware(common.resolve_device("cpu")),
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()],
+                         "note": "1, 5 and 15 minute load averages (os.getloadavg) before and after the run"},
         "settings": {"quick": args.quick, "slice_size": size, "slices_per_volume": slices, "volumes": counts,
                      "pretrain": {"tasks": ["contrastive", "order"], "steps": steps, "batch_size": batch,
-                                  "sets": PRETRAIN_SETS, "num_workers": 1}},
+                                  "sets": PRETRAIN_SETS, "num_workers": 1, "threads": 1},
+                     "repeats": args.repeats},
         "cache_build": {"runs": builds, "time_fit": time_fit, "peak_rss_ratio": round(rss_ratio, 3),
                         "seconds_per_volume": time_fit["slope"]},
         "pretrain": {"runs": pre, "throughput_ratio": round(throughput_ratio, 3), "peak_rss_ratio": round(pre_rss_ratio, 3)},

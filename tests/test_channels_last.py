@@ -73,3 +73,26 @@ def test_channels_last_converts_weights_and_views(tiny_cache):
     assert passes.encoder_inputs[0].is_contiguous(memory_format=torch.channels_last)
     assert passes.decoder_rows == [2]  # one slice of each of the 2 sequences
     assert ctx.decoder_rows is not None and ctx.decode("sequence").is_contiguous(memory_format=torch.channels_last)
+
+
+def test_decoded_rows_keep_the_gradient_layout_of_the_features():
+    """The decoder's row selection sends back a gradient in the features' own layout and values
+    equal to index_select's: a contiguous gradient meeting channels_last ones made the encoder's
+    ReLU backward take a slow strided path (the bf16 + channels_last multi-task step)."""
+    from ssmtl.api.views import select_rows
+
+    channels_last = torch.channels_last
+    leaf = torch.randn(6, 4, 5, 5).contiguous(memory_format=channels_last).requires_grad_()
+    weights = torch.randn(3, 4, 5, 5)
+    rows = torch.tensor([1, 3, 5])
+    grads, layouts = {}, {}
+    for name, select in (("index_select", lambda x: x.index_select(0, rows)), ("select_rows", lambda x: select_rows(x, rows))):
+        features = leaf * 2  # not a leaf: no gradient layout contract applies
+        features.register_hook(lambda g, name=name: grads.__setitem__(name, g))
+        layouts[name] = features.stride()
+        (select(features).contiguous(memory_format=channels_last) * weights).sum().backward()
+    expected = torch.zeros(6, 4, 5, 5)
+    expected[rows] = weights  # d/dfeatures of sum(selected * weights); unselected rows get 0
+    torch.testing.assert_close(grads["select_rows"], grads["index_select"], rtol=0, atol=0)
+    torch.testing.assert_close(grads["select_rows"], expected, rtol=0, atol=0)
+    assert grads["select_rows"].stride() == layouts["select_rows"]

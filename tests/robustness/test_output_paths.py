@@ -4,7 +4,6 @@ one output, and failed validations that used to leave a folder refusing the corr
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys

@@ -67,17 +67,21 @@ def _split_forward(layer: nn.modules.batchnorm._BatchNorm, groups: int, x: torch
     grouped = rearrange(x, "(g n) c ... -> n (g c) ...", g=groups)
     weight = None if layer.weight is None else layer.weight.repeat(groups)
     bias = None if layer.bias is None else layer.bias.repeat(groups)
-    out = F.batch_norm(grouped, None, None, weight, bias, training=True, momentum=0.0, eps=layer.eps)
-    if layer.track_running_stats and layer.running_mean is not None:
-        with torch.no_grad():
-            layer.num_batches_tracked.add_(1)
-            factor = (1.0 / float(layer.num_batches_tracked)) if layer.momentum is None else layer.momentum
-            dims = [0, *range(2, grouped.ndim)]
-            stats = grouped.detach().float()
-            mean = stats.mean(dim=dims).view(groups, channels).mean(dim=0)
-            var = stats.var(dim=dims, unbiased=True).view(groups, channels).mean(dim=0)
-            layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), factor)
-            layer.running_var.lerp_(var.to(layer.running_var.dtype), factor)
+    if not (layer.track_running_stats and layer.running_mean is not None):
+        out = F.batch_norm(grouped, None, None, weight, bias, training=True, momentum=0.0, eps=layer.eps)
+        return rearrange(out, "n (g c) ... -> (g n) c ...", g=groups)
+    with torch.no_grad():
+        layer.num_batches_tracked.add_(1)
+        factor = (1.0 / float(layer.num_batches_tracked)) if layer.momentum is None else layer.momentum
+    # batch_norm updates one copy of the running statistics per group from the statistics
+    # it computes anyway (unbiased variance, as plain BN); their mean is the layer's update
+    # ((1-f) r + f mean_g(stat_g)). A second pass over the activations to compute them
+    # again (in fp32, after a copy) cost more than the layer's own forward.
+    running_mean, running_var = layer.running_mean.repeat(groups), layer.running_var.repeat(groups)
+    out = F.batch_norm(grouped, running_mean, running_var, weight, bias, training=True, momentum=factor, eps=layer.eps)
+    with torch.no_grad():
+        layer.running_mean.copy_(running_mean.view(groups, channels).mean(dim=0))
+        layer.running_var.copy_(running_var.view(groups, channels).mean(dim=0))
     return rearrange(out, "n (g c) ... -> (g n) c ...", g=groups)
 
 

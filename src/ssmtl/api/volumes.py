@@ -91,6 +91,10 @@ class VolumeItem(ABC):
 
     subject: str
     source: str
+    #: True/False when the listing knows whether the volume has a label map without loading it
+    #: (``cache build --shard`` computes the split over the whole listing from it); None: unknown.
+    #: A class attribute, not a dataclass field: subclasses set it or define a property.
+    has_label = None
 
     @abstractmethod
     def load(self) -> RawVolume:

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ssmtl.cli import options as o
 from ssmtl.cli.common import console, err_console, handle_errors, registry
 
 
@@ -26,8 +27,8 @@ def _ints(text: str, flag: str) -> list[int]:
 
 @handle_errors
 def benchmark(
-    data: Path = typer.Option(..., "--data", help="Cache to pre-train on (its train subjects)."),
-    finetune_data: Optional[Path] = typer.Option(None, "--finetune-data", help="Labeled cache to fine-tune and test on (default: --data). Another modality = cross-domain."),
+    data: List[Path] = typer.Option(..., "--data", help="Cache to pre-train on (its train subjects), or a folder of caches; repeatable: several caches read as one dataset."),
+    finetune_data: Optional[List[Path]] = typer.Option(None, "--finetune-data", help="Labeled cache to fine-tune and test on (default: --data), a folder, repeatable. Another modality = cross-domain."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated: scratch, a task set of the plugins' defaults (built-in: contrastive = MoCo v2, multitask = contrastive+order+position+reconstruct+neighbor; see `ssmtl plugins`), NAME=task+task, or NAME=METHOD:encoder to fine-tune from the pre-trained encoder only (random decoder; shares METHOD's pre-training). Default: scratch and every task set."),
     labeled_volumes: str = typer.Option("1,2,4", "--labeled-volumes", help="Label budgets in subjects, comma-separated."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per (method, budget): labeled subjects and initialisation."),
@@ -51,7 +52,7 @@ def benchmark(
     from ssmtl.core.settings import validate_model
 
     config = validate_model(BenchmarkConfig, {
-        "data": data, "finetune_data": finetune_data, "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,
+        "data": o.one_or_many(data), "finetune_data": o.one_or_many(finetune_data), "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,
         "labeled_volumes": _ints(labeled_volumes, "--labeled-volumes"), "seeds": seeds, "pretrain_steps": pretrain_steps,
         "finetune_steps": finetune_steps, "finetune_batch_size": finetune_batch_size, "finetune_lr": finetune_lr,
         "frozen_encoder": frozen_encoder, "pretrain_sets": list(set_ or []), "split_seed": split_seed,

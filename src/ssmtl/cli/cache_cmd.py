@@ -31,6 +31,7 @@ def build(
     workers: int = typer.Option(0, "--workers", "-j", help="Processes that load and preprocess volumes (0: this process). Memory: about one volume per worker."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip inputs that fail to load and list them at the end (default: stop at the first)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing cache at --out (the old one stays intact until the new one is complete)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: build only the I-th of N disjoint parts (round robin over the sorted subjects; the split is the full build's), e.g. --shard $SLURM_ARRAY_TASK_ID/8. Train on the parts together (--data shards/); `ssmtl cache verify shards/` checks they are complete."),
 ) -> None:
     """Read volumes through a dataset plugin, reorient, resample, normalise and write one HDF5 cache.
 
@@ -45,6 +46,8 @@ def build(
       ssmtl cache build --dataset mmwhs --path MM-WHS/ --modality ct --out whs_ct.h5 --workers 2
 
       ssmtl cache build --dataset manifest --path volumes.csv --out mixed.h5 --skip-bad
+
+      ssmtl cache build --dataset mmwhs --path MM-WHS/ --out shards/whs-2-of-4.h5 --shard 2/4
     """
     from ssmtl.data.build import build_cache
     from ssmtl.core.settings import validate_model
@@ -52,6 +55,9 @@ def build(
     from ssmtl.api.errors import SsmtlError
     from ssmtl.data.preprocess import PreprocessConfig
 
+    from ssmtl.data.shards import parse_shard
+
+    part = parse_shard(shard) if shard is not None else None
     reg = registry()
     spec = reg.dataset(dataset)
     if compression not in ("gzip", "lzf", "none"):
@@ -85,7 +91,7 @@ def build(
             dataset=dataset, dataset_options=options, preprocess=preprocess, out=out, force=force,
             compression=compression, registry=reg, on_volume=on_volume,
             split_seed=split_seed, test_fraction=test_fraction, val_fraction=val_fraction, workers=workers,
-            skip_bad=skip_bad,
+            skip_bad=skip_bad, shard=part,
         )
     finally:
         progress.stop()
@@ -200,30 +206,92 @@ def _print_volume(path: Path, name: str) -> None:
 @app.command("info")
 @handle_errors
 def info(
-    path: Path = typer.Argument(..., help="Cache file (.h5)."),
+    paths: List[Path] = typer.Argument(..., help="Cache file(s) (.h5), or folders of caches: several show their union."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON (every volume's transform included)."),
     volume: Optional[str] = typer.Option(None, "--volume", help="Show one volume's way from its source file to the cache grid and back (by volume or subject name)."),
 ) -> None:
-    """Describe a cache: volumes per modality, spacing statistics, class voxel counts, the stored split, the way back to the scans."""
-    from ssmtl.data.cache import SliceCache
+    """Describe a cache: volumes per modality, spacing statistics, class voxel counts, the stored split, the way back to the scans.
 
+    Several caches (or a folder) show the union as training reads it: totals, the split over all
+    subjects (named CACHE-STEM/SUBJECT), then one row per cache.
+    """
+    from ssmtl.data.cache_set import CacheSet, open_caches
+
+    cache = open_caches(paths)
     if as_json:
-        summary = SliceCache(path).summary()
+        summary = cache.summary()
         if volume is not None:
             summary = next((v for v in summary["subjects"] if volume in (v["name"], v["subject"])), None) or {}
         typer.echo(json.dumps(summary, indent=2))
+    elif isinstance(cache, CacheSet):
+        if volume is not None:
+            from ssmtl.api.errors import SsmtlError
+
+            raise SsmtlError("--volume shows one cache's volume: pass that cache alone")
+        _print_union(cache)
     elif volume is not None:
-        _print_volume(path, volume)
+        _print_volume(cache.path, volume)
     else:
-        _print_info(path)
+        _print_info(cache.path)
+
+
+def _print_union(cache) -> None:
+    from rich.table import Table
+
+    from ssmtl.api.errors import SsmtlError
+
+    s = cache.summary()
+    table = Table(title=f"{s['caches']} caches read as one dataset", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("volumes", f"{s['volumes']} ({s['labeled_volumes']} labeled)")
+    table.add_row("slices", str(s["slices"]))
+    table.add_row("slice shape", "; ".join(" x ".join(map(str, shape)) for shape in s["slice_shapes"])
+                  + (" (differ: they cannot train together)" if len(s["slice_shapes"]) > 1 else ""))
+    table.add_row("modality", ", ".join(f"{m}: {n}" for m, n in s["modalities"].items()))
+    try:
+        table.add_row("classes", ", ".join(f"{k}={v}" for k, v in sorted(cache.class_names.items())) or "none")
+    except SsmtlError as exc:
+        table.add_row("classes", f"differ, labeled work stops: {exc}")
+    table.add_row("split (subjects)", ", ".join(f"{k}: {v}" for k, v in s["split"].items()) or "none stored")
+    table.add_row("fingerprint", s["fingerprint"][:16])
+    console.print(table)
+    rows = Table(show_header=True, title_justify="left")
+    for column in ("cache", "volumes", "slices", "modality", "split", "shard", "fingerprint"):
+        rows.add_column(column)
+    for c in s["per_cache"]:
+        rows.add_row(c["path"], str(c["volumes"]), str(c["slices"]), ", ".join(f"{m}: {n}" for m, n in c["modalities"].items()),
+                     ", ".join(f"{k}: {v}" for k, v in c["split"].items()) or "-",
+                     "/".join(map(str, c["shard"])) if c["shard"] else "-", c["fingerprint"][:12])
+    console.print(rows)
 
 
 @app.command("verify")
 @handle_errors
-def verify(path: Path = typer.Argument(..., help="Cache file (.h5).")) -> None:
-    """Recompute every dataset's SHA-256 and the fingerprint; exit 2 naming the first volume that differs."""
+def verify(paths: List[Path] = typer.Argument(..., help="Cache file(s) (.h5), or folders of caches (e.g. a set of shards).")) -> None:
+    """Recompute every dataset's SHA-256 and the fingerprint; exit 2 naming the first volume that differs.
+
+    Shards (`cache build --shard I/N`) are also checked for completeness: every shard 1..N present
+    once, no subject of the full listing missing or in two files; an incomplete set exits 2.
+    """
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.data.cache_set import cache_files
+    from ssmtl.data.shards import check_shards
     from ssmtl.data.verify import verify_cache
 
-    report = verify_cache(path)
-    typer.echo(f"OK {report.path}: {report.datasets} datasets in {report.volumes} volumes match their "
-               f"build-time checksums (fingerprint {report.fingerprint[:16]})")
+    files = cache_files(paths)
+    for path in files:
+        report = verify_cache(path)
+        typer.echo(f"OK {report.path}: {report.datasets} datasets in {report.volumes} volumes match their "
+                   f"build-time checksums (fingerprint {report.fingerprint[:16]})")
+    problems = []
+    for check in check_shards([SliceCache(p) for p in files]):
+        if check.complete:
+            typer.echo(f"complete: {len(check.present)}/{check.count} shards hold all {check.subjects} subjects once")
+        else:
+            problems.append(f"incomplete shard set ({len(check.present)} of {check.count} shards present): "
+                            + "; ".join(check.problems()))
+    if problems:
+        from ssmtl.api.errors import SsmtlError
+
+        raise SsmtlError(" | ".join(problems))

@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 import typer
 from typing_extensions import Annotated
 
-Data = Annotated[Optional[Path], typer.Option("--data", help="HDF5 slice cache (from `ssmtl cache build`).")]
+Data = Annotated[Optional[List[Path]], typer.Option("--data", help="HDF5 slice cache (from `ssmtl cache build`), or a folder of caches; repeat it to train on several caches as one dataset (data.path).")]
 Task = Annotated[Optional[List[str]], typer.Option("--task", "-t", help="Pretext task, repeatable; NAME or NAME:WEIGHT (see `ssmtl tasks`). Default: the tasks `ssmtl plugins` lists under defaults (built-in: contrastive + order).")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (train.steps).")]
@@ -22,13 +22,21 @@ Workers = Annotated[Optional[int], typer.Option("--num-workers", help="Data load
 LogWith = Annotated[Optional[List[str]], typer.Option("--log-with", help="Experiment tracker, repeatable: tensorboard, wandb (offline), mlflow (file store) or aim; writes under RUN/logs (train.log_with). Each is an optional extra: pip install 'ssmtl[tensorboard]'.")]
 
 
+def one_or_many(paths: list[Path] | None) -> Path | list[Path] | None:
+    """A repeated --data as the config stores it: one path stays a path (one-cache configs are
+    unchanged), several become a list, none leaves the setting to the other sources."""
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
 def resolve(data, task, out, steps, batch_size, config, sets, mixed_precision, seed, compile_, workers, log_with=None):
     """All sources -> one validated RunConfig (flags left unset do not override anything)."""
     from ssmtl.cli.common import registry
     from ssmtl.pretrain.config import resolve_run_config
 
     flags: dict[str, Any] = {
-        "data.path": data,
+        "data.path": one_or_many(data),
         "out": out,
         "train.steps": steps,
         "train.batch_size": batch_size,

@@ -45,7 +45,7 @@ def pretrain(
 
 @handle_errors
 def finetune(
-    data: Optional[Path] = typer.Option(None, "--data", help="Labeled HDF5 slice cache (data)."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="Labeled HDF5 slice cache (data), or a folder of caches; repeat it to fine-tune on several caches as one dataset."),
     init: Optional[str] = typer.Option(None, "--init", help="Pre-training run directory, or `none` for the from-scratch baseline (init)."),
     init_parts: Optional[str] = typer.Option(None, "--init-parts", help="Load `all` of the export (encoder and decoder) or only the `encoder` (random decoder: the ablation of decoder pre-training)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Fine-tuning run directory (out)."),
@@ -79,7 +79,7 @@ def finetune(
     from ssmtl.downstream.finetune import run_finetune
 
     flags = {
-        "data": data, "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes,
+        "data": o.one_or_many(data), "init": init, "init_parts": init_parts, "out": out, "labeled_volumes": labeled_volumes,
         "train.steps": steps, "train.max_steps": max_steps, "train.patience": patience, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "split_seed": split_seed,
         "test_fraction": test_fraction, "head": head, "train.mixed_precision": mixed_precision,
         "freeze_encoder": freeze_encoder, "class_balance": class_balance, "num_workers": workers,
@@ -100,7 +100,7 @@ def finetune(
 @handle_errors
 def evaluate(
     run: Path = typer.Option(..., "--run", help="Fine-tuning run directory."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Cache holding the test volumes (default: the run's cache)."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="Cache (repeatable, or a folder) holding the test volumes (default: the run's caches)."),
     as_json: bool = typer.Option(False, "--json", help="Print eval.json instead of a table."),
     space: str = typer.Option("auto", "--space", help="auto: at native resolution against the original label files when they are reachable, else on the cache grid; native: fail when not possible; cache: the cache grid."),
     resample: str = typer.Option("auto", "--resample", help="How predictions reach the native grid, as `ssmtl predict --resample`: auto, linear or nearest."),
@@ -113,7 +113,7 @@ def evaluate(
     """
     from ssmtl.downstream.evaluate import evaluate_run, render_eval_table
 
-    results = evaluate_run(run, data, space=space, resample=resample)
+    results = evaluate_run(run, o.one_or_many(data), space=space, resample=resample)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:

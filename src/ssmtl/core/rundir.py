@@ -23,7 +23,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.files import exclusive_lock, load_json, out_of_space, save_json, writing
@@ -59,11 +59,13 @@ def run_kind(out: Path) -> str | None:
     return None
 
 
-def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path | str | None]], flag: str = "--out") -> None:
+def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path | str | Sequence[Path] | None]], flag: str = "--out") -> None:
     """Refuse an output that is one of the inputs, holds one, or lies inside an input folder:
     writing there would overwrite an input (or mix the output into the inputs)."""
     target = Path(out).resolve()
-    given = [(name, path, Path(path).resolve()) for name, path in inputs if path is not None and str(path) not in ("", "none")]
+    flat = [(name, one) for name, path in inputs  # an input may be several paths (e.g. --data a.h5 --data b.h5)
+            for one in (path if isinstance(path, (list, tuple)) else [path])]
+    given = [(name, path, Path(path).resolve()) for name, path in flat if path is not None and str(path) not in ("", "none")]
     # the closest relation first: "is the input volume" says more than "is inside the input folder"
     for relation, test in (("is", lambda source: source == target), ("contains", lambda source: target in source.parents),
                            ("is inside", lambda source: source in target.parents)):

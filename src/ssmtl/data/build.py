@@ -37,6 +37,7 @@ from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
+from ssmtl.data.shards import listed_labels, listing_digest, shard_items
 from ssmtl.data.splits import SPLITS, make_split
 from ssmtl.api.volumes import VolumeItem, VolumeSource
 
@@ -112,6 +113,7 @@ def build_cache(
     val_fraction: float = 0.0,
     workers: int = 0,
     skip_bad: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Build ``out`` from the named dataset plugin. Nothing is written at ``out`` unless it all succeeds.
 
@@ -125,6 +127,8 @@ def build_cache(
         workers: processes that load and preprocess volumes (0: this process).
         skip_bad: leave out inputs that fail to load and record them in the
             cache's ``skipped`` attribute, instead of stopping at the first one.
+        shard: ``(I, N)``: build only the I-th of N parts (:mod:`ssmtl.data.shards`);
+            the split is the full build's.
     """
     if workers < 0:
         raise SsmtlError(f"--workers {workers}: expected 0 (load in this process) or more")
@@ -149,6 +153,11 @@ def build_cache(
         raise InputFileError(where, "the dataset has no volumes")
     refuse_overlap(Path(out), _inputs(config, source))
     preset = preset_split(source)
+    listed: tuple[list[str], set[str]] | None = None  # a shard's split is the full listing's
+    items = source.items
+    if shard is not None:
+        items, listing = shard_items(source.items, shard)
+        listed = (listing, listed_labels(source.items))
     attrs = {
         "ssmtl_version": __version__,
         "dataset": dataset,
@@ -156,12 +165,14 @@ def build_cache(
         "preprocess": preprocess.model_dump(mode="json"),
         "class_names": {str(k): v for k, v in source.class_names.items()},
     }
+    if shard is not None:
+        attrs.update(shard=list(shard), shard_listing=listing_digest(listed[0]), shard_subjects=listed[0])
     tally = _Tally(num_classes=max(source.class_names) + 1 if source.class_names else 1)
-    total = len(source.items)
+    total = len(items)
     with CacheWriter(Path(out), force=force, attrs=attrs, compression=compression) as writer:
         if on_volume is not None:
             on_volume(0, total, "")
-        for done, (item, result) in enumerate(iter_processed(source.items, preprocess, workers), start=1):
+        for done, (item, result) in enumerate(iter_processed(items, preprocess, workers), start=1):
             failure = result if isinstance(result, Failure) else _unknown_labels(result, source.class_names, item)
             if failure is not None and failure.in_plugin:  # name the plugin whose load() raised, and its package
                 failure = Failure(failure.path, f"{plugin_label('dataset', dataset, registry)} failed in load: {failure.reason}")
@@ -178,7 +189,8 @@ def build_cache(
         if not writer.names:
             first = tally.skipped[0]
             raise InputFileError(first["path"], f"{first['reason']} (and all {total} inputs were bad; nothing to cache)")
-        writer.set_split(*_subject_split(tally, preset, split_seed, test_fraction, val_fraction))
+        subjects, labeled = listed or (tally.subjects, tally.labeled)
+        writer.set_split(*_subject_split(subjects, labeled, preset, split_seed, test_fraction, val_fraction))
         writer.attrs["class_voxels"] = tally.class_voxels()
         writer.attrs["skipped"] = tally.skipped
     return Path(out)
@@ -211,10 +223,10 @@ def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, ta
     tally.subjects.append(item.subject)
 
 
-def _subject_split(tally: _Tally, preset: dict[str, str], seed: int, test_fraction: float,
+def _subject_split(subjects: list[str], labeled: set[str], preset: dict[str, str], seed: int, test_fraction: float,
                    val_fraction: float) -> tuple[dict[str, str], dict[str, Any]]:
-    """subject -> split, and a record of how it was chosen. Too few labeled subjects: all train."""
-    subjects, labeled = tally.subjects, tally.labeled
+    """subject -> split over ``subjects`` (those written, or a shard's full listing), and a record
+    of how it was chosen. Too few labeled subjects: all train."""
     present = {s: v for s, v in preset.items() if s in set(subjects)}  # skipped subjects drop out
     if present:
         # Stored as given: whether it leaves enough subjects to fine-tune is for fine-tuning to say.

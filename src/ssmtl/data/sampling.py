@@ -26,12 +26,12 @@ class SequenceDataset(Dataset):
 
     def __init__(
         self,
-        cache: SliceCache | Path,
+        cache: SliceCache | Path,  # or a CacheSet (data/cache_set.py): the same reads
         length: int,
         stride: int = 1,
         volumes: Sequence[int] | None = None,
     ):
-        self.cache = cache if isinstance(cache, SliceCache) else SliceCache(Path(cache))
+        self.cache = SliceCache(Path(cache)) if isinstance(cache, (str, Path)) else cache
         self.length = length
         self.stride = stride
         chosen = list(range(len(self.cache.volumes))) if volumes is None else list(volumes)
@@ -113,3 +113,32 @@ class StepBatchSampler(Sampler[list[int]]):
         if self.stop is None:
             raise TypeError("infinite sampler")
         return self.stop - self.start
+
+
+class WeightedStepBatchSampler(StepBatchSampler):
+    """Batches whose items come from groups (one per cache) in proportion to ``weights``.
+
+    Item j of micro-batch m on rank r picks its group with probability ``weights[g] /
+    sum(weights)``, then a window of that group uniformly, both drawn from
+    ``rng(seed, m * world + r)``: a pure function of the step, so resuming needs no
+    loader state, and ranks draw independent streams. Draws are with replacement (a
+    small cache weighted up is revisited, not exhausted).
+    """
+
+    def __init__(self, groups: Sequence[np.ndarray], weights: Sequence[float], batch_size: int, *, seed: int,
+                 rank: int = 0, world: int = 1, start: int = 0, stop: int | None = None):
+        total = float(sum(weights))
+        if len(groups) != len(weights) or total <= 0 or min(weights) < 0:
+            raise SsmtlError(f"sampling weights {list(weights)}: expected one non-negative weight per cache, not all 0")
+        empty = [g for g, (items, w) in enumerate(zip(groups, weights)) if w > 0 and len(items) == 0]
+        if empty:
+            raise SsmtlError(f"cache {empty[0] + 1} has weight {weights[empty[0]]} but no sequence to sample")
+        super().__init__(sum(len(g) for g in groups), batch_size, seed=seed, rank=rank, world=world,
+                         start=start, stop=stop)
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        self.probabilities = np.asarray(weights, dtype=np.float64) / total
+
+    def batch(self, micro: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, micro * self.world + self.rank])
+        chosen = rng.choice(len(self.groups), size=self.batch_size, p=self.probabilities)
+        return [int(self.groups[g][rng.integers(len(self.groups[g]))]) for g in chosen]

@@ -16,7 +16,6 @@ scored on the cache grid instead and ``space_reason`` says why: ``eval.json`` re
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from safetensors.torch import load_file
 
 from ssmtl.api.datasets.arrays import from_slices
 from ssmtl.data.cache import SliceCache
+from ssmtl.data.cache_set import CacheSet, data_record, open_caches
 from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.finetune import WEIGHTS
 from ssmtl.downstream.model import FinetuneModel, build_head
@@ -98,13 +98,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _open_cache(path: Path, subjects: list[str], explicit: bool) -> SliceCache:
-    cache = SliceCache(path)
+def _open_cache(path: Path | list[Path], subjects: list[str], explicit: bool) -> SliceCache | CacheSet:
+    cache = open_caches(path)
     present = {v.subject for v in cache.volumes if v.has_label}
     missing = [s for s in subjects if s not in present]
     if missing:
         hint = "" if explicit else "; pass data= (--data) to evaluate on a copy of the cache at another path"
-        raise SsmtlError(f"{path}: the cache has no labeled volume for subject(s) {', '.join(missing)}{hint}")
+        raise SsmtlError(f"{cache.path}: the cache has no labeled volume for subject(s) {', '.join(missing)}{hint}")
     return cache
 
 
@@ -141,11 +141,11 @@ def evaluate_run(
     subjects = list(splits.get(split) or [])
     if not subjects:
         raise SsmtlError(f"{run_dir / 'split.json'}: the {split!r} split has no subjects")
-    data_path = Path(data) if data is not None else Path(run["data"]["path"])
+    data_path = data if data is not None else run["data"]["path"]
     cache = _open_cache(data_path, subjects, explicit=data is not None)
     class_names = {int(k): v for k, v in run["class_names"].items()}
     if cache.class_names and cache.class_names != class_names:
-        raise SsmtlError(f"{data_path}: classes {cache.class_names} differ from the run's {class_names}")
+        raise SsmtlError(f"{cache.path}: classes {cache.class_names} differ from the run's {class_names}")
 
     engine = SliceInference(model, resolve_device(device), batch_size=batch_size)
     num_classes = int(run["num_classes"])
@@ -162,7 +162,7 @@ def evaluate_run(
                 reference = references.get(index)
             except NoWayBack as exc:
                 if space == "native":
-                    raise SsmtlError(f"{data_path}: cannot evaluate at native resolution: {exc}") from None
+                    raise SsmtlError(f"{cache.path}: cannot evaluate at native resolution: {exc}") from None
                 reason = str(exc)
         if reference is None:
             pred = predict_volume(model, image, batch_size=batch_size, device=engine.device)
@@ -193,7 +193,7 @@ def evaluate_run(
         "split": split,
         "test_subjects": subjects,
         "init": run.get("init"),
-        "data": str(data_path),
+        "data": data_record(cache, data_path)["path"],
         "data_fingerprint": cache.fingerprint,
         "labeled_volumes": run.get("labeled_volumes"),
         "labeled_subjects": run.get("labeled_subjects"),

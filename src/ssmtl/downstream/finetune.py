@@ -33,7 +33,7 @@ from ssmtl.core.optim import build_optimizer
 from ssmtl.core.recorder import Recorder
 from ssmtl.core.checkpointing import check_resume, latest_valid
 from ssmtl.core.rundir import prepare_run_dir, run_directory
-from ssmtl.data.cache import SliceCache
+from ssmtl.data.cache_set import data_record, open_caches
 from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import LabeledSliceDataset, make_loader
@@ -138,8 +138,9 @@ def _finetune(config: FinetuneConfig, *, registry, progress: bool, resume: bool)
     main = accelerator.is_main_process
 
     # every input is checked before the run directory is created
-    cache = SliceCache(config.data)
+    cache = open_caches(config.data)
     num_classes, class_names = cache_classes(cache)
+    preprocess = cache.attrs.get("preprocess")  # of a set: checks each modality was normalised alike
     split = split_cache(cache, seed=config.split_seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction)
     labeled_seed = config.split_seed if config.labeled_seed is None else config.labeled_seed
     labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
@@ -176,7 +177,7 @@ def _finetune(config: FinetuneConfig, *, registry, progress: bool, resume: bool)
             "validation": plan.record(),
             "val_volumes": [cache.volumes[v].name for v in val_volumes],
             "test_volumes": [cache.volumes[v].name for v in volumes_of(cache, split["test"])],
-            "data": str(config.data),
+            "data": data_record(cache, config.data)["path"],
             "data_fingerprint": cache.fingerprint,
         })
     accelerator.wait_for_everyone()
@@ -224,9 +225,9 @@ def _finetune(config: FinetuneConfig, *, registry, progress: bool, resume: bool)
         save_json(out / "run.json", {
             **init,
             "ssmtl_version": __version__,
-            "data": {"path": str(config.data), "fingerprint": cache.fingerprint, "dataset": cache.attrs.get("dataset"),
+            "data": {**data_record(cache, config.data), "dataset": cache.attrs.get("dataset"),
                      "modalities": sorted({cache.volumes[v].modality for v in train_volumes})},
-            "preprocess": cache.attrs.get("preprocess"),  # how `ssmtl predict` prepares new scans
+            "preprocess": preprocess,  # how `ssmtl predict` prepares new scans
             "num_classes": num_classes,
             "class_names": {str(c): n for c, n in class_names.items()},
             "model": network.config.model_dump(mode="json"),

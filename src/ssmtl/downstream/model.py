@@ -18,6 +18,7 @@ from ssmtl.core.networks import build_network as build_shared_network, network_c
 from ssmtl.core.plugin_calls import plugin_call, refuse
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache import SliceCache
+from ssmtl.data.cache_set import check_slice_shapes
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import augment_pair
 
@@ -89,9 +90,7 @@ def check_network(network: SharedNetwork, cache: SliceCache) -> None:
         raise SsmtlError(
             f"the network expects {network.info.in_channels} input channels but cache slices have 1"
         )
-    shapes = {v.shape[1:] for v in cache.volumes}
-    if len(shapes) > 1:
-        raise SsmtlError(f"{cache.path}: volumes have different slice shapes {sorted(shapes)}; rebuild the cache with one size")
+    check_slice_shapes(cache)
 
 
 def cache_classes(cache: SliceCache) -> tuple[int, dict[int, str]]:

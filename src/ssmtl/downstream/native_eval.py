@@ -59,6 +59,7 @@ class NativeReferences:
         self.cache = cache
         self.registry = registry
         self._items: dict[tuple[str, str], list[Any]] | None = None
+        self._per_cache: dict[Any, NativeReferences] = {}
 
     def transform(self, index: int) -> VolumeTransform:
         meta = self.cache.volumes[index]
@@ -104,6 +105,11 @@ class NativeReferences:
 
     def get(self, index: int) -> NativeReference:
         """The reference of cache volume ``index``; :class:`NoWayBack` when there is none."""
+        if hasattr(self.cache, "locate"):  # a set of caches: each volume's own cache knows its dataset
+            cache, local = self.cache.locate(index)
+            if cache.path not in self._per_cache:
+                self._per_cache[cache.path] = NativeReferences(cache, self.registry)
+            return self._per_cache[cache.path].get(local)
         transform = self.transform(index)
         cached = self.cache.read_label(index)
         if transform.is_identity():

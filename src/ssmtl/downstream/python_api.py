@@ -51,7 +51,7 @@ class Evaluation:
 
 
 def finetune(
-    data: str | Path | None = None,
+    data: str | Path | list[str | Path] | None = None,
     out: str | Path | None = None,
     *,
     init: str | Path | None = None,
@@ -74,7 +74,7 @@ def finetune(
     ``settings`` reaches any field (``{"train.grad_clip": 1.0, "model.base_channels": 8}``).
     Raises :class:`~ssmtl.api.SsmtlError` on bad input, before any training.
     """
-    flags = {"data": data, "out": out, "init": None if init is None else str(init), "labeled_volumes": labeled_volumes,
+    flags = {"data": list(data) if isinstance(data, (list, tuple)) else data, "out": out, "init": None if init is None else str(init), "labeled_volumes": labeled_volumes,
              "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "head": head,
              "train.log_with": list(log_with) if log_with else None}
     run_config = resolve_finetune_config(file=config, flags=flags, sets=as_set_flags(settings))

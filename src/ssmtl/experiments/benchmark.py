@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from ssmtl.api.rules import CONFIG_RULES, Seed
 from ssmtl.core.settings import validate_model
-from ssmtl.data.cache import SliceCache
+from ssmtl.data.cache_set import data_record, open_caches
 from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.files import save_json, save_text
@@ -96,8 +96,8 @@ def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: M
 
 class BenchmarkConfig(BaseModel):
     model_config = CONFIG_RULES
-    data: Path = Field(description="Cache for pre-training (its train subjects).")
-    finetune_data: Path | None = Field(None, description="Labeled cache for fine-tuning and testing (default: data).")
+    data: Path | list[Path] = Field(description="Cache for pre-training (its train subjects), a folder of caches, or a list of caches read as one dataset.")
+    finetune_data: Path | list[Path] | None = Field(None, description="Labeled cache (folder, or list) for fine-tuning and testing (default: data).")
     out: Path = Field(description="Benchmark directory (reused across re-runs).")
     methods: list[str] | None = Field(None, description="Methods: scratch, a task set named by the plugins' defaults (built-in: contrastive, multitask), NAME=task+task, NAME=METHOD_OR_TASKS:encoder (fine-tune from the pre-trained encoder only). None: scratch and every task set.")
     labeled_volumes: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Label budgets, in subjects.")
@@ -142,11 +142,11 @@ class Benchmark:
         self.log, self.progress = log, progress
         self.out = Path(config.out)
         self.methods = parse_methods(config.methods, set(registry.tasks), registry.defaults.task_sets)
-        self.pre_cache = SliceCache(config.data)
-        self.ft_path = Path(config.finetune_data or config.data)
-        self.ft_cache = SliceCache(self.ft_path)
+        self.pre_cache = open_caches(config.data)
+        self.ft_path = config.finetune_data or config.data
+        self.ft_cache = open_caches(self.ft_path)
         if not any(v.has_label for v in self.ft_cache.volumes):
-            raise SsmtlError(f"{self.ft_path}: no labeled volumes to fine-tune and test on")
+            raise SsmtlError(f"{self.ft_cache.path}: no labeled volumes to fine-tune and test on")
         # scratch gets exactly the network the pre-trained methods export, and fine-tuning
         # runs at the pre-training precision
         reference = self._pretrain_config(next((m.tasks for m in self.methods if m.pretrained), registry.defaults.tasks), self.out)
@@ -279,8 +279,8 @@ class Benchmark:
             "config": self.config.model_dump(mode="json"),
             "methods": {m.name: list(m.tasks) for m in self.methods},
             "init_parts": {m.name: m.init_parts for m in self.methods if m.pretrained},
-            "pretrain_data": {"path": str(self.config.data), "fingerprint": self.pre_cache.fingerprint},
-            "finetune_data": {"path": str(self.ft_path), "fingerprint": self.ft_cache.fingerprint, "labeled_subjects": available},
+            "pretrain_data": data_record(self.pre_cache, self.config.data),
+            "finetune_data": {**data_record(self.ft_cache, self.ft_path), "labeled_subjects": available},
             "test_subjects": test_subjects,
             "class_names": list(cells[0]["per_class"] or {}) if cells else [],
             "space": sorted({c["space"] for c in cells if c.get("space")}),

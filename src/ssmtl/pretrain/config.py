@@ -60,7 +60,8 @@ class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
 
     model_config = CONFIG_RULES
-    path: AbsolutePath | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`.")
+    path: AbsolutePath | list[AbsolutePath] | None = Field(None, description="HDF5 slice cache built by `ssmtl cache build`, a folder of caches, or a list of caches and folders: several caches train as one dataset (each subject keeps its cache in its identity).")
+    weights: list[float] | None = Field(None, description="Sampling weight per cache, in the order data.path lists them (a folder's caches sorted by name). None: every sequence equally likely, so caches weigh by their size.")
     stride: int = Field(1, ge=1, description="Slice step between consecutive slices of a sequence.")
     sequence_length: int | None = Field(None, ge=1, description="Slices per sequence (k). Default: the largest any enabled task needs.")
     num_workers: int = Field(1, ge=0, le=64, description="Data loader worker processes.")

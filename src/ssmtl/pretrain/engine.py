@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,14 +33,15 @@ from ssmtl.core.recorder import Recorder
 from ssmtl.core.checkpointing import check_resume
 from ssmtl.core.rundir import prepare_run_dir, run_directory
 from ssmtl.data.cache import SliceCache
-from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
+from ssmtl.data.cache_set import CacheSet, check_slice_shapes, data_record, open_caches
+from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, WeightedStepBatchSampler, collate_sequences
 from ssmtl.pretrain.compile import compile_in_place
 from ssmtl.pretrain.config import RunConfig, config_to_dict
 from ssmtl.pretrain.module import PretrainModule, build_pretrain_module, ddp_ignored_names, sequence_length
 from ssmtl.pretrain.weighting import micro_batches_per_pass
 
 
-def select_volumes(cache: SliceCache, config: RunConfig) -> list[int]:
+def select_volumes(cache: SliceCache | CacheSet, config: RunConfig) -> list[int]:
     chosen = []
     for v in cache.volumes:
         if config.data.modality and v.modality != config.data.modality:
@@ -49,6 +51,7 @@ def select_volumes(cache: SliceCache, config: RunConfig) -> list[int]:
         chosen.append(v.index)
     if not chosen:
         raise SsmtlError(f"{cache.path}: no volumes match data.modality={config.data.modality} / data.split={config.data.split}")
+    check_slice_shapes(cache, chosen)
     return chosen
 
 
@@ -103,13 +106,26 @@ class Trainer(TrainingLoop):
                 task.after_optimizer_step(self.unwrapped.network, step)
 
 
+def make_sampler(config: RunConfig, dataset: SequenceDataset, rank: int, world: int, start: int, stop: int) -> StepBatchSampler:
+    """Uniform over the sequences, or, with ``data.weights``, weighted per cache."""
+    weights, cache = config.data.weights, dataset.cache
+    if weights is None:
+        return StepBatchSampler(len(dataset), config.train.batch_size, seed=config.seed, rank=rank, world=world,
+                                start=start, stop=stop)
+    caches = cache.paths if isinstance(cache, CacheSet) else [cache.path]
+    if len(weights) != len(caches):
+        raise SsmtlError(f"data.weights has {len(weights)} value(s) but data.path names {len(caches)} cache(s): "
+                         + ", ".join(str(p) for p in caches))
+    owner = np.array([cache.cache_of(int(v)) if isinstance(cache, CacheSet) else 0 for v in dataset.windows[:, 0]])
+    groups = [np.flatnonzero(owner == c) for c in range(len(caches))]
+    return WeightedStepBatchSampler(groups, weights, config.train.batch_size, seed=config.seed, rank=rank,
+                                    world=world, start=start, stop=stop)
+
+
 def make_loader(config: RunConfig, dataset: SequenceDataset, accelerator, start_step: int) -> torch.utils.data.DataLoader:
     accum = config.train.grad_accum
-    sampler = StepBatchSampler(
-        len(dataset), config.train.batch_size, seed=config.seed,
-        rank=accelerator.process_index, world=accelerator.num_processes,
-        start=start_step * accum, stop=config.train.steps * accum,
-    )
+    sampler = make_sampler(config, dataset, accelerator.process_index, accelerator.num_processes,
+                           start_step * accum, config.train.steps * accum)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=config.data.num_workers, collate_fn=collate_sequences,
         pin_memory=accelerator.device.type == "cuda", persistent_workers=False,
@@ -151,7 +167,7 @@ def _pretrain(config: RunConfig, *, resume: bool, registry, progress: bool) -> P
     accelerator = make_accelerator(config.train.mixed_precision, config.train.log_with, out)
     main = accelerator.is_main_process
     # every process checks inputs; only the main process creates the directory
-    cache = SliceCache(config.data.path)
+    cache = open_caches(config.data.path)
     volumes = select_volumes(cache, config)
     set_seed(config.seed)
     # the network and the tasks (plugin code) are built before the run directory exists, so a
@@ -188,7 +204,7 @@ def _pretrain(config: RunConfig, *, resume: bool, registry, progress: bool) -> P
                 "tasks": {n: config.tasks[n].model_dump(mode="json") for n in names},
                 "steps": config.train.steps,
                 "sequence_length": k,
-                "data": {"path": str(config.data.path), "fingerprint": cache.fingerprint, "volumes": [cache.volumes[v].subject for v in volumes]},
+                "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes]},
                 "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
                 "world_size": accelerator.num_processes,
                 "mixed_precision": accelerator.mixed_precision,

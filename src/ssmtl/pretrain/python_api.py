@@ -16,7 +16,7 @@ from ssmtl.pretrain.engine import PretrainResult, run_pretraining
 
 
 def pretrain(
-    data: str | Path | None = None,
+    data: str | Path | list[str | Path] | None = None,
     out: str | Path | None = None,
     *,
     tasks: Sequence[str] | None = None,
@@ -35,7 +35,8 @@ def pretrain(
     and ``export/``.
 
     Args:
-        data: an HDF5 slice cache (``ssmtl cache build``).
+        data: an HDF5 slice cache (``ssmtl cache build``), a folder of caches, or a list of
+            them: several caches train as one dataset (``data.weights`` in ``settings`` weights them).
         out: the run directory (new or empty, unless ``resume``).
         tasks: pretext task names (``["contrastive", "order"]``; ``"NAME:WEIGHT"`` sets a
             weight); default: the plugins' default tasks.
@@ -52,7 +53,7 @@ def pretrain(
         ``final_losses``). Raises :class:`~ssmtl.api.SsmtlError` (or its
         :class:`~ssmtl.api.ConfigError`) on bad input, before any training.
     """
-    flags = {"data.path": data, "out": out, "train.steps": steps, "train.batch_size": batch_size, "seed": seed,
+    flags = {"data.path": list(data) if isinstance(data, (list, tuple)) else data, "out": out, "train.steps": steps, "train.batch_size": batch_size, "seed": seed,
              "train.log_with": list(log_with) if log_with else None}
     run_config = resolve_run_config(file=config, flags=flags, tasks=list(tasks) if tasks else None,
                                     sets=as_set_flags(settings), registry=registry)

@@ -77,7 +77,7 @@ def _figure(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, class_
 
 def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) -> list[Overlay]:
     """Predict and draw the picked test volumes; raises :class:`SsmtlError` when the cache is unreadable."""
-    from ssmtl.data.cache import SliceCache
+    from ssmtl.data.cache_set import open_caches
     from ssmtl.downstream.evaluate import load_finetuned, predict_volume
 
     picks = pick_volumes(evaluation.get("per_volume") or [])
@@ -88,7 +88,7 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) ->
     model, run = load_finetuned(Path(run_dir), registry)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    cache = SliceCache(Path(evaluation.get("data") or run["data"]["path"]))
+    cache = open_caches(evaluation.get("data") or run["data"]["path"])
     index = {v.name: v.index for v in cache.volumes}
     class_names = list(evaluation.get("class_names") or [])
     overlays = []

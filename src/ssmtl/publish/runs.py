@@ -66,21 +66,21 @@ def run_kind(run_dir: Path) -> RunKind:
                      "nor a finished fine-tuning run (no run.json)")
 
 
-def _cache_facts(path: str | None) -> dict[str, Any]:
-    """Subjects, modalities, slice shape and preprocessing of a cache, when it is still readable."""
+def _cache_facts(path: str | list[str] | None) -> dict[str, Any]:
+    """Subjects, modalities, slice shape and preprocessing of a cache (or a set), when still readable."""
     if not path:
         return {}
-    from ssmtl.data.cache import SliceCache
+    from ssmtl.data.cache_set import open_caches
 
     try:
-        summary = SliceCache(Path(path)).summary()
+        summary = open_caches(path).summary()
     except SsmtlError:
         return {}
     return {
         "subjects": len({volume["subject"] for volume in summary["subjects"]}),
         "volumes": summary["volumes"],
         "modalities": summary["modalities"],
-        "slice_shape": summary["slice_shape"],
+        "slice_shape": summary.get("slice_shape") or (summary.get("slice_shapes") or [None])[0],
         "preprocess": summary.get("preprocess"),
         "dataset": summary.get("dataset"),
     }

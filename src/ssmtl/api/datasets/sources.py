@@ -47,6 +47,11 @@ class ImageLabelItem(VolumeItem):
     label_values: tuple[int, ...] = ()
     volume_id: str | None = None
 
+    @property
+    def has_label(self) -> bool:
+        """Whether the item has a label map, known from the listing (``cache build --shard`` splits on it)."""
+        return self.label_path is not None
+
     @abstractmethod
     def read_image(self) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, Modality | None]:
         """The image as (float array (X, Y, Z), spacing in mm, 4x4 affine, modality the file states or None).

@@ -96,6 +96,7 @@ class PhantomItem(VolumeItem):
     size: int
     num_slices: int
     variability: Variability = "low"
+    has_label = True  # every phantom is generated with its label map (not a dataclass field)
 
     def load(self) -> RawVolume:
         image, label, spacing = generate_subject(
