@@ -143,7 +143,7 @@ def test_non_finite_weights_are_never_written(pretrained_run, tmp_path):
     key = next(k for k in state if k.endswith("weight") and state[k].is_floating_point())
     state[key][0] = float("nan")
     save_file(state, str(weights))
-    with pytest.raises(SsmtlError, match=rf"NaN or Inf \(e.g. {key}\); refusing to write them"):
+    with pytest.raises(SsmtlError, match=rf"NaN or Inf .*\(e.g. {key}\)"):  # named by the loader, before any writer
         export_run(run, "torchscript", out=tmp_path / "hub")
     assert not (tmp_path / "hub").exists()
 

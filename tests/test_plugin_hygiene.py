@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import pickle
+import shutil
 import types
 from pathlib import Path
 from typing import Literal
@@ -259,11 +260,14 @@ def test_resume_loads_checkpoints_without_arbitrary_unpickling(ssmtl_cli, ssmtl_
     out = tmp_path / "run"
     args = ["pretrain", "--data", ssmtl_tiny_cache, "--task", "contrastive", "--task", "order", "--out", out,
             "--num-workers", "0", "--set", "train.checkpoint_every=1", *TINY_RUN]
+    steps = args.index("--steps")
+    args[steps + 1] = "3"
     first = ssmtl_cli("--no-plugins", *args)
     assert first.exit_code == 0, first.output
     checkpoint = out / "checkpoints" / "step-00000002"
     assert (checkpoint / "model.safetensors").is_file()
     assert not (checkpoint / "pytorch_model.bin").exists()  # model weights: safetensors only
+    shutil.rmtree(out / "checkpoints" / "step-00000003")  # as if killed after step 2: the resume loads step 2
 
     loads: list[tuple[str, object]] = []
     failures: list[BaseException] = []
@@ -283,8 +287,7 @@ def test_resume_loads_checkpoints_without_arbitrary_unpickling(ssmtl_cli, ssmtl_
     monkeypatch.setattr(torch, "load", watched_load)
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
-    steps = args.index("--steps")
-    resumed = ssmtl_cli("--no-plugins", *args[:steps + 1], "3", *args[steps + 2:], "--resume")
+    resumed = ssmtl_cli("--no-plugins", *args, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert "resuming from" in resumed.stderr
     names = {name for name, _ in loads}
