@@ -2,7 +2,7 @@
 
 Every benchmark prints ONE JSON object on stdout (progress goes to stderr), built
 from the same pieces: the hardware it ran on, a phantom cache generated into a
-temporary folder, a :class:`~ssmtl.pretrain.engine.Trainer` exactly as ``ssmtl
+temporary folder, a :class:`~ssmtl.pretraining.engine.Trainer` exactly as ``ssmtl
 pretrain`` builds it, and interleaved timing blocks (A B B A A B ...) so that a
 CPU shared with other processes slows every variant alike.
 """
@@ -124,7 +124,7 @@ def run_config(tasks: list[str], sets: list[str], data: Path | None = None, mixe
     The environment is ignored. ``mixed_precision`` goes in as a flag, as the CLI
     passes it (``--set train.mixed_precision=no`` would read YAML's ``no`` as false).
     """
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
 
     flags = {"train.mixed_precision": mixed_precision, "data.path": str(data) if data is not None else None}
     return resolve_run_config(flags=flags, tasks=tasks, sets=sets, environ={}, registry=registry())
@@ -142,7 +142,7 @@ def accelerator_for(config, device: torch.device):
 
 
 def make_trainer(config, accelerator, num_volumes: int, num_slices: int):
-    from ssmtl.pretrain.engine import Trainer
+    from ssmtl.pretraining.engine import Trainer
 
     return Trainer(config, registry(), accelerator, num_volumes=num_volumes, num_slices=num_slices)
 
@@ -150,7 +150,7 @@ def make_trainer(config, accelerator, num_volumes: int, num_slices: int):
 def cache_trainer(config, accelerator, cache_path: Path):
     """A Trainer sized for the cache's volumes (as ``run_pretraining`` sizes it), and the volumes."""
     from ssmtl.data.cache import SliceCache
-    from ssmtl.pretrain.engine import select_volumes
+    from ssmtl.pretraining.engine import select_volumes
 
     cache = SliceCache(cache_path)
     volumes = select_volumes(cache, config)

@@ -160,7 +160,7 @@ def run_one(args, model: str, base: int, size: int, bf16: bool, channels_last: b
 def loader_check(args, size: int, k: int, step_slices_per_s: float, device: torch.device) -> dict:
     """Slices/s of the real loader at ``size`` px (default workers, and more) against the step."""
     from ssmtl.data.cache import SliceCache
-    from ssmtl.pretrain.engine import make_loader, select_volumes
+    from ssmtl.pretraining.engine import make_loader, select_volumes
     from ssmtl.data.sampling import SequenceDataset
 
     reset_accelerate()

@@ -5,7 +5,7 @@ The pipeline, at the default settings (``data.num_workers`` default, batch 16,
 k = 3 for the default tasks contrastive + order, a 128 px phantom cache):
 
 * ``loader``: HDF5 cache reads, sequence sampling (``StepBatchSampler``) and
-  collation, through ``ssmtl.pretrain.engine.make_loader`` exactly as training builds
+  collation, through ``ssmtl.pretraining.engine.make_loader`` exactly as training builds
   it, timed alone with 0, 1 and 2 workers (the worker start-up is reported apart);
 * ``augment``: ``ssmtl.core.augment.augment`` runs inside the step on the
   training device, once per augmented view the tasks use (counted on a real
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from ssmtl.core.augment import augment  # noqa: E402
-from ssmtl.pretrain.engine import make_loader  # noqa: E402
+from ssmtl.pretraining.engine import make_loader  # noqa: E402
 from ssmtl.data.sampling import SequenceDataset  # noqa: E402
 
 TARGET = 3.0

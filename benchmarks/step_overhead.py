@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Framework overhead: an ssmtl ``--task contrastive`` step against a hand-written MoCo v2 step.
 
-A (``ssmtl``): :meth:`ssmtl.pretrain.engine.Trainer.step`, built exactly as ``ssmtl
+A (``ssmtl``): :meth:`ssmtl.pretraining.engine.Trainer.step`, built exactly as ``ssmtl
 pretrain --task contrastive`` builds it (Accelerate, the task plugin, the shared
 view/feature cache, loss weighting, metrics, the non-finite check, the EMA hook).
 

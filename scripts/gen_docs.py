@@ -4,7 +4,7 @@
 * ``docs/cli.md``: every command of the Typer app (walked as the Click command
   tree that ``typer.main.get_command`` builds): usage, help, arguments, options.
 * ``docs/config.md``: the run configuration, from its JSON Schema
-  (:func:`ssmtl.pretrain.config.run_config_schema`), one table per section and per
+  (:func:`ssmtl.pretraining.config.run_config_schema`), one table per section and per
   built-in task.
 * ``docs/hooks.md``: the hand-written hook reference, with the output of
   ``ssmtl --no-plugins plugins`` refreshed between its GENERATED markers.
@@ -195,7 +195,7 @@ def _section_rows(model: dict[str, Any], prefix: str) -> list[list[str]]:
 
 
 def config_reference() -> str:
-    from ssmtl.pretrain.config import default_tasks, run_config_schema
+    from ssmtl.pretraining.config import default_tasks, run_config_schema
     from ssmtl.core.registry import build_registry
 
     registry = build_registry(external=False)

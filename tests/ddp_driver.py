@@ -38,9 +38,9 @@ def main(cache: str, out: str) -> None:
     from torch import nn
 
     from ssmtl.core.registry import build_registry
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.core.accelerator import make_accelerator
-    from ssmtl.pretrain.engine import Trainer
+    from ssmtl.pretraining.engine import Trainer
 
     registry = build_registry(external=False)
     result, trainers = {"sync_bn": {}}, {}

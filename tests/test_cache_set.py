@@ -140,8 +140,8 @@ def test_weighted_sampling_follows_the_weights():
 
 
 def test_the_engine_samples_one_cache_as_before_and_weights_a_set(tmp_path):
-    from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import make_sampler
+    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.engine import make_sampler
 
     a = write_cache(tmp_path / "a.h5", [4, 4])
     b = write_cache(tmp_path / "b.h5", [6])

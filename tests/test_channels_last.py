@@ -15,8 +15,8 @@ TASKS = ["contrastive", "order", "reconstruct", "neighbor"]
 
 
 def _pretrain(cache: Path, out: Path, channels_last: bool) -> list[dict]:
-    from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.core.registry import build_registry
 
     registry = build_registry(external=False)
@@ -47,9 +47,9 @@ def test_channels_last_run_matches_default_layout(tiny_cache, tmp_path):
 
 
 def test_channels_last_converts_weights_and_views(tiny_cache):
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.core.accelerator import make_accelerator
-    from ssmtl.pretrain.engine import Trainer
+    from ssmtl.pretraining.engine import Trainer
     from ssmtl.core.registry import build_registry
     from ssmtl.data.sampling import SequenceDataset, collate_sequences
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ssmtl.pretrain.config import (
+from ssmtl.pretraining.config import (
     RunConfig,
     config_to_dict,
     env_layer,

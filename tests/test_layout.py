@@ -1,6 +1,6 @@
 """The floor plan holds: imports run one way, rooms stay small, plugin code sees only ssmtl.api.
 
-    cli -> experiments -> pretrain, downstream -> data -> core -> api
+    cli -> experiments -> pretraining, downstream -> data -> core -> api
 
 Every ``ssmtl.*`` import of every module is checked (module level and inside functions,
 since a lazy import is a dependency too). ``ssmtl`` itself (the package root, for
@@ -22,18 +22,18 @@ ALLOWED: dict[str, set[str]] = {
     "api": set(),
     "core": {"api"},
     "data": {"api", "core"},
-    "pretrain": {"api", "core", "data"},
+    "pretraining": {"api", "core", "data"},
     "downstream": {"api", "core", "data"},
-    "experiments": {"api", "core", "data", "pretrain", "downstream"},
+    "experiments": {"api", "core", "data", "pretraining", "downstream"},
     # what leaves ssmtl: exports for other code, reports for people (about runs of every kind)
-    "publish": {"api", "core", "data", "pretrain", "downstream", "experiments"},
+    "publish": {"api", "core", "data", "pretraining", "downstream", "experiments"},
     # the host's harness for plugin tests drives the host; plugin code never imports it
-    "testing": {"api", "core", "data", "pretrain", "downstream", "cli"},
-    "cli": {"api", "core", "data", "pretrain", "downstream", "experiments", "publish", "testing"},
+    "testing": {"api", "core", "data", "pretraining", "downstream", "cli"},
+    "cli": {"api", "core", "data", "pretraining", "downstream", "experiments", "publish", "testing"},
     "plugins": {"api"},
 }
 #: modules directly under src/ssmtl (not in a package): the root and ``python -m ssmtl``
-ROOT_MODULES = {"__init__": {"api", "core", "data", "pretrain", "downstream", "experiments", "publish"}, "__main__": {"cli"}}
+ROOT_MODULES = {"__init__": {"api", "core", "data", "pretraining", "downstream", "experiments", "publish"}, "__main__": {"cli"}}
 MAX_LINES = 400
 
 
@@ -92,12 +92,12 @@ def test_imports_run_one_way():
 def test_the_layering_check_catches_an_upward_import(tmp_path, monkeypatch):
     fake = tmp_path / "ssmtl"
     (fake / "core").mkdir(parents=True)
-    (fake / "pretrain").mkdir()
-    for pkg in ("core", "pretrain"):
+    (fake / "pretraining").mkdir()
+    for pkg in ("core", "pretraining"):
         (fake / pkg / "__init__.py").write_text("")
-    (fake / "core" / "bad.py").write_text("def f():\n    from ssmtl.pretrain.engine import run_pretraining\n")
+    (fake / "core" / "bad.py").write_text("def f():\n    from ssmtl.pretraining.engine import run_pretraining\n")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
-    assert layering_problems() == ["core/bad.py:2 imports ssmtl.pretrain.engine (core may import ['api', 'core'])"]
+    assert layering_problems() == ["core/bad.py:2 imports ssmtl.pretraining.engine (core may import ['api', 'core'])"]
 
 
 def test_no_room_is_too_big_to_see_at_once():

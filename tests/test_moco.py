@@ -18,8 +18,8 @@ from torch.nn import functional as F
 from ssmtl.api import DataInfo, ema_momentum, initial_weight_share, split_bn_forward, split_bn_groups
 from ssmtl.api.split_batchnorm import split_batchnorm
 from ssmtl.core.registry import get_registry
-from ssmtl.pretrain.config import resolve_run_config
-from ssmtl.pretrain.module import build_pretrain_module
+from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.module import build_pretrain_module
 
 SMALL = {"model.base_channels": 8, "model.depth": 2, "seed": 0}
 

@@ -22,7 +22,7 @@ from ssmtl.api import ConfigError, NetworkConfig, NetworkInfo, NetworkOutput, Ne
 from ssmtl.core.export import load_pretrained_network, write_export
 from ssmtl.core.networks import build_network, network_config
 from ssmtl.core.registry import build_registry
-from ssmtl.pretrain.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_run_config
 
 from helpers import ALL_TASKS, tiny_sets
 

@@ -20,7 +20,7 @@ import pytest
 from ssmtl.core.registry import build_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("api", "core", "data", "pretrain", "downstream", "experiments", "publish")
+PACKAGES = ("api", "core", "data", "pretraining", "downstream", "experiments", "publish")
 KINDS = ("tasks", "datasets", "heads", "networks")
 FILE_SUFFIXES = {"json", "jsonl", "h5", "csv", "toml", "yaml", "yml", "md", "png", "txt", "safetensors", "nii", "gz"}
 

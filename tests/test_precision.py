@@ -12,8 +12,8 @@ from helpers import ALL_TASKS, tiny_sets
 
 
 def _pretrain(cache, out, precision: str, steps: int = 3, extra: list[str] | None = None):
-    from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.core.registry import build_registry
 
     registry = build_registry(external=False)

@@ -103,8 +103,8 @@ def _nan_plugin():
 
 
 def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
-    from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
     from ssmtl.core.registry import build_registry
 
@@ -145,8 +145,8 @@ def _sometimes_nan_plugin(every: int):
 def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache, tmp_path):
     """Steps 3 and 7 of 8 are NaN: 2 skips are 25 % of the run. Over the share the run stops at the
     skip that crosses it, with no export; a share that allows them finishes and exports."""
-    from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
     from ssmtl.core.registry import build_registry
 
@@ -169,8 +169,8 @@ def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache,
 
 
 def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monkeypatch):
-    from ssmtl.pretrain.config import resolve_run_config
-    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
     import ssmtl.core.rundir as rundir
 

@@ -20,9 +20,9 @@ from torch.nn import functional as F
 from ssmtl.core.augment import AugmentConfig, make_augmenter
 
 from ssmtl.api.geometry import apply_affine, correspondence
-from ssmtl.pretrain.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_run_config
 from ssmtl.core.optim import parameter_groups
-from ssmtl.pretrain.module import build_pretrain_module, sequence_length
+from ssmtl.pretraining.module import build_pretrain_module, sequence_length
 from ssmtl.api.errors import ConfigError
 from ssmtl.core.registry import builtin_plugins, get_registry
 from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
@@ -623,7 +623,7 @@ def test_decoder_slices_one_is_overridden_by_a_task_that_needs_every_slice():
 
 
 def test_view_transform_of_an_unknown_view_is_refused():
-    from ssmtl.pretrain.module import PretrainModule
+    from ssmtl.pretraining.module import PretrainModule
     from ssmtl.api.errors import SsmtlError
 
     _, module = make_module(["reconstruct"], ["tasks.reconstruct.patch_size=8"])

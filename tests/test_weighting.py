@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ssmtl.pretrain.weighting import (
+from ssmtl.pretraining.weighting import (
     DynamicWeightAverage,
     FixedWeighting,
     UncertaintyWeighting,

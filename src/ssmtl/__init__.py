@@ -27,8 +27,9 @@ __version__ = "0.1.0"
 
 from ssmtl.api.hooks import hookimpl  # noqa: E402  (the only thing plugins need)
 
-# public function -> the module that defines it (``pretrain`` is the callable package itself)
+# public function -> the module that defines it
 _API: dict[str, str] = {
+    "pretrain": "ssmtl.pretraining.python_api",
     "finetune": "ssmtl.downstream.python_api",
     "evaluate": "ssmtl.downstream.python_api",
     "predict": "ssmtl.downstream.python_api",
@@ -38,12 +39,10 @@ _API: dict[str, str] = {
 }
 _DEFINED_AS = {"export": "export_run", "report": "write_report"}
 
-__all__ = ["__version__", "hookimpl", "pretrain", *_API]
+__all__ = ["__version__", "hookimpl", *_API]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "pretrain":  # the package is callable: see ssmtl/pretrain/__init__.py
-        return importlib.import_module("ssmtl.pretrain")
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'ssmtl' has no attribute {name!r}")
@@ -58,7 +57,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static type checkers and IDEs see
     from ssmtl.downstream.python_api import evaluate, finetune, predict
-    from ssmtl.pretrain.python_api import pretrain
+    from ssmtl.pretraining.python_api import pretrain
     from ssmtl.publish.hub import export_run as export
     from ssmtl.publish.report import write_report as report
     from ssmtl.publish.runs import load_network

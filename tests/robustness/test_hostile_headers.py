@@ -95,7 +95,7 @@ NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 @HYPOTHESIS
 @given(lr=NUMBERS, weight=NUMBERS, rotate=NUMBERS, seed=NUMBERS)
 def test_any_number_in_a_config_is_refused_or_finite_and_in_range(ssmtl_tiny_cache, lr, weight, rotate, seed):
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
 
     sets = [f"train.lr={lr!r}" if not isinstance(lr, str) else f"train.lr={lr}",
             f"tasks.order.weight={weight!r}" if not isinstance(weight, str) else f"tasks.order.weight={weight}",
@@ -112,7 +112,7 @@ def test_any_number_in_a_config_is_refused_or_finite_and_in_range(ssmtl_tiny_cac
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999"])
 def test_a_non_finite_task_weight_flag_is_refused(value):
-    from ssmtl.pretrain.config import parse_task_flags
+    from ssmtl.pretraining.config import parse_task_flags
 
     with pytest.raises(ConfigError, match=f"order:{value}"):
         parse_task_flags([f"order:{value}"])

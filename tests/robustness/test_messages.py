@@ -58,7 +58,7 @@ def test_each_message_names_the_real_problem(ssmtl_tiny_cache, tmp_path):
 
 
 def test_a_flag_overrides_a_bad_variable_and_a_missing_allowed_plugin_is_reported(tmp_path):
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
 
     # the flag wins, so the variable's bad value is never used and never blamed
     config = resolve_run_config(flags={"train.lr": 0.5}, environ={"SSMTL_TRAIN__LR": "fast"})

@@ -50,7 +50,7 @@ def test_non_finite_numbers_and_bad_seeds_are_refused_at_validation(ssmtl_tiny_c
     # the rest of the fields, in-process (a subprocess per field would cost seconds each)
     from ssmtl.api import ConfigError
     from ssmtl.downstream.config import resolve_finetune_config
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
 
     for key in ("train.lr=1e400", "train.lr=.nan", "tasks.contrastive.temperature=inf", "augment.rotate=inf", "augment.gamma=[0.5, .inf]",
                 "weighting.temperature=-.inf", "model.base_channels=.inf"):
@@ -74,7 +74,7 @@ def test_every_config_base_refuses_non_finite_numbers_and_plugins_inherit_it(ssm
     from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.downstream.config import FinetuneConfig
     from ssmtl.experiments.benchmark import BenchmarkConfig
-    from ssmtl.pretrain.config import RunConfig, WeightingConfig
+    from ssmtl.pretraining.config import RunConfig, WeightingConfig
 
     registry = ssmtl_registry_factory(builtins=True)
     plugin_models = [spec.config_model for kind in ("tasks", "datasets", "heads", "networks")

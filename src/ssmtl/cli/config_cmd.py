@@ -16,7 +16,7 @@ app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
 @handle_errors
 def schema() -> None:
     """Print the JSON Schema of the run config (tasks: a union discriminated by task name)."""
-    from ssmtl.pretrain.config import run_config_schema
+    from ssmtl.pretraining.config import run_config_schema
 
     typer.echo(json.dumps(run_config_schema(registry()), indent=2))
 
@@ -34,7 +34,7 @@ def show(
     import yaml
 
     from ssmtl.api.errors import SsmtlError
-    from ssmtl.pretrain.config import config_to_dict
+    from ssmtl.pretraining.config import config_to_dict
 
     if fmt not in ("yaml", "json"):
         raise SsmtlError(f"--format {fmt!r}: use yaml or json")

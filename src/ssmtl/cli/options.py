@@ -33,7 +33,7 @@ def one_or_many(paths: list[Path] | None) -> Path | list[Path] | None:
 def resolve(data, task, out, steps, batch_size, config, sets, mixed_precision, seed, compile_, workers, log_with=None):
     """All sources -> one validated RunConfig (flags left unset do not override anything)."""
     from ssmtl.cli.common import registry
-    from ssmtl.pretrain.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_run_config
 
     flags: dict[str, Any] = {
         "data.path": one_or_many(data),

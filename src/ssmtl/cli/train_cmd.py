@@ -33,7 +33,7 @@ def pretrain(
 
     Multi-GPU / multi-node: accelerate launch -m ssmtl pretrain ... (same flags).
     """
-    from ssmtl.pretrain.engine import run_pretraining
+    from ssmtl.pretraining.engine import run_pretraining
 
     cfg = o.resolve(data, task, out, steps, batch_size, config, set_, mixed_precision, seed, compile_, workers, log_with)
     result = run_pretraining(cfg, resume=resume, registry=registry())

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, field_validator
 from ssmtl.api.rules import CONFIG_RULES, Seed
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache_set import data_record, open_caches
-from ssmtl.pretrain.config import RunConfig, config_to_dict, resolve_run_config
+from ssmtl.pretraining.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.files import save_json, save_text
 from ssmtl.experiments.results import SCRATCH, plot_dice_vs_labels, render_markdown, summarise_cells
@@ -165,7 +165,7 @@ class Benchmark:
         )
 
     def pretrain(self, method: Method) -> Path:
-        from ssmtl.pretrain.engine import run_pretraining
+        from ssmtl.pretraining.engine import run_pretraining
         from ssmtl.core.export import load_pretrained_network
 
         run_dir = self.out / "pretrain" / method.name

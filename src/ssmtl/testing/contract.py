@@ -12,7 +12,7 @@ broken promise:
    not validate defaults), the given options validate, it rejects an unknown field
    (``extra="forbid"``: a typo in ``--set tasks.x.optoin=1`` must not pass
    silently), survives a JSON round trip (runs save ``config.json`` and resume
-   from it) and resolves inside a :class:`~ssmtl.pretrain.config.RunConfig`.
+   from it) and resolves inside a :class:`~ssmtl.pretraining.config.RunConfig`.
 3. **Heads.** The factory builds a :class:`~ssmtl.api.tasks.PretextTask` on a tiny
    network's :class:`~ssmtl.api.network.NetworkInfo` (the default U-Net, or any
    network plugin's: ``model={"name": ...}``); ``trains`` names only
@@ -46,7 +46,7 @@ import torch
 from pydantic import ValidationError
 
 from ssmtl.core.augment import AugmentConfig, make_augmenter
-from ssmtl.pretrain.config import resolve_task_configs
+from ssmtl.pretraining.config import resolve_task_configs
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.hooks import hookimpl
 from ssmtl.api.network import SharedNetwork

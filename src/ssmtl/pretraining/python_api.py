@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ssmtl.core.settings import as_set_flags
-from ssmtl.pretrain.config import resolve_run_config
-from ssmtl.pretrain.engine import PretrainResult, run_pretraining
+from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.engine import PretrainResult, run_pretraining
 
 
 def pretrain(
@@ -49,7 +49,7 @@ def pretrain(
         progress: show the progress bar.
 
     Returns:
-        a :class:`~ssmtl.pretrain.engine.PretrainResult` (``run_dir``, ``steps``, ``seconds``,
+        a :class:`~ssmtl.pretraining.engine.PretrainResult` (``run_dir``, ``steps``, ``seconds``,
         ``final_losses``). Raises :class:`~ssmtl.api.SsmtlError` (or its
         :class:`~ssmtl.api.ConfigError`) on bad input, before any training.
     """

@@ -20,8 +20,8 @@ from ssmtl.core.augment import make_augmenter
 from ssmtl.api.network import SharedNetwork
 from ssmtl.core.networks import build_network
 from ssmtl.core.plugin_calls import checked_task_output, plugin_call, refuse
-from ssmtl.pretrain.config import RunConfig
-from ssmtl.pretrain.weighting import LossWeighting, build_weighting
+from ssmtl.pretraining.config import RunConfig
+from ssmtl.pretraining.weighting import LossWeighting, build_weighting
 
 
 class PretrainModule(nn.Module):

@@ -1,7 +1,7 @@
 """Pre-training: build the module, then run the one training loop on sampled sequences.
 
 Per step, for each micro-batch, the sampled sequences go through
-:class:`~ssmtl.pretrain.module.PretrainModule` (the DDP-wrapped unit): every enabled
+:class:`~ssmtl.pretraining.module.PretrainModule` (the DDP-wrapped unit): every enabled
 task runs on shared views and features, the weighting scheme combines their losses,
 and :class:`~ssmtl.core.loop.TrainingLoop` takes **one** backward pass, applies the
 non-finite policy, clips, steps, runs each task's post-step hook (e.g. MoCo's momentum
@@ -35,10 +35,10 @@ from ssmtl.core.rundir import prepare_run_dir, run_directory
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import CacheSet, check_slice_shapes, data_record, open_caches
 from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, WeightedStepBatchSampler, collate_sequences
-from ssmtl.pretrain.compile import compile_in_place
-from ssmtl.pretrain.config import RunConfig, config_to_dict
-from ssmtl.pretrain.module import PretrainModule, build_pretrain_module, ddp_ignored_names, sequence_length
-from ssmtl.pretrain.weighting import micro_batches_per_pass
+from ssmtl.pretraining.compile import compile_in_place
+from ssmtl.pretraining.config import RunConfig, config_to_dict
+from ssmtl.pretraining.module import PretrainModule, build_pretrain_module, ddp_ignored_names, sequence_length
+from ssmtl.pretraining.weighting import micro_batches_per_pass
 
 
 def select_volumes(cache: SliceCache | CacheSet, config: RunConfig) -> list[int]:

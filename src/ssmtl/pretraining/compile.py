@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ssmtl.pretrain.module import PretrainModule
+from ssmtl.pretraining.module import PretrainModule
 
 
 def compile_in_place(module: PretrainModule, accelerator) -> None:
