@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/out}/protocol
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-5000}
-FINETUNE_STEPS=${FINETUNE_STEPS:-500}
+FINETUNE_STEPS=${FINETUNE_STEPS:-auto}  # the user default: validate, keep the best step, stop on a plateau (at most 1000)
 SEEDS=${SEEDS:-3}
 BUDGETS=${BUDGETS:-1,2,8}
 SUBJECTS=${SUBJECTS:-24}
