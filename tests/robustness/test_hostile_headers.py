@@ -70,9 +70,8 @@ def test_a_huge_header_on_a_tiny_file_is_one_line(tmp_path):
     small.rename(tmp_path / "small-folder" / "a.nii")
     (mha / "a.mha").write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 30000 30000 1000\nElementType = MET_SHORT\n"
                                 b"ElementDataFile = LOCAL\n" + bytes(100))
-    out = tmp_path / "out.h5"
-
     def build(name, dataset, folder, message, env=None):
+        out = tmp_path / f"out-{name.replace(' ', '-')}.h5"  # one output per case: cases run two at a time, and a build locks its output
         return Case(name, ssmtl_cli("cache", "build", "--dataset", dataset, "--images", folder, "--modality", "ct", "--out", out),
                     message=message, inputs=[folder], absent=[out], watch=[tmp_path], env=env or {})
 

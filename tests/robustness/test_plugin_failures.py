@@ -39,7 +39,9 @@ def test_each_failing_plugin_call_is_one_line_naming_the_plugin(plugin_env, ssmt
         return case(task, ssmtl_cli("pretrain", "--data", cache, "--out", out, "--task", task, *TINY), message,
                     None if in_training else out)
 
-    built = tmp_path / "built.h5"
+    def built(name):  # one output per case: cases run two at a time, and a build locks its output
+        return tmp_path / f"{name}.h5"
+
     cases = [
         pretrain("raise-init", f"task 'raise-init' {PACKAGE} failed in its factory (__init__): ValueError: boom in __init__"),
         pretrain("raise-on-data", f"task 'raise-on-data' {PACKAGE} failed in on_data: ValueError: boom in on_data"),
@@ -52,12 +54,12 @@ def test_each_failing_plugin_call_is_one_line_naming_the_plugin(plugin_env, ssmt
         case("head", ssmtl_cli("finetune", "--data", cache, "--out", tmp_path / "head", "--head", "raise-head", "--steps", "1",
                                 "--set", "model.base_channels=4", "--set", "model.depth=2"),
              f"head 'raise-head' {PACKAGE} failed in its factory (build): ValueError: boom in the head factory", tmp_path / "head"),
-        case("dataset", ssmtl_cli("cache", "build", "--dataset", "raise-dataset", "--out", built),
-             f"dataset 'raise-dataset' {PACKAGE} failed in its factory: ValueError: boom in the dataset factory", built),
-        case("dataset item load", ssmtl_cli("cache", "build", "--dataset", "raise-load", "--out", built),
-             f"broken://s1: dataset 'raise-load' {PACKAGE} failed in load: KeyError: 'no such field'", built),
-        case("dataset returns a list", ssmtl_cli("cache", "build", "--dataset", "wrong-dataset", "--out", built),
-             f"dataset 'wrong-dataset' {PACKAGE}: the factory returned list, not a VolumeSource", built),
+        case("dataset", ssmtl_cli("cache", "build", "--dataset", "raise-dataset", "--out", built("raise-dataset")),
+             f"dataset 'raise-dataset' {PACKAGE} failed in its factory: ValueError: boom in the dataset factory", built("raise-dataset")),
+        case("dataset item load", ssmtl_cli("cache", "build", "--dataset", "raise-load", "--out", built("raise-load")),
+             f"broken://s1: dataset 'raise-load' {PACKAGE} failed in load: KeyError: 'no such field'", built("raise-load")),
+        case("dataset returns a list", ssmtl_cli("cache", "build", "--dataset", "wrong-dataset", "--out", built("wrong-dataset")),
+             f"dataset 'wrong-dataset' {PACKAGE}: the factory returned list, not a VolumeSource", built("wrong-dataset")),
     ]
     outcomes = run_cases(cases)
     assert_all_held(outcomes)
