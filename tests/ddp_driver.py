@@ -70,6 +70,8 @@ def main(cache: str, out: str) -> None:
     result["own_positions"] = torch.cat([own_batch(rank, s).positions.reshape(-1) for s in range(2)])
     result["world_size"] = accelerator.num_processes
     torch.save(result, Path(out) / f"rank{rank}.pt")
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # a clean teardown: left to the exit, gloo sometimes aborted a rank
 
 
 if __name__ == "__main__":

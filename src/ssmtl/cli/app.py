@@ -57,6 +57,23 @@ predict_cmd.register(app)
 plugins_cmd.register(app)
 
 
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, tear the process group down before the interpreter exits.
+
+    The training functions leave it up (a notebook or the benchmark runs several trainings in
+    one group); the command line owns its process, so it closes the group here. Left to the
+    interpreter's exit, gloo's threads were sometimes destroyed while still joinable, and a
+    rank that had finished its work died with "terminate called without an active exception"
+    (SIGABRT), failing a run that had succeeded.
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main() -> None:
     """The console script: a usage mistake (an unknown option, a value of the wrong type) is one
     `error:` line and exit code 2, like every other bad input, instead of a boxed panel."""
@@ -66,6 +83,7 @@ def main() -> None:
 
     try:
         code = app(standalone_mode=False)
+        _leave_process_group()
     except typer.Abort:
         err_console.print("interrupted")
         sys.exit(130)
