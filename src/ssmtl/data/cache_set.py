@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -146,7 +147,8 @@ class CacheSet:
             cache.close()
 
     # -- what the set is --------------------------------------------------------------------
-    @property
+    # The caches do not change while open: what the set is derives once, on first use.
+    @cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the caches' fingerprints in order: the set's identity."""
         return hashlib.sha256("\n".join(c.fingerprint for c in self.caches).encode()).hexdigest()
@@ -158,7 +160,7 @@ class CacheSet:
     def _labeled(self) -> list[SliceCache]:
         return [c for c in self.caches if any(v.has_label for v in c.volumes)] or self.caches
 
-    @property
+    @cached_property
     def class_names(self) -> dict[int, str]:
         """The class names the labeled caches share; an error names the first that differs."""
         labeled = self._labeled()
@@ -201,7 +203,7 @@ class CacheSet:
                 merged.setdefault(key, value)
         return merged or None
 
-    @property
+    @cached_property
     def attrs(self) -> dict[str, Any]:
         datasets = sorted({str(c.attrs.get("dataset")) for c in self.caches})
         return {
@@ -241,7 +243,7 @@ class CacheSet:
                 {"label": label, "path": p["path"], "dataset": p["dataset"], "volumes": p["volumes"],
                  "slices": p["slices"], "slice_shape": p["slice_shape"], "modalities": p["modalities"],
                  "classes": p["classes"], "split": p["split"], "fingerprint": p["fingerprint"],
-                 "shard": list(shard_of(c)) if shard_of(c) else None}
+                 "shard": list(shard) if (shard := shard_of(c)) else None}
                 for label, p, c in zip(self.labels, parts, self.caches)
             ],
             "subjects": [

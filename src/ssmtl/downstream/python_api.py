@@ -117,7 +117,10 @@ def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str
     errors: list[str] = []
 
     def log(line: str) -> None:  # errors are counted in the result; warnings reach Python's warnings
-        errors.append(line) if line.startswith("error:") else warnings.warn(line.removeprefix("warning: "), stacklevel=3)
+        if line.startswith("error:"):
+            errors.append(line)
+        else:
+            warnings.warn(line.removeprefix("warning: "), stacklevel=3)
 
     record = run_predict(Path(run), paths, options, registry=registry, progress=progress, log=log)
     if not record.get("written"):
