@@ -226,6 +226,28 @@ def test_manifest_json_and_random_split(mixed_files, registry):
     assert cache.attrs["split"]["source"] == "random"
 
 
+
+def test_manifest_tells_apart_images_of_one_name_in_different_folders(tmp_path, registry):
+    """p001/image.nii.gz and p002/image.nii.gz are two subjects (named after their folders), so a
+    split can put them on different sides; a subject column still groups scans of one patient."""
+    ct, label = ct_phantom((10, 8, 5))
+    for folder in ("site_a/p001", "site_a/p002", "site_b/p001", "p003"):
+        save_nifti(tmp_path / folder / "image.nii.gz", ct)
+        save_nifti(tmp_path / folder / "label.nii.gz", label)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "image,label,subject,split\n"
+        "site_a/p001/image.nii.gz,site_a/p001/label.nii.gz,,train\n"
+        "site_a/p002/image.nii.gz,site_a/p002/label.nii.gz,,test\n"
+        "site_b/p001/image.nii.gz,site_b/p001/label.nii.gz,,train\n"
+        "p003/image.nii.gz,p003/label.nii.gz,patient3,test\n"
+    )
+    cache = build(registry, tmp_path, "manifest", path=str(manifest))
+    assert sorted((v.subject, v.split) for v in cache.volumes) == [
+        ("patient3", "test"), ("site_a_p001_image", "train"), ("site_a_p002_image", "test"),
+        ("site_b_p001_image", "train")]
+
+
 @pytest.mark.parametrize(
     "rows, needle",
     [

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ssmtl.experiments.paired import bootstrap_ci, compare, paired_differences, verdict
+from ssmtl.experiments.paired import bootstrap_ci, compare, MIN_PAIRS, paired_differences, verdict
 from ssmtl.experiments.results import render_markdown, summarise_cells, verdict_lines
 
 
@@ -58,7 +58,25 @@ def test_pairs_are_matched_by_seed_and_subject():
     assert diffs == pytest.approx([0.1, -0.1, 0.0, 0.3])  # seed 1 subject c and seed 2 have no partner
     result = compare(method, reference)
     assert result["pair_mean"] == pytest.approx(0.075) and result["subject_pairs"] == 4
-    assert result["ci95"][0] <= 0.075 <= result["ci95"][1]
+    assert all(math.isnan(v) for v in result["ci95"])  # 4 pairs < MIN_PAIRS: no interval
+    assert verdict(result["ci95"]).startswith("too few pairs")
+    six = {0: _cell("m", 0, {s: 0.6 for s in "abcdef"})}
+    result = compare(six, {0: _cell("r", 0, {s: 0.5 + 0.01 * i for i, s in enumerate("abcdef")})})
+    assert result["subject_pairs"] == MIN_PAIRS == 6
+    assert result["ci95"][0] <= result["pair_mean"] <= result["ci95"][1] and verdict(result["ci95"]) == "better"
+
+
+def test_one_seed_on_one_subject_is_never_called_better():
+    """One pair: a degenerate interval [d, d] would call any difference significant."""
+    result = compare({0: _cell("m", 0, {"a": 0.9})}, {0: _cell("r", 0, {"a": 0.1})})
+    assert result["subject_pairs"] == 1 and result["pair_mean"] == pytest.approx(0.8)
+    assert verdict(result["ci95"]) != "better"
+    rows = {r["method"]: r for r in summarise_cells([_cell("scratch", 0, {"a": 0.1}), _cell("m", 0, {"a": 0.9})],
+                                                      references=("scratch",))}
+    results = {"summary": list(rows.values()), "config": {"pretrain_steps": 1, "finetune_steps": 1, "seeds": 1},
+               "pretrain_data": {"path": "p.h5"}, "finetune_data": {"path": "f.h5"}, "test_subjects": ["a"]}
+    text = render_markdown(results)
+    assert "+0.800 [none: 1 pair(s) < 6]" in text and "too few pairs to tell" in text and ": better" not in text
 
 
 def test_verdict_reads_the_interval():

@@ -66,6 +66,8 @@ def benchmark(
 def render_table(results):
     from rich.table import Table
 
+    from ssmtl.experiments.results import interval_text
+
     budgets = sorted({r["labeled_volumes"] for r in results["summary"]})
     table = Table(title="3D Dice (mean ± std over seeds)", title_justify="left")
     table.add_column("method")
@@ -83,8 +85,7 @@ def render_table(results):
             text = f"{r['dice_mean']:.3f} ± {r['dice_std']:.3f}"
             vs = r.get("vs_scratch") or {}
             if vs.get("subject_pairs"):
-                low, high = vs["ci95"]
-                text += f" ({vs['pair_mean']:+.3f} [{low:+.3f}, {high:+.3f}])"
+                text += f" ({vs['pair_mean']:+.3f} [{interval_text(vs)}])"
             values.append(text)
         table.add_row(row_key[0], row_key[1], *values)
     table.caption = "(+x.xxx [low, high]) = paired difference against scratch over (seed, test subject), 95 % bootstrap CI"

@@ -12,6 +12,12 @@ What the interval covers: the variation between test subjects and between seeds 
 labeled subjects, which initialisation) of *this* benchmark; not a different pre-training
 run (each method is pre-trained once). An interval that excludes 0 says the difference is
 larger than that variation explains.
+
+Below :data:`MIN_PAIRS` pairs no interval is given: the percentile bootstrap of n pairs
+whose differences all have one sign always excludes 0, and that happens by chance with
+probability 2^(1-n) when the methods are equal (one pair: always; four: 12.5 %); from
+six pairs on it is under 5 %. A single seed tested on a single subject is one pair and
+says nothing about which method is better.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 RESAMPLES = 10_000
+MIN_PAIRS = 6
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 
@@ -65,16 +72,19 @@ def paired_differences(method: dict[int, dict[str, Any]], reference: dict[int, d
 def compare(method: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean paired difference over (seed, test subject) pairs with its 95 % bootstrap interval."""
     diffs = paired_differences(method, reference)
-    low, high = bootstrap_ci(diffs)
+    low, high = bootstrap_ci(diffs) if len(diffs) >= MIN_PAIRS else (math.nan, math.nan)
     return {"pair_mean": float(np.mean(diffs)) if diffs else math.nan, "ci95": [low, high],
             "subject_pairs": len(diffs), "resamples": RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED}
 
 
 def verdict(ci95: Sequence[float]) -> str:
-    """``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``."""
+    """``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``.
+
+    Without an interval (fewer than :data:`MIN_PAIRS` pairs): ``too few pairs to tell``.
+    """
     low, high = ci95
     if math.isnan(low) or math.isnan(high):
-        return "not compared"
+        return f"too few pairs to tell (an interval needs {MIN_PAIRS})"
     if low > 0:
         return "better"
     if high < 0:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ssmtl.core.files import atomic_write
-from ssmtl.experiments.paired import compare, RESAMPLES, verdict
+from ssmtl.experiments.paired import compare, MIN_PAIRS, RESAMPLES, verdict
 
 SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets
 
@@ -77,11 +77,18 @@ def _space_line(results: dict[str, Any]) -> str:
             if spaces == ["cache"] else f"Metrics in mixed spaces {spaces}: not comparable across cells.")
 
 
-def _fmt_diff(d: dict[str, Any]) -> str:
+def interval_text(d: dict[str, Any], joiner: str = ", ") -> str:
+    """``+0.012, +0.034`` for a paired comparison's 95 % interval, or why there is none."""
     low, high = d["ci95"]
+    if math.isnan(low) or math.isnan(high):
+        return f"none: {d['subject_pairs']} pair(s) < {MIN_PAIRS}"
+    return f"{low:+.3f}{joiner}{high:+.3f}"
+
+
+def _fmt_diff(d: dict[str, Any]) -> str:
     if not d.get("subject_pairs"):
         return "–"
-    return f"{d['pair_mean']:+.3f} [{low:+.3f}, {high:+.3f}] ({d['wins']}/{d['pairs']})"
+    return f"{d['pair_mean']:+.3f} [{interval_text(d)}] ({d['wins']}/{d['pairs']})"
 
 
 def verdict_lines(results: dict[str, Any], setting: str = "") -> list[str]:
@@ -93,10 +100,9 @@ def verdict_lines(results: dict[str, Any], setting: str = "") -> list[str]:
             d = r[key]
             if not d.get("subject_pairs"):
                 continue
-            low, high = d["ci95"]
             lines.append(
                 f"{prefix}{r['protocol']}, {r['labeled_volumes']} labeled: **{r['method']}** vs {key[3:]}: "
-                f"{d['pair_mean']:+.3f} mean Dice (95 % CI {low:+.3f} to {high:+.3f}, {d['subject_pairs']} "
+                f"{d['pair_mean']:+.3f} mean Dice (95 % CI {interval_text(d, ' to ')}, {d['subject_pairs']} "
                 f"(seed, test subject) pairs): {verdict(d['ci95'])}")
     return lines
 

@@ -4,7 +4,9 @@ Columns (CSV header, or keys of JSON objects)::
 
     image      required   a .nii/.nii.gz, .nrrd/.nhdr/.mha/.mhd file, or a folder holding one DICOM series
     label      optional   a label map (NIfTI, NRRD, MetaImage) on the image's grid; empty: unlabeled
-    subject    optional   subject id; volumes of one subject always share a split (default: the image name)
+    subject    optional   subject id; volumes of one subject always share a split (default: the image
+                          name; images of the same name in different folders are different subjects,
+                          named after their folders: p001/image.nii.gz -> p001_image)
     modality   optional   ct or mr (default: the DICOM header, else detected from the intensities)
     split      optional   train, val or test; stored in the cache as the subject-level split
 
@@ -66,6 +68,7 @@ class ManifestRow:
     subject: str
     modality: Modality | None
     split: str | None
+    subject_given: bool = True  # False: the subject is the image's name (the subject column was empty)
 
 
 @dataclass
@@ -145,7 +148,34 @@ def parse_row(manifest: Path, where: str, raw: dict[str, Any]) -> ManifestRow:
     if split is not None and split not in SPLITS:
         raise InputFileError(manifest, f"{where}: split {row['split']!r}; expected {', '.join(SPLITS)} (or empty)")
     subject = row.get("subject") or subject_name(volume_stem(image))
-    return ManifestRow(where, image, label, subject, _MODALITIES.get(modality_text), split)
+    return ManifestRow(where, image, label, subject, _MODALITIES.get(modality_text), split, bool(row.get("subject")))
+
+
+def tell_apart_same_names(rows: list[ManifestRow]) -> None:
+    """Images that share a name in different folders are different subjects, named after their folders.
+
+    Datasets often store every patient as ``p001/image.nii.gz``, ``p002/image.nii.gz``;
+    the image name alone would make them one subject, and the subject-level split would
+    put the whole dataset on one side. A default subject shared by several images gets
+    as many parent folder names as it takes to tell them apart (``p001_image``). Rows
+    with a subject column keep theirs: that column is how a patient's scans are grouped.
+    """
+    groups: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        if not row.subject_given:
+            groups.setdefault(row.subject, []).append(row)
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        parents = [row.image.parent.relative_to(row.image.anchor).parts for row in group]
+        depth = 1
+        while depth <= max(len(p) for p in parents):
+            names = ["_".join((*p[len(p) - depth:], name)) for p in parents]
+            if len(set(names)) == len(names):
+                break
+            depth += 1
+        for row, subject in zip(group, names):
+            row.subject = subject
 
 
 def subject_splits(manifest: Path, rows: list[ManifestRow]) -> dict[str, str]:
@@ -189,6 +219,7 @@ def build_source(config: ManifestConfig) -> ManifestSource:
         if row.image in seen:
             raise InputFileError(manifest, f"{row.where}: image {row.image} is already listed ({seen[row.image]})")
         seen[row.image] = row.where
+    tell_apart_same_names(rows)
     split = subject_splits(manifest, rows)
     label_paths = [row.label for row in rows if row.label is not None]
     label_values, class_names = config.label_mapping(label_paths, read_label)
