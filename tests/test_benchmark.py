@@ -168,3 +168,20 @@ def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_
     registry = build_registry(external=False, builtins=[b for b in builtin_plugins() if not b.endswith(".defaults")], extra=[mine])
     other = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), registry)
     assert [(m.name, m.tasks) for m in other.methods] == [("scratch", ()), ("pair", ("order", "position"))]
+
+
+def test_benchmark_fine_tunes_the_way_finetune_does_by_default():
+    """A user comparing methods with `ssmtl benchmark` gets the fine-tuning `ssmtl finetune` gives them
+    (it once kept 300 fixed steps at 1e-3, the schedule that scored 0.42 on the demo)."""
+    import inspect
+
+    from ssmtl.cli.benchmark_cmd import benchmark
+    from ssmtl.downstream.config import FinetuneTrainConfig
+    from ssmtl.experiments.benchmark import BenchmarkConfig
+
+    train = FinetuneTrainConfig()
+    config = BenchmarkConfig(data=Path("x.h5"), out=Path("o"))
+    assert (config.finetune_steps, config.finetune_lr, config.finetune_batch_size) == (train.steps, train.lr, train.batch_size)
+    cli = {name: p.default.default for name, p in inspect.signature(benchmark).parameters.items()
+           if name.startswith("finetune_") and name != "finetune_data"}
+    assert cli == {"finetune_steps": str(train.steps), "finetune_batch_size": train.batch_size, "finetune_lr": train.lr}
