@@ -21,7 +21,10 @@ from ssmtl.experiments.paired import verdict
 from ssmtl.experiments.results import verdict_lines
 
 SETTING_NAMES = {"ct-ct": "CT->CT", "mr-mr": "MR->MR", "ct-mr": "CT->MR", "ablation": "ablation (CT->CT)",
-                 "ct-ct-short": "shorter pre-training (CT->CT)", "weighting": "loss weighting (CT->CT)"}
+                 "ct-ct-short": "shorter pre-training (CT->CT)", "ct-ct-pretrain-seed1": "CT->CT, pre-training seed 1",
+                 "ct-mr-pretrain-seed1": "CT->MR, pre-training seed 1",
+                 "ablation-pretrain-seed1": "ablation (CT->CT), pre-training seed 1",
+                 "weighting": "loss weighting (CT->CT)"}
 CLAIM_METHOD = "multitask"
 
 
