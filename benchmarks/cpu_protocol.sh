@@ -35,8 +35,9 @@
 #                CT->CT again with every pre-training drawn from another seed (--set seed=1):
 #                the intervals cover seeds and test subjects, not pre-training runs, so this
 #                says whether a difference survives a second pre-training
-#   ct-mr-pretrain-seed1, ablation-pretrain-seed1
-#                CT->MR and the ablation's two clear gains with those seed-1 pre-trainings
+#   ct-mr-pretrain-seed1, ablation-pretrain-seed1, ct-ct-short-pretrain-seed1
+#                CT->MR, the ablation's two clear gains and the quarter-length pre-training
+#                with seed-1 pre-trainings
 # PROTOCOL=full adds the label budgets 2 and 4 and the frozen encoder everywhere
 # (about 3 hours more). A smoke run of the whole script: PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SEEDS=2 OUT=/tmp/smoke.
 set -euo pipefail
@@ -112,5 +113,10 @@ mkdir -p "$OUT/ablation-pretrain-seed1" && cp -rn "$OUT/ct-ct-pretrain-seed1/." 
 $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation-pretrain-seed1" --labeled-volumes 1 "${COMMON[@]}" --set seed=1 \
     --methods "$METHODS,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
 elapsed ablation-pretrain-seed1
+# the quarter-length pre-training (the one setting where multitask came out ahead) with seed 1
+mkdir -p "$OUT/ct-ct-short-pretrain-seed1" && cp -rn "$OUT/ct-ct-pretrain-seed1/finetune" "$OUT/ct-ct-short-pretrain-seed1/" 2>/dev/null || true
+$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short-pretrain-seed1" --labeled-volumes 1 "${FT[@]}" \
+    --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS" --set seed=1
+elapsed ct-ct-short-pretrain-seed1
 $PYTHON benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"
 echo "total: $(( $(date +%s) - t0 ))s"

@@ -24,6 +24,7 @@ SETTING_NAMES = {"ct-ct": "CT->CT", "mr-mr": "MR->MR", "ct-mr": "CT->MR", "ablat
                  "ct-ct-short": "shorter pre-training (CT->CT)", "ct-ct-pretrain-seed1": "CT->CT, pre-training seed 1",
                  "ct-mr-pretrain-seed1": "CT->MR, pre-training seed 1",
                  "ablation-pretrain-seed1": "ablation (CT->CT), pre-training seed 1",
+                 "ct-ct-short-pretrain-seed1": "shorter pre-training (CT->CT), pre-training seed 1",
                  "weighting": "loss weighting (CT->CT)"}
 CLAIM_METHOD = "multitask"
 
