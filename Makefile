@@ -27,8 +27,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
+# one intra-op thread unless the caller chose: the test models are tiny, and two threads per
+# process on two shared cores ran the suite about 1.6x slower (tests/test_benchmark.py and
+# tests/test_finetune.py: 46 s against 28 s); subprocess tests already set it
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,docs]"
