@@ -34,6 +34,8 @@ def benchmark(
     seeds: int = typer.Option(3, "--seeds", help="Seeds per (method, budget): labeled subjects and initialisation."),
     out: Path = typer.Option(..., "--out", "-o", help="Benchmark directory; re-running reuses what is already done."),
     pretrain_steps: int = typer.Option(500, "--pretrain-steps", help="Pre-training steps per method."),
+    # the three fine-tuning defaults are `ssmtl finetune`'s, written out so that the CLI does not import
+    # torch to show them (test_benchmark ties them to FinetuneTrainConfig)
     finetune_steps: str = typer.Option("auto", "--finetune-steps", help="Fine-tuning steps per cell, or auto (stop on a validation plateau; see `ssmtl finetune --steps`). Default: what `ssmtl finetune` does."),
     finetune_batch_size: int = typer.Option(16, "--finetune-batch-size", help="Slices per fine-tuning step."),
     finetune_lr: float = typer.Option(3e-3, "--finetune-lr", help="Fine-tuning peak learning rate (default: `ssmtl finetune`'s)."),

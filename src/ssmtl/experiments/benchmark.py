@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, field_validator
 from ssmtl.api.rules import CONFIG_RULES, Seed
 from ssmtl.core.settings import validate_model
 from ssmtl.data.cache_set import data_record, open_caches
+from ssmtl.downstream.config import FinetuneTrainConfig
 from ssmtl.pretraining.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
 from ssmtl.core.files import save_json, save_text
@@ -94,6 +95,9 @@ def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: M
     return methods
 
 
+FINETUNE_DEFAULTS = FinetuneTrainConfig()  # a benchmark fine-tunes the way `ssmtl finetune` does unless told otherwise
+
+
 class BenchmarkConfig(BaseModel):
     model_config = CONFIG_RULES
     data: Path | list[Path] = Field(description="Cache for pre-training (its train subjects), a folder of caches, or a list of caches read as one dataset.")
@@ -103,9 +107,9 @@ class BenchmarkConfig(BaseModel):
     labeled_volumes: list[int] = Field(default_factory=lambda: [1, 2, 4], description="Label budgets, in subjects.")
     seeds: int = Field(3, ge=1, le=100, description="Fine-tuning seeds per cell (labeled subjects and initialisation).")
     pretrain_steps: int = Field(500, ge=1, description="Pre-training steps per method.")
-    finetune_steps: int | Literal["auto"] = Field("auto", description="Fine-tuning steps per cell, or auto (stop on a validation plateau, see `ssmtl finetune --steps`; the default, as for `ssmtl finetune`).")
-    finetune_batch_size: int = Field(16, ge=1, description="Slices per fine-tuning step.")
-    finetune_lr: float = Field(3e-3, gt=0, description="Fine-tuning peak learning rate (the default is `ssmtl finetune`'s).")
+    finetune_steps: int | Literal["auto"] = Field(FINETUNE_DEFAULTS.steps, description="Fine-tuning steps per cell, or auto (stop on a validation plateau, see `ssmtl finetune --steps`; the default, as for `ssmtl finetune`).")
+    finetune_batch_size: int = Field(FINETUNE_DEFAULTS.batch_size, ge=1, description="Slices per fine-tuning step.")
+    finetune_lr: float = Field(FINETUNE_DEFAULTS.lr, gt=0, description="Fine-tuning peak learning rate (the default is `ssmtl finetune`'s).")
     frozen_encoder: bool = Field(False, description="Also run the frozen-encoder protocol (decoder + head trained on a fixed encoder).")
     pretrain_sets: list[str] = Field(default_factory=list, description="KEY=VALUE overrides for every pre-training (e.g. model.base_channels=8).")
     split_seed: Seed = Field(0, description="Seed of the test split when the fine-tuning cache stores none.")
