@@ -65,10 +65,9 @@ class ManifestRow:
     where: str
     image: Path
     label: Path | None
-    subject: str
+    subject: str | None  # None until default_subjects names it (the subject column was empty)
     modality: Modality | None
     split: str | None
-    subject_given: bool = True  # False: the subject is the image's name (the subject column was empty)
 
 
 @dataclass
@@ -147,12 +146,11 @@ def parse_row(manifest: Path, where: str, raw: dict[str, Any]) -> ManifestRow:
     split = row.get("split", "").lower() or None
     if split is not None and split not in SPLITS:
         raise InputFileError(manifest, f"{where}: split {row['split']!r}; expected {', '.join(SPLITS)} (or empty)")
-    subject = row.get("subject") or subject_name(volume_stem(image))
-    return ManifestRow(where, image, label, subject, _MODALITIES.get(modality_text), split, bool(row.get("subject")))
+    return ManifestRow(where, image, label, row.get("subject") or None, _MODALITIES.get(modality_text), split)
 
 
-def tell_apart_same_names(rows: list[ManifestRow]) -> None:
-    """Images that share a name in different folders are different subjects, named after their folders.
+def default_subjects(rows: list[ManifestRow]) -> None:
+    """Name the subject of every row without one after its image; same names in different folders differ.
 
     Datasets often store every patient as ``p001/image.nii.gz``, ``p002/image.nii.gz``;
     the image name alone would make them one subject, and the subject-level split would
@@ -162,20 +160,15 @@ def tell_apart_same_names(rows: list[ManifestRow]) -> None:
     """
     groups: dict[str, list[ManifestRow]] = {}
     for row in rows:
-        if not row.subject_given:
-            groups.setdefault(row.subject, []).append(row)
+        if row.subject is None:
+            groups.setdefault(subject_name(volume_stem(row.image)), []).append(row)
     for name, group in groups.items():
-        if len(group) < 2:
-            continue
-        parents = [row.image.parent.relative_to(row.image.anchor).parts for row in group]
-        depth = 1
-        while depth <= max(len(p) for p in parents):
-            names = ["_".join((*p[len(p) - depth:], name)) for p in parents]
-            if len(set(names)) == len(names):
-                break
-            depth += 1
-        for row, subject in zip(group, names):
-            row.subject = subject
+        folders = [row.image.parent.relative_to(row.image.anchor).parts for row in group]
+        # the fewest trailing folders that tell the group apart (0 for one image; none do: one subject)
+        depth = next((d for d in range(max(map(len, folders)) + 1)
+                      if len({f[max(len(f) - d, 0):] for f in folders}) == len(folders)), 0)
+        for row, folder in zip(group, folders):
+            row.subject = "_".join((*folder[max(len(folder) - depth, 0):], name))
 
 
 def subject_splits(manifest: Path, rows: list[ManifestRow]) -> dict[str, str]:
@@ -219,7 +212,7 @@ def build_source(config: ManifestConfig) -> ManifestSource:
         if row.image in seen:
             raise InputFileError(manifest, f"{row.where}: image {row.image} is already listed ({seen[row.image]})")
         seen[row.image] = row.where
-    tell_apart_same_names(rows)
+    default_subjects(rows)
     split = subject_splits(manifest, rows)
     label_paths = [row.label for row in rows if row.label is not None]
     label_values, class_names = config.label_mapping(label_paths, read_label)
