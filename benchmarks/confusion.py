@@ -19,33 +19,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ssmtl import load_network  # noqa: E402
 from ssmtl.data.cache import SliceCache  # noqa: E402
+from ssmtl.downstream.evaluate import load_finetuned, predict_volume  # noqa: E402
 
 
 def confusion(run: Path, cache_path: Path, split: str) -> dict:
-    network = load_network(run)
+    model, _ = load_finetuned(run)
     cache = SliceCache(cache_path)
     k = cache.num_classes
     counts = np.zeros((k, k), dtype=np.int64)
     volumes = 0
-    with torch.no_grad():
-        for index, volume in enumerate(cache.volumes):
-            if volume.split != split or not volume.has_label:
-                continue
-            image, label = cache.read_volume(index)
-            slices = torch.from_numpy(np.asarray(image, dtype=np.float32))
-            if slices.ndim == 3:
-                slices = slices[:, None]
-            predicted = network(slices).argmax(1).numpy().astype(np.int64)
-            truth = np.asarray(label).astype(np.int64)
-            counts += np.bincount(truth.ravel() * k + predicted.ravel(), minlength=k * k).reshape(k, k)
-            volumes += 1
+    for index, volume in enumerate(cache.volumes):
+        if volume.split != split or not volume.has_label:
+            continue
+        image, label = cache.read_volume(index)
+        predicted = predict_volume(model, image).astype(np.int64)
+        counts += np.bincount(label.astype(np.int64).ravel() * k + predicted.ravel(), minlength=k * k).reshape(k, k)
+        volumes += 1
     if volumes == 0:
         raise SystemExit(f"error: {cache_path}: no labeled volumes in split {split!r}")
     totals = counts.sum(axis=1, keepdims=True)
