@@ -21,12 +21,15 @@ from ssmtl.experiments.paired import verdict
 from ssmtl.experiments.results import verdict_lines
 
 SETTING_NAMES = {"ct-ct": "CT->CT", "mr-mr": "MR->MR", "ct-mr": "CT->MR", "ablation": "ablation (CT->CT)",
-                 "ct-ct-short": "shorter pre-training (CT->CT)", "ct-ct-pretrain-seed1": "CT->CT, pre-training seed 1",
-                 "ct-mr-pretrain-seed1": "CT->MR, pre-training seed 1",
-                 "ablation-pretrain-seed1": "ablation (CT->CT), pre-training seed 1",
-                 "ct-ct-short-pretrain-seed1": "shorter pre-training (CT->CT), pre-training seed 1",
-                 "weighting": "loss weighting (CT->CT)"}
+                 "ct-ct-short": "shorter pre-training (CT->CT)", "weighting": "loss weighting (CT->CT)"}
+REPEAT = "-pretrain-seed1"  # a setting repeated with every pre-training drawn from seed 1
 CLAIM_METHOD = "multitask"
+
+
+def setting_name(folder: str) -> str:
+    base = folder.removesuffix(REPEAT)
+    name = SETTING_NAMES.get(base, base)
+    return f"{name}, pre-training seed 1" if folder.endswith(REPEAT) else name
 
 
 def settings(root: Path) -> list[Path]:
@@ -34,7 +37,12 @@ def settings(root: Path) -> list[Path]:
         return [root]
     found = sorted(p.parent for p in root.glob("*/results.json"))
     order = list(SETTING_NAMES)
-    return sorted(found, key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+
+    def rank(path: Path) -> tuple[int, str]:  # a repeat right after its setting
+        base = path.name.removesuffix(REPEAT)
+        return (order.index(base) if base in order else len(order), path.name)
+
+    return sorted(found, key=rank)
 
 
 def main(argv: list[str]) -> int:
@@ -51,7 +59,7 @@ def main(argv: list[str]) -> int:
     out = []
     for path in found:
         results = json.loads((path / "results.json").read_text())
-        name = SETTING_NAMES.get(path.name, path.name)
+        name = setting_name(path.name)
         cfg = results["config"]
         out += [f"### {name}", "",
                 f"{cfg['seeds']} seeds, pre-training {cfg['pretrain_steps']} steps, fine-tuning {cfg['finetune_steps']} "
