@@ -16,8 +16,11 @@ from ssmtl.plugins.datasets.phantom_anatomy import (
     AORTA,
     CLASS_NAMES,
     FAT,
+    LEFT_ATRIUM,
     LEFT_VENTRICLE,
+    MUSCLE,
     MYOCARDIUM,
+    RIGHT_ATRIUM,
     RIGHT_VENTRICLE,
     generate_subject,
     render_subject,
@@ -223,6 +226,37 @@ def test_realistic_heart_lookalikes_are_background():
         blood_outside = np.isin(s.tissue, (7, 8, 10)) & (s.label == 0)
         assert blood_outside.sum() * np.prod(s.spacing) > 5000  # mm^3, well beyond partial-volume rims
         assert (s.tissue == 10).any()  # the contrast-filled SVC
+
+
+def _touching_faces(label: np.ndarray, a: int, b: int) -> int:
+    """Voxel faces where label ``a`` meets label ``b`` directly (no wall between them)."""
+    faces = 0
+    for axis in range(3):
+        first, second = np.moveaxis(label, axis, 0)[:-1], np.moveaxis(label, axis, 0)[1:]
+        faces += int((((first == a) & (second == b)) | ((first == b) & (second == a))).sum())
+    return faces
+
+
+def test_realistic_chambers_are_separated_by_walls():
+    """RA/RV and RA/LA meet across a wall (muscle, background label), never blood to blood.
+
+    The original phantom paints all walls before all blood, so touching chambers share a
+    boundary no image can show; ``variability=low`` keeps it (it is the original, bit for bit).
+    """
+    pairs = ((RIGHT_ATRIUM, RIGHT_VENTRICLE), (RIGHT_ATRIUM, LEFT_ATRIUM))
+    realistic = [_subject(i, "ct", variability="realistic") for i in SUBJECTS]
+    low = [_subject(i, "ct") for i in SUBJECTS]
+    for a, b in pairs:
+        assert sum(_touching_faces(s.label, a, b) for s in realistic) == 0
+        assert sum(_touching_faces(s.label, a, b) for s in low) > 50
+    for s in realistic:
+        # what lies between them is mostly cardiac muscle: the atrioventricular wall or,
+        # where the LV reaches, its myocardium (the aorta passes close by in a few voxels)
+        ra = s.label == RIGHT_ATRIUM
+        rv = ndimage.binary_dilation(s.label == RIGHT_VENTRICLE, iterations=2)
+        between = ndimage.binary_dilation(ra) & rv & ~ra & (s.label != RIGHT_VENTRICLE)
+        assert between.sum() > 0
+        assert (s.tissue[between] == MUSCLE).mean() > 0.5
 
 
 def test_realistic_subject_does_not_depend_on_the_grid():

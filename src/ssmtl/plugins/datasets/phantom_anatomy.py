@@ -75,6 +75,7 @@ _DOMAIN_KEY = {"ct": 0, "mr": 1}
 # The LV wall must stay at least this many pixels thick in-plane to survive sampling.
 _MIN_WALL_PIXELS = 2.2
 _THIN_WALL_MM = 3.5  # RV and atrial walls
+_MIN_SEPTUM_PIXELS = 1.0  # the realistic setting's thin walls stay at least this many pixels thick
 _PERICARDIAL_FAT_MM = 7.0  # fat layer around the whole heart
 
 
@@ -182,8 +183,25 @@ def _myocardium_thickness(grid: Grid, layout: Layout) -> float:
     return min(thickness, 0.45 * float(lv.radii.min()))
 
 
-def _paint_heart(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layout) -> None:
-    """Pericardial fat, chamber walls, the four chambers and the LV myocardium."""
+def _septal_wall_thickness(grid: Grid) -> float:
+    """The thin walls of the realistic setting: anatomical, but at least one in-plane pixel.
+
+    The phantom samples tissue at voxel centres, so a wall thinner than a pixel would
+    vanish on some rows; a scanner's partial volume would still show it as a dimmer line.
+    """
+    return max(_THIN_WALL_MM, _MIN_SEPTUM_PIXELS * grid.spacing[0])
+
+
+def _paint_heart(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layout, *,
+                 walled_septa: bool = False) -> None:
+    """Pericardial fat, chamber walls, the four chambers and the LV myocardium.
+
+    ``walled_septa`` (the realistic setting) keeps a wall between touching chambers: each
+    chamber's wall is painted over the chambers painted before it, so the RA meets the LA
+    across an interatrial septum and the RV across an atrioventricular wall, as in a
+    heart. Without it (the original phantom) all walls are painted first and then all the
+    blood, so touching chambers meet blood to blood and their label boundary is invisible.
+    """
     box = _heart_box(grid, layout, margin=_PERICARDIAL_FAT_MM)
     coords = _heart_frame(grid, layout, box)
     tissue, label = tissue[box], label[box]  # views: painting them paints the volume
@@ -196,12 +214,22 @@ def _paint_heart(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layo
     _paint(tissue, envelope, FAT)
     _paint(label, envelope, 0)
     # Thin RV and atrial walls: muscle intensity, background label (MM-WHS convention).
-    for name, _, _ in others:
-        _paint(tissue, ch[name].inside(coords, grow=_THIN_WALL_MM), MUSCLE)
-    for name, blood, cls in others:
-        chamber = ch[name].inside(coords)
-        _paint(tissue, chamber, blood)
-        _paint(label, chamber, cls)
+    if walled_septa:
+        wall = _septal_wall_thickness(grid)
+        for name, blood, cls in others:
+            walled = ch[name].inside(coords, grow=wall)
+            _paint(tissue, walled, MUSCLE)
+            _paint(label, walled, 0)
+            chamber = ch[name].inside(coords)
+            _paint(tissue, chamber, blood)
+            _paint(label, chamber, cls)
+    else:
+        for name, _, _ in others:
+            _paint(tissue, ch[name].inside(coords, grow=_THIN_WALL_MM), MUSCLE)
+        for name, blood, cls in others:
+            chamber = ch[name].inside(coords)
+            _paint(tissue, chamber, blood)
+            _paint(label, chamber, cls)
 
     # The LV is painted last so its myocardium closes around the cavity everywhere,
     # carving the septum out of the RV and turning the RV into a crescent.
@@ -309,7 +337,7 @@ def render_subject(index: int, *, seed: int, domain: Domain, size: int, num_slic
     tissue = np.zeros(grid.shape, dtype=np.uint8)
     label = np.zeros(grid.shape, dtype=np.uint8)
     _paint_torso(tissue, grid, layout)
-    _paint_heart(tissue, label, grid, layout)
+    _paint_heart(tissue, label, grid, layout, walled_septa=realistic)
     _paint_aorta(tissue, label, grid, layout)
     if variation is not None:
         _paint_heart_lookalikes(tissue, label, grid, layout, variation)
