@@ -38,6 +38,8 @@
 #   ct-mr-pretrain-seed1, ablation-pretrain-seed1, ct-ct-short-pretrain-seed1
 #                CT->MR, the ablation's two clear gains and the quarter-length pre-training
 #                with seed-1 pre-trainings
+# JOBS=2 (the default) runs the settings in two chains side by side (headroom .. ct-ct-frozen and
+# the quarter-length repeat; mr-mr and the seed-1 repeats), JOBS=1 one after the other.
 # PROTOCOL=full adds the label budgets 2 and 4 and the frozen encoder everywhere
 # (about 3 hours more). A smoke run of the whole script: PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SEEDS=2 OUT=/tmp/smoke.
 set -euo pipefail
@@ -51,6 +53,7 @@ SHORT_PRETRAIN_STEPS=${SHORT_PRETRAIN_STEPS:-$(( PRETRAIN_STEPS / 4 ))}
 FINETUNE_STEPS=${FINETUNE_STEPS:-auto}
 FINETUNE_LR=${FINETUNE_LR:-3e-3}
 SEEDS=${SEEDS:-3}
+JOBS=${JOBS:-2}
 if [ "$PROTOCOL" = full ]; then BUDGETS=${BUDGETS:-1,2,4}; FROZEN_BUDGETS=$BUDGETS; else BUDGETS=${BUDGETS:-1}; FROZEN_BUDGETS=1; fi
 mkdir -p "$OUT"
 t0=$(date +%s)
@@ -67,56 +70,81 @@ COMMON=("${FT[@]}" --pretrain-steps "$PRETRAIN_STEPS")
 METHODS=scratch,contrastive,multitask
 elapsed() { echo "$1: $(( $(date +%s) - t0 ))s since start"; }
 
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/headroom" --methods scratch --labeled-volumes "1,$ALL" "${COMMON[@]}"
-elapsed headroom
-mkdir -p "$OUT/ct-ct" && cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct/" 2>/dev/null || true
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" "${COMMON[@]}"
-elapsed ct-ct
-# A copy of what is missing reuses the runs above and keeps a setting's own pre-trainings
-# and cells on a re-run (anything stale is detected by the benchmark and recomputed).
-mkdir -p "$OUT/ablation" && cp -rn "$OUT/ct-ct/." "$OUT/ablation/"
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation" --labeled-volumes 1 "${COMMON[@]}" \
-    --methods "$METHODS,encoder-only=contrastive+order+position,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
-elapsed ablation
-mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"
-$SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods "$METHODS" \
-    --labeled-volumes "$FROZEN_BUDGETS" "${COMMON[@]}" $([ "$PROTOCOL" = full ] && echo --frozen-encoder)
-elapsed ct-mr
-mkdir -p "$OUT/ct-ct-short" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-short/" 2>/dev/null || true
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short" --labeled-volumes 1 "${FT[@]}" \
-    --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS"
-elapsed ct-ct-short
-# the frozen-encoder cells live in their own setting (their own budgets), reusing the pre-trainings
-mkdir -p "$OUT/ct-ct-frozen" && cp -rn "$OUT/ct-ct/." "$OUT/ct-ct-frozen/"
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-frozen" --methods "$METHODS" --labeled-volumes "$FROZEN_BUDGETS" --frozen-encoder "${COMMON[@]}"
-elapsed ct-ct-frozen
-$SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods "$METHODS" --labeled-volumes "$BUDGETS" \
-    $([ "$PROTOCOL" = full ] && echo --frozen-encoder) "${COMMON[@]}"
-elapsed mr-mr
-# scratch does not pre-train: its cells are ct-ct's (the copy reuses them; the copied cells of the
-# pre-trained methods name another pre-training, so the benchmark recomputes them)
-mkdir -p "$OUT/ct-ct-pretrain-seed1" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-pretrain-seed1/" 2>/dev/null || true
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-pretrain-seed1" --methods "$METHODS" --labeled-volumes 1 \
-    "${COMMON[@]}" --set seed=1
-elapsed ct-ct-pretrain-seed1
-# CT->MR with the seed-1 pre-trainings: the one difference the first run called better
-# (multitask vs contrastive) barely excluded 0; does it hold with other pre-training runs?
-mkdir -p "$OUT/ct-mr-pretrain-seed1" && rm -rf "$OUT/ct-mr-pretrain-seed1/pretrain"
-cp -r "$OUT/ct-ct-pretrain-seed1/pretrain" "$OUT/ct-mr-pretrain-seed1/pretrain"
-cp -rn "$OUT/ct-mr/finetune" "$OUT/ct-mr-pretrain-seed1/" 2>/dev/null || true
-$SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr-pretrain-seed1" --methods "$METHODS" \
-    --labeled-volumes 1 "${COMMON[@]}" --set seed=1
-elapsed ct-mr-pretrain-seed1
-# the ablation's clear gains (decoder tasks alone; multitask with its decoder discarded) again
-# with seed-1 pre-trainings (contrastive, multitask and scratch reused from ct-ct-pretrain-seed1)
-mkdir -p "$OUT/ablation-pretrain-seed1" && cp -rn "$OUT/ct-ct-pretrain-seed1/." "$OUT/ablation-pretrain-seed1/"
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation-pretrain-seed1" --labeled-volumes 1 "${COMMON[@]}" --set seed=1 \
-    --methods "$METHODS,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
-elapsed ablation-pretrain-seed1
-# the quarter-length pre-training (the one setting where multitask came out ahead) with seed 1
-mkdir -p "$OUT/ct-ct-short-pretrain-seed1" && cp -rn "$OUT/ct-ct-pretrain-seed1/finetune" "$OUT/ct-ct-short-pretrain-seed1/" 2>/dev/null || true
-$SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short-pretrain-seed1" --labeled-volumes 1 "${FT[@]}" \
-    --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS" --set seed=1
-elapsed ct-ct-short-pretrain-seed1
+# Two chains of settings that share nothing but the caches and finished cells; JOBS=2 (the
+# default) runs them side by side, one per core, JOBS=1 one after the other.
+chain_a() {
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/headroom" --methods scratch --labeled-volumes "1,$ALL" "${COMMON[@]}"
+  elapsed headroom
+  mkdir -p "$OUT/ct-ct" && cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct/" 2>/dev/null || true
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" "${COMMON[@]}"
+  elapsed ct-ct
+  # A copy of what is missing reuses the runs above and keeps a setting's own pre-trainings
+  # and cells on a re-run (anything stale is detected by the benchmark and recomputed).
+  mkdir -p "$OUT/ablation" && cp -rn "$OUT/ct-ct/." "$OUT/ablation/"
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation" --labeled-volumes 1 "${COMMON[@]}" \
+      --methods "$METHODS,encoder-only=contrastive+order+position,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
+  elapsed ablation
+  mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"
+  $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods "$METHODS" \
+      --labeled-volumes "$FROZEN_BUDGETS" "${COMMON[@]}" $([ "$PROTOCOL" = full ] && echo --frozen-encoder)
+  elapsed ct-mr
+  mkdir -p "$OUT/ct-ct-short" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-short/" 2>/dev/null || true
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short" --labeled-volumes 1 "${FT[@]}" \
+      --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS"
+  elapsed ct-ct-short
+  # the frozen-encoder cells live in their own setting (their own budgets), reusing the pre-trainings
+  mkdir -p "$OUT/ct-ct-frozen" && cp -rn "$OUT/ct-ct/." "$OUT/ct-ct-frozen/"
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-frozen" --methods "$METHODS" --labeled-volumes "$FROZEN_BUDGETS" --frozen-encoder "${COMMON[@]}"
+  elapsed ct-ct-frozen
+  # the quarter-length pre-training (the one setting where multitask came out ahead) with seed 1
+  # (scratch's cells are ct-ct's; the copied cells of the pre-trained methods name another
+  # pre-training, so the benchmark recomputes them)
+  mkdir -p "$OUT/ct-ct-short-pretrain-seed1" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-short-pretrain-seed1/" 2>/dev/null || true
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short-pretrain-seed1" --labeled-volumes 1 "${FT[@]}" \
+      --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS" --set seed=1
+  elapsed ct-ct-short-pretrain-seed1
+}
+
+chain_b() {
+  $SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods "$METHODS" --labeled-volumes "$BUDGETS" \
+      $([ "$PROTOCOL" = full ] && echo --frozen-encoder) "${COMMON[@]}"
+  elapsed mr-mr
+  # CT->CT again with every pre-training from seed 1. Scratch does not pre-train: its cells are
+  # the headroom's, copied only once that setting has finished (results.json is written last),
+  # else recomputed here.
+  mkdir -p "$OUT/ct-ct-pretrain-seed1"
+  if [ -f "$OUT/headroom/results.json" ]; then cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct-pretrain-seed1/" 2>/dev/null || true; fi
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-pretrain-seed1" --methods "$METHODS" --labeled-volumes 1 \
+      "${COMMON[@]}" --set seed=1
+  elapsed ct-ct-pretrain-seed1
+  # CT->MR with the seed-1 pre-trainings (scratch's MR cells are mr-mr's)
+  mkdir -p "$OUT/ct-mr-pretrain-seed1" && rm -rf "$OUT/ct-mr-pretrain-seed1/pretrain"
+  cp -r "$OUT/ct-ct-pretrain-seed1/pretrain" "$OUT/ct-mr-pretrain-seed1/pretrain"
+  cp -rn "$OUT/mr-mr/finetune" "$OUT/ct-mr-pretrain-seed1/" 2>/dev/null || true
+  $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr-pretrain-seed1" --methods "$METHODS" \
+      --labeled-volumes 1 "${COMMON[@]}" --set seed=1
+  elapsed ct-mr-pretrain-seed1
+  # the ablation's decoder variants again with seed-1 pre-trainings (contrastive, multitask and
+  # scratch reused from ct-ct-pretrain-seed1)
+  mkdir -p "$OUT/ablation-pretrain-seed1" && cp -rn "$OUT/ct-ct-pretrain-seed1/." "$OUT/ablation-pretrain-seed1/"
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation-pretrain-seed1" --labeled-volumes 1 "${COMMON[@]}" --set seed=1 \
+      --methods "$METHODS,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
+  elapsed ablation-pretrain-seed1
+}
+
+if [ "$JOBS" -ge 2 ]; then
+  echo "two chains side by side; their logs: $OUT/chain-a.log, $OUT/chain-b.log"
+  chain_a > "$OUT/chain-a.log" 2>&1 & a=$!
+  chain_b > "$OUT/chain-b.log" 2>&1 & b=$!
+  trap 'kill $a $b 2>/dev/null' INT TERM
+  failed=0
+  wait "$a" || { failed=1; echo "chain a failed:"; tail -n 5 "$OUT/chain-a.log"; }
+  wait "$b" || { failed=1; echo "chain b failed:"; tail -n 5 "$OUT/chain-b.log"; }
+  [ "$failed" = 0 ] || exit 1
+  grep -h "since start" "$OUT/chain-a.log" "$OUT/chain-b.log"
+else
+  chain_a
+  chain_b
+fi
 $PYTHON benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"
 echo "total: $(( $(date +%s) - t0 ))s"
