@@ -55,6 +55,21 @@ def test_missing_directory(tmp_path):
     assert no_cache_files(tmp_path) == []
 
 
+def test_a_long_path_stays_on_one_line(tmp_path):
+    """rich wraps at 80 columns when the output is not a terminal; a path must not be cut in two."""
+    out = tmp_path / ("scans_" * 20) / "x.h5"
+    built = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "2", "--size", "32",
+                   "--set", "num_slices=8")
+    assert built.exit_code == 0, built.output
+    assert str(out) in built.stdout.splitlines()
+    missing = tmp_path / ("scans_" * 20) / "nope"
+    failed = invoke("cache", "build", "--dataset", "nifti", "--images", str(missing), "--out", str(tmp_path / "y.h5"),
+                    "--size", "32")
+    assert_clean_failure(failed)
+    first = [line for line in (failed.stderr or failed.output).splitlines() if line.strip()][0]
+    assert str(missing) in first
+
+
 def test_image_label_shape_mismatch(tmp_path, nifti_dirs):
     images, labels = nifti_dirs
     save_nifti(images / "case1.nii.gz", np.random.rand(20, 20, 6).astype(np.float32) * 100)

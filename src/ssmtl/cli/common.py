@@ -13,8 +13,11 @@ from rich.table import Table
 
 from ssmtl.api.errors import ConfigError, SsmtlError
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a printed line is never broken by rich at the console width (80 columns when
+# stdout is not a terminal), so a long path stays one line to copy or to parse; tables
+# still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, rows: list[tuple[str, str]] | None = None) -> None:
