@@ -27,11 +27,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
-# one intra-op thread unless the caller chose: the test models are tiny, and two threads per
-# process on two shared cores ran the suite about 1.6x slower (tests/test_benchmark.py and
-# tests/test_finetune.py: 46 s against 28 s); subprocess tests already set it
+# One pytest worker per core (TEST_WORKERS=1: one process), each with one intra-op thread
+# unless the caller chose: the test models are tiny, and two threads per process on two shared
+# cores ran the suite about 1.6x slower (tests/test_benchmark.py and tests/test_finetune.py:
+# 46 s against 28 s). Tests marked `installs` change the environment's entry points, which
+# every other test reads, so they run afterwards on their own.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not installs"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m installs
 
 $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,docs]"

@@ -51,6 +51,7 @@ def test_existing_folder_is_not_overwritten(ssmtl_cli, tmp_path):
     assert again.exit_code == 2 and "already exists" in again.stderr
 
 
+@pytest.mark.installs
 def test_scaffold_install_train_break(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
     task = f"probe{os.getpid()}"
     names = PluginNames.from_task(task)
