@@ -31,10 +31,11 @@ demo: $(STAMP)
 # unless the caller chose: the test models are tiny, and two threads per process on two shared
 # cores ran the suite about 1.6x slower (tests/test_benchmark.py and tests/test_finetune.py:
 # 46 s against 28 s). Tests marked `installs` change the environment's entry points, which
-# every other test reads, so they run afterwards on their own.
+# every other test reads, so they run afterwards on their own. At most 4 workers: each holds
+# torch and its own copy of the session fixtures, and a few tests start 2 processes of their own.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not installs"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 -m "not installs"
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m installs
 
 $(DOCS_STAMP): $(STAMP)
