@@ -94,6 +94,6 @@ def main() -> None:
             sys.exit(2)
         where = f"; see `{ctx.command_path} --help`" if ctx is not None and getattr(ctx, "command_path", "") else ""
         message = exc.format_message().strip().rstrip(".") if where else exc.format_message().strip()
-        err_console.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -113,7 +113,7 @@ def _print_skipped(path: Path) -> None:
     if skipped:
         err_console.print(f"[yellow]warning:[/] skipped {len(skipped)} bad input(s):", highlight=False)
         for entry in skipped:
-            err_console.print(f"  {entry['path']}: {entry['reason']}", highlight=False, markup=False, soft_wrap=True)
+            err_console.print(f"  {entry['path']}: {entry['reason']}", highlight=False, markup=False)
 
 
 def _fmt_stats(stats: dict[str, Any]) -> str:

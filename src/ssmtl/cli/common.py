@@ -23,7 +23,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 def fail(message: str, rows: list[tuple[str, str]] | None = None) -> None:
     """Print one error line (and a table when there are several problems); exit 2."""
     # the message is text, not markup: `pip install 'ssmtl[onnx]'` must keep its brackets
-    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     if rows and len(rows) > 1:
         table = Table(show_header=True, header_style="bold")
         table.add_column("field")
@@ -60,7 +60,7 @@ def show_cause(exc: BaseException) -> None:
 
         cause = exc.__cause__ or exc
         err_console.print("".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip(),
-                          markup=False, highlight=False, soft_wrap=True)
+                          markup=False, highlight=False)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

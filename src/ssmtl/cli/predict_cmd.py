@@ -51,10 +51,10 @@ def predict(
                              mixed_precision=mixed_precision, workers=workers, batch_size=batch_size,
                              modality=modality, dataset=dataset)
     report = run_predict(run, inputs, options, registry=registry(),
-                         log=lambda line: err_console.print(_styled(line), highlight=False, soft_wrap=True))
+                         log=lambda line: err_console.print(_styled(line), highlight=False))
     for item in report["predictions"]:
         if item["status"] == "ok":
-            console.print(f"{item['input']} -> {item['output']}", highlight=False, soft_wrap=True)
+            console.print(f"{item['input']} -> {item['output']}", highlight=False)
     written, total = report["written"], report["scans"]
     err_console.print(f"predicted {written} of {total} scan(s) in {report['seconds']:.1f}s on {report['device']}; "
                       f"record: {out / RECORD}", highlight=False)
