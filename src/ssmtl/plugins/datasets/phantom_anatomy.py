@@ -75,7 +75,6 @@ _DOMAIN_KEY = {"ct": 0, "mr": 1}
 # The LV wall must stay at least this many pixels thick in-plane to survive sampling.
 _MIN_WALL_PIXELS = 2.2
 _THIN_WALL_MM = 3.5  # RV and atrial walls
-_MIN_SEPTUM_PIXELS = 1.0  # the realistic setting's thin walls stay at least this many pixels thick
 _PERICARDIAL_FAT_MM = 7.0  # fat layer around the whole heart
 
 
@@ -189,7 +188,7 @@ def _septal_wall_thickness(grid: Grid) -> float:
     The phantom samples tissue at voxel centres, so a wall thinner than a pixel would
     vanish on some rows; a scanner's partial volume would still show it as a dimmer line.
     """
-    return max(_THIN_WALL_MM, _MIN_SEPTUM_PIXELS * grid.spacing[0])
+    return max(_THIN_WALL_MM, grid.spacing[0])
 
 
 def _paint_heart(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layout, *,
@@ -214,19 +213,15 @@ def _paint_heart(tissue: np.ndarray, label: np.ndarray, grid: Grid, layout: Layo
     _paint(tissue, envelope, FAT)
     _paint(label, envelope, 0)
     # Thin RV and atrial walls: muscle intensity, background label (MM-WHS convention).
-    if walled_septa:
-        wall = _septal_wall_thickness(grid)
-        for name, blood, cls in others:
-            walled = ch[name].inside(coords, grow=wall)
-            _paint(tissue, walled, MUSCLE)
-            _paint(label, walled, 0)
-            chamber = ch[name].inside(coords)
-            _paint(tissue, chamber, blood)
-            _paint(label, chamber, cls)
-    else:
-        for name, _, _ in others:
-            _paint(tissue, ch[name].inside(coords, grow=_THIN_WALL_MM), MUSCLE)
-        for name, blood, cls in others:
+    # Walled septa: each chamber's wall and then its blood, so the wall covers the chambers
+    # painted before it; the original phantom paints all walls first and then all the blood.
+    wall_mm = _septal_wall_thickness(grid) if walled_septa else _THIN_WALL_MM
+    for group in ([chamber] for chamber in others) if walled_septa else [others]:
+        for name, _, _ in group:
+            wall = ch[name].inside(coords, grow=wall_mm)
+            _paint(tissue, wall, MUSCLE)
+            _paint(label, wall, 0)
+        for name, blood, cls in group:
             chamber = ch[name].inside(coords)
             _paint(tissue, chamber, blood)
             _paint(label, chamber, cls)
