@@ -34,9 +34,10 @@ demo: $(STAMP)
 # every other test reads, so they run afterwards on their own. At most 4 workers: each holds
 # torch and its own copy of the session fixtures, and a few tests start 2 processes of their own.
 TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 -m "not installs"
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m installs
+	$(PYTEST) -n $(TEST_WORKERS) --maxprocesses 4 -m "not installs"
+	$(PYTEST) -m installs
 
 $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,docs]"
