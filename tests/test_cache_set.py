@@ -206,3 +206,25 @@ def test_native_references_of_a_set_come_from_each_volumes_own_dataset(ball_run,
         expected, got = alone.get(local), through_set.get(1 + local)
         assert got.origin == expected.origin == "the label file, re-read by the dataset"
         np.testing.assert_array_equal(got.label, expected.label)
+
+
+def test_runs_on_two_caches_can_be_read_back_by_every_later_command(tmp_path, ssmtl_tiny_cache):
+    """A run trained on several caches records data.path as a list; the readers of its
+    manifest.json, run.json and eval.json accept it (fine-tune --init, evaluate, report)."""
+    import ssmtl
+    from ssmtl.publish.report import write_report
+
+    other = tmp_path / "copy.h5"
+    shutil.copy(ssmtl_tiny_cache, other)
+    both = [ssmtl_tiny_cache, other]
+    pre = tmp_path / "pre"
+    ssmtl.pretrain(both, pre, steps=2, batch_size=2, settings=TINY_PRETRAIN, progress=False)
+    ft = tmp_path / "ft"
+    ssmtl.finetune(both, ft, init=pre, labeled_volumes=1, steps=2, batch_size=2, progress=False)
+    assert json.loads((ft / "run.json").read_text())["data"]["path"] == [str(p) for p in both]
+    evaluation = ssmtl.evaluate(ft)
+    assert evaluation.results["data"] == [str(p) for p in both]
+    assert len(evaluation.per_volume) == 2 * len([v for v in SliceCache(ssmtl_tiny_cache).volumes if v.split == "test"])
+    assert 0.0 <= evaluation.mean_dice <= 1.0
+    report = write_report(ft)
+    assert report.is_file() and report.stat().st_size > 0

@@ -20,7 +20,7 @@ NUMBER = (int, float, NONE)
 
 RUN_FIELDS = {
     "model": dict, "head": dict, "head.name": str, "num_classes": int, "class_names": dict, "data": dict,
-    "data.path": str, "data.fingerprint": (str, NONE), "preprocess": (dict, NONE), "labeled_subjects": (list, NONE),
+    "data.path": (str, list), "data.fingerprint": (str, NONE), "preprocess": (dict, NONE), "labeled_subjects": (list, NONE),
     "train_subjects": (list, NONE), "init": (str, NONE), "init_manifest": (dict, NONE),
     "init_manifest.tasks": (dict, NONE), "steps": (int, NONE), "labeled_volumes": (int, NONE),
     "init_saw_test_subjects": (list, NONE), "selected_step": (int, NONE),
@@ -31,7 +31,7 @@ SPLIT_FIELDS = {"train": list, "val": (list, NONE), "test": list}
 
 EVAL_FIELDS = {
     "per_class": dict, "per_volume": (list, NONE), "class_names": (list, NONE), "mean_dice": NUMBER,
-    "mean_hd95": NUMBER, "test_subjects": (list, NONE), "data": (str, NONE), "space": (str, NONE),
+    "mean_hd95": NUMBER, "test_subjects": (list, NONE), "data": (str, list, NONE), "space": (str, NONE),
 }
 
 
