@@ -23,6 +23,7 @@ def assert_clean_failure(result, *needles: str) -> str:
     assert result.exit_code == 2, (result.exit_code, result.output)
     text = result.stderr if result.stderr else result.output
     assert "Traceback" not in result.output and "Traceback" not in text
+    assert not text.startswith("\n"), "a blank line before the error makes it two lines"
     first = [line for line in text.splitlines() if line.strip()][0]
     assert first.startswith("error:"), text
     joined = " ".join(text.split())

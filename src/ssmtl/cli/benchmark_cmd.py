@@ -66,6 +66,7 @@ def benchmark(
 
 
 def render_table(results):
+    from rich.markup import escape
     from rich.table import Table
 
     from ssmtl.experiments.results import interval_text
@@ -87,7 +88,8 @@ def render_table(results):
             text = f"{r['dice_mean']:.3f} ± {r['dice_std']:.3f}"
             vs = r.get("vs_scratch") or {}
             if vs.get("subject_pairs"):
-                text += f" ({vs['pair_mean']:+.3f} [{interval_text(vs)}])"
+                # escaped: "[none: 4 pair(s) < 6]" is text, not a rich style tag to drop
+                text += escape(f" ({vs['pair_mean']:+.3f} [{interval_text(vs)}])")
             values.append(text)
         table.add_row(row_key[0], row_key[1], *values)
     table.caption = "(+x.xxx [low, high]) = paired difference against scratch over (seed, test subject), 95 % bootstrap CI"

@@ -94,7 +94,8 @@ def build(
             skip_bad=skip_bad, shard=part,
         )
     finally:
-        progress.stop()
+        if "task" in state:  # stopping a bar never started prints an empty line before the error
+            progress.stop()
     _print_info(out)
     _print_skipped(out)
 
@@ -102,7 +103,10 @@ def build(
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True)
+    # off when stderr is a pipe or a log: there a transient bar draws nothing but leaves an
+    # empty line, which would stand before an error and make it two lines
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True, disable=not err_console.is_terminal)
 
 
 def _print_skipped(path: Path) -> None:
