@@ -54,6 +54,7 @@ def test_the_label_map_has_the_input_grid_and_lines_up_in_world(ball_run, obliqu
     assert item["status"] == "ok" and item["shape"] == list(NEW_SHAPE) and item["layout"] == "source"
     assert item["structures"]["label_1"]["ml"] == pytest.approx(labels.sum() * 1.7 * 1.3 * 4.5 / 1000, rel=1e-3)
     assert record["preprocess"]["size"] == 32 and record["written"] == 1 and record["failed"] == 0
+    assert record["classes"] == {"0": "background", "1": "label_1"}
 
 
 def test_probabilities_and_nearest_resampling(ball_run, oblique_scan, tmp_path):

@@ -176,8 +176,8 @@ def _way_back(s: dict[str, Any]) -> str:
     scale = way["scale"]
     scales = f"x{scale['min']:.3g}" if scale["min"] == scale["max"] else f"x{scale['min']:.3g} to x{scale['max']:.3g}"
     return (f"{way['recorded']}/{way['volumes']} volumes ({way['source_geometry']} with source geometry); in-plane "
-            f"resampling {scales}; {way['cropped']} cropped, {way['padded']} padded; exact label round trip for "
-            f"{way['exact_round_trip']} (details: --volume NAME)")
+            f"resampling {scales}; {way['cropped']} cropped, {way['padded']} padded; exact round trip for "
+            f"{way['exact_round_trip']} (a label map on their grid comes back unchanged; details: --volume NAME)")
 
 
 def _print_volume(path: Path, name: str) -> None:

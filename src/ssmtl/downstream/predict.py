@@ -213,6 +213,8 @@ def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regi
         "ssmtl_version": __version__, "run": str(run_dir), "device": str(engine.device),
         "mixed_precision": options.mixed_precision, "format": options.format, "resample": options.resample,
         "preprocess": preprocess.model_dump(mode="json"), "training_data": training,
+        # what each written value means: the training cache's class ids, not the label files' raw values
+        "classes": {str(k): v for k, v in sorted(class_names.items())},
         "scans": len(scans), "written": len(scans) - failed, "failed": failed,
         "seconds": round(time.perf_counter() - started, 3), "predictions": results,
     }
