@@ -92,5 +92,6 @@ def render_table(results):
                 text += escape(f" ({vs['pair_mean']:+.3f} [{interval_text(vs)}])")
             values.append(text)
         table.add_row(row_key[0], row_key[1], *values)
-    table.caption = "(+x.xxx [low, high]) = paired difference against scratch over (seed, test subject), 95 % bootstrap CI"
+    table.caption = escape("(+x.xxx [low, high]) = paired difference against scratch over (seed, test subject), "
+                           "95 % bootstrap CI; none below 6 pairs")
     return table
