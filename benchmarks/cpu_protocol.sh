@@ -21,8 +21,8 @@
 # best step, stop after 200 steps without a new best, at most 1000 steps; with every training
 # subject labeled there is nothing left to validate on and the 1000-step schedule runs whole.
 #
-# What runs by default (PROTOCOL=standard; 2 cores of an AMD EPYC, torch 2.13.0+cpu, fp32,
-# OMP_NUM_THREADS=1 on a shared machine: the measured time is in docs/benchmarks.md):
+# What runs by default (PROTOCOL=standard; 2 h 30 min with JOBS=2 on 2 cores of an Intel Xeon, torch
+# 2.13.0+cpu, fp32, OMP_NUM_THREADS=1, SUBJECTS=60, the headroom's all-labeled cells skipped: docs/benchmarks.md):
 #   headroom     CT, scratch only, 1 and all training subjects labeled: does the test bed
 #                leave room between the two ends? (HEADROOM_BUDGETS=1 keeps only the
 #                1-labeled cells the other settings reuse, when the all-labeled end, three
