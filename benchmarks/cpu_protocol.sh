@@ -21,8 +21,8 @@
 # best step, stop after 200 steps without a new best, at most 1000 steps; with every training
 # subject labeled there is nothing left to validate on and the 1000-step schedule runs whole.
 #
-# What runs by default (PROTOCOL=standard; 2 h 30 min with JOBS=2 on 2 cores of an Intel Xeon, torch
-# 2.13.0+cpu, fp32, OMP_NUM_THREADS=1, SUBJECTS=60, the headroom's all-labeled cells skipped: docs/benchmarks.md):
+# What runs by default (PROTOCOL=standard; 2 h 30 min with JOBS=2 on 2 cores of an Intel
+# Xeon, torch 2.13.0+cpu, fp32, OMP_NUM_THREADS=1, HEADROOM_BUDGETS=1; docs/benchmarks.md):
 #   headroom     CT, scratch only, 1 and all training subjects labeled: does the test bed
 #                leave room between the two ends? (HEADROOM_BUDGETS=1 keeps only the
 #                1-labeled cells the other settings reuse, when the all-labeled end, three
@@ -70,6 +70,7 @@ import sys
 from ssmtl.data.cache import SliceCache
 cache = SliceCache(sys.argv[1])
 print(len({v.subject for v in cache.volumes if v.split == 'train'}))" "$OUT/ct.h5")
+HEADROOM_BUDGETS=${HEADROOM_BUDGETS:-1,$ALL}
 FT=(--seeds "$SEEDS" --finetune-steps "$FINETUNE_STEPS" --finetune-lr "$FINETUNE_LR" --set model.base_channels=8)
 COMMON=("${FT[@]}" --pretrain-steps "$PRETRAIN_STEPS")
 METHODS=scratch,contrastive,multitask
@@ -78,7 +79,7 @@ elapsed() { echo "$1: $(( $(date +%s) - t0 ))s since start"; }
 # Two chains of settings that share nothing but the caches and finished cells; JOBS=2 (the
 # default) runs them side by side, one per core, JOBS=1 one after the other.
 chain_a() {
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/headroom" --methods scratch --labeled-volumes "${HEADROOM_BUDGETS:-1,$ALL}" "${COMMON[@]}"
+  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/headroom" --methods scratch --labeled-volumes "$HEADROOM_BUDGETS" "${COMMON[@]}"
   elapsed headroom
   mkdir -p "$OUT/ct-ct" && cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct/" 2>/dev/null || true
   $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" "${COMMON[@]}"
