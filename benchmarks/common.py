@@ -95,7 +95,7 @@ def synchronize(device: torch.device) -> None:
 @lru_cache(maxsize=1)
 def registry():
     """Built-in plugins only: installed third-party plugins must not change what is measured."""
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     return build_registry(external=False)
 
@@ -132,7 +132,7 @@ def run_config(tasks: list[str], sets: list[str], data: Path | None = None, mixe
 
 def accelerator_for(config, device: torch.device):
     """The engine's Accelerator, or a CPU one when ``--device cpu`` is asked on a CUDA machine."""
-    from ssmtl.core.accelerator import make_accelerator
+    from ssmtl.training.accelerator import make_accelerator
 
     if device.type == "cpu" and torch.cuda.is_available():
         from accelerate import Accelerator

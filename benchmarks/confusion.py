@@ -19,16 +19,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ssmtl.data.cache import SliceCache  # noqa: E402
-from ssmtl.downstream.evaluate import load_finetuned, predict_volume  # noqa: E402
+from ssmtl.host.registry import get_registry  # noqa: E402
+from ssmtl.downstream.model import load_finetuned  # noqa: E402
+from ssmtl.downstream.predictor import Predictor  # noqa: E402
 
 
 def confusion(run: Path, cache_path: Path, split: str) -> dict:
-    model, _ = load_finetuned(run)
+    model, _ = load_finetuned(run, get_registry())
+    predictor = Predictor(model, torch.device("cpu"))
     cache = SliceCache(cache_path)
     k = cache.num_classes
     counts = np.zeros((k, k), dtype=np.int64)
@@ -37,7 +41,7 @@ def confusion(run: Path, cache_path: Path, split: str) -> dict:
         if volume.split != split or not volume.has_label:
             continue
         image, label = cache.read_volume(index)
-        predicted = predict_volume(model, image).astype(np.int64)
+        predicted = predictor.cache_grid(image).astype(np.int64)
         counts += np.bincount(label.astype(np.int64).ravel() * k + predicted.ravel(), minlength=k * k).reshape(k, k)
         volumes += 1
     if volumes == 0:

@@ -9,7 +9,7 @@
    (256 x 256 x 96) and clinical-size (512 x 512 x 120) sources. Target: >= 20x.
 2. ``loader_throughput``: slices/s of ``SequenceDataset`` + ``StepBatchSampler`` +
    ``collate_sequences`` through a ``DataLoader`` with 0, 1 and 2 workers, each
-   batch then augmented with ``ssmtl.core.augment.augment`` (as the training step
+   batch then augmented with ``ssmtl.training.augment.augment`` (as the training step
    does), on this machine's CPU.
 3. ``build_peak_rss``: peak resident memory of ``cache build`` for 1 and for 20
    volumes, each build in a fresh process (its VmHWM; with workers, the largest
@@ -67,7 +67,7 @@ def write_volumes(folder: Path, count: int, shape: tuple[int, int, int]) -> list
 def build(images: Path, out: Path, workers: int = 0, size: int = 128) -> Path:
     from ssmtl.data.build import build_cache
     from ssmtl.data.preprocess import PreprocessConfig
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     return build_cache(dataset="nifti", dataset_options={"images": str(images), "modality": "ct"},
                        preprocess=PreprocessConfig(size=size), out=out, registry=build_registry(external=False),
@@ -119,7 +119,7 @@ def bench_reads(tmp: Path, volumes: int, samples: int, shape: tuple[int, int, in
 def _loader_slices_per_s(cache_path: Path, workers: int, steps: int, batch_size: int) -> float:
     import torch
 
-    from ssmtl.core.augment import AugmentConfig, augment
+    from ssmtl.training.augment import AugmentConfig, augment
     from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, collate_sequences
 
     config = AugmentConfig()

@@ -7,7 +7,7 @@ k = 3 for the default tasks contrastive + order, a 128 px phantom cache):
 * ``loader``: HDF5 cache reads, sequence sampling (``StepBatchSampler``) and
   collation, through ``ssmtl.pretraining.engine.make_loader`` exactly as training builds
   it, timed alone with 0, 1 and 2 workers (the worker start-up is reported apart);
-* ``augment``: ``ssmtl.core.augment.augment`` runs inside the step on the
+* ``augment``: ``ssmtl.training.augment.augment`` runs inside the step on the
   training device, once per augmented view the tasks use (counted on a real
   step); here it is timed on the CPU and counted as pipeline work;
 * ``pipeline`` = loader + augment, added serially (conservative: the loader's
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from ssmtl.core.augment import augment  # noqa: E402
+from ssmtl.training.augment import augment  # noqa: E402
 from ssmtl.pretraining.engine import make_loader  # noqa: E402
 from ssmtl.data.sampling import SequenceDataset  # noqa: E402
 

@@ -116,7 +116,7 @@ def reader(cache: Path, workers_list: list[int], batches: int, batch: int) -> li
     """The pre-training loader alone (as training builds it), slices/s per worker count."""
     import loader as loader_bench  # benchmarks/loader.py
 
-    from ssmtl.core.accelerator import make_accelerator
+    from ssmtl.training.accelerator import make_accelerator
     from ssmtl.data.cache import SliceCache
 
     config = common.run_config(["contrastive", "order"], [f"train.batch_size={batch}"], cache)

@@ -7,10 +7,10 @@ view/feature cache, loss weighting, metrics, the non-finite check, the EMA hook)
 
 B (``hand``): :class:`HandMoCo` below, a minimal MoCo v2 loop in plain PyTorch,
 written from the paper/reference (He et al. 2020; Chen et al. 2020): the same
-U-Net encoder (``ssmtl.core.networks.build_network(config.model).encoder``), the same 2-layer
+U-Net encoder (``ssmtl.host.networks.build_network(config.model).encoder``), the same 2-layer
 projection MLP, an EMA key encoder, a queue of K keys and InfoNCE, the same AdamW
 parameter groups, learning-rate schedule, gradient clipping and autocast
-precision. Both augment their two views with ``ssmtl.core.augment.augment``, so
+precision. Both augment their two views with ``ssmtl.training.augment.augment``, so
 the data work is equal, and both start from identical weights and queue: a check
 runs two steps of each from the same RNG state and reports that the losses agree.
 
@@ -41,8 +41,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from ssmtl.core.augment import augment  # noqa: E402
-from ssmtl.core.networks import build_network  # noqa: E402
+from ssmtl.training.augment import augment  # noqa: E402
+from ssmtl.host.networks import build_network  # noqa: E402
 
 TARGET = 1.10
 
@@ -56,7 +56,7 @@ class HandMoCo:
         self.temperature, self.momentum = task.temperature, task.momentum
         self.grad_clip = config.train.grad_clip
         self.device = device
-        network = build_network(config.model)
+        network = build_network(config.model, common.registry())
         self.encoder = network.encoder.to(device)
         width = network.info.bottleneck_channels
         hidden = task.hidden_dim or width

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 
 
 def main() -> None:

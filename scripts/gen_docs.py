@@ -120,7 +120,7 @@ def cli_reference() -> str:
     import typer.main
 
     from ssmtl.cli.app import app
-    from ssmtl.core.registry import set_default_external
+    from ssmtl.host.registry import set_default_external
 
     set_default_external(False)  # built-ins only: `cache build` makes its dataset options from them
     root = typer.main.get_command(app)
@@ -196,7 +196,7 @@ def _section_rows(model: dict[str, Any], prefix: str) -> list[list[str]]:
 
 def config_reference() -> str:
     from ssmtl.pretraining.config import default_tasks, run_config_schema
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
     schema = run_config_schema(registry)

@@ -18,7 +18,7 @@ COMBOS = [list(p) for p in itertools.combinations(ALL_TASKS, 2)] + [ALL_TASKS]
 def run_all(cache: str, root: str) -> None:
     from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.pretraining.engine import run_pretraining
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
     for i, tasks in enumerate(COMBOS):

@@ -83,7 +83,7 @@ def tiny_cache(tmp_path_factory) -> Path:
     """A phantom cache: 4 CT subjects, 8 slices of 32x32 each (built once per session)."""
     from ssmtl.data.build import build_cache
     from ssmtl.data.preprocess import PreprocessConfig
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     out = tmp_path_factory.mktemp("tiny_cache") / "ph.h5"
     return build_cache(
@@ -140,7 +140,7 @@ def ball_run(tmp_path_factory):
     non-square grids: (root folder, its cache, the run directory). Shared by the way-back tests."""
     from native_helpers import write_ball_dataset
 
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
     from ssmtl.data.build import build_cache
     from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.downstream.config import FinetuneConfig
@@ -152,8 +152,10 @@ def ball_run(tmp_path_factory):
     cache = build_cache(dataset="nifti", dataset_options={"images": images, "labels": labels, "modality": "ct"},
                         preprocess=PreprocessConfig(size=32), out=root / "balls.h5", registry=registry,
                         test_fraction=0.34)
-    config = FinetuneConfig(data=cache, out=root / "run", labeled_volumes=3, validation="none", class_balance=0.5,
-                            model={"base_channels": 4, "depth": 2},
-                            train={"steps": 80, "batch_size": 8, "lr": 1e-2, "log_every": 10, "checkpoint_every": 80})
+    config = FinetuneConfig.model_validate(
+        dict(data=cache, out=root / "run", labeled_volumes=3, validation="none", class_balance=0.5,
+             model={"base_channels": 4, "depth": 2},
+             train={"steps": 80, "batch_size": 8, "lr": 1e-2, "log_every": 10, "checkpoint_every": 80}),
+        context={"registry": registry})
     run_finetune(config, registry=registry, progress=False)
     return root, cache, root / "run"

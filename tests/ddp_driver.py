@@ -37,9 +37,9 @@ def own_batch(rank: int, step: int):
 def main(cache: str, out: str) -> None:
     from torch import nn
 
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
     from ssmtl.pretraining.config import resolve_run_config
-    from ssmtl.core.accelerator import make_accelerator
+    from ssmtl.training.accelerator import make_accelerator
     from ssmtl.pretraining.engine import Trainer
 
     registry = build_registry(external=False)

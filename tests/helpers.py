@@ -77,12 +77,12 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, done_marker
 
 class NetworkPasses:
     """Watches the shared network from outside the step: forward hooks on its encoder and
-    decoder record every pass, and an observer on the module keeps each step's context.
+    decoder record every pass, and the module's ``context`` is wrapped to keep each step's context.
 
     ``encoder_inputs``: the images of every encoder pass, in order (the very tensors);
     ``decoder_rows``: the batch size of every decoder pass; ``contexts``: each step's
     :class:`~ssmtl.api.views.StepContext`. Use as a context manager: the hooks and the
-    observer are removed on exit. Register it after the tasks' ``setup``, or a task's
+    wrapper are removed on exit. Register it after the tasks' ``setup``, or a task's
     copy of the encoder (MoCo's key encoder) inherits the hooks.
     """
 
@@ -98,10 +98,17 @@ class NetworkPasses:
             network.encoder.register_forward_hook(lambda m, args, out: self.encoder_inputs.append(args[0])),
             network.decoder.register_forward_hook(lambda m, args, out: self.decoder_rows.append(args[0][0].shape[0])),
         ]
-        self.module.step_observers.append(self.contexts.append)
+        make_context = self.module.context
+
+        def observed(*args, **kwargs):  # every step's context, as forward builds it
+            ctx = make_context(*args, **kwargs)
+            self.contexts.append(ctx)
+            return ctx
+
+        self.module.context = observed  # an instance attribute: shadows the method until __exit__
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
-        self.module.step_observers.remove(self.contexts.append)
+        del self.module.context

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ssmtl.core.augment import AugmentConfig, augment, random_affine, random_intensity
+from ssmtl.training.augment import AugmentConfig, augment, random_affine, random_intensity
 
 from ssmtl.api.geometry import apply_affine, correspondence
 

@@ -13,7 +13,7 @@ from ssmtl.cli.app import app
 from ssmtl.experiments.benchmark import Method, parse_methods
 from ssmtl.experiments.results import summarise_cells
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -23,7 +23,7 @@ runner = CliRunner()
 def bench_cache(tmp_path_factory) -> Path:
     from ssmtl.data.build import build_cache
     from ssmtl.data.preprocess import PreprocessConfig
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     out = tmp_path_factory.mktemp("bench") / "ct.h5"
     return build_cache(dataset="phantom", dataset_options={"subjects": 6, "size": 32, "num_slices": 8},
@@ -158,7 +158,7 @@ def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_
     import types
 
     from ssmtl.api import DefaultsSpec, hookimpl
-    from ssmtl.core.registry import builtin_plugins
+    from ssmtl.host.registry import builtin_plugins
     from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
 
     bench = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), build_registry(external=False))

@@ -18,7 +18,7 @@ from ssmtl.data.cache import FORMAT, FORMAT_VERSION, SliceCache
 from ssmtl.data.cache_writer import TMP_PREFIX, CacheWriter, check_output_path
 from ssmtl.api.errors import ConfigError, InputFileError, SsmtlError
 from ssmtl.data.preprocess import PreprocessConfig
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 
 # cache_factory (conftest) fills slice d of volume v with 100 * v + d, labels d % 3,
 # spacing (2 + v, 1.5, 1.5), modality ct for even v and mr for odd v.

@@ -15,7 +15,7 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.data.verify import verify_cache
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.preprocess import PreprocessConfig
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 
 PHANTOM = {"subjects": 3, "size": 32, "num_slices": 8}
 

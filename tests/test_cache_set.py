@@ -17,6 +17,7 @@ from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import CacheSet, open_caches
 from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, WeightedStepBatchSampler
 from ssmtl.data.splits import split_cache
+from ssmtl.host.registry import get_registry
 
 runner = CliRunner()
 
@@ -145,17 +146,17 @@ def test_the_engine_samples_one_cache_as_before_and_weights_a_set(tmp_path):
 
     a = write_cache(tmp_path / "a.h5", [4, 4])
     b = write_cache(tmp_path / "b.h5", [6])
-    one = resolve_run_config(flags={"data.path": a, "out": tmp_path / "r"})
+    one = resolve_run_config(flags={"data.path": a, "out": tmp_path / "r"}, registry=get_registry())
     sampler = make_sampler(one, SequenceDataset(open_caches(a), 2), 0, 1, 0, 5)
     assert type(sampler) is StepBatchSampler  # one cache, no weights: the very same batches as before
 
-    config = resolve_run_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[3,1]"])
+    config = resolve_run_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[3,1]"], registry=get_registry())
     dataset = SequenceDataset(open_caches(config.data.path), 2)
     sampler = make_sampler(config, dataset, 0, 1, 0, 5)
     assert isinstance(sampler, WeightedStepBatchSampler)
     volumes_of_group = [sorted({int(dataset.windows[i, 0]) for i in g}) for g in sampler.groups]
     assert volumes_of_group == [[0, 1], [2]]
-    bad = resolve_run_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[1]"])
+    bad = resolve_run_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[1]"], registry=get_registry())
     with pytest.raises(SsmtlError, match="data.weights has 1 value"):
         make_sampler(bad, dataset, 0, 1, 0, 5)
 
@@ -193,7 +194,7 @@ def test_cache_info_shows_the_union(tmp_path):
 
 def test_native_references_of_a_set_come_from_each_volumes_own_dataset(ball_run, tmp_path):
     """Evaluation at native resolution re-reads each volume's label through its own cache's dataset."""
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
     from ssmtl.downstream.native_eval import NativeReferences
 
     _, cache, _ = ball_run
@@ -226,5 +227,5 @@ def test_runs_on_two_caches_can_be_read_back_by_every_later_command(tmp_path, ss
     assert evaluation.results["data"] == [str(p) for p in both]
     assert len(evaluation.per_volume) == 2 * len([v for v in SliceCache(ssmtl_tiny_cache).volumes if v.split == "test"])
     assert 0.0 <= evaluation.mean_dice <= 1.0
-    report = write_report(ft)
+    report = write_report(ft, registry=get_registry())
     assert report.is_file() and report.stat().st_size > 0

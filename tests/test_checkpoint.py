@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ssmtl.core.checkpointing import (
+from ssmtl.training.checkpointing import (
     MANIFEST,
     checkpoint_dir,
     finalize,

@@ -19,7 +19,7 @@ from ssmtl.pretraining.config import (
     validate_run_config,
 )
 from ssmtl.api.errors import ConfigError
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.plugins.tasks.order import OrderConfig
 
 

@@ -13,7 +13,7 @@ from ssmtl.data.build import build_cache
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import InputFileError
 from ssmtl.data.preprocess import PreprocessConfig
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.api import pair_files
 from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.mmwhs import CLASS_NAMES as MMWHS_NAMES

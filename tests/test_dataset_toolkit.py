@@ -368,9 +368,10 @@ def test_every_toolkit_name_is_exported_and_documented():
 
     import ssmtl.api as api
 
+    from ssmtl.api._lazy import stub_names
+
     facade = Path(api.__file__)
-    checked = next(n for n in ast.walk(ast.parse(facade.read_text())) if isinstance(n, ast.If))  # TYPE_CHECKING
-    typed = {alias.name for node in ast.walk(checked) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    where = stub_names(facade.with_suffix(".pyi"))  # the one list of public names: name -> module:name
     missing, undocumented, seen = [], [], 0
     for path in sorted((facade.parent / "datasets").glob("[!_]*.py")):
         for node in ast.parse(path.read_text()).body:  # what the module itself defines at top level
@@ -383,10 +384,10 @@ def test_every_toolkit_name_is_exported_and_documented():
                 continue
             for name in (n for n in names if not n.startswith("_")):
                 seen += 1
-                if api._WHERE.get(name) != f"datasets.{path.stem}" or name not in typed:
+                if where.get(name) != f"ssmtl.api.datasets.{path.stem}:{name}":
                     missing.append(f"{path.stem}.{name}")
                 value = getattr(api, name, None)
                 if (inspect.isfunction(value) or inspect.isclass(value)) and not inspect.getdoc(value):
                     undocumented.append(f"{path.stem}.{name}")
     assert missing == [] and undocumented == []
-    assert seen == sum(where.startswith("datasets.") for where in api._WHERE.values())  # no stale entries
+    assert seen == sum(target.startswith("ssmtl.api.datasets.") for target in where.values())  # no stale entries

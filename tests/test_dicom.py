@@ -14,7 +14,7 @@ from ssmtl.data.build import build_cache
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import ConfigError, InputFileError
 from ssmtl.data.preprocess import PreprocessConfig
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.plugins.datasets import nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 

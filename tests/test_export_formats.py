@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from ssmtl import load_network
 from ssmtl.api import SsmtlError
 from ssmtl.publish.hub import export_run
+from ssmtl.host.registry import get_registry
 
 FORMATS = ["safetensors", "torchscript", "onnx"]
 needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
@@ -61,7 +62,7 @@ def _front_matter(folder) -> dict:
 def test_pretraining_parts_match_load_network(pretrained_run, tmp_path, part, fmt):
     if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed (optional: pip install 'ssmtl[onnx]')")
-    result = export_run(pretrained_run, fmt, part=part, out=tmp_path / "hub")
+    result = export_run(pretrained_run, fmt, part=part, out=tmp_path / "hub", registry=get_registry())
     folder = tmp_path / "hub"
     weights = {"safetensors": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}[fmt]
     assert sorted(p.name for p in folder.iterdir()) == sorted(["README.md", "config.json", weights])
@@ -87,7 +88,7 @@ def test_pretraining_parts_match_load_network(pretrained_run, tmp_path, part, fm
 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=needs_onnxruntime)])
 def test_the_finetuned_model_gives_the_logits_of_load_network(finetuned_run, tmp_path, fmt):
-    export_run(finetuned_run, fmt, out=tmp_path / "hub")  # the default part of a fine-tuning run
+    export_run(finetuned_run, fmt, out=tmp_path / "hub", registry=get_registry())  # the default part of a fine-tuning run
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert config["part"] == "finetuned" and config["num_classes"] == 7 and config["outputs"]["logits"][1] == 7
     images = _images(size=64)  # a size other than the cache's 32: height and width are dynamic
@@ -96,7 +97,7 @@ def test_the_finetuned_model_gives_the_logits_of_load_network(finetuned_run, tmp
 
 
 def test_the_model_card_describes_the_run(finetuned_run, tmp_path):
-    export_run(finetuned_run, "safetensors", out=tmp_path / "hub")
+    export_run(finetuned_run, "safetensors", out=tmp_path / "hub", registry=get_registry())
     card = (tmp_path / "hub" / "README.md").read_text()
     meta = _front_matter(tmp_path / "hub")
     assert meta["pipeline_tag"] == "image-segmentation" and {"ssmtl", "safetensors", "ct"} <= set(meta["tags"])
@@ -112,8 +113,8 @@ def test_the_model_card_describes_the_run(finetuned_run, tmp_path):
 def test_a_monai_export_loads_into_basicunet(monai_run, tmp_path):
     from monai.networks.nets import BasicUNet
 
-    export_run(monai_run, "safetensors", out=tmp_path / "net")
-    export_run(monai_run, "safetensors", part="encoder", out=tmp_path / "enc")
+    export_run(monai_run, "safetensors", out=tmp_path / "net", registry=get_registry())
+    export_run(monai_run, "safetensors", part="encoder", out=tmp_path / "enc", registry=get_registry())
     config = json.loads((tmp_path / "net" / "config.json").read_text())
     assert config["native_class"]["path"] == "monai.networks.nets.BasicUNet"
     net = BasicUNet(**config["native_class"]["kwargs"])
@@ -129,7 +130,7 @@ def test_a_monai_export_loads_into_basicunet(monai_run, tmp_path):
 
 @needs_onnxruntime
 def test_a_monai_network_runs_in_onnxruntime(monai_run, tmp_path):
-    export_run(monai_run, "onnx", out=tmp_path / "hub")
+    export_run(monai_run, "onnx", out=tmp_path / "hub", registry=get_registry())
     images = _images(batch=1)
     [features] = _run_exported(tmp_path / "hub", "onnx", images)
     np.testing.assert_allclose(features, _reference(load_network(monai_run), "network", images)[0].numpy(), rtol=0, atol=1e-4)
@@ -144,24 +145,24 @@ def test_non_finite_weights_are_never_written(pretrained_run, tmp_path):
     state[key][0] = float("nan")
     save_file(state, str(weights))
     with pytest.raises(SsmtlError, match=rf"NaN or Inf .*\(e.g. {key}\)"):  # named by the loader, before any writer
-        export_run(run, "torchscript", out=tmp_path / "hub")
+        export_run(run, "torchscript", out=tmp_path / "hub", registry=get_registry())
     assert not (tmp_path / "hub").exists()
 
 
 def test_bad_requests_are_named(pretrained_run, tmp_path):
     with pytest.raises(SsmtlError, match="--part finetuned needs a fine-tuning run"):
-        export_run(pretrained_run, "onnx", part="finetuned", out=tmp_path / "a")
+        export_run(pretrained_run, "onnx", part="finetuned", out=tmp_path / "a", registry=get_registry())
     with pytest.raises(SsmtlError, match="--format keras: unknown format"):
-        export_run(pretrained_run, "keras", out=tmp_path / "a")
+        export_run(pretrained_run, "keras", out=tmp_path / "a", registry=get_registry())
     with pytest.raises(SsmtlError, match="--size 30: the network needs a multiple of 4"):
-        export_run(pretrained_run, "torchscript", size=30, out=tmp_path / "a")
+        export_run(pretrained_run, "torchscript", size=30, out=tmp_path / "a", registry=get_registry())
     with pytest.raises(SsmtlError, match="neither a finished pre-training run"):
-        export_run(tmp_path, "safetensors", out=tmp_path / "a")
+        export_run(tmp_path, "safetensors", out=tmp_path / "a", registry=get_registry())
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(SsmtlError, match="exists and is not empty; pass --force"):
-        export_run(pretrained_run, "safetensors", out=tmp_path / "full")
-    export_run(pretrained_run, "safetensors", out=tmp_path / "full", force=True)
+        export_run(pretrained_run, "safetensors", out=tmp_path / "full", registry=get_registry())
+    export_run(pretrained_run, "safetensors", out=tmp_path / "full", force=True, registry=get_registry())
     assert not (tmp_path / "full" / "keep.txt").exists()
 
 

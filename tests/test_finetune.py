@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ssmtl.host.registry import get_registry
+
 import io
 import json
 import shutil
@@ -15,11 +17,11 @@ from safetensors.torch import load_file
 from ssmtl.data.cache_writer import CacheWriter
 from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.evaluate import evaluate_run, render_comparison_table, render_eval_table
-from ssmtl.core.export import write_export
+from ssmtl.training.export import write_export
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.finetune import run_finetune
 from ssmtl.plugins.networks.unet import UNet, UNetConfig
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 
 CLASS_NAMES = {"0": "background", "1": "square", "2": "disc"}
 SUBJECTS = [f"sub{i}" for i in range(6)]
@@ -65,7 +67,7 @@ def _config(cache_path, out, **overrides) -> FinetuneConfig:
     train.update({k: overrides.pop(k) for k in list(overrides) if k in ("steps", "batch_size", "lr", "mixed_precision")})
     values = dict(data=cache_path, out=out, model=TINY, labeled_volumes=2, train=train)
     values.update(overrides)
-    return FinetuneConfig(**values)
+    return FinetuneConfig.model_validate(values, context={"registry": get_registry()})
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +284,7 @@ def test_segmentation_head_hidden_layer_then_linear_classifier(registry):
 
 
 def test_augment_pair_moves_image_and_label_together():
-    from ssmtl.core.augment import AugmentConfig
+    from ssmtl.training.augment import AugmentConfig
     from ssmtl.downstream.data import augment_pair
 
     torch.manual_seed(0)

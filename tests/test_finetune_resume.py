@@ -48,8 +48,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_cache, tmp_path, uninter
     assert "resuming from" in result.stderr
 
     expected, got = losses(uninterrupted), losses(out)
-    assert sorted(got) == list(range(10))  # no step lost, none repeated
-    for step in range(10):
+    assert sorted(got) == list(range(1, 11))  # no step lost, none repeated (counted as steps done)
+    for step in range(1, 11):
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
     a, b = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and any(k.startswith("head.") for k in a)
@@ -88,7 +88,7 @@ def test_config_file_env_flags_and_set_in_precedence(tiny_cache, tmp_path):
     assert saved["train"]["lr"] == 0.01 and saved["model"]["base_channels"] == 4  # file
     assert saved["seed"] == 6  # flag over env
     assert saved["train"]["batch_size"] == 3  # --set over everything
-    assert sorted(losses(out)) == [0, 1]
+    assert sorted(losses(out)) == [1, 2]
 
 
 def test_a_bad_config_field_is_one_error_line(tiny_cache, tmp_path):

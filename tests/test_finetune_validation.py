@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ssmtl.host.registry import get_registry
+
 import json
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.finetune import run_finetune
 from ssmtl.downstream.validation import plan_validation
@@ -23,8 +25,10 @@ def registry():
 
 
 def _config(cache, out, **train):
-    return FinetuneConfig(data=cache, out=out, labeled_volumes=1, model=TINY,
-                          train={"batch_size": 4, "lr": 3e-3, "log_every": 5, "validate_every": 5, **train})
+    return FinetuneConfig.model_validate(
+        dict(data=cache, out=out, labeled_volumes=1, model=TINY,
+             train={"batch_size": 4, "lr": 3e-3, "log_every": 5, "validate_every": 5, **train}),
+        context={"registry": get_registry()})
 
 
 # -- which volumes validate ------------------------------------------------------------------------
@@ -94,7 +98,7 @@ def test_steps_auto_stops_on_a_plateau(tiny_cache, tmp_path, registry):
     assert run["steps_requested"] == "auto" and run["schedule_steps"] == 200
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "step-00000015"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == list(range(15))
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 16))
     # the validation Dice reaches metrics.jsonl (and the trackers, and curves.png) at each validation
     curve = json.loads((out / "validation.json").read_text())["curve"]
     assert [[r["step"], r["val_dice"]] for r in records if "val_dice" in r] == curve and len(curve) == 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ssmtl.api.losses import info_nce, multi_positive_info_nce
+from ssmtl.api.ssl.losses import info_nce, multi_positive_info_nce
 
 
 def _unit(seed: int, n: int, d: int) -> torch.Tensor:

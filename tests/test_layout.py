@@ -1,10 +1,11 @@
 """The floor plan holds: imports run one way, rooms stay small, plugin code sees only ssmtl.api.
 
-    cli -> experiments -> pretraining, downstream -> data -> core -> api
+    cli -> experiments, publish -> pretraining, downstream -> data -> training -> host -> settings, storage -> api
 
 Every ``ssmtl.*`` import of every module is checked (module level and inside functions,
-since a lazy import is a dependency too). ``ssmtl`` itself (the package root, for
-``__version__`` and the Python API) may be imported from anywhere.
+since a lazy import is a dependency too). No module imports the package root ``ssmtl``
+(its ``__init__`` is the lazy Python API, which pulls the wings in): the version is read
+from ``ssmtl._version``. No two modules import each other, directly or around a circle.
 """
 
 from __future__ import annotations
@@ -17,23 +18,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "ssmtl"
 
+GROUND = {"api", "storage", "settings", "host", "training"}
 #: which parts of ssmtl each part may import (itself always)
 ALLOWED: dict[str, set[str]] = {
+    # the plugin contract: imports nothing else of ssmtl
     "api": set(),
-    "core": {"api"},
-    "data": {"api", "core"},
-    "pretraining": {"api", "core", "data"},
-    "downstream": {"api", "core", "data"},
-    "experiments": {"api", "core", "data", "pretraining", "downstream"},
+    # the ground floor: each package is one thing
+    "storage": {"api"},  # files: atomic writes, locks, JSON read back with its shape checked
+    "settings": {"api"},  # where settings come from: files, environment, flags, --set
+    "host": {"api", "settings"},  # plugin hosting: the registry, calls into plugins, networks
+    "training": {"api", "storage", "settings", "host"},  # run machinery shared by every training run
+    # the wings, by audience
+    "data": GROUND - {"training"},
+    "pretraining": GROUND | {"data"},
+    "downstream": GROUND | {"data"},
+    "experiments": GROUND | {"data", "pretraining", "downstream"},
     # what leaves ssmtl: exports for other code, reports for people (about runs of every kind)
-    "publish": {"api", "core", "data", "pretraining", "downstream", "experiments"},
+    "publish": GROUND | {"data", "pretraining", "downstream", "experiments"},
     # the host's harness for plugin tests drives the host; plugin code never imports it
-    "testing": {"api", "core", "data", "pretraining", "downstream", "cli"},
-    "cli": {"api", "core", "data", "pretraining", "downstream", "experiments", "publish", "testing"},
+    "testing": GROUND | {"data", "pretraining", "downstream", "cli"},
+    "cli": GROUND | {"data", "pretraining", "downstream", "experiments", "publish", "testing"},
     "plugins": {"api"},
 }
-#: modules directly under src/ssmtl (not in a package): the root and ``python -m ssmtl``
-ROOT_MODULES = {"__init__": {"api", "core", "data", "pretraining", "downstream", "experiments", "publish"}, "__main__": {"cli"}}
+#: modules directly under src/ssmtl (not in a package): the root (the lazy Python API), the
+#: version, and ``python -m ssmtl``
+ROOT_MODULES = {"__init__": {"api", "pretraining", "downstream", "publish"}, "_version": set(), "__main__": {"cli"}}
 MAX_LINES = 400
 
 
@@ -60,11 +69,22 @@ def ssmtl_imports(path: Path) -> list[tuple[int, str]]:
 
 
 def part_of(module: str) -> str | None:
-    """``ssmtl.data.cache`` -> ``data``; a name of the root package (``ssmtl.__version__``) -> None."""
+    """``ssmtl.data.cache`` -> ``data``; a module of the root (``ssmtl._version``) -> None."""
     parts = module.split(".")
     if len(parts) < 2 or not (SRC / parts[1]).is_dir():
         return None
     return parts[1]
+
+
+def _is_root(module: str) -> bool:
+    """``import ssmtl`` or ``from ssmtl import NAME`` where NAME is no module of the package."""
+    parts = module.split(".")
+    return module == "ssmtl" or (len(parts) == 2 and not (SRC / parts[1]).is_dir() and not (SRC / f"{parts[1]}.py").is_file())
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def layering_problems() -> list[str]:
@@ -74,10 +94,80 @@ def layering_problems() -> list[str]:
         here = rel.parts[0] if len(rel.parts) > 1 else None
         allowed = ALLOWED[here] | {here} if here else ROOT_MODULES[path.stem]
         for line, module in ssmtl_imports(path):
+            if _is_root(module):
+                problems.append(f"{rel}:{line} imports the package root ssmtl (read the version from ssmtl._version)")
+                continue
             target = part_of(module)
             if target is not None and target not in allowed:
                 problems.append(f"{rel}:{line} imports {module} ({here or 'ssmtl'} may import {sorted(allowed)})")
     return problems
+
+
+def import_cycles() -> list[list[str]]:
+    """The circles of the import graph between ssmtl's modules (Tarjan's strongly connected
+    components of two or more modules; a package's ``__init__`` counts as its module)."""
+    modules = {module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, module in ssmtl_imports(path):
+            # `from ssmtl.x import y` may name the module ssmtl.x.y
+            targets |= {m for m in (module, *(f"{module}.{n}" for n in _imported_names(path, module))) if m in modules}
+        graph[name] = targets - {name}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def _imported_names(path: Path, module: str) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module == module:
+            names += [a.name for a in node.names]
+    return names
+
+
+def test_no_module_takes_part_in_an_import_circle():
+    assert import_cycles() == []
+
+
+def test_the_circle_check_finds_a_circle(tmp_path, monkeypatch):
+    fake = tmp_path / "ssmtl"
+    (fake / "training").mkdir(parents=True)
+    (fake / "training" / "__init__.py").write_text("")
+    (fake / "training" / "curves.py").write_text("from ssmtl.training.recorder import METRICS\n")
+    (fake / "training" / "recorder.py").write_text("def f():\n    from ssmtl.training.curves import write_curves\n")
+    (fake / "training" / "loop.py").write_text("from ssmtl.training import recorder\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", fake)
+    assert import_cycles() == [["ssmtl.training.curves", "ssmtl.training.recorder"]]
 
 
 def test_every_part_of_ssmtl_has_a_rule():
@@ -91,13 +181,16 @@ def test_imports_run_one_way():
 
 def test_the_layering_check_catches_an_upward_import(tmp_path, monkeypatch):
     fake = tmp_path / "ssmtl"
-    (fake / "core").mkdir(parents=True)
+    (fake / "host").mkdir(parents=True)
     (fake / "pretraining").mkdir()
-    for pkg in ("core", "pretraining"):
+    for pkg in ("host", "pretraining"):
         (fake / pkg / "__init__.py").write_text("")
-    (fake / "core" / "bad.py").write_text("def f():\n    from ssmtl.pretraining.engine import run_pretraining\n")
+    (fake / "host" / "bad.py").write_text("def f():\n    from ssmtl.pretraining.engine import run_pretraining\n")
+    (fake / "host" / "old.py").write_text("from ssmtl import __version__\n")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
-    assert layering_problems() == ["core/bad.py:2 imports ssmtl.pretraining.engine (core may import ['api', 'core'])"]
+    assert layering_problems() == [
+        "host/bad.py:2 imports ssmtl.pretraining.engine (host may import ['api', 'host', 'settings'])",
+        "host/old.py:1 imports the package root ssmtl (read the version from ssmtl._version)"]
 
 
 def test_no_room_is_too_big_to_see_at_once():
@@ -114,7 +207,7 @@ def _plugin_code_files() -> list[tuple[Path, bool]]:
 
 
 def _external_problems(source: str, is_test: bool, where: str) -> list[str]:
-    allowed = {"ssmtl.api", "ssmtl.testing"} if is_test else {"ssmtl.api"}
+    allowed = {"ssmtl.api", "ssmtl.api.ssl", "ssmtl.testing"} if is_test else {"ssmtl.api", "ssmtl.api.ssl"}
     problems = []
     for node in ast.walk(ast.parse(source)):
         names = []

@@ -15,9 +15,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssmtl.api import DataInfo, ema_momentum, initial_weight_share, split_bn_forward, split_bn_groups
-from ssmtl.api.split_batchnorm import split_batchnorm
-from ssmtl.core.registry import get_registry
+from ssmtl.api import DataInfo
+from ssmtl.api.ssl import (
+    ema_momentum,
+    initial_weight_share,
+    split_bn_forward,
+    split_bn_groups,
+)
+from ssmtl.api.ssl.split_bn import split_batchnorm
+from ssmtl.host.registry import get_registry
 from ssmtl.pretraining.config import resolve_run_config
 from ssmtl.pretraining.module import build_pretrain_module
 
@@ -112,7 +118,7 @@ def test_split_bn_forward_shuffles_then_unshuffles():
 
 
 def _task(sets=(), total_steps: int | None = 100, batch: int = 8):
-    config = resolve_run_config(flags=SMALL, tasks=["contrastive"], sets=["tasks.contrastive.queue_size=64", *sets], environ={})
+    config = resolve_run_config(registry=get_registry(), flags=SMALL, tasks=["contrastive"], sets=["tasks.contrastive.queue_size=64", *sets], environ={})
     module = build_pretrain_module(config, get_registry())
     task = module.tasks["contrastive"]
     notes = task.on_data(DataInfo(num_volumes=2, num_slices=1000, sequence_length=1, global_batch=batch,

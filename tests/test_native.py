@@ -13,7 +13,7 @@ from native_helpers import ball_scan, grid_affine, save
 from scipy import ndimage
 
 from ssmtl.api import RawVolume
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.data.build import build_cache
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.native import canonical_to_source, labels_to_cache, labels_to_canonical, source_to_canonical

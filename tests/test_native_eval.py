@@ -12,7 +12,7 @@ import pytest
 from ingest_helpers import invoke
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.downstream.evaluate import evaluate_run
 from ssmtl.downstream.metrics import dice_per_class
 

@@ -8,6 +8,9 @@ export loads into that very class with ``strict=True``; and a network registered
 
 from __future__ import annotations
 
+from ssmtl.host import registry as registry_module
+from ssmtl.host.registry import get_registry
+
 import json
 from typing import Literal
 
@@ -19,9 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssmtl.api import ConfigError, NetworkConfig, NetworkInfo, NetworkOutput, NetworkSpec, SsmtlError, hookimpl
-from ssmtl.core.export import load_pretrained_network, write_export
-from ssmtl.core.networks import build_network, network_config
-from ssmtl.core.registry import build_registry
+from ssmtl.training.export import load_pretrained_network, write_export
+from ssmtl.host.networks import build_network, network_config
+from ssmtl.host.registry import build_registry
 from ssmtl.pretraining.config import resolve_run_config
 
 from helpers import ALL_TASKS, tiny_sets
@@ -175,7 +178,7 @@ def test_a_third_party_network_trains_and_exports(ssmtl_cli, ssmtl_tiny_cache, t
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert manifest["model"] == {"name": "pair-net", "width": 3} and "native_class" not in manifest
     with ssmtl_cli.isolated(plugins=[PairPlugin()]):
-        network, _ = load_pretrained_network(out)
+        network, _ = load_pretrained_network(out, registry_module.get_registry())
     assert isinstance(network, PairNet) and network.encoder.coarse.weight.shape == (6, 3, 3, 3)
     listing = ssmtl_cli("plugins", "--json", plugins=[PairPlugin()])
     [plugin] = [p for p in json.loads(listing.stdout)["plugins"] if p["name"] == "pair_plugin"]
@@ -263,6 +266,6 @@ def test_monai_pretraining_with_every_task_exports_basicunet_weights(ssmtl_cli, 
     weights = load_file(out / "export" / "model.safetensors")
     net.load_state_dict(weights, strict=True)
     torch.manual_seed(0)  # the run's seed: its initial weights
-    start = build_network(network_config(TINY_MONAI)).state_dict()
+    start = build_network(network_config(TINY_MONAI, get_registry()), get_registry()).state_dict()
     assert all(not torch.equal(weights[k], start[k]) for k in weights if k.endswith("conv.weight") and not k.startswith("final_conv"))
     assert all(torch.equal(weights[k], start[k]) for k in weights if k.startswith("final_conv"))  # never trained

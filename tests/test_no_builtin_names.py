@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("api", "core", "data", "pretraining", "downstream", "experiments", "publish")

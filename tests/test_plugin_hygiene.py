@@ -297,7 +297,7 @@ def test_resume_loads_checkpoints_without_arbitrary_unpickling(ssmtl_cli, ssmtl_
 
 
 def test_an_allow_list_naming_no_installed_plugin_is_reported(monkeypatch):
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     monkeypatch.setenv("SSMTL_PLUGINS", "rotation,no-such-plugin")
     registry = build_registry(external=True)

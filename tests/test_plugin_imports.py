@@ -1,7 +1,7 @@
 """Built-in plugins are written as a third party would write them.
 
-A module under ``src/ssmtl/plugins/<kind>/`` imports from ssmtl only the facade
-``ssmtl.api`` and its own sibling modules (``ssmtl.plugins.<kind>.*``), and never a
+A module under ``src/ssmtl/plugins/<kind>/`` imports from ssmtl only the facades
+``ssmtl.api`` and ``ssmtl.api.ssl`` (the momentum-contrast kit) and its own sibling modules (``ssmtl.plugins.<kind>.*``), and never a
 private (``_name``) name of another module, neither imported nor reached as an
 attribute. Modules under ``src/ssmtl/api/`` import nothing from ssmtl outside
 ``ssmtl.api``, and the dataset toolkit imports no image-format library when it is
@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+#: what a plugin may import from ssmtl besides its siblings: the public packages of the plugin contract
+FACADES = {"ssmtl.api", "ssmtl.api.ssl"}
 
 
 def module_name(path: Path) -> str:
@@ -40,7 +42,7 @@ def plugin_import_problems(source: str, module: str, is_package: bool = False) -
     sibling_aliases: set[str] = set()
 
     def allowed(target: str) -> bool:
-        return target == "ssmtl.api" or target == kind or target.startswith(kind + ".")
+        return target in FACADES or target == kind or target.startswith(kind + ".")
 
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -48,7 +50,7 @@ def plugin_import_problems(source: str, module: str, is_package: bool = False) -
                 if alias.name.split(".")[0] == "ssmtl":
                     if not allowed(alias.name):
                         problems.append(f"{node.lineno}: import {alias.name}")
-                    elif alias.name != "ssmtl.api":
+                    elif alias.name not in FACADES:
                         sibling_aliases.add(alias.asname or alias.name)
         elif isinstance(node, ast.ImportFrom):
             target = _absolute(node, module, is_package)
@@ -60,7 +62,7 @@ def plugin_import_problems(source: str, module: str, is_package: bool = False) -
             for alias in node.names:
                 if alias.name.startswith("_"):
                     problems.append(f"{node.lineno}: private {alias.name} from {target}")
-                elif target != "ssmtl.api":
+                elif target not in FACADES:
                     sibling_aliases.add(alias.asname or alias.name)
     for node in ast.walk(ast.parse(source)):
         if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")

@@ -14,7 +14,7 @@ from helpers import ALL_TASKS, tiny_sets
 def _pretrain(cache, out, precision: str, steps: int = 3, extra: list[str] | None = None):
     from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.pretraining.engine import run_pretraining
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
     config = resolve_run_config(
@@ -29,7 +29,7 @@ def _pretrain(cache, out, precision: str, steps: int = 3, extra: list[str] | Non
 
 
 def _assert_finite(records, steps):
-    assert [r["step"] for r in records] == list(range(steps))
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
     for r in records:
         assert not r.get("skipped")
         for name, task in r["tasks"].items():
@@ -62,7 +62,7 @@ def test_cuda_channels_last_and_compile(tiny_cache, tmp_path):
 
 def test_one_process_can_train_at_several_precisions(tiny_cache, tmp_path):
     """Accelerate keeps one precision per process; trainings in one process may differ (seen on CUDA)."""
-    from ssmtl.core.accelerator import allow_precision
+    from ssmtl.training.accelerator import allow_precision
     from accelerate import Accelerator
 
     allow_precision("bf16")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ssmtl.api.queue import KeyQueue
+from ssmtl.api.ssl.queue import KeyQueue
 
 
 class ListFifo:

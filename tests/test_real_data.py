@@ -25,7 +25,7 @@ from ssmtl.data.build import build_cache
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.verify import verify_cache
 from ssmtl.data.preprocess import PreprocessConfig
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
 from ssmtl.plugins.datasets.mmwhs import CLASS_NAMES as MMWHS_NAMES

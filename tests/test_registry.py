@@ -10,10 +10,10 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel
 
-from ssmtl.core import registry as registry_module
+from ssmtl.host import registry as registry_module
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.hooks import hookimpl
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.api.specs import DatasetSpec, DefaultsSpec, TaskSpec
 from ssmtl.api.tasks import TaskConfig
 from ssmtl.api.volumes import DatasetConfig

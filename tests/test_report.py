@@ -13,10 +13,11 @@ from PIL import Image
 
 import ssmtl
 from ssmtl.api import SsmtlError
-from ssmtl.core.curves import CURVES_FILE
+from ssmtl.training.curves import CURVES_FILE
 from ssmtl.publish import html
 from ssmtl.publish.overlays import pick_volumes
 from ssmtl.publish.report import write_report
+from ssmtl.host.registry import get_registry
 
 PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -37,7 +38,7 @@ def test_a_finetuning_report_shows_tables_curves_and_the_best_median_and_worst_v
     ssmtl.evaluate(run, split="train")  # three scored volumes: best, median and worst differ
     evaluation = json.loads((run / "eval.json").read_text())
     (run / CURVES_FILE).unlink()
-    path = write_report(run)
+    path = write_report(run, registry=get_registry())
     page = path.read_text()
     assert path == run / "report.html" and _self_contained(page)
     images = _images(page)
@@ -67,15 +68,15 @@ def test_a_report_without_a_readable_cache_says_so(finetuned_run, tmp_path):
     evaluation = json.loads((run / "eval.json").read_text())
     evaluation["data"] = str(tmp_path / "gone.h5")
     (run / "eval.json").write_text(json.dumps(evaluation))
-    page = write_report(run).read_text()
+    page = write_report(run, registry=get_registry()).read_text()
     assert "No overlays:" in page and "gone.h5: cache file not found" in page
 
 
 def test_not_a_run(tmp_path):
     with pytest.raises(SsmtlError, match="neither a finished pre-training run"):
-        write_report(tmp_path)
+        write_report(tmp_path, registry=get_registry())
     with pytest.raises(SsmtlError, match="no such run or benchmark directory"):
-        write_report(tmp_path / "missing")
+        write_report(tmp_path / "missing", registry=get_registry())
 
 
 @pytest.mark.slow
@@ -85,7 +86,7 @@ def test_a_benchmark_report(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
                        "--labeled-volumes", "1", "--seeds", "1", "--out", out, "--pretrain-steps", "2",
                        "--finetune-steps", "2", "--set", "model.base_channels=4", "--set", "model.depth=2")
     assert result.exit_code == 0, result.output
-    page = write_report(out).read_text()
+    page = write_report(out, registry=get_registry()).read_text()
     assert _self_contained(page)
     assert len(_images(page)) == 2  # Dice vs labels, and the one pre-training's curves
     assert "<h2>Dice vs label budget</h2>" in page and "<h3>contrastive</h3>" in page

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import kill_after_checkpoint, run, ssmtl_cmd, tiny_sets
+from ssmtl.host.registry import get_registry
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +54,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_cache, tmp_path, uninter
     run(ssmtl_cmd() + args + ["--resume"])
 
     expected, got = losses(uninterrupted), losses(out)
-    assert sorted(got) == list(range(10))  # no step lost, none repeated
-    for step in range(10):
+    assert sorted(got) == list(range(1, 11))  # no step lost, none repeated (counted as steps done)
+    for step in range(1, 11):
         for key, value in expected[step].items():
             assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
     a = load_file(uninterrupted / "export" / "model.safetensors")
@@ -80,7 +81,7 @@ def test_truncated_checkpoint_falls_back_to_previous(tiny_cache, tmp_path):
     result = run(ssmtl_cmd() + args + ["--resume"])
     assert "skipping checkpoint" in result.stderr and "step-00000006" in result.stderr
     assert "resuming from" in result.stderr and "step-00000004" in result.stderr
-    assert sorted(losses(out)) == list(range(6))
+    assert sorted(losses(out)) == list(range(1, 7))
 
 
 def _nan_plugin():
@@ -106,7 +107,7 @@ def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
     from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False, extra=[_nan_plugin()])
     config = resolve_run_config(
@@ -117,7 +118,7 @@ def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
     with pytest.raises(SsmtlError, match=r"3 consecutive steps.*nan"):
         run_pretraining(config, registry=registry, progress=False)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [0, 1, 2]
+    assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["skipped"] and r["nonfinite"] == ["nan"] for r in records)
 
 
@@ -143,12 +144,12 @@ def _sometimes_nan_plugin(every: int):
 
 
 def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache, tmp_path):
-    """Steps 3 and 7 of 8 are NaN: 2 skips are 25 % of the run. Over the share the run stops at the
+    """The 4th and 8th of 8 steps are NaN: 2 skips are 25 % of the run. Over the share the run stops at the
     skip that crosses it, with no export; a share that allows them finishes and exports."""
     from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False, extra=[_sometimes_nan_plugin(4)])
 
@@ -162,7 +163,7 @@ def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache,
     with pytest.raises(SsmtlError, match=r"stopping: 2 of the run's 8 steps were skipped .*sometimes-nan.*max_skipped_share=0.2"):
         run_pretraining(config("strict", 0.2), registry=registry, progress=False)
     records = [json.loads(l) for l in (tmp_path / "strict" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r.get("skipped")] == [3, 7]
+    assert [r["step"] for r in records if r.get("skipped")] == [4, 8]
     assert not (tmp_path / "strict" / "export").exists()
     run_pretraining(config("lenient", 0.25), registry=registry, progress=False)
     assert (tmp_path / "lenient" / "export" / "model.safetensors").is_file()
@@ -172,22 +173,24 @@ def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monk
     from ssmtl.pretraining.config import resolve_run_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
-    import ssmtl.core.rundir as rundir
+    import ssmtl.training.rundir as rundir
+    from ssmtl.host.registry import build_registry
 
+    registry = build_registry(external=False)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    config = resolve_run_config(
+    config = resolve_run_config(registry=get_registry(), 
         flags={"data.path": str(tiny_cache), "out": str(blocker / "run"), "train.steps": 1},
         sets=tiny_sets(["contrastive", "order"]),
     )
     with pytest.raises(SsmtlError, match="cannot create run directory"):
-        run_pretraining(config, progress=False)
+        run_pretraining(config, registry, progress=False)
 
     full = namedtuple_usage(free=1024)
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: full)
     config = config.model_copy(update={"out": tmp_path / "run"})
     with pytest.raises(SsmtlError, match="MiB free"):
-        run_pretraining(config, progress=False)
+        run_pretraining(config, registry, progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -219,5 +222,5 @@ def test_checkpoint_of_a_compiled_run_resumes_without_compile(tiny_cache, tmp_pa
     shutil.rmtree(out / "checkpoints" / "step-00000004")  # as if it had been stopped after step 2
     result = run(ssmtl_cmd() + args + ["--resume"])  # eager (compile may change on resume), steps 2 and 3 again
     assert "resuming from" in result.stderr and "step-00000002" in result.stderr
-    assert sorted(losses(out)) == [0, 1, 2, 3]
+    assert sorted(losses(out)) == [1, 2, 3, 4]
     assert set(load_file(out / "export" / "model.safetensors")) == names

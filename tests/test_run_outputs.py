@@ -10,8 +10,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from ssmtl.core import trackers
-from ssmtl.core.curves import CURVES_FILE, collect, read_records, render, write_curves
+from ssmtl.training import trackers
+from ssmtl.training.curves import CURVES_FILE, collect, read_records, render, write_curves
 
 TINY_PRETRAIN = ["--steps", "3", "--batch-size", "2", "--num-workers", "0", "--set", "model.base_channels=4",
                  "--set", "model.depth=2", "--set", "tasks.contrastive.queue_size=16", "--set", "train.log_every=1"]
@@ -34,7 +34,7 @@ def test_tensorboard_gets_every_metrics_record(ssmtl_cli, ssmtl_tiny_cache, tmp_
     records = _records(out)
     logged = {e.step: e.value for e in accumulator.Scalars("contrastive/loss")}
     assert logged == pytest.approx({r["step"]: r["tasks"]["contrastive"]["loss"] for r in records}, rel=1e-6)
-    assert [e.step for e in accumulator.Scalars("lr")] == [0, 1, 2]
+    assert [e.step for e in accumulator.Scalars("lr")] == [1, 2, 3]
     hparams = next((out / "logs" / "pretrain").glob("*/hparams.yml")).read_text()
     assert "train.steps: 3" in hparams and "model.name: unet" in hparams
 
@@ -117,8 +117,8 @@ def test_a_record_of_the_callers_reaches_the_file_the_trackers_and_the_curves(tm
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ssmtl.core.accelerator import make_accelerator
-    from ssmtl.core.recorder import Recorder
+    from ssmtl.training.accelerator import make_accelerator
+    from ssmtl.training.recorder import Recorder
 
     accelerator = make_accelerator(None, ["tensorboard"], tmp_path)
     recorder = Recorder(accelerator, tmp_path, ["segmentation"], keep_checkpoints=1)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.cli.app import app
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.data.build import build_cache
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import open_caches

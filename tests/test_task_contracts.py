@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmtl.core.registry import build_registry
+from ssmtl.host.registry import build_registry
 from ssmtl.testing import check_task_contract, tiny_network
 
 BUILTIN_TASKS = build_registry(external=False).tasks

@@ -18,7 +18,7 @@ from torch import nn
 import ssmtl.testing
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.hooks import hookimpl
-from ssmtl.core.registry import builtin_plugins
+from ssmtl.host.registry import builtin_plugins
 from ssmtl.api.specs import TaskSpec
 from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
 from ssmtl.plugins.tasks.order import OrderConfig

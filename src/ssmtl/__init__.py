@@ -15,49 +15,11 @@ The Python API runs the same code as the command line::
     model = load_network("runs/ft")          # a torch module: images -> logits
 
 Every function raises :class:`ssmtl.api.SsmtlError` on bad input. Names load on first
-use, so ``import ssmtl`` (and ``ssmtl --help``) stays fast.
+use, so ``import ssmtl`` (and ``ssmtl --help``) stays fast; each is listed once, in
+``__init__.pyi``.
 """
 
-from __future__ import annotations
+from ssmtl._version import __version__ as __version__  # eager: cheap, and asked for first
+from ssmtl.api._lazy import attach
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-__version__ = "0.1.0"
-
-from ssmtl.api.hooks import hookimpl  # noqa: E402  (the only thing plugins need)
-
-# public function -> the module that defines it
-_API: dict[str, str] = {
-    "pretrain": "ssmtl.pretraining.python_api",
-    "finetune": "ssmtl.downstream.python_api",
-    "evaluate": "ssmtl.downstream.python_api",
-    "predict": "ssmtl.downstream.python_api",
-    "load_network": "ssmtl.publish.runs",
-    "export": "ssmtl.publish.hub",
-    "report": "ssmtl.publish.report",
-}
-_DEFINED_AS = {"export": "export_run", "report": "write_report"}
-
-__all__ = ["__version__", "hookimpl", *_API]
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ssmtl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), _DEFINED_AS.get(name, name))
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
-if TYPE_CHECKING:  # what static type checkers and IDEs see
-    from ssmtl.downstream.python_api import evaluate, finetune, predict
-    from ssmtl.pretraining.python_api import pretrain
-    from ssmtl.publish.hub import export_run as export
-    from ssmtl.publish.report import write_report as report
-    from ssmtl.publish.runs import load_network
+__getattr__, __dir__, __all__ = attach(__name__, __file__)

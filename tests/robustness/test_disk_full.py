@@ -87,7 +87,7 @@ def test_out_of_space_is_recognised_in_every_library_s_words():
     import errno
 
     from ssmtl.api.errors import SsmtlError
-    from ssmtl.core.files import out_of_space, writing
+    from ssmtl.storage.files import out_of_space, writing
 
     assert out_of_space(OSError(errno.ENOSPC, "No space left on device")) == "no space left on the device"
     assert out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded")) == "the disk quota is exceeded"

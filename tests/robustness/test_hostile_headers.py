@@ -23,6 +23,7 @@ from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
 
 from ssmtl.api import ConfigError, InputFileError, MAX_SEED
 from ssmtl.plugins.datasets import nifti_io
+from ssmtl.host.registry import get_registry
 
 HYPOTHESIS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = {2: np.uint8, 4: np.int16, 16: np.float32, 64: np.float64}
@@ -101,7 +102,7 @@ def test_any_number_in_a_config_is_refused_or_finite_and_in_range(ssmtl_tiny_cac
             f"augment.rotate={rotate!r}" if not isinstance(rotate, str) else f"augment.rotate={rotate}",
             f"seed={seed!r}" if not isinstance(seed, str) else f"seed={seed}"]
     try:
-        config = resolve_run_config(flags={"data.path": ssmtl_tiny_cache}, tasks=["order"], sets=sets, environ={})
+        config = resolve_run_config(registry=get_registry(), flags={"data.path": ssmtl_tiny_cache}, tasks=["order"], sets=sets, environ={})
     except ConfigError as exc:
         assert any(field in str(exc) for field in ("train.lr", "tasks.order.weight", "augment.rotate", "seed")), str(exc)
         return

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ingest_helpers import write_dicom_series
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
+from ssmtl.host.registry import get_registry
 
 TINY = ["--steps", "1", "--batch-size", "2", "--set", "model.base_channels=4", "--set", "model.depth=2",
         "--set", "data.num_workers=0", "--set", "tasks.contrastive.queue_size=16"]
@@ -61,13 +62,13 @@ def test_a_flag_overrides_a_bad_variable_and_a_missing_allowed_plugin_is_reporte
     from ssmtl.pretraining.config import resolve_run_config
 
     # the flag wins, so the variable's bad value is never used and never blamed
-    config = resolve_run_config(flags={"train.lr": 0.5}, environ={"SSMTL_TRAIN__LR": "fast"})
+    config = resolve_run_config(registry=get_registry(), flags={"train.lr": 0.5}, environ={"SSMTL_TRAIN__LR": "fast"})
     assert config.train.lr == 0.5
     from ssmtl.api import ConfigError
 
     with pytest.raises(ConfigError, match="environment variable SSMTL_TRAIN__STEPZ='5': .*train.stepz"):
-        resolve_run_config(environ={"SSMTL_TRAIN__STEPZ": "5"})
-    from ssmtl.core.settings import check_environment
+        resolve_run_config(registry=get_registry(), environ={"SSMTL_TRAIN__STEPZ": "5"})
+    from ssmtl.settings.sources import check_environment
 
     known = {"train": None, "seed": None, "finetune": ["seed", "train"]}
     check_environment(known, {"SSMTL_TRAIN__ANYTHING": "1", "SSMTL_FINETUNE__SEED": "1", "SSMTL_DEBUG": "yes", "HOME": "/"})

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.export import EXPORT_DIR, write_export
-from ssmtl.core.networks import build_network, network_config
-from ssmtl.core.registry import build_registry
+from ssmtl.training.export import EXPORT_DIR, write_export
+from ssmtl.host.networks import build_network, network_config
+from ssmtl.host.registry import build_registry
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -15,8 +15,9 @@ import pytest
 
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import OutputInUse, exclusive_lock
-from ssmtl.core.rundir import LOCK, MARKER, prepare_run_dir, refuse_overlap, run_directory, run_kind
+from ssmtl.storage.files import OutputInUse, exclusive_lock
+from ssmtl.storage.outputs import refuse_overlap
+from ssmtl.training.rundir import LOCK, MARKER, prepare_run_dir, run_directory, run_kind
 
 TINY = ["--steps", "2", "--batch-size", "2", "--set", "model.base_channels=4", "--set", "model.depth=2",
         "--set", "tasks.contrastive.queue_size=16", "--set", "data.num_workers=0"]
@@ -25,7 +26,7 @@ TINY = ["--steps", "2", "--batch-size", "2", "--set", "model.base_channels=4", "
 @contextlib.contextmanager
 def _held_by_another_process(lock: Path) -> Iterator[int]:
     """A helper process holds the lock on ``lock`` for the block; yields its PID."""
-    code = ("import sys; from ssmtl.core.files import exclusive_lock\n"
+    code = ("import sys; from ssmtl.storage.files import exclusive_lock\n"
             f"with exclusive_lock({str(lock)!r}, 'x'):\n    print('locked', flush=True)\n    sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -84,7 +84,7 @@ def test_debug_shows_the_plugins_traceback_behind_the_line(plugin_env, ssmtl_tin
 
 def test_a_task_output_is_checked_before_it_reaches_the_engine():
     from ssmtl.api import TaskOutput
-    from ssmtl.core.plugin_calls import PluginCallError, checked_task_output, plugin_call
+    from ssmtl.host.plugin_calls import PluginCallError, checked_task_output, plugin_call
 
     scalar = checked_task_output("t", TaskOutput(torch.tensor([2.0])))  # one number: accepted, as a scalar
     assert scalar.loss.shape == () and scalar.loss.item() == 2.0

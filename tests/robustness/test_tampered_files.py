@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
-from ssmtl.core import checkpointing as ckpt
+from ssmtl.training import checkpointing as ckpt
 
 
 def _copy(run: Path, dest: Path) -> Path:

@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
 from safetensors.torch import load_file, save_file
+from ssmtl.host.registry import get_registry
 
 TINY = ["--steps", "1", "--batch-size", "2", "--set", "model.base_channels=4", "--set", "model.depth=2",
         "--set", "data.num_workers=0", "--set", "tasks.contrastive.queue_size=16"]
@@ -55,10 +56,10 @@ def test_non_finite_numbers_and_bad_seeds_are_refused_at_validation(ssmtl_tiny_c
     for key in ("train.lr=1e400", "train.lr=.nan", "tasks.contrastive.temperature=inf", "augment.rotate=inf", "augment.gamma=[0.5, .inf]",
                 "weighting.temperature=-.inf", "model.base_channels=.inf"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
-            resolve_run_config(flags={"data.path": cache}, sets=[key], environ={})
+            resolve_run_config(registry=get_registry(), flags={"data.path": cache}, sets=[key], environ={})
     for key in ("class_balance=.nan", "labeled_seed=4294967296", "train.lr=inf", "test_fraction=.nan"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
-            resolve_finetune_config(flags={"data": cache, "out": out}, sets=[key], environ={})
+            resolve_finetune_config(flags={"data": cache, "out": out}, sets=[key], environ={}, registry=get_registry())
     from ssmtl.experiments.benchmark import BenchmarkConfig
 
     with pytest.raises(ValidationError, match="split_seed"):
@@ -70,7 +71,7 @@ def test_every_config_base_refuses_non_finite_numbers_and_plugins_inherit_it(ssm
     from typing import Literal
 
     from ssmtl.api import TaskConfig
-    from ssmtl.core.loop import LoopConfig
+    from ssmtl.training.loop import LoopConfig
     from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.downstream.config import FinetuneConfig
     from ssmtl.experiments.benchmark import BenchmarkConfig

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.cli.common import check_environment, handle_errors, set_debug
 from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, predict_cmd, publish_cmd, train_cmd
 
@@ -40,7 +40,7 @@ def root(
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """ssmtl: pre-train one encoder-decoder with several pretext tasks at once, then fine-tune segmentation."""
-    from ssmtl.core.registry import set_default_external
+    from ssmtl.host.registry import set_default_external
 
     set_debug(debug)
     check_environment()

@@ -51,7 +51,7 @@ def benchmark(
     Example: ssmtl benchmark --data ct.h5 --finetune-data mr.h5 --methods scratch,contrastive,multitask --labeled-volumes 1,2 --seeds 3 --out bench/
     """
     from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
-    from ssmtl.core.settings import validate_model
+    from ssmtl.settings.sources import validate_model
 
     config = validate_model(BenchmarkConfig, {
         "data": o.one_or_many(data), "finetune_data": o.one_or_many(finetune_data), "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,

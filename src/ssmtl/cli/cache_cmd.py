@@ -50,8 +50,8 @@ def build(
       ssmtl cache build --dataset mmwhs --path MM-WHS/ --out shards/whs-2-of-4.h5 --shard 2/4
     """
     from ssmtl.data.build import build_cache
-    from ssmtl.core.settings import validate_model
-    from ssmtl.core.settings import parse_set_flags
+    from ssmtl.settings.sources import validate_model
+    from ssmtl.settings.sources import parse_set_flags
     from ssmtl.api.errors import SsmtlError
     from ssmtl.data.preprocess import PreprocessConfig
 

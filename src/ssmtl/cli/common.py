@@ -45,7 +45,7 @@ def set_debug(flag: bool) -> None:
 
 
 def debug_enabled() -> bool:
-    from ssmtl.core.settings import env_flag
+    from ssmtl.settings.sources import env_flag
 
     try:
         return _DEBUG or env_flag("SSMTL_DEBUG")
@@ -94,7 +94,7 @@ def is_main_process() -> bool:
 
 
 def registry():
-    from ssmtl.core.registry import get_registry
+    from ssmtl.host.registry import get_registry
 
     reg = get_registry()
     if reg.problems and is_main_process() and not getattr(registry, "_warned", False):
@@ -112,7 +112,7 @@ def check_environment() -> None:
     """Refuse an unknown ``SSMTL_*`` variable or a bad yes/no value before any command runs."""
     import os
 
-    from ssmtl.core.settings import ENV_PREFIX, NON_CONFIG_ENV, check_environment as check
+    from ssmtl.settings.sources import ENV_PREFIX, NON_CONFIG_ENV, check_environment as check
 
     names = [k for k in os.environ if k.startswith(ENV_PREFIX)]
     known: dict[str, Any] = {}

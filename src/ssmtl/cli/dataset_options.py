@@ -82,7 +82,7 @@ class DatasetOptionsCommand(TyperCommand):
 def dataset_values(ctx, spec) -> dict[str, Any]:
     """The generated options the user gave, for ``spec``'s config model."""
     from ssmtl.api.errors import SsmtlError
-    from ssmtl.core.settings import parse_value
+    from ssmtl.settings.sources import parse_value
 
     fields = spec.config_model.model_fields
     given = {name: value for name, value in ctx.meta.get(_VALUES, {}).items() if value is not None}

@@ -15,7 +15,7 @@ from pathlib import Path
 from string import Template
 from typing import Iterable
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.api.errors import SsmtlError
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")

@@ -85,7 +85,7 @@ def finetune(
         "freeze_encoder": freeze_encoder, "class_balance": class_balance, "num_workers": workers,
         "train.log_with": log_with or None,
     }
-    cfg = resolve_finetune_config(file=config, flags=flags, sets=set_ or [])
+    cfg = resolve_finetune_config(file=config, flags=flags, sets=set_ or [], registry=registry())
     result = run_finetune(cfg, registry=registry(), resume=resume)
     if is_main_process():
         validation = result["validation"]
@@ -113,7 +113,7 @@ def evaluate(
     """
     from ssmtl.downstream.evaluate import evaluate_run, render_eval_table
 
-    results = evaluate_run(run, o.one_or_many(data), space=space, resample=resample)
+    results = evaluate_run(run, o.one_or_many(data), space=space, resample=resample, registry=registry())
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:

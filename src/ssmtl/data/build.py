@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.data.cache_writer import CacheWriter, check_output_path
-from ssmtl.core.plugin_calls import plugin_call, plugin_label, refuse
-from ssmtl.core.rundir import refuse_overlap
-from ssmtl.core.settings import validate_model
+from ssmtl.host.plugin_calls import plugin_call, plugin_label, refuse
+from ssmtl.storage.outputs import refuse_overlap
+from ssmtl.settings.sources import validate_model
 from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
@@ -106,7 +106,7 @@ def build_cache(
     out: Path,
     force: bool = False,
     compression: str = "gzip",
-    registry=None,
+    registry,
     on_volume: Callable[[int, int, str], None] | None = None,
     split_seed: int = 0,
     test_fraction: float = 0.3,
@@ -137,10 +137,6 @@ def build_cache(
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise SsmtlError(f"--test-fraction {test_fraction} and val_fraction {val_fraction}: each must be in [0, 1) "
                          "and together below 1")
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
     spec = registry.dataset(dataset)
     check_output_path(Path(out), force)  # before any slow work
     config = absolute_paths(validate_model(spec.config_model, {"name": dataset, **dataset_options}, prefix=dataset))

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import exclusive_lock, fsync_directory, fsync_file, held_here, out_of_space, space_error
+from ssmtl.storage.files import exclusive_lock, fsync_directory, fsync_file, held_here, out_of_space, space_error
 from ssmtl.data.cache import FORMAT, FORMAT_VERSION, _json, group_name, sha256_array
 
 TMP_PREFIX = ".ssmtl-tmp-"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from ssmtl.api.errors import InputFileError
-from ssmtl.core.plugin_calls import describe
+from ssmtl.host.plugin_calls import describe
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume, preprocess_volume
 from ssmtl.api.volumes import VolumeItem
 

@@ -1,10 +1,16 @@
-"""Sequence sampling from a slice cache.
+"""Sampling from a slice cache, as a pure function of the step.
 
 :class:`SequenceDataset` yields windows of k slices from one volume with a stride,
-with their normalised positions and the volume index. :class:`StepBatchSampler`
-decides which windows form the micro-batch of every step *as a pure function of
-the step*, so a resumed run reads exactly the batches the uninterrupted run would
-have read, on every rank, with no loader state to save.
+with their normalised positions and the volume index. The batch samplers decide which
+items form the micro-batch of every step *as a pure function of the step*, so a resumed
+run reads exactly the batches the uninterrupted run would have read, on every rank, with
+no loader state to save: every training run opens its stream at the step it resumes
+from (``start``) and ends it at the last (``stop``).
+
+* :class:`StepBatchSampler`: epochs of seeded permutations (pre-training's sequences);
+* :class:`WeightedStepBatchSampler`: items drawn per cache in proportion to weights;
+* :class:`ReplacementStepBatchSampler`: items drawn with replacement, uniformly or with
+  per-item weights (fine-tuning's slices, weighted by class balance).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from ssmtl.data.cache import SliceCache
 from ssmtl.api.errors import SsmtlError
@@ -142,3 +148,32 @@ class WeightedStepBatchSampler(StepBatchSampler):
         rng = np.random.default_rng([self.seed, micro * self.world + self.rank])
         chosen = rng.choice(len(self.groups), size=self.batch_size, p=self.probabilities)
         return [int(self.groups[g][rng.integers(len(self.groups[g]))]) for g in chosen]
+
+
+class ReplacementStepBatchSampler(StepBatchSampler):
+    """Batches drawn with replacement from one seeded stream of item indices.
+
+    The stream holds every item the run will draw (``total_batches`` micro-batches per rank)
+    and is drawn once, up front, exactly as torch's ``RandomSampler`` (or, with ``weights``,
+    ``WeightedRandomSampler``) draws it from a generator seeded with ``seed``; micro-batch m of
+    rank r is the stream's positions ``[(m * world + r) * B, ... + B)``, as a loader sharded
+    batch by batch across the ranks would deal them. Drawing with replacement makes the step
+    count independent of how many items there are (fine-tuning's few labeled volumes).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int, total_batches: int,
+                 weights: Sequence[float] | np.ndarray | None = None, rank: int = 0, world: int = 1,
+                 start: int = 0, stop: int | None = None):
+        super().__init__(num_items, batch_size, seed=seed, rank=rank, world=world, start=start, stop=stop)
+        generator = torch.Generator().manual_seed(seed)
+        count = total_batches * batch_size * world
+        if weights is None:
+            draws = RandomSampler(range(num_items), replacement=True, num_samples=count, generator=generator)
+        else:
+            draws = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), count, replacement=True,
+                                          generator=generator)
+        self.stream = np.fromiter(iter(draws), dtype=np.int64, count=count)
+
+    def batch(self, micro: int) -> list[int]:
+        first = (micro * self.world + self.rank) * self.batch_size
+        return self.stream[first:first + self.batch_size].tolist()

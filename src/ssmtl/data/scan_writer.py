@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ssmtl.api.volumes import SourceGeometry
-from ssmtl.core.files import atomic_write
+from ssmtl.storage.files import atomic_write
 
 #: File formats, as :attr:`~ssmtl.api.SourceGeometry.format` names them (formats, not dataset plugins).
 NIFTI, NRRD, MHA, DICOM = "nifti", "nrrd", "mha", "dicom"

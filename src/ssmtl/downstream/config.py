@@ -1,10 +1,10 @@
 """The fine-tuning configuration and where it comes from.
 
 ``ssmtl finetune`` resolves :class:`FinetuneConfig` like pre-training resolves its
-config (:mod:`ssmtl.core.settings`): defaults, then ``--config FILE``, then
+config (:mod:`ssmtl.settings.sources`): defaults, then ``--config FILE``, then
 ``SSMTL_FINETUNE__*`` environment variables (``SSMTL_FINETUNE__TRAIN__STEPS=500``), then
 flags, then ``--set``. The ``train`` section is the training loop's, shared with
-pre-training (:class:`~ssmtl.core.loop.LoopConfig`), with fine-tuning's own defaults.
+pre-training (:class:`~ssmtl.training.loop.LoopConfig`), with fine-tuning's own defaults.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
 from ssmtl.api.errors import ConfigError
-from ssmtl.core.augment import AugmentConfig
-from ssmtl.core.loop import LoopConfig
+from ssmtl.training.augment import AugmentConfig
+from ssmtl.training.loop import LoopConfig
 from ssmtl.api.network import NetworkConfig
-from ssmtl.core.networks import validate_network_field
-from ssmtl.core.settings import (
+from ssmtl.host.networks import context_registry, validate_network_field
+from ssmtl.settings.sources import (
     ENV_PREFIX, blame_environment, dotted_paths, env_origins, flag_layer, layered, parse_set_flags, validate_model,
 )
 
@@ -120,8 +120,8 @@ class FinetuneConfig(BaseModel):
 
     @field_validator("model", mode="before")
     @classmethod
-    def _resolve_model(cls, value: Any) -> NetworkConfig | None:
-        return None if value is None else validate_network_field(value)
+    def _resolve_model(cls, value: Any, info: ValidationInfo) -> NetworkConfig | None:
+        return None if value is None else validate_network_field(value, context_registry(info))
 
     def with_defaults(self, registry) -> "FinetuneConfig":
         """This config with what it leaves to the plugins (the head) taken from ``registry``."""
@@ -134,11 +134,13 @@ def resolve_finetune_config(
     flags: Mapping[str, Any] | None = None,
     sets: list[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    registry,
 ) -> FinetuneConfig:
-    """Merge file, ``SSMTL_FINETUNE__*`` variables, flags and ``--set``; validate once."""
+    """Merge file, ``SSMTL_FINETUNE__*`` variables, flags and ``--set``; validate once, against
+    the plugins of ``registry`` (the network a ``model`` table names)."""
     merged = layered(FinetuneConfig, env_prefix=ENV, file=file, flags=flags, sets=sets or (), environ=environ)
     try:
-        return validate_model(FinetuneConfig, merged, prefix="finetune")
+        return validate_model(FinetuneConfig, merged, prefix="finetune", context={"registry": registry})
     except ConfigError as exc:
         later = dotted_paths(flag_layer(flags)) + [key for key, _ in parse_set_flags(sets or ())]
         raise blame_environment(exc, env_origins(ENV, FinetuneConfig.model_fields, environ), later, "finetune", environ) from None

@@ -1,9 +1,10 @@
 """Fine-tuning data: every slice of the labeled training volumes, sampled with replacement.
 
 The batch of step ``s`` is a function of the seed and ``s`` only: the sampler draws
-``steps x batch`` slice indices from its own seeded generator, and a resumed run skips
-the batches already done, so ``--resume`` continues with exactly the batches an
-uninterrupted run would have seen.
+``steps x batch`` slice indices from its own seeded generator
+(:class:`~ssmtl.data.sampling.ReplacementStepBatchSampler`), and a resumed run opens the
+stream at the step it resumes from, as pre-training does, so ``--resume`` continues with
+exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssmtl.core.augment import AugmentConfig, apply_affine, random_affine, random_intensity
+from ssmtl.training.augment import AugmentConfig, apply_affine, random_affine, random_intensity
 from ssmtl.data.cache import SliceCache
+from ssmtl.data.sampling import ReplacementStepBatchSampler
 
 
 class LabeledSliceDataset(torch.utils.data.Dataset):
@@ -83,22 +85,18 @@ def slice_weights(presence: np.ndarray, class_balance: float) -> np.ndarray:
     return (1 - class_balance) * uniform + class_balance * class_first
 
 
-def make_loader(dataset: LabeledSliceDataset, *, batches: int, batch_size: int, seed: int, world: int,
-                class_balance: float = 0.0, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """``batches`` batches per process, sampled with replacement from all training slices
-    (weighted by :func:`slice_weights`) with a generator of their own, seeded by ``seed``.
+def make_loader(dataset: LabeledSliceDataset, *, batches: int, batch_size: int, seed: int, rank: int = 0,
+                world: int = 1, start: int = 0, class_balance: float = 0.0,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """Micro-batches ``start`` .. ``batches - 1`` of this rank, sampled with replacement from all
+    training slices (weighted by :func:`slice_weights`) with a generator of their own, seeded by ``seed``.
 
     Sampling with replacement makes the step count independent of how many slices
-    the few labeled volumes have.
+    the few labeled volumes have. The loader has no generator of its own: opening it draws
+    its workers' base seed from the global RNG, which the run restores right after opening
+    (:meth:`~ssmtl.training.lifecycle.TrainingRun.resume`), as in an uninterrupted run.
     """
-    generator = torch.Generator().manual_seed(seed)
-    num_samples = batches * batch_size * world
-    if class_balance > 0:
-        weights = torch.from_numpy(slice_weights(dataset.class_presence(), class_balance))
-        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
-    else:
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=num_samples, generator=generator)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-        num_workers=num_workers, persistent_workers=False,
-    )
+    weights = slice_weights(dataset.class_presence(), class_balance) if class_balance > 0 else None
+    sampler = ReplacementStepBatchSampler(len(dataset), batch_size, seed=seed, total_batches=batches, weights=weights,
+                                          rank=rank, world=world, start=start, stop=batches)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)

@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.table import Table
-from safetensors.torch import load_file
 
 from ssmtl.api.datasets.arrays import from_slices
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import CacheSet, data_record, open_caches
 from ssmtl.api.errors import SsmtlError
-from ssmtl.downstream.finetune import WEIGHTS
-from ssmtl.downstream.model import FinetuneModel, build_head
+from ssmtl.downstream.model import load_finetuned
 from ssmtl.downstream.metrics import (
     count_failures,
     dice_per_class,
@@ -41,50 +38,13 @@ from ssmtl.downstream.metrics import (
     presence_per_class,
     summarise,
 )
-from ssmtl.core.networks import build_network, network_config
-from ssmtl.core.files import save_json
+from ssmtl.storage.files import save_json
 from ssmtl.data.splits import volumes_of
-from ssmtl.downstream.inference import resolve_device, SliceInference
-from ssmtl.downstream.records import read_run_json, read_split_json
+from ssmtl.downstream.predictor import Predictor, resolve_device
+from ssmtl.downstream.records import read_split_json
 from ssmtl.downstream.native_eval import NativeReferences, NoWayBack, SPACES
 
 EVAL_FILE = "eval.json"
-
-
-def load_finetuned(run_dir: Path, registry=None) -> tuple[FinetuneModel, dict[str, Any]]:
-    """Rebuild network + head from ``run.json`` and load ``model.safetensors`` with ``strict=True``."""
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
-    run_dir = Path(run_dir)
-    run = read_run_json(run_dir)
-    network = build_network(network_config(run["model"], registry), registry)
-    head_options = {k: v for k, v in run["head"].items() if k != "name"}
-    head = build_head(registry, run["head"]["name"], head_options, network, int(run["num_classes"]))
-    model = FinetuneModel(network, head)
-    weights = run_dir / WEIGHTS
-    try:
-        state = load_file(weights)
-    except Exception as exc:
-        raise SsmtlError(f"{weights}: cannot read weights ({exc})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise SsmtlError(f"{weights}: weights do not match run.json: {first}") from None
-    return model, run
-
-
-@torch.no_grad()
-def predict_volume(model: FinetuneModel, image: np.ndarray, *, batch_size: int = 32, device: torch.device | str = "cpu") -> np.ndarray:
-    """(D, H, W) class ids for a (D, H, W) image, predicted in batches of slices in eval mode."""
-    model.eval()
-    slices = []
-    for lo in range(0, image.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(image[lo:lo + batch_size, None], dtype=np.float32)).to(device)
-        slices.append(model.head.predict(model(x)).to("cpu", torch.uint8).numpy())
-    return np.concatenate(slices, axis=0)
 
 
 def _json_safe(value: Any) -> Any:
@@ -115,7 +75,7 @@ def evaluate_run(
     split: str = "test",
     batch_size: int = 32,
     device: str | None = None,
-    registry=None,
+    registry,
     space: str = "auto",
     resample: str = "auto",
 ) -> dict[str, Any]:
@@ -129,10 +89,6 @@ def evaluate_run(
     """
     if space not in SPACES:
         raise SsmtlError(f"--space {space!r}: use {', '.join(SPACES)}")
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
     run_dir = Path(run_dir)
     model, run = load_finetuned(run_dir, registry)
     splits = read_split_json(run_dir)
@@ -147,7 +103,7 @@ def evaluate_run(
     if cache.class_names and cache.class_names != class_names:
         raise SsmtlError(f"{cache.path}: classes {cache.class_names} differ from the run's {class_names}")
 
-    engine = SliceInference(model, resolve_device(device), batch_size=batch_size)
+    predictor = Predictor(model, resolve_device(device), batch_size=batch_size)
     num_classes = int(run["num_classes"])
     foreground = [class_names.get(c, f"class_{c}") for c in range(1, num_classes)]
     references = NativeReferences(cache, registry) if space != "cache" else None
@@ -165,9 +121,9 @@ def evaluate_run(
                     raise SsmtlError(f"{cache.path}: cannot evaluate at native resolution: {exc}") from None
                 reason = str(exc)
         if reference is None:
-            pred = predict_volume(model, image, batch_size=batch_size, device=engine.device)
+            pred = predictor.cache_grid(image)
         else:
-            predicted = engine.native(image, reference.transform, resample=resample, cache_labels=True)
+            predicted = predictor.native(image, reference.transform, resample=resample, cache_labels=True)
             pred = predicted.cache_labels
             native = np.ascontiguousarray(from_slices(predicted.labels))
             per_volume.append(_scores(meta, native, reference.label, num_classes, reference.transform.canonical_spacing, foreground))

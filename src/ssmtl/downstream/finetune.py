@@ -7,9 +7,9 @@ subjects, and 2D training on their slices. The network starts either from a
 pre-training export (``init=RUN_DIR``, loaded with ``strict=True``) or from scratch
 (``init="none"``), which is the baseline the pre-training is compared against.
 
-Training runs through the same loop as pre-training (:mod:`ssmtl.core.loop`): the same
-non-finite policy, clipping, logging, periodic atomic checkpoints and exact
-``--resume``.
+Training runs through the same loop and the same run lifecycle as pre-training
+(:mod:`ssmtl.training.loop`, :mod:`ssmtl.training.lifecycle`): the same non-finite policy,
+clipping, logging, periodic atomic checkpoints and exact ``--resume``.
 
 A run directory holds ``config.json``, ``split.json`` (the exact subjects, seeds and
 chosen labeled subjects), ``metrics.jsonl``, ``checkpoints/``, ``model.safetensors``
@@ -19,24 +19,25 @@ model, and where the initial weights came from).
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ssmtl import __version__
-from ssmtl.core.accelerator import make_accelerator
-from ssmtl.core.export import check_finite_weights
-from ssmtl.core.files import save_json, save_tensors
-from ssmtl.core.loop import TrainingLoop
-from ssmtl.core.optim import build_optimizer
-from ssmtl.core.recorder import Recorder
-from ssmtl.core.checkpointing import check_resume, latest_valid
-from ssmtl.core.rundir import prepare_run_dir, run_directory
+from ssmtl._version import __version__
+import torch
+
+from ssmtl.host.registry import Registry
+from ssmtl.storage.files import save_json, save_tensors
+from ssmtl.training.export import check_finite_weights
+from ssmtl.training.lifecycle import TrainingRun
+from ssmtl.training.loop import TrainingLoop
+from ssmtl.training.optim import build_optimizer
+from ssmtl.training.recorder import Recorder
 from ssmtl.data.cache_set import data_record, open_caches
 from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import LabeledSliceDataset, make_loader
+from ssmtl.downstream.records import WEIGHTS
 from ssmtl.downstream.validation import plan_validation, Validator
 from ssmtl.downstream.model import (
     FinetuneModel,
@@ -47,9 +48,6 @@ from ssmtl.downstream.model import (
     check_network,
     resolve_init,
 )
-
-WEIGHTS = "model.safetensors"
-
 
 def _init_record(config: FinetuneConfig, manifest: dict[str, Any] | None, test: list[str]) -> dict[str, Any]:
     """What run.json says about the initial weights, including whether pre-training saw test subjects."""
@@ -115,133 +113,99 @@ def _selection(validator: Validator | None, plan, train, steps_run: int, total: 
                            "patience": validator.patience, "curve": state.curve}}
 
 
-def run_finetune(config: FinetuneConfig, registry=None, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Fine-tune ``config.init`` (or a fresh network) on ``config.labeled_volumes`` labeled subjects.
 
-    A full disk is one error; a failed run removes a run directory it created that holds no
-    checkpoint yet (:func:`~ssmtl.core.rundir.run_directory`)."""
-    with run_directory(Path(config.out), "the fine-tuning run"):
-        return _finetune(config, registry=registry, progress=progress, resume=resume)
-
-
-def _finetune(config: FinetuneConfig, *, registry, progress: bool, resume: bool) -> dict[str, Any]:
+    The run's life (run directory, lock, resume, ``config.json``, trackers, the loop) is
+    :class:`~ssmtl.training.lifecycle.TrainingRun`'s, as for pre-training; this function says
+    what it trains (network + head on labeled slices), how it validates, and what it keeps.
+    """
     from accelerate.utils import set_seed
 
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
     config = config.with_defaults(registry)
     train = config.train
-    out = Path(config.out)
-    accelerator = make_accelerator(train.mixed_precision, train.log_with, out)
-    main = accelerator.is_main_process
+    with TrainingRun(Path(config.out), "finetune", "the fine-tuning run", train, resume=resume) as run:
+        accelerator, main = run.accelerator, run.main
+        # every input is checked, and every plugin built, before the run directory is created
+        cache = open_caches(config.data)
+        num_classes, class_names = cache_classes(cache)
+        preprocess = cache.attrs.get("preprocess")  # of a set: checks each modality was normalised alike
+        split = split_cache(cache, seed=config.split_seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction)
+        labeled_seed = config.split_seed if config.labeled_seed is None else config.labeled_seed
+        labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
+        plan = plan_validation(split, labeled, config.validation, config.val_volumes, labeled_seed)
+        train_volumes, val_volumes = volumes_of(cache, plan.train), volumes_of(cache, plan.val)
+        for v in train_volumes + val_volumes:
+            cache.read_label(v)  # class ids the cache does not name are refused now, not in a loader worker
+        set_seed(config.seed)
+        network, manifest = build_network(config, registry)
+        check_network(network, cache)
+        head = build_head(registry, config.head, config.head_options, network, num_classes)
+        init = _init_record(config, manifest, split["test"])
+        if init["init_saw_test_subjects"] and main:
+            print(
+                f"warning: the pre-training of {init['init']} used {len(init['init_saw_test_subjects'])} of the "
+                f"{len(split['test'])} test subject(s) (unlabeled); results are transductive", file=sys.stderr,
+            )
+        model = FinetuneModel(network, head, registry)
+        objective = SegmentationObjective(model, config.augment, config.freeze_encoder)
+        total = train.schedule_steps
+        optimizer, scheduler = build_optimizer(objective, lr=train.lr, weight_decay=train.weight_decay,
+                                               warmup_steps=train.warmup_steps, total_steps=total)
+        prepared, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
 
-    # every input is checked before the run directory is created
-    cache = open_caches(config.data)
-    num_classes, class_names = cache_classes(cache)
-    preprocess = cache.attrs.get("preprocess")  # of a set: checks each modality was normalised alike
-    split = split_cache(cache, seed=config.split_seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction)
-    labeled_seed = config.split_seed if config.labeled_seed is None else config.labeled_seed
-    labeled = choose_labeled(split["train"], config.labeled_volumes, labeled_seed)
-    plan = plan_validation(split, labeled, config.validation, config.val_volumes, labeled_seed)
-    train_volumes, val_volumes = volumes_of(cache, plan.train), volumes_of(cache, plan.val)
-    for v in train_volumes + val_volumes:
-        cache.read_label(v)  # class ids the cache does not name are refused now, not in a loader worker
-    set_seed(config.seed)
-    network, manifest = build_network(config, registry)
-    check_network(network, cache)
-    head = build_head(registry, config.head, config.head_options, network, num_classes)
-    init = _init_record(config, manifest, split["test"])
-    if init["init_saw_test_subjects"] and main:
-        print(
-            f"warning: the pre-training of {init['init']} used {len(init['init_saw_test_subjects'])} of the "
-            f"{len(split['test'])} test subject(s) (unlabeled); results are transductive", file=sys.stderr,
+        record = config.model_dump(mode="json")
+        recorder = run.open(
+            names=[config.head], config=record, fingerprint={**record, "data_fingerprint": cache.fingerprint},
+            inputs=[("--data", config.data), ("--init", resolve_init(config.init))],
+            records={"split.json": _split_record(config, cache, split, labeled, labeled_seed, plan, train_volumes, val_volumes)},
         )
+        validator = _validator(config, plan, cache, val_volumes, model, accelerator, num_classes, main)
+        if validator is not None:
+            recorder.checkpoint_extras = validator.save
+        dataset = LabeledSliceDataset(cache, train_volumes)
+        batches = run.resume(lambda start: _on_device(make_loader(
+            dataset, batches=total * train.grad_accum, batch_size=train.batch_size, seed=config.seed,
+            rank=accelerator.process_index, world=accelerator.num_processes, start=start * train.grad_accum,
+            class_balance=config.class_balance, num_workers=config.num_workers), accelerator.device))
+        if validator is not None and run.found is not None:
+            validator.load(run.found.path, run.found.state)
+        stopped = validator is not None and validator.state.stopped  # a resumed run that had already stopped
+        loop = TrainingLoop(accelerator, prepared, optimizer, scheduler, train, [config.head])
+        on_logged = None if validator is None else _on_logged(validator, total, run.out, main, recorder)
+        result = run.train(loop, batches, run.start_step if stopped else total, progress=progress, label="finetune",
+                           slices_per_step=train.batch_size * train.grad_accum * accelerator.num_processes,
+                           on_logged=on_logged)
 
-    fingerprint = {**config.model_dump(mode="json"), "data_fingerprint": cache.fingerprint}
-    if main:
-        prepare_run_dir(out, resume=resume, kind="finetune", inputs=[("--data", config.data), ("--init", resolve_init(config.init))])
-        if resume:  # before config.json is rewritten
-            check_resume(latest_valid(out / "checkpoints"), fingerprint, out)
-        save_json(out / "config.json", config.model_dump(mode="json"))
-        save_json(out / "split.json", {
-            **split,
-            "split_seed": config.split_seed,
-            "test_fraction": config.test_fraction,
-            "labeled_seed": labeled_seed,
-            "labeled_volumes": config.labeled_volumes,
-            "labeled": labeled,
-            "train_subjects": plan.train,
-            "train_volumes": [cache.volumes[v].name for v in train_volumes],
-            "validation": plan.record(),
-            "val_volumes": [cache.volumes[v].name for v in val_volumes],
-            "test_volumes": [cache.volumes[v].name for v in volumes_of(cache, split["test"])],
-            "data": data_record(cache, config.data)["path"],
-            "data_fingerprint": cache.fingerprint,
-        })
-    accelerator.wait_for_everyone()
+        final_loss = result.last.get("loss")
+        selection = _selection(validator, plan, train, result.steps, total)
 
-    model = FinetuneModel(network, head)
-    objective = SegmentationObjective(model, config.augment, config.freeze_encoder)
-    total = train.schedule_steps
-    optimizer, scheduler = build_optimizer(objective, lr=train.lr, weight_decay=train.weight_decay,
-                                           warmup_steps=train.warmup_steps, total_steps=total)
-    loader = make_loader(LabeledSliceDataset(cache, train_volumes), batches=total * train.grad_accum,
-                         batch_size=train.batch_size, seed=config.seed, world=accelerator.num_processes,
-                         class_balance=config.class_balance, num_workers=config.num_workers)
-    prepared, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
-    recorder = Recorder(accelerator, out, [config.head], keep_checkpoints=train.keep_checkpoints)
-    validator = _validator(config, plan, cache, val_volumes, model, accelerator, num_classes, main)
-    if validator is not None:
-        recorder.checkpoint_extras = validator.save
+        def write_outputs() -> None:
+            best = validator.best_weights if validator is not None and validator.best_weights is not None else None
+            weights = best if best is not None else model.state_dict()
+            check_finite_weights(weights, str(run.out / WEIGHTS))
+            save_tensors(run.out / WEIGHTS, weights)
+            save_json(run.out / "run.json", {
+                **init,
+                "ssmtl_version": __version__,
+                "data": {**data_record(cache, config.data), "dataset": cache.attrs.get("dataset"),
+                         "modalities": sorted({cache.volumes[v].modality for v in train_volumes})},
+                "preprocess": preprocess,  # how `ssmtl predict` prepares new scans
+                "num_classes": num_classes,
+                "class_names": {str(c): n for c, n in class_names.items()},
+                "model": network.config.model_dump(mode="json"),
+                "head": head.config.model_dump(mode="json"),
+                "labeled_volumes": config.labeled_volumes,
+                "labeled_subjects": labeled,
+                "train_subjects": plan.train,
+                **selection,
+                "seconds": result.seconds,
+                "final_loss": final_loss,
+            })
 
-    # A loader draws its workers' base seed from the global RNG when its first batch is
-    # fetched. Fetch it before a resume restores the RNG, as an uninterrupted run fetched
-    # it before step 0, so every later random draw (augmentation) is the same.
-    recorder.config = fingerprint
-    found = recorder.latest_checkpoint() if resume else None
-    skip = found.step * train.grad_accum if found is not None else 0
-    batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
-    batches = itertools.chain(list(itertools.islice(batches, 1)), batches)  # fetched now (none if nothing is left)
-    start_step = recorder.load_checkpoint(found)
-    if validator is not None and found is not None:
-        validator.load(found.path, found.state)
-    stopped = validator is not None and validator.state.stopped  # a resumed run that had already stopped
-    loop = TrainingLoop(accelerator, prepared, optimizer, scheduler,
-                        train.model_copy(update={"steps": start_step if stopped else total}), [config.head])
-    recorder.start(start_step, project="finetune", config=config.model_dump(mode="json"))
-    on_logged = None if validator is None else _on_logged(validator, total, out, main, recorder)
-    result = loop.run(batches, start_step, recorder, slices_per_step=train.batch_size * train.grad_accum * accelerator.num_processes,
-                      label="finetune", progress=progress, on_logged=on_logged)
-
-    final_loss = result.last.get("loss")
-    selection = _selection(validator, plan, train, result.steps, total)
-    if main:
-        best = validator.best_weights if validator is not None and validator.best_weights is not None else None
-        weights = best if best is not None else model.state_dict()
-        check_finite_weights(weights, str(out / WEIGHTS))
-        save_tensors(out / WEIGHTS, weights)
-        save_json(out / "run.json", {
-            **init,
-            "ssmtl_version": __version__,
-            "data": {**data_record(cache, config.data), "dataset": cache.attrs.get("dataset"),
-                     "modalities": sorted({cache.volumes[v].modality for v in train_volumes})},
-            "preprocess": preprocess,  # how `ssmtl predict` prepares new scans
-            "num_classes": num_classes,
-            "class_names": {str(c): n for c, n in class_names.items()},
-            "model": network.config.model_dump(mode="json"),
-            "head": head.config.model_dump(mode="json"),
-            "labeled_volumes": config.labeled_volumes,
-            "labeled_subjects": labeled,
-            "train_subjects": plan.train,
-            **selection,
-            "seconds": result.seconds,
-            "final_loss": final_loss,
-        })
-    accelerator.wait_for_everyone()  # no end_training(): it would destroy a caller's process group
+        run.finish(write_outputs)
     return {
-        "run_dir": str(out),
+        "run_dir": str(run.out),
         "init": init["init"],
         **selection,
         "seconds": result.seconds,
@@ -250,4 +214,30 @@ def _finetune(config: FinetuneConfig, *, registry, progress: bool, resume: bool)
         "labeled_subjects": labeled,
         "train_volumes": [cache.volumes[v].name for v in train_volumes],
         "test_subjects": split["test"],
+    }
+
+
+def _on_device(loader, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches on ``device``; its iterator is opened now (see :func:`~ssmtl.downstream.data.make_loader`)."""
+    batches = iter(loader)
+    return ((images.to(device), labels.to(device)) for images, labels in batches)
+
+
+def _split_record(config: FinetuneConfig, cache, split: dict[str, Any], labeled: list[str], labeled_seed: int, plan,
+                  train_volumes: list[int], val_volumes: list[int]) -> dict[str, Any]:
+    """``split.json``: the exact subjects, seeds and chosen labeled subjects of the run."""
+    return {
+        **split,
+        "split_seed": config.split_seed,
+        "test_fraction": config.test_fraction,
+        "labeled_seed": labeled_seed,
+        "labeled_volumes": config.labeled_volumes,
+        "labeled": labeled,
+        "train_subjects": plan.train,
+        "train_volumes": [cache.volumes[v].name for v in train_volumes],
+        "validation": plan.record(),
+        "val_volumes": [cache.volumes[v].name for v in val_volumes],
+        "test_volumes": [cache.volumes[v].name for v in volumes_of(cache, split["test"])],
+        "data": data_record(cache, config.data)["path"],
+        "data_fingerprint": cache.fingerprint,
     }

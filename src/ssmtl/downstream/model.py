@@ -7,20 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.heads import DownstreamHead
 from ssmtl.api.network import SharedNetwork
-from ssmtl.core.augment import AugmentConfig
-from ssmtl.core.export import EXPORT_DIR, load_pretrained_network
-from ssmtl.core.networks import build_network as build_shared_network, network_config
-from ssmtl.core.plugin_calls import plugin_call, refuse
-from ssmtl.core.settings import validate_model
+from ssmtl.training.augment import AugmentConfig
+from ssmtl.training.export import EXPORT_DIR, load_pretrained_network
+from ssmtl.host.networks import build_network as build_shared_network, network_config
+from ssmtl.host.plugin_calls import checked_loss, plugin_call, refuse
+from ssmtl.settings.sources import validate_model
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import check_slice_shapes
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import augment_pair
+from ssmtl.downstream.records import WEIGHTS, read_run_json
 
 
 class FinetuneModel(nn.Module):
@@ -29,15 +31,16 @@ class FinetuneModel(nn.Module):
     Its state dict has exactly the ``network.*`` and ``head.*`` keys of the saved weights.
     """
 
-    def __init__(self, network: SharedNetwork, head: DownstreamHead):
+    def __init__(self, network: SharedNetwork, head: DownstreamHead, registry=None):
         super().__init__()
         self.network = network
         self.head = head
+        self.registry = registry  # names a failing plugin's package in the error line
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with plugin_call("network", plugin_name(self.network), "forward"):
+        with plugin_call("network", plugin_name(self.network), "forward", self.registry):
             features = self.network(images).decoder
-        with plugin_call("head", plugin_name(self.head), "forward"):
+        with plugin_call("head", plugin_name(self.head), "forward", self.registry):
             return self.head(features)
 
 
@@ -67,7 +70,7 @@ def resolve_init(init: str) -> Path | None:
     return path
 
 
-def build_network(config: FinetuneConfig, registry=None) -> tuple[SharedNetwork, dict[str, Any] | None]:
+def build_network(config: FinetuneConfig, registry) -> tuple[SharedNetwork, dict[str, Any] | None]:
     """The initial network: the export's (strict load) or a fresh one; plus the export manifest."""
     run_dir = resolve_init(config.init)
     if run_dir is None:
@@ -129,11 +132,30 @@ class SegmentationObjective(nn.Module):
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], step: int):
         images, labels = augment_pair(*batch, self.augment)
         logits = self.model(images)
-        with plugin_call("head", plugin_name(self.model.head), "loss"):
+        name, registry = plugin_name(self.model.head), self.model.registry
+        with plugin_call("head", name, "loss", registry):
             loss = self.model.head.loss(logits, labels)
-        if not isinstance(loss, torch.Tensor) or not loss.is_floating_point() or loss.numel() != 1:
-            what = f"a {type(loss).__name__}" if not isinstance(loss, torch.Tensor) else f"a {loss.dtype} tensor of shape {tuple(loss.shape)}"
-            raise refuse("head", plugin_name(self.model.head), "loss", f"returned {what}, expected one floating-point number")
-        loss = loss.reshape(())
+        loss = checked_loss("head", name, "loss", loss, registry)
         value = loss.detach().float()
         return loss, value.reshape(1), torch.ones(1, device=value.device), {}
+
+
+def load_finetuned(run_dir: Path, registry) -> tuple[FinetuneModel, dict[str, Any]]:
+    """Rebuild network + head from ``run.json`` and load ``model.safetensors`` with ``strict=True``."""
+    run_dir = Path(run_dir)
+    run = read_run_json(run_dir)
+    network = build_shared_network(network_config(run["model"], registry), registry)
+    head_options = {k: v for k, v in run["head"].items() if k != "name"}
+    head = build_head(registry, run["head"]["name"], head_options, network, int(run["num_classes"]))
+    model = FinetuneModel(network, head, registry)
+    weights = run_dir / WEIGHTS
+    try:
+        state = load_file(weights)
+    except Exception as exc:
+        raise SsmtlError(f"{weights}: cannot read weights ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SsmtlError(f"{weights}: weights do not match run.json: {first}") from None
+    return model, run

@@ -15,7 +15,7 @@ native reference is found as follows:
   recorded canonical ones, and taken through the recorded transform it must equal the
   cached label exactly (a file changed since the build is refused, not scored).
 
-Predictions reach the native grid through :class:`~ssmtl.downstream.inference.SliceInference`,
+Predictions reach the native grid through :class:`~ssmtl.downstream.predictor.Predictor`,
 exactly as ``ssmtl predict`` writes them. Metrics are computed on the canonical array,
 which holds the file's voxels in another axis order: Dice and HD95 do not depend on it.
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 from ssmtl.api.datasets.grids import AFFINE_TOLERANCE_MM
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.settings import validate_model
+from ssmtl.settings.sources import validate_model
 from ssmtl.data.build import volume_name
 from ssmtl.data.cache import group_name
 from ssmtl.data.native import labels_to_cache

@@ -5,7 +5,7 @@ For every scan (see :mod:`~ssmtl.downstream.predict_inputs` for what an input ca
 1. read it through a dataset plugin, reoriented to canonical RAS, and preprocess it
    exactly as the run's training cache was (the same :class:`~ssmtl.data.preprocess.PreprocessConfig`,
    recorded in ``run.json`` or read from the training cache), in ``workers`` processes;
-2. predict its slices in batches (:class:`~ssmtl.downstream.inference.SliceInference`) and
+2. predict its slices in batches (:class:`~ssmtl.downstream.predictor.Predictor`) and
    map the prediction back through the recorded transform: in-plane resampling and
    crop/pad undone, slice layout undone, reorientation undone;
 3. write a uint8 label map with the input's exact shape and voxel-to-world geometry
@@ -25,18 +25,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.api.datasets.arrays import from_slices
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.api.volumes import SourceGeometry
-from ssmtl.core.files import save_json
-from ssmtl.core.rundir import removed_on_failure
+from ssmtl.storage.files import save_json
+from ssmtl.storage.outputs import removed_on_failure
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.ingest import Failure, iter_processed
 from ssmtl.data.native import canonical_to_source
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
 from ssmtl.data.scan_writer import FORMATS, NIFTI, output_format, SAME, write_label_map, write_probabilities
-from ssmtl.downstream.inference import Resample, resolve_device, resolve_resampling, SliceInference
+from ssmtl.downstream.predictor import Predictor, Resample, resolve_device, resolve_resampling
 from ssmtl.downstream.predict_inputs import list_scans, ScanInput, scan_openers
 
 RECORD = "predictions.json"
@@ -144,14 +144,14 @@ class _Bar:
             self.progress.stop()
 
 
-def predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry=None, progress: bool = True,
+def predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry, progress: bool = True,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """:func:`_predict`; an output folder it created is removed again if it fails (a full disk)."""
     with removed_on_failure(options.out):
         return _predict(run_dir, inputs, options, registry=registry, progress=progress, log=log)
 
 
-def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry=None, progress: bool = True,
+def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Segment ``inputs`` with the fine-tuned run ``run_dir``; returns (and writes) the ``predictions.json`` record.
 
@@ -160,10 +160,6 @@ def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regi
     """
     from ssmtl.downstream.evaluate import load_finetuned
 
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
     if options.format not in FORMATS:
         raise SsmtlError(f"--format {options.format!r}: use {' or '.join(FORMATS)}")
     if options.workers < 0:
@@ -171,7 +167,7 @@ def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regi
     run_dir = Path(run_dir)
     model, run = load_finetuned(run_dir, registry)
     preprocess, training = training_preprocess(run, run_dir)
-    engine = SliceInference(model, resolve_device(options.device), batch_size=options.batch_size,
+    engine = Predictor(model, resolve_device(options.device), batch_size=options.batch_size,
                             mixed_precision=options.mixed_precision)
     openers = scan_openers(registry, explicit=options.dataset, preferred=training.get("dataset"))
     scans = list_scans(inputs, openers, options.modality)
@@ -222,7 +218,7 @@ def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regi
     return report
 
 
-def _predict_one(engine: SliceInference, scan: ScanInput, volume: ProcessedVolume, output: tuple[Path, str],
+def _predict_one(engine: Predictor, scan: ScanInput, volume: ProcessedVolume, output: tuple[Path, str],
                  options: PredictOptions, class_names: dict[int, str], training: dict[str, Any], log, bar: _Bar) -> dict[str, Any]:
     started = time.perf_counter()
     transform = volume.transform

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ssmtl.core.settings import as_set_flags
 from ssmtl.downstream.config import resolve_finetune_config
 from ssmtl.downstream.evaluate import evaluate_run
 from ssmtl.downstream.finetune import run_finetune
+from ssmtl.host import registry as plugin_registry
+from ssmtl.host.registry import Registry
+from ssmtl.settings.sources import as_set_flags
 
 
 @dataclass
@@ -56,7 +58,7 @@ def finetune(
     *,
     init: str | Path | None = None,
     labeled_volumes: int | None = None,
-    steps: int | None = None,
+    steps: int | str | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
     seed: int | None = None,
@@ -66,19 +68,42 @@ def finetune(
     settings: Mapping[str, Any] | Iterable[str] | None = None,
     resume: bool = False,
     progress: bool = True,
-    registry=None,
+    registry: Registry | None = None,
 ) -> FinetuneResult:
-    """Fine-tune segmentation on ``labeled_volumes`` labeled subjects of ``data``, from the
-    pre-training run ``init`` (its ``export/``) or from scratch (``init=None`` or ``"none"``).
+    """Fine-tune segmentation on a few labeled subjects, as ``ssmtl finetune`` does.
 
-    ``settings`` reaches any field (``{"train.grad_clip": 1.0, "model.base_channels": 8}``).
-    Raises :class:`~ssmtl.api.SsmtlError` on bad input, before any training.
+    Args:
+        data: a labeled slice cache, a folder of caches, or a list of them (one dataset).
+        out: the run directory (new or empty, unless ``resume``).
+        init: a pre-training run directory (its ``export/``), or ``None`` / ``"none"``: from scratch.
+        labeled_volumes: the label budget, in subjects (``labeled_volumes``).
+        steps: optimizer steps, or ``"auto"``: stop on a validation plateau (``train.steps``).
+        batch_size, lr, seed, head: ``train.batch_size``, ``train.lr``, ``seed``, ``head``.
+        log_with: experiment trackers (``["tensorboard"]``), see ``train.log_with``.
+        config: a TOML, YAML or JSON config file.
+        settings: any other field, ``{"train.grad_clip": 1.0, "model.base_channels": 8}``
+            (or ``--set``-style ``["train.grad_clip=1"]``).
+        resume: continue ``out`` from its last valid checkpoint.
+        progress: show the progress bar.
+        registry: the plugins (networks, heads) to resolve and build with (default: the
+            installed ones, as the command line loads them).
+
+    Returns:
+        a :class:`FinetuneResult`: the run directory, the steps run and the step kept, the
+        labeled and test subjects, and everything the run reported (``details``).
+
+    Raises:
+        ConfigError: a bad setting (one row per problem), before any training.
+        SsmtlError: a bad input (cache, ``init`` run, run directory), before any training; a
+            run stopped by non-finite losses.
     """
-    flags = {"data": list(data) if isinstance(data, (list, tuple)) else data, "out": out, "init": None if init is None else str(init), "labeled_volumes": labeled_volumes,
+    registry = registry or plugin_registry.get_registry()
+    flags = {"data": list(data) if isinstance(data, (list, tuple)) else data, "out": out,
+             "init": None if init is None else str(init), "labeled_volumes": labeled_volumes,
              "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "head": head,
              "train.log_with": list(log_with) if log_with else None}
-    run_config = resolve_finetune_config(file=config, flags=flags, sets=as_set_flags(settings))
-    report = run_finetune(run_config, registry=registry, progress=progress, resume=resume)
+    run_config = resolve_finetune_config(file=config, flags=flags, sets=as_set_flags(settings), registry=registry)
+    report = run_finetune(run_config, registry, progress=progress, resume=resume)
     return FinetuneResult(
         run_dir=Path(report["run_dir"]), init=report["init"], steps=report["steps"], seconds=report["seconds"],
         final_loss=report["final_loss"], num_classes=report["num_classes"], labeled_subjects=list(report["labeled_subjects"]),
@@ -86,10 +111,32 @@ def finetune(
     )
 
 
-def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "test", registry=None) -> Evaluation:
-    """3D Dice and HD95 per structure of a fine-tuning run on its held-out ``split`` subjects;
-    writes ``run/eval.json`` (:func:`~ssmtl.downstream.evaluate.evaluate_run`)."""
-    results = evaluate_run(Path(run), None if data is None else Path(data), split=split, registry=registry)
+def evaluate(run: str | Path, data: str | Path | Sequence[str | Path] | None = None, *, split: str = "test",
+             space: str = "auto", resample: str = "auto", registry: Registry | None = None) -> Evaluation:
+    """3D Dice and HD95 per structure of a fine-tuning run, as ``ssmtl evaluate RUN`` does; writes
+    ``run/eval.json``.
+
+    Args:
+        run: a fine-tuning run directory.
+        data: the cache(s) holding the evaluated volumes (default: the run's own).
+        split: which subjects of the run's split: ``test`` (default), ``val`` or ``train``.
+        space: ``auto`` (native resolution when every volume has a way back, else the cache
+            grid), ``native`` (an error when not possible) or ``cache``.
+        resample: how predictions reach the native grid: ``auto``, ``linear`` or ``nearest``.
+        registry: the plugins to rebuild the network with (default: the installed ones).
+
+    Returns:
+        an :class:`Evaluation` (mean and per-class Dice and HD95, per volume, the whole ``eval.json``).
+
+    Raises:
+        SsmtlError: not a finished fine-tuning run, a missing or foreign cache, a bad option.
+    """
+    if data is not None and not isinstance(data, (str, Path)):
+        data = [Path(p) for p in data]
+    elif data is not None:
+        data = Path(data)
+    results = evaluate_run(Path(run), data, split=split, space=space, resample=resample,
+                           registry=registry or plugin_registry.get_registry())
     return Evaluation(mean_dice=results.get("mean_dice"), mean_hd95=results.get("mean_hd95"),
                       per_class=results.get("per_class") or {}, per_volume=results.get("per_volume") or [], results=results)
 
@@ -97,13 +144,32 @@ def evaluate(run: str | Path, data: str | Path | None = None, *, split: str = "t
 def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, *,
             format: str | None = None, probabilities: bool = False, resample: str = "auto", device: str = "auto",
             mixed_precision: str = "no", workers: int = 0, batch_size: int = 32, modality: str | None = None,
-            dataset: str | None = None, progress: bool = False, registry=None) -> Predictions:
-    """Segment ``inputs`` (scans, DICOM series folders, folders of scans or a manifest) with the
-    fine-tuned ``run``; writes one label map per scan in its own space under ``out`` and
-    ``out/predictions.json`` (:func:`~ssmtl.downstream.predict.predict`).
+            dataset: str | None = None, progress: bool = False, registry: Registry | None = None) -> Predictions:
+    """Segment scans with a fine-tuned run, as ``ssmtl predict RUN`` does: one label map per scan in
+    its own space under ``out``, and ``out/predictions.json``.
 
-    A scan that cannot be read is counted in ``failed`` and the others are still written;
-    raises :class:`~ssmtl.api.SsmtlError` when nothing could be written or the options are bad.
+    Args:
+        run: a fine-tuning run directory.
+        inputs: scans, DICOM series folders, folders of scans or a manifest (one or a list).
+        out: the output folder.
+        format: ``nifti`` (default) or ``same`` (each input's own format).
+        probabilities: also write the class probabilities.
+        resample: how predictions reach each scan's grid: ``auto``, ``linear`` or ``nearest``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        mixed_precision: ``no``, ``bf16`` or ``fp16``.
+        workers: processes that read and preprocess scans (0: this process).
+        batch_size: slices per forward pass.
+        modality: ``ct`` or ``mr`` for every scan (default: each file's own, else detected).
+        dataset: the dataset plugin that reads the scans (default: the run's, else the first that does).
+        progress: show a progress bar.
+        registry: the plugins to read scans and rebuild the network with (default: the installed ones).
+
+    Returns:
+        :class:`Predictions`: how many scans were written and failed, per scan what happened.
+        A scan that cannot be read is counted in ``failed``; the others are still written.
+
+    Raises:
+        SsmtlError: bad options, or no scan could be written.
     """
     from ssmtl.api.errors import SsmtlError
     from ssmtl.downstream.predict import PredictOptions, predict as run_predict
@@ -122,7 +188,7 @@ def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str
         else:
             warnings.warn(line.removeprefix("warning: "), stacklevel=3)
 
-    record = run_predict(Path(run), paths, options, registry=registry, progress=progress, log=log)
+    record = run_predict(Path(run), paths, options, registry=registry or plugin_registry.get_registry(), progress=progress, log=log)
     if not record.get("written"):
         raise SsmtlError(errors[0].removeprefix("error: ") if errors else "no scan was written")
     return Predictions(out=Path(out), written=record["written"], failed=record["failed"],

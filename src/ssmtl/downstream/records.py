@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import check_shape, load_json_object
+from ssmtl.storage.files import check_shape, load_json_object
 
+WEIGHTS = "model.safetensors"  # a fine-tuning run's kept weights (network.* and head.*)
 NONE = type(None)
 NUMBER = (int, float, NONE)
 

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import check_shape, load_tensors, save_tensors
+from ssmtl.storage.files import check_shape, load_tensors, save_tensors
 from ssmtl.downstream.metrics import dice_per_class, summarise
+from ssmtl.downstream.predictor import Predictor
 
 VALIDATION_SOURCES = ("auto", "budget", "none")
 BEST_WEIGHTS = "best.safetensors"  # inside each checkpoint directory
@@ -120,7 +121,8 @@ class Validator:
 
     def __init__(self, cache, volumes: list[int], model, device, *, every: int, patience: int | None,
                  min_delta: float, num_classes: int):
-        self.cache, self.volumes, self.model, self.device = cache, volumes, model, device
+        self.cache, self.volumes, self.model = cache, volumes, model
+        self.predictor = Predictor(model, torch.device(device))
         self.every, self.patience, self.min_delta = every, patience, min_delta
         self.num_classes = num_classes
         self.state = ValidationState()
@@ -128,12 +130,10 @@ class Validator:
 
     def score(self) -> float:
         """Mean 3D Dice over the validation volumes (cache grid), as ``ssmtl evaluate`` averages it."""
-        from ssmtl.downstream.evaluate import predict_volume  # evaluate imports finetune, which imports this
-
         per_volume = []
         for index in self.volumes:
             image, label = self.cache.read_volume(index)
-            prediction = predict_volume(self.model, image, device=self.device)
+            prediction = self.predictor.cache_grid(image)
             per_volume.append({"dice": dice_per_class(prediction, label, self.num_classes)})
         return float(summarise(per_volume)["mean_dice"])
 

@@ -32,12 +32,12 @@ from typing import Any, Callable, Literal, Mapping
 from pydantic import BaseModel, Field, field_validator
 
 from ssmtl.api.rules import CONFIG_RULES, Seed
-from ssmtl.core.settings import validate_model
+from ssmtl.settings.sources import validate_model
 from ssmtl.data.cache_set import data_record, open_caches
 from ssmtl.downstream.config import FinetuneTrainConfig
 from ssmtl.pretraining.config import RunConfig, config_to_dict, resolve_run_config
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import save_json, save_text
+from ssmtl.storage.files import save_json, save_text
 from ssmtl.experiments.results import SCRATCH, plot_dice_vs_labels, render_markdown, summarise_cells
 
 INIT_PARTS = ("all", "encoder")
@@ -170,13 +170,13 @@ class Benchmark:
 
     def pretrain(self, method: Method) -> Path:
         from ssmtl.pretraining.engine import run_pretraining
-        from ssmtl.core.export import load_pretrained_network
+        from ssmtl.training.export import load_pretrained_network
 
         run_dir = self.out / "pretrain" / method.name
         config = self._pretrain_config(method.tasks, run_dir)
         expected = _relocatable(config_to_dict(config))
         try:
-            _, manifest = load_pretrained_network(run_dir)
+            _, manifest = load_pretrained_network(run_dir, self.registry)
             if _relocatable(manifest.get("config") or {}) == expected and manifest["data"]["fingerprint"] == self.pre_cache.fingerprint:
                 self.log(f"pretrain {method.name}: reusing {run_dir / 'export'}")
                 return run_dir
@@ -205,13 +205,13 @@ class Benchmark:
         from ssmtl.downstream.finetune import run_finetune
 
         cell_dir = self.out / "finetune" / method.name / protocol / f"n{budget}" / f"seed{seed}"
-        ft = FinetuneConfig(
+        ft = FinetuneConfig.model_validate(dict(
             data=self.ft_path, out=cell_dir, init=str(init) if init else "none", labeled_volumes=budget,
             seed=seed, labeled_seed=seed, split_seed=self.config.split_seed,
             freeze_encoder=protocol == "frozen", model=None if init else self.model_config, init_parts=method.init_parts,
             train={"steps": self.config.finetune_steps, "batch_size": self.config.finetune_batch_size,
                    "lr": self.config.finetune_lr, "mixed_precision": self.mixed_precision},
-        ).with_defaults(self.registry)
+        ), context={"registry": self.registry}).with_defaults(self.registry)
         settings = ft.model_dump(mode="json", exclude={"out", "init", "data"})  # where things live is not what they are
         # the head's resolved options too: a changed default of the head plugin is a different cell
         head_spec = self.registry.head(ft.head)

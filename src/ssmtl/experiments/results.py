@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ssmtl.core.files import atomic_write
+from ssmtl.storage.files import atomic_write
 from ssmtl.experiments.paired import compare, MIN_PAIRS, RESAMPLES, verdict
 
 SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets

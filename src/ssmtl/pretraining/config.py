@@ -16,7 +16,6 @@ worker processes can import.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -35,10 +34,10 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
-from ssmtl.core.augment import AugmentConfig
-from ssmtl.core.loop import LoopConfig
+from ssmtl.training.augment import AugmentConfig
+from ssmtl.training.loop import LoopConfig
 from ssmtl.api.errors import ConfigError
-from ssmtl.core.settings import (
+from ssmtl.settings.sources import (
     ENV_PREFIX,
     blame_environment,
     dotted_paths,
@@ -54,7 +53,7 @@ from ssmtl.core.settings import (
 )
 from ssmtl.api.network import NetworkConfig
 from ssmtl.api.tasks import TaskConfig
-from ssmtl.core.networks import network_models, resolve_network_config, validate_network_field
+from ssmtl.host.networks import context_registry, network_models, resolve_network_config, validate_network_field
 
 class DataConfig(BaseModel):
     """Where the slices come from and how sequences are sampled."""
@@ -105,16 +104,16 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     tasks: dict[str, SerializeAsAny[TaskConfig]] = Field(
-        default_factory=lambda: {n: {"name": n} for n in default_tasks()},
-        description="Enabled pretext tasks, keyed by name, each with its own options.",
+        None,  # type: ignore[assignment]  (the validator turns "not given" into the plugins' default tasks)
+        description="Enabled pretext tasks, keyed by name, each with its own options. Not given: the plugins' default tasks.",
         validate_default=True,
     )
 
     @field_validator("tasks", mode="before")
     @classmethod
     def _resolve_tasks(cls, value: Any, info: ValidationInfo) -> dict[str, TaskConfig]:
-        registry = (info.context or {}).get("registry") if info.context else None
-        resolved, errors = resolve_task_configs(value, registry)
+        registry = context_registry(info)
+        resolved, errors = resolve_task_configs({n: {} for n in default_tasks(registry)} if value is None else value, registry)
         if errors:
             raise ValueError("; ".join(f"{loc}: {msg}" for loc, msg in errors))
         return resolved
@@ -122,7 +121,7 @@ class RunConfig(BaseModel):
     @field_validator("model", mode="before")
     @classmethod
     def _resolve_model(cls, value: Any, info: ValidationInfo) -> NetworkConfig:
-        return validate_network_field(value, (info.context or {}).get("registry"))
+        return validate_network_field(value, context_registry(info))
 
     @model_validator(mode="after")
     def _needs_tasks(self):
@@ -136,17 +135,9 @@ class RunConfig(BaseModel):
         return self.data.sequence_length or 1
 
 
-def _registry(registry):
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
-    return registry
-
-
-def default_tasks(registry=None) -> tuple[str, ...]:
+def default_tasks(registry) -> tuple[str, ...]:
     """The tasks a run enables when no source names any: the plugins' ``ssmtl_defaults``."""
-    return tuple(_registry(registry).defaults.tasks)
+    return tuple(registry.defaults.tasks)
 
 
 def _normalise_tasks(value: Any) -> dict[str, Any]:
@@ -168,9 +159,8 @@ def _normalise_tasks(value: Any) -> dict[str, Any]:
     raise ValueError("tasks must be a table keyed by task name")
 
 
-def resolve_task_configs(value: Any, registry=None) -> tuple[dict[str, TaskConfig], list[tuple[str, str]]]:
+def resolve_task_configs(value: Any, registry) -> tuple[dict[str, TaskConfig], list[tuple[str, str]]]:
     """Validate each task entry with its plugin's config model. Returns (configs, errors)."""
-    registry = _registry(registry)
     try:
         entries = _normalise_tasks(value)
     except ValueError as exc:
@@ -247,7 +237,7 @@ def resolve_run_config(
     tasks: list[str] | None = None,
     sets: list[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    registry=None,
+    registry,
 ) -> RunConfig:
     """Merge all sources in precedence order and validate once."""
     merged: dict[str, Any] = {"tasks": {n: {} for n in default_tasks(registry)}}
@@ -281,9 +271,8 @@ def resolve_run_config(
         raise blame_environment(exc, origins, later, environ=environ) from None
 
 
-def validate_run_config(data: Mapping[str, Any], registry=None) -> RunConfig:
+def validate_run_config(data: Mapping[str, Any], registry) -> RunConfig:
     """Validate a merged dict; raise :class:`ConfigError` with one row per problem."""
-    registry = _registry(registry)
     data = dict(data)
     resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in default_tasks(registry)}), registry)
     data["tasks"] = resolved
@@ -309,15 +298,6 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
-def load_saved_config(path: Path, registry=None) -> RunConfig:
-    """Read a run's config.json (written by :func:`config_to_dict`)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read saved config: {exc}") from None
-    return validate_run_config(data, registry)
-
-
 def _union(models: list[type[BaseModel]]) -> Any:
     """The models as one type, discriminated by ``name`` when there are several."""
     if len(models) == 1:
@@ -325,10 +305,9 @@ def _union(models: list[type[BaseModel]]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="name")]
 
 
-def run_config_schema(registry=None) -> dict[str, Any]:
+def run_config_schema(registry) -> dict[str, Any]:
     """JSON Schema of RunConfig with ``tasks`` and ``model`` as the unions of every registered task
     and network model."""
-    registry = _registry(registry)
     fields: dict[str, Any] = {}
     tasks = [spec.config_model for spec in registry.tasks.values()]
     if tasks:

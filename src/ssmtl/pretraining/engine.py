@@ -3,15 +3,14 @@
 Per step, for each micro-batch, the sampled sequences go through
 :class:`~ssmtl.pretraining.module.PretrainModule` (the DDP-wrapped unit): every enabled
 task runs on shared views and features, the weighting scheme combines their losses,
-and :class:`~ssmtl.core.loop.TrainingLoop` takes **one** backward pass, applies the
-non-finite policy, clips, steps, runs each task's post-step hook (e.g. MoCo's momentum
-update), logs, checkpoints and resumes. The run ends with the export downstream
-fine-tuning loads.
+and :class:`~ssmtl.training.loop.TrainingLoop` takes **one** backward pass, applies the
+non-finite policy, clips, steps, and runs each task's post-step hook (e.g. MoCo's momentum
+update). :class:`~ssmtl.training.lifecycle.TrainingRun` owns the rest of the run's life, as
+for fine-tuning; the run ends with the export downstream fine-tuning loads.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,15 +22,12 @@ from torch import nn
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.tasks import DataInfo
 from ssmtl.api.views import SequenceBatch
-from ssmtl.core.accelerator import make_accelerator
-from ssmtl.core.export import write_export
-from ssmtl.core.files import save_json
-from ssmtl.core.loop import TrainingLoop
-from ssmtl.core.optim import build_optimizer
-from ssmtl.core.plugin_calls import plugin_call
-from ssmtl.core.recorder import Recorder
-from ssmtl.core.checkpointing import check_resume
-from ssmtl.core.rundir import prepare_run_dir, run_directory
+from ssmtl.host.plugin_calls import plugin_call
+from ssmtl.host.registry import Registry
+from ssmtl.training.export import write_export
+from ssmtl.training.lifecycle import TrainingRun
+from ssmtl.training.loop import TrainingLoop
+from ssmtl.training.optim import build_optimizer
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import CacheSet, check_slice_shapes, data_record, open_caches
 from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, WeightedStepBatchSampler, collate_sequences
@@ -68,8 +64,8 @@ class Trainer(TrainingLoop):
     loop's :meth:`step` on them. ``run_pretraining`` and the benchmarks use the same
     object, so what is timed is exactly what trains."""
 
-    def __init__(self, config: RunConfig, registry, accelerator, *, num_volumes: int, num_slices: int):
-        self.config = config
+    def __init__(self, config: RunConfig, registry: Registry, accelerator, *, num_volumes: int, num_slices: int):
+        self.config, self.registry = config, registry
         module = build_pretrain_module(config, registry)
         self.sequence_length = sequence_length(config, module.tasks)
         info = DataInfo(
@@ -102,7 +98,7 @@ class Trainer(TrainingLoop):
 
     def _after_step(self, step: int) -> None:
         for name, task in self.unwrapped.tasks.items():
-            with plugin_call("task", name, "after_optimizer_step"):
+            with plugin_call("task", name, "after_optimizer_step", self.registry):
                 task.after_optimizer_step(self.unwrapped.network, step)
 
 
@@ -142,75 +138,46 @@ def _device_batches(loader, device) -> Iterator[SequenceBatch]:
         yield batch.to(device)
 
 
-def run_pretraining(config: RunConfig, *, resume: bool = False, registry=None, progress: bool = True) -> PretrainResult:
+def run_pretraining(config: RunConfig, registry: Registry, *, resume: bool = False, progress: bool = True) -> PretrainResult:
     """Pre-train ``config.tasks`` on ``config.data.path`` into ``config.out``.
 
-    A full disk is one error; a failed run removes a run directory it created that holds no
-    checkpoint yet (:func:`~ssmtl.core.rundir.run_directory`)."""
-    with run_directory(Path(config.out or "."), "the pre-training run"):
-        return _pretrain(config, resume=resume, registry=registry, progress=progress)
-
-
-def _pretrain(config: RunConfig, *, resume: bool, registry, progress: bool) -> PretrainResult:
+    The run's life (run directory, lock, resume, ``config.json``, trackers, the loop, the
+    export) is :class:`~ssmtl.training.lifecycle.TrainingRun`'s; this function says what it
+    trains: the :class:`~ssmtl.pretraining.module.PretrainModule` on sampled sequences.
+    """
     from accelerate.utils import set_seed
 
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
     if config.out is None:
         raise SsmtlError("no run directory: pass --out")
     if config.data.path is None:
         raise SsmtlError("no data: pass --data CACHE.h5")
-
-    out = Path(config.out)
-    accelerator = make_accelerator(config.train.mixed_precision, config.train.log_with, out)
-    main = accelerator.is_main_process
-    # every process checks inputs; only the main process creates the directory
-    cache = open_caches(config.data.path)
-    volumes = select_volumes(cache, config)
-    set_seed(config.seed)
-    # the network and the tasks (plugin code) are built before the run directory exists, so a
-    # plugin that fails to build leaves nothing behind
-    trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
-                      num_slices=sum(cache.volumes[v].num_slices for v in volumes))
-    if main:
-        prepare_run_dir(out, resume=resume, kind="pretrain", inputs=[("--data", config.data.path)])
-    accelerator.wait_for_everyone()
-    for note in trainer.notes:
-        accelerator.print(f"note: {note}", file=sys.stderr)
-    k, names = trainer.sequence_length, trainer.names
-
-    recorder = Recorder(accelerator, out, names, keep_checkpoints=config.train.keep_checkpoints)
-    recorder.config = {**config_to_dict(config), "data_fingerprint": cache.fingerprint}
-    found = recorder.latest_checkpoint() if resume else None
-    check_resume(found, recorder.config, out)
-    start_step = recorder.load_checkpoint(found)
-    if main:
-        save_json(out / "config.json", config_to_dict(config))
-    recorder.start(start_step, project="pretrain", config=config_to_dict(config))
-
-    loader = make_loader(config, SequenceDataset(cache, k, config.data.stride, volumes), accelerator, start_step)
-    slices_per_step = config.train.batch_size * k * config.train.grad_accum * accelerator.num_processes
-    result = trainer.run(_device_batches(loader, accelerator.device), start_step, recorder,
-                         slices_per_step=slices_per_step, label="pretrain", progress=progress)
-    unwrapped = trainer.unwrapped
-    if main:
-        write_export(
-            out,
-            unwrapped.network,
-            {
-                "config": config_to_dict(config),
-                "tasks": {n: config.tasks[n].model_dump(mode="json") for n in names},
-                "steps": config.train.steps,
-                "sequence_length": k,
-                "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes]},
-                "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
-                "world_size": accelerator.num_processes,
-                "mixed_precision": accelerator.mixed_precision,
-            },
-        )
-    accelerator.wait_for_everyone()
-    # no accelerator.end_training(): it destroys the process group, and a caller (the
-    # benchmark, a notebook, a test under debug_launcher) may run several trainings
-    return PretrainResult(run_dir=out, steps=config.train.steps, seconds=result.seconds, final_losses=result.last)
+    with TrainingRun(Path(config.out), "pretrain", "the pre-training run", config.train, resume=resume) as run:
+        accelerator = run.accelerator
+        # every process checks inputs; the network and the tasks (plugin code) are built before
+        # the run directory exists, so a plugin that fails to build leaves nothing behind
+        cache = open_caches(config.data.path)
+        volumes = select_volumes(cache, config)
+        set_seed(config.seed)
+        trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
+                          num_slices=sum(cache.volumes[v].num_slices for v in volumes))
+        record = config_to_dict(config)
+        run.open(names=trainer.names, config=record, fingerprint={**record, "data_fingerprint": cache.fingerprint},
+                 inputs=[("--data", config.data.path)], notes=trainer.notes)
+        k = trainer.sequence_length
+        dataset = SequenceDataset(cache, k, config.data.stride, volumes)
+        batches = run.resume(lambda start: _device_batches(make_loader(config, dataset, accelerator, start), accelerator.device))
+        slices_per_step = config.train.batch_size * k * config.train.grad_accum * accelerator.num_processes
+        result = run.train(trainer, batches, config.train.steps, slices_per_step=slices_per_step, label="pretrain",
+                           progress=progress)
+        unwrapped = trainer.unwrapped
+        run.finish(lambda: write_export(run.out, unwrapped.network, {
+            "config": record,
+            "tasks": {n: config.tasks[n].model_dump(mode="json") for n in trainer.names},
+            "steps": config.train.steps,
+            "sequence_length": k,
+            "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes]},
+            "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
+            "world_size": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+        }))
+    return PretrainResult(run_dir=run.out, steps=config.train.steps, seconds=result.seconds, final_losses=result.last)

@@ -8,18 +8,16 @@ weighting scheme into the one total the engine back-propagates.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.tasks import PretextTask
 from ssmtl.api.views import SequenceBatch, StepContext, task_views
-from ssmtl.core.augment import make_augmenter
+from ssmtl.training.augment import make_augmenter
 from ssmtl.api.network import SharedNetwork
-from ssmtl.core.networks import build_network
-from ssmtl.core.plugin_calls import checked_task_output, plugin_call, refuse
+from ssmtl.host.networks import build_network
+from ssmtl.host.plugin_calls import checked_task_output, plugin_call, refuse
 from ssmtl.pretraining.config import RunConfig
 from ssmtl.pretraining.weighting import LossWeighting, build_weighting
 
@@ -32,8 +30,9 @@ class PretrainModule(nn.Module):
     """
 
     def __init__(self, network: SharedNetwork, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
-                 decoder_slices: str = "all"):
+                 decoder_slices: str = "all", registry=None):
         super().__init__()
+        self.registry = registry  # names a failing task's package in the error line
         self.network = network
         self.tasks = nn.ModuleDict(tasks)
         self.weighting = weighting
@@ -45,8 +44,6 @@ class PretrainModule(nn.Module):
         self.notes = [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice "
                       "of a sequence"] if needs_all and decoder_slices == "one" else []
         self.augmenter = make_augmenter(augment)
-        # opt-in observers of each step's context (tests, debugging); none by default, so they cost nothing
-        self.step_observers: list[Callable[[StepContext], None]] = []
         self.memory_format = torch.contiguous_format
 
     def use_channels_last(self) -> None:
@@ -64,15 +61,13 @@ class PretrainModule(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
-            with plugin_call("task", name, "forward"):
+            with plugin_call("task", name, "forward", self.registry):
                 out = task(ctx)
-            out = checked_task_output(name, out)
+            out = checked_task_output(name, out, self.registry)
             losses[name] = out.loss
             for key, value in out.metrics.items():
                 metrics[f"{name}/{key}"] = value.detach().float()
         total, weights = self.weighting(losses, step)
-        for observe in self.step_observers:
-            observe(ctx)
         stacked = torch.stack([losses[n].detach().float() for n in self.tasks])
         return total, stacked, weights, metrics
 
@@ -117,7 +112,7 @@ def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
         temperature=config.weighting.temperature,
         window=None if config.weighting.window is None else config.weighting.window * config.train.grad_accum,
     )
-    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices)
+    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices, registry)
 
 
 def ddp_ignored_names(module: PretrainModule) -> list[str]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ssmtl.core.settings import as_set_flags
+from ssmtl.host import registry as plugin_registry
+from ssmtl.host.registry import Registry
 from ssmtl.pretraining.config import resolve_run_config
 from ssmtl.pretraining.engine import PretrainResult, run_pretraining
+from ssmtl.settings.sources import as_set_flags
 
 
 def pretrain(
@@ -28,7 +30,7 @@ def pretrain(
     settings: Mapping[str, Any] | Iterable[str] | None = None,
     resume: bool = False,
     progress: bool = True,
-    registry=None,
+    registry: Registry | None = None,
 ) -> PretrainResult:
     """Pre-train the shared network on the slice cache ``data`` with several pretext tasks at
     once; the run directory ``out`` gets config.json, metrics.jsonl, curves.png, checkpoints
@@ -47,14 +49,21 @@ def pretrain(
             (or ``--set``-style ``["model.base_channels=8"]``).
         resume: continue ``out`` from its last valid checkpoint.
         progress: show the progress bar.
+        registry: the plugins (tasks, networks) to resolve and build with (default: the
+            installed ones, as the command line loads them).
 
     Returns:
         a :class:`~ssmtl.pretraining.engine.PretrainResult` (``run_dir``, ``steps``, ``seconds``,
-        ``final_losses``). Raises :class:`~ssmtl.api.SsmtlError` (or its
-        :class:`~ssmtl.api.ConfigError`) on bad input, before any training.
+        ``final_losses``).
+
+    Raises:
+        ConfigError: a bad setting (one row per problem), before any training.
+        SsmtlError: a bad input (cache, run directory), before any training; a run stopped by
+            non-finite losses.
     """
+    registry = registry or plugin_registry.get_registry()
     flags = {"data.path": list(data) if isinstance(data, (list, tuple)) else data, "out": out, "train.steps": steps, "train.batch_size": batch_size, "seed": seed,
              "train.log_with": list(log_with) if log_with else None}
     run_config = resolve_run_config(file=config, flags=flags, tasks=list(tasks) if tasks else None,
                                     sets=as_set_flags(settings), registry=registry)
-    return run_pretraining(run_config, resume=resume, registry=registry, progress=progress)
+    return run_pretraining(run_config, registry, resume=resume, progress=progress)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import atomic_write, save_tensors
+from ssmtl.storage.files import atomic_write, save_tensors
 from ssmtl.publish.parts import PartModule
 
 FORMATS = ("safetensors", "torchscript", "onnx")

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.export import check_finite_weights
-from ssmtl.core.files import atomic_directory, save_json, save_text
-from ssmtl.core.networks import native_class
+from ssmtl.training.export import check_finite_weights
+from ssmtl.storage.files import atomic_directory, save_json, save_text
+from ssmtl.host.networks import native_class
 from ssmtl.publish.formats import FORMATS, INPUT_NAME, WEIGHTS_FILE, check_parity, example_input, write_part
 from ssmtl.publish.model_card import render_model_card
 from ssmtl.publish.parts import PartModule, default_part, select_part
@@ -85,11 +85,12 @@ def hub_config(info: RunInfo, part: PartModule, fmt: str, network, size: int, ou
     return config
 
 
-def export_run(run_dir: Path, fmt: str = "safetensors", *, part: str | None = None, out: Path | None = None,
-               size: int | None = None, force: bool = False, registry=None) -> HubExport:
+def export_run(run_dir: Path, format: str = "safetensors", *, part: str | None = None, out: Path | None = None,
+               size: int | None = None, force: bool = False, registry) -> HubExport:
     """Write ``part`` (default: ``network`` of a pre-training run, ``finetuned`` of a fine-tuning
-    run) of ``run_dir`` in format ``fmt`` to ``out`` (default ``RUN/hub/PART-FORMAT``)."""
+    run) of ``run_dir`` in ``format`` to ``out`` (default ``RUN/hub/PART-FORMAT``)."""
     run_dir = Path(run_dir)
+    fmt = format
     if fmt not in FORMATS:
         raise SsmtlError(f"--format {fmt}: unknown format; use one of {', '.join(FORMATS)}")
     info = read_run(run_dir, registry)

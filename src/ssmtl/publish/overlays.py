@@ -75,10 +75,11 @@ def _figure(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, class_
     return buffer.getvalue()
 
 
-def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) -> list[Overlay]:
+def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry) -> list[Overlay]:
     """Predict and draw the picked test volumes; raises :class:`SsmtlError` when the cache is unreadable."""
     from ssmtl.data.cache_set import open_caches
-    from ssmtl.downstream.evaluate import load_finetuned, predict_volume
+    from ssmtl.downstream.model import load_finetuned
+    from ssmtl.downstream.predictor import Predictor
 
     picks = pick_volumes(evaluation.get("per_volume") or [])
     if not picks:
@@ -86,8 +87,7 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) ->
     import torch
 
     model, run = load_finetuned(Path(run_dir), registry)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    predictor = Predictor(model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     cache = open_caches(evaluation.get("data") or run["data"]["path"])
     index = {v.name: v.index for v in cache.volumes}
     class_names = list(evaluation.get("class_names") or [])
@@ -96,7 +96,7 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry=None) ->
         if scored["volume"] not in index:
             raise SsmtlError(f"{cache.path}: has no volume {scored['volume']!r} (evaluated on another cache?)")
         image, label = cache.read_volume(index[scored["volume"]])
-        prediction = predict_volume(model, image, device=device)
+        prediction = predictor.cache_grid(image)
         reference = label if label is not None else np.zeros_like(prediction)
         z = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(axis=1)))
         dice = scored.get("mean_dice")

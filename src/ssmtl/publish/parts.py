@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.export import part_state
+from ssmtl.training.export import part_state
 from ssmtl.publish.runs import RunKind
 
 PARTS = ("encoder", "network", "finetuned")

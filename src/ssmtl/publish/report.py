@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.curves import collect, read_records, render, write_curves
-from ssmtl.core.files import load_json, save_text
-from ssmtl.core.recorder import METRICS
+from ssmtl.training.curves import collect, read_records, render, write_curves
+from ssmtl.storage.files import load_json, save_text
+from ssmtl.training.rundir import METRICS
 from ssmtl.publish import html
 from ssmtl.publish.runs import RunInfo, read_run
 
@@ -98,7 +98,7 @@ def _evaluation(info: RunInfo, registry) -> list[str]:
     return out
 
 
-def run_report(run_dir: Path, registry=None) -> str:
+def run_report(run_dir: Path, registry) -> str:
     info = read_run(run_dir, registry)
     body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.path}")
     body += _summary(info)
@@ -127,7 +127,7 @@ def benchmark_report(bench_dir: Path) -> str:
     return html.page(f"ssmtl benchmark: {bench_dir.name}", body)
 
 
-def write_report(target: str | Path, out: str | Path | None = None, *, registry=None) -> Path:
+def write_report(target: str | Path, out: str | Path | None = None, *, registry) -> Path:
     """Write the report of a run or benchmark directory to ``out`` (default ``TARGET/report.html``)."""
     target = Path(target)
     if not target.is_dir():

@@ -21,10 +21,10 @@ from typing import Any, Literal
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.export import EXPORT_DIR, load_pretrained_network, read_manifest
-from ssmtl.core.files import load_json_object
+from ssmtl.training.export import EXPORT_DIR, load_pretrained_network, read_manifest
+from ssmtl.storage.files import load_json_object
 from ssmtl.downstream.records import read_eval_json, read_run_json
-from ssmtl.core.networks import resolve_network_config
+from ssmtl.host.networks import resolve_network_config
 
 RunKind = Literal["pretrain", "finetune"]
 EVAL_FILE = "eval.json"
@@ -92,7 +92,7 @@ def _network(table: dict[str, Any], registry) -> dict[str, Any]:
     return table if config is None else config.model_dump(mode="json")
 
 
-def read_run(run_dir: Path, registry=None) -> RunInfo:
+def read_run(run_dir: Path, registry) -> RunInfo:
     """Everything :class:`RunInfo` holds, from the run's own files."""
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
@@ -120,14 +120,14 @@ def read_run(run_dir: Path, registry=None) -> RunInfo:
     )
 
 
-def load_network(run_dir: Path, registry=None) -> nn.Module:
+def load_network(run_dir: Path, registry) -> nn.Module:
     """The trained module of a run, in eval mode: a pre-training run's shared network
     (``forward(images) -> NetworkOutput``: encoder features and decoder features), or a
     fine-tuning run's network + head (``forward(images) -> logits (N, classes, H, W)``)."""
     if run_kind(run_dir) == "pretrain":
         network, _ = load_pretrained_network(Path(run_dir), registry)
     else:
-        from ssmtl.downstream.evaluate import load_finetuned
+        from ssmtl.downstream.model import load_finetuned
 
         network, _ = load_finetuned(Path(run_dir), registry)
     return network.eval()

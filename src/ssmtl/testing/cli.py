@@ -63,7 +63,7 @@ class SsmtlCli:
         them with ``env=`` to test them) and restored afterwards.
         """
         from ssmtl.cli import common
-        from ssmtl.core import registry as registry_module
+        from ssmtl.host import registry as registry_module
 
         # start from no plugin selection, whatever the test session set before
         saved = {key: os.environ.pop(key, None) for key in _ENV_KEYS}

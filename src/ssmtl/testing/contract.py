@@ -45,17 +45,17 @@ from typing import Any, Iterable
 import torch
 from pydantic import ValidationError
 
-from ssmtl.core.augment import AugmentConfig, make_augmenter
+from ssmtl.training.augment import AugmentConfig, make_augmenter
 from ssmtl.pretraining.config import resolve_task_configs
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.hooks import hookimpl
 from ssmtl.api.network import SharedNetwork
-from ssmtl.core.networks import build_network
-from ssmtl.core.registry import build_registry
+from ssmtl.host.networks import build_network
+from ssmtl.host.registry import build_registry
 from ssmtl.api.specs import TaskSpec
 from ssmtl.api.tasks import PretextTask, TaskConfig, TaskOutput
 from ssmtl.api.views import BUILTIN_VIEWS, StepContext, task_views
-from ssmtl.testing.tiny import TINY_SIZE, tiny_batch, tiny_model
+from ssmtl.testing.tiny import harness_registry, TINY_SIZE, tiny_batch, tiny_model
 
 KNOWN_PARTS = frozenset({"encoder", "decoder"})
 _UNKNOWN_FIELD = "ssmtl_contract_unknown_option"
@@ -257,7 +257,8 @@ def check_task_contract(
     spec, registry = resolve_task_spec(spec_or_plugin, name)
     task_config = _check_config(spec, registry, dict(config or {}))
     torch.manual_seed(seed)
-    network = build_network(tiny_model(model))
+    networks = harness_registry()  # the task's own registry holds only the task; networks are the installed ones
+    network = build_network(tiny_model(model, networks), networks)
     task = _build(spec, task_config, network)
     try:
         builders, transforms = task_views({spec.name: task})  # as the engine collects them

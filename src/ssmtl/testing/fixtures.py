@@ -15,7 +15,7 @@ TINY_CACHE = {"subjects": 4, "size": 32, "num_slices": 8, "variability": "low"}
 @pytest.fixture
 def ssmtl_plugin_manager():
     """A fresh pluggy ``PluginManager`` with the ssmtl hookspecs and no plugin registered."""
-    from ssmtl.core.registry import new_plugin_manager
+    from ssmtl.host.registry import new_plugin_manager
 
     return new_plugin_manager()
 
@@ -31,7 +31,7 @@ def ssmtl_registry_factory() -> Callable[..., Any]:
     the registry reports (a rejected plugin, a duplicate name) fails the test with
     the registry's own message.
     """
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     def make(*plugins: Any, builtins: bool | Iterable[str] = (), strict: bool = True):
         modules = None if builtins is True else (() if builtins is False else tuple(builtins))
@@ -48,7 +48,7 @@ def ssmtl_tiny_cache(tmp_path_factory) -> Path:
     """A phantom slice cache built once per session: 4 CT subjects, 8 slices of 32x32."""
     from ssmtl.data.build import build_cache
     from ssmtl.data.preprocess import PreprocessConfig
-    from ssmtl.core.registry import build_registry
+    from ssmtl.host.registry import build_registry
 
     out = tmp_path_factory.mktemp("ssmtl_tiny_cache") / "phantom.h5"
     return build_cache(

@@ -17,8 +17,8 @@ import torch
 
 from ssmtl.api import NetworkConfig, PretextTask, SequenceBatch, SharedNetwork, StepContext
 from ssmtl.api.views import task_views
-from ssmtl.core.augment import AugmentConfig, make_augmenter
-from ssmtl.core.networks import build_network, network_config
+from ssmtl.training.augment import AugmentConfig, make_augmenter
+from ssmtl.host.networks import build_network, network_config
 
 #: The options of the default network (ssmtl's U-Net) every tiny network uses unless overridden.
 TINY_MODEL: dict[str, int] = {"base_channels": 4, "depth": 2}
@@ -27,14 +27,21 @@ TINY_MODEL: dict[str, int] = {"base_channels": 4, "depth": 2}
 TINY_SIZE = 32
 
 
+def harness_registry(registry=None):
+    """The registry a test harness call works with: the one given, else the installed plugins
+    (the harness is an entry point, as the command line and the Python API are)."""
+    if registry is not None:
+        return registry
+    from ssmtl.host.registry import get_registry
+
+    return get_registry()
+
+
 def tiny_model(model: Mapping[str, Any] | None = None, registry=None) -> NetworkConfig:
     """A network config: the default network (the U-Net) with :data:`TINY_MODEL` and
     ``model``'s options, or, when ``model`` names another network (``name``), exactly
     ``model`` (its own options; make them small)."""
-    if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
+    registry = harness_registry(registry)
     model = dict(model or {})
     if model.get("name", registry.default_network()) == registry.default_network():
         model = {**TINY_MODEL, **model}
@@ -44,7 +51,8 @@ def tiny_model(model: Mapping[str, Any] | None = None, registry=None) -> Network
 def tiny_network(**overrides) -> SharedNetwork:
     """The default network with 4 base channels and depth 2 (override any field), or
     ``tiny_network(name="NETWORK", ...)`` another network plugin's with these options."""
-    return build_network(tiny_model(overrides))
+    registry = harness_registry()
+    return build_network(tiny_model(overrides, registry), registry)
 
 
 def tiny_batch(

@@ -8,7 +8,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 from ssmtl.api import NativeClass, NetworkInfo, NetworkOutput
-from ssmtl.plugins.networks.monai_unet import MonaiBasicUNetConfig, native_class, native_kwargs
+from ssmtl.plugins.networks.monai_unet_config import MonaiBasicUNetConfig, native_class, native_kwargs
 
 ENCODER_STAGES = ("conv_0", "down_1", "down_2", "down_3", "down_4")  # full resolution first
 DECODER_STAGES = ("upcat_4", "upcat_3", "upcat_2", "upcat_1")  # deepest first

@@ -46,27 +46,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssmtl.api import (
-    batchnorm_layers,
-    concat_all_gather,
     DataInfo,
-    ema_momentum,
     global_pool,
     hookimpl,
+    NetworkInfo,
+    PretextTask,
+    SharedNetwork,
+    StepContext,
+    TaskConfig,
+    TaskOutput,
+    TaskSpec,
+)
+from ssmtl.api.ssl import (
+    batchnorm_layers,
+    concat_all_gather,
+    ema_momentum,
     info_nce,
     initial_weight_share,
     KeyQueue,
     MIN_SPLIT_BN_GROUP,
     multi_positive_info_nce,
-    NetworkInfo,
-    PretextTask,
-    SharedNetwork,
     shuffle_bn_forward,
     split_bn_forward,
     split_bn_groups,
-    StepContext,
-    TaskConfig,
-    TaskOutput,
-    TaskSpec,
     world_size,
 )
 

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssmtl.core.files import fsync_directory, fsync_file
+from ssmtl.storage.files import fsync_directory, fsync_file
 
 MANIFEST = "checkpoint.json"
 PREFIX = "step-"

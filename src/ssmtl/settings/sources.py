@@ -100,10 +100,14 @@ def summary(rows: list[tuple[str, str]], what: str = "configuration") -> str:
     return f"invalid {what}: {loc}: {msg}{more}"
 
 
-def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> BaseModel:
-    """Validate ``data`` with ``model``; raise a :class:`ConfigError` naming each bad field."""
+def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str,
+                   context: Mapping[str, Any] | None = None) -> BaseModel:
+    """Validate ``data`` with ``model``; raise a :class:`ConfigError` naming each bad field.
+
+    ``context`` reaches the model's validators (``{"registry": ...}`` for configs whose tables
+    name plugins)."""
     try:
-        return model.model_validate(dict(data))
+        return model.model_validate(dict(data), context=context)
     except ValidationError as exc:
         rows = error_rows(exc, prefix=prefix)
         loc, msg = rows[0]

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssmtl import __version__
+from ssmtl._version import __version__
 from ssmtl.api.errors import ConfigError, SsmtlError
-from ssmtl.core.files import atomic_directory, load_into, load_json_object, save_json, save_tensors
-from ssmtl.core.networks import build_network, native_class, network_config
+from ssmtl.storage.files import atomic_directory, load_into, load_json_object, save_json, save_tensors
+from ssmtl.host.networks import build_network, native_class, network_config
 
 EXPORT_DIR = "export"
 _NONE = type(None)
@@ -104,7 +104,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return load_json_object(path, "export manifest", MANIFEST_FIELDS, ("model",))
 
 
-def load_pretrained_network(run_dir: Path, registry=None) -> tuple[nn.Module, dict[str, Any]]:
+def load_pretrained_network(run_dir: Path, registry) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network described by an export and load its weights with ``strict=True``."""
     manifest = read_manifest(run_dir)
     path = Path(run_dir) / EXPORT_DIR / "manifest.json"

@@ -19,21 +19,25 @@ from torch import nn
 
 from ssmtl.api.errors import ConfigError, SsmtlError
 from ssmtl.api.network import NativeClass, NetworkConfig, NetworkInfo
-from ssmtl.core.plugin_calls import plugin_call
-from ssmtl.core.settings import error_rows, summary
+from ssmtl.host.plugin_calls import plugin_call
+from ssmtl.settings.sources import error_rows, summary
 
 
-def _registry(registry):
+def context_registry(info: Any) -> Any:
+    """The plugin registry a pydantic validator was given (``context={"registry": ...}``).
+
+    Configs whose tables name plugins (``model.name``, the tasks) are validated against the
+    registry of the command or Python API call that validates them; there is no process-wide
+    fallback, so a config never resolves against plugins its caller did not load."""
+    registry = (getattr(info, "context", None) or {}).get("registry")
     if registry is None:
-        from ssmtl.core.registry import get_registry
-
-        registry = get_registry()
+        raise ValueError("needs the plugin registry to resolve plugin names: validate with "
+                         "context={'registry': registry} (resolve_run_config / resolve_finetune_config do)")
     return registry
 
 
-def resolve_network_config(value: Any, registry=None, prefix: str = "model") -> tuple[NetworkConfig | None, list[tuple[str, str]]]:
+def resolve_network_config(value: Any, registry, prefix: str = "model") -> tuple[NetworkConfig | None, list[tuple[str, str]]]:
     """Validate a ``model`` table (a dict, or a config) with its network's config model: ``(config, error rows)``."""
-    registry = _registry(registry)
     if isinstance(value, NetworkConfig) and value.name in registry.networks \
             and isinstance(value, registry.networks[value.name].config_model):
         return value, []
@@ -56,7 +60,7 @@ def resolve_network_config(value: Any, registry=None, prefix: str = "model") -> 
         return None, error_rows(exc, prefix=prefix)
 
 
-def network_config(value: Any, registry=None, prefix: str = "model") -> NetworkConfig:
+def network_config(value: Any, registry, prefix: str = "model") -> NetworkConfig:
     """:func:`resolve_network_config`, raising :class:`ConfigError` with one row per problem."""
     config, rows = resolve_network_config(value, registry, prefix)
     if rows:
@@ -64,7 +68,7 @@ def network_config(value: Any, registry=None, prefix: str = "model") -> NetworkC
     return config
 
 
-def validate_network_field(value: Any, registry=None) -> NetworkConfig:
+def validate_network_field(value: Any, registry) -> NetworkConfig:
     """For a pydantic ``mode="before"`` validator: the resolved config, or a ``ValueError``."""
     config, rows = resolve_network_config(value, registry)
     if rows:
@@ -72,9 +76,9 @@ def validate_network_field(value: Any, registry=None) -> NetworkConfig:
     return config
 
 
-def build_network(config: NetworkConfig, registry=None) -> nn.Module:
+def build_network(config: NetworkConfig, registry) -> nn.Module:
     """The network plugin's module for ``config``, checked against the network contract."""
-    spec = _registry(registry).network(config.name)
+    spec = registry.network(config.name)
     with plugin_call("network", config.name, "its factory (build)", registry):
         network = spec.factory(config)
     what = f"network {config.name!r}: the factory returned"
@@ -96,6 +100,6 @@ def native_class(network: nn.Module) -> NativeClass | None:
     return describe() if callable(describe) else None
 
 
-def network_models(registry=None) -> list[type[NetworkConfig]]:
+def network_models(registry) -> list[type[NetworkConfig]]:
     """Every registered network's config model (for the JSON Schema of a run config)."""
-    return [spec.config_model for spec in _registry(registry).networks.values()]
+    return [spec.config_model for spec in registry.networks.values()]

@@ -1,8 +1,13 @@
-"""Slice-by-slice inference of a fine-tuned model, returned on the scan's own voxel grid.
+"""The one predictor of a fine-tuned model: validation, evaluation and ``ssmtl predict`` share it.
 
-The one path from a preprocessed volume (D, H, W) to a native-resolution prediction,
-shared by ``ssmtl predict`` and evaluation at native resolution, so what is scored is
-what a user gets. Slices run in batches (``batch_size``) under optional autocast; each
+As nnU-Net's predictor serves its validation, its evaluation and its inference alike, one
+:class:`Predictor` turns a preprocessed volume (D, H, W) into class ids, so what validation
+selects on, what evaluation scores and what a user gets are computed the same way:
+
+* :meth:`Predictor.cache_grid`: the head's prediction on the cache grid (validation during
+  fine-tuning, and evaluation on the cache grid);
+* :meth:`Predictor.native`: the prediction mapped back to a scan's own voxel grid
+  (``ssmtl predict`` and evaluation at native resolution). Slices run in batches (``batch_size``) under optional autocast; each
 batch goes back to native resolution on the device (:class:`~ssmtl.data.native.InPlaneMap`):
 
 * ``resample="linear"``: class probabilities are interpolated bilinearly to the native
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from ssmtl.api.errors import SsmtlError
+from ssmtl.training.accelerator import accelerator_type, mps_available
 from ssmtl.data.native import InPlaneMap
 from ssmtl.data.scan_writer import PROBABILITY_LEVELS
 from ssmtl.data.transform import VolumeTransform
@@ -37,15 +43,18 @@ PRECISIONS = ("no", "bf16", "fp16")
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``auto`` (or None): the GPU when there is one, else the CPU; otherwise the named device, checked."""
+    """``auto`` (or None): a CUDA GPU when there is one, else Apple's GPU (MPS), else the CPU;
+    otherwise the named device, checked."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(accelerator_type())
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise SsmtlError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise SsmtlError(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SsmtlError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if resolved.type == "mps" and not mps_available():
+        raise SsmtlError(f"--device {device}: no Apple GPU (MPS) is available here; use --device cpu")
     return resolved
 
 
@@ -82,8 +91,8 @@ class NativePrediction:
     cache_labels: np.ndarray | None = None
 
 
-class SliceInference:
-    """A fine-tuned model in eval mode on a device, predicting volumes slice batch by slice batch."""
+class Predictor:
+    """A fine-tuned model on a device, predicting volumes slice batch by slice batch, in eval mode."""
 
     def __init__(self, model, device: torch.device, *, batch_size: int = 32, mixed_precision: str = "no"):
         if batch_size < 1:
@@ -94,6 +103,25 @@ class SliceInference:
         self.mixed_precision = mixed_precision
         autocast(device, mixed_precision)  # checks the name before any work
 
+    def _logits(self, image: np.ndarray, lo: int, hi: int) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image[lo:hi, None], dtype=np.float32)).to(self.device)
+        with autocast(self.device, self.mixed_precision):
+            return self.model(x)
+
+    @torch.no_grad()
+    def cache_grid(self, image: np.ndarray) -> np.ndarray:
+        """(D, H, W) uint8 class ids of a (D, H, W) cache-grid image: the head's own ``predict``.
+
+        The model is put in eval mode first: validation calls this between training steps,
+        and the next step puts it back in training mode.
+        """
+        self.model.eval()
+        slices = []
+        for lo in range(0, image.shape[0], self.batch_size):
+            logits = self._logits(image, lo, min(image.shape[0], lo + self.batch_size))
+            slices.append(self.model.head.predict(logits).to("cpu", torch.uint8).numpy())
+        return np.concatenate(slices, axis=0) if slices else np.zeros(image.shape, dtype=np.uint8)
+
     @torch.no_grad()
     def native(self, image: np.ndarray, transform: VolumeTransform, *, resample: Resample = "auto",
                probabilities: bool = False, cache_labels: bool = False,
@@ -102,6 +130,7 @@ class SliceInference:
 
         ``cache_labels`` also keeps the prediction on the cache grid (evaluation scores both).
         """
+        self.model.eval()
         resample = resolve_resampling(resample, transform)
         plane = InPlaneMap(transform)
         depth = image.shape[0]
@@ -110,9 +139,7 @@ class SliceInference:
         kept = None
         for lo in range(0, depth, self.batch_size):
             hi = min(depth, lo + self.batch_size)
-            x = torch.from_numpy(np.ascontiguousarray(image[lo:hi, None], dtype=np.float32)).to(self.device)
-            with autocast(self.device, self.mixed_precision):
-                logits = self.model(x)
+            logits = self._logits(image, lo, hi)
             head = self.model.head
             probs = head.probabilities(logits).float() if (resample == "linear" or probabilities) else None
             predicted = head.predict(logits).to("cpu", torch.uint8).numpy() if (resample == "nearest" or cache_labels) else None

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ssmtl.core.files import atomic_write
-from ssmtl.core.recorder import METRICS
+from ssmtl.storage.files import atomic_write
+from ssmtl.training.rundir import METRICS
 
 CURVES_FILE = "curves.png"
 

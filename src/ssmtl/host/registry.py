@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from ssmtl.api import hooks as hookspecs
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.settings import env_flag
+from ssmtl.settings.sources import env_flag
 from ssmtl.api.specs import DatasetSpec, DefaultsSpec, HeadSpec, NetworkSpec, PluginInfo, TaskSpec
 
 ENTRY_POINT_GROUP = "ssmtl"
@@ -320,7 +320,7 @@ def build_registry(
     ``builtins``: module paths (or modules) to load as the built-ins instead of the
     ssmtl distribution's entry points, e.g. a test's subset; ``()`` for none.
     """
-    from ssmtl import __version__
+    from ssmtl._version import __version__
 
     if external is None:
         external = not env_flag(DISABLE_ENV)

@@ -4,7 +4,7 @@ Per optimizer step: the model's forward on every micro-batch (inside the
 Accelerator's autocast), one backward each, then the **non-finite policy**, gradient
 clipping, the optimizer and scheduler step, and the caller's post-step hook (e.g.
 MoCo's momentum update). Around the steps: logging through the run's
-:class:`~ssmtl.core.recorder.Recorder`, periodic atomic checkpoints, and the progress
+:class:`~ssmtl.training.recorder.Recorder`, periodic atomic checkpoints, and the progress
 display. What differs between pre-training and fine-tuning is only the model (what its
 forward computes) and the batches; the mechanics and policies are the same:
 
@@ -37,20 +37,20 @@ from pydantic import BaseModel, Field
 
 from ssmtl.api.rules import CONFIG_RULES
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.progress import Progress
-from ssmtl.core.recorder import Recorder
-from ssmtl.core.trackers import Tracker
+from ssmtl.training.progress import Progress
+from ssmtl.training.recorder import Recorder
+from ssmtl.training.trackers import Tracker
 
 
 class LoopConfig(BaseModel):
     """The ``train`` section every training command shares: optimisation and bookkeeping.
 
-    Pre-training and fine-tuning subclass it (their own defaults, their own extra fields);
-    the loop reads only these fields.
+    Pre-training and fine-tuning subclass it (their own defaults, their own extra fields,
+    each its own ``steps``: a number for pre-training, a number or ``auto`` for fine-tuning);
+    the loop reads only these fields, and is told where to stop.
     """
 
     model_config = CONFIG_RULES
-    steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Samples per process per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
@@ -136,33 +136,36 @@ class TrainingLoop:
             return "another process"
         return "the weighted sum of the losses"
 
-    def run(self, batches: Iterator[Any], start_step: int, recorder: Recorder, *, slices_per_step: int,
+    def run(self, batches: Iterator[Any], start_step: int, stop: int, recorder: Recorder, *, slices_per_step: int,
             label: str, progress: bool = True, on_logged: Callable[[int], bool | None] | None = None) -> LoopResult:
-        """Steps ``start_step`` .. ``policy.steps - 1``; ``batches`` yields micro-batches on the device.
+        """Optimizer steps ``start_step + 1`` .. ``stop`` (counted as steps done: one counter for the
+        console, ``metrics.jsonl``, the trackers and the checkpoints); ``batches`` yields
+        micro-batches on the device.
 
         ``on_logged(done)`` runs on every process after each logging interval (e.g. validation);
         when it returns True (on every process alike) the run stops there, with a checkpoint.
         """
         acc, policy = self.accelerator, self.policy
-        bar = Progress(progress and acc.is_main_process, label, policy.steps, start_step, self.names)
+        bar = Progress(progress and acc.is_main_process, label, stop, start_step, self.names)
         nonfinite_run = skipped = 0
-        allowed = policy.max_skipped_share * (policy.steps - start_step)  # skips this run can take
-        last = policy.steps
+        allowed = policy.max_skipped_share * (stop - start_step)  # skips this run can take
+        last = stop
         t_start = t_last = time.perf_counter()
         completed = False
         try:
-            for step in range(start_step, policy.steps):
+            for step in range(start_step, stop):
+                done = step + 1
                 outcome = self.step([next(batches) for _ in range(policy.grad_accum)], step)
                 if outcome.skipped:
                     nonfinite_run += 1
                     culprit = self._culprit(outcome)
-                    acc.print(f"warning: step {step}: non-finite loss from {culprit}; step skipped", file=sys.stderr)
-                    recorder.skipped(step, outcome.nonfinite)
+                    acc.print(f"warning: step {done}: non-finite loss from {culprit}; step skipped", file=sys.stderr)
+                    recorder.skipped(done, outcome.nonfinite)
                     skipped += 1
                     if skipped > allowed:
                         recorder.flush()
                         raise SsmtlError(
-                            f"stopping: {skipped} of the run's {policy.steps - start_step} steps were skipped for a "
+                            f"stopping: {skipped} of the run's {stop - start_step} steps were skipped for a "
                             f"non-finite loss (last from {culprit}), more than train.max_skipped_share="
                             f"{policy.max_skipped_share:g}; the weights are not trained as asked and are not exported. "
                             "Lower the learning rate, enable gradient clipping, or check the data and the --init weights"
@@ -175,18 +178,17 @@ class TrainingLoop:
                         )
                     continue
                 nonfinite_run = 0
-                done = step + 1
                 now = time.perf_counter()
-                recorder.add(step, self.scheduler.get_last_lr()[0], outcome.losses, outcome.weights, outcome.metrics,
+                recorder.add(done, self.scheduler.get_last_lr()[0], outcome.losses, outcome.weights, outcome.metrics,
                              slices_per_step / max(now - t_last, 1e-9))
                 t_last = now
-                if done % policy.log_every == 0 or done == policy.steps:
+                if done % policy.log_every == 0 or done == stop:
                     recorder.flush()
                     bar.update(done, recorder.last, slices_per_step * (done - start_step) / max(now - t_start, 1e-9))
                     if on_logged is not None and on_logged(done):
                         last = done
                         break
-                if done % policy.checkpoint_every == 0 and done < policy.steps:
+                if done % policy.checkpoint_every == 0 and done < stop:
                     recorder.save_checkpoint(done)
             recorder.flush()
             recorder.save_checkpoint(last)

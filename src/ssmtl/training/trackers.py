@@ -1,7 +1,7 @@
 """Experiment trackers (``train.log_with`` / ``--log-with``): TensorBoard, Weights & Biases,
 MLflow and Aim, through Accelerate's trackers.
 
-The :class:`~ssmtl.core.recorder.Recorder` stays the one place that logs: every record it
+The :class:`~ssmtl.training.recorder.Recorder` stays the one place that logs: every record it
 writes to ``metrics.jsonl`` also goes to the trackers, flattened to scalars
 (``loss``, ``lr``, ``contrastive/loss``, ``contrastive/acc``, ``val_dice``, ...), at the
 record's step. Everything stays on the machine unless the user says otherwise:

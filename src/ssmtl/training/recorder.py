@@ -6,17 +6,19 @@ One :class:`Recorder` per run owns them all (and is the one writer of ``metrics.
 * **Metrics.** Per-step values stay on the device and are written at log intervals,
   one JSON line per step (``step``, ``loss``, ``lr``, ``slices_per_s`` and, per loss
   component, its ``loss``, ``weight`` and metrics), so logging costs no host-device
-  sync per step. A skipped step (non-finite loss) gets its own line, in step order.
-  On resume, lines of steps at or after the resumed step are dropped (they are
-  recomputed), so the file never repeats a step. :meth:`log` adds a record of its own
+  sync per step. ``step`` counts optimizer steps done (the loss of the first step is
+  ``step: 1``), as the console and the checkpoints count them. A skipped step
+  (non-finite loss) gets its own line, in step order. On resume, lines of steps after
+  the resumed step are dropped (they are recomputed), so the file never repeats a step. :meth:`log` adds a record of its own
   (e.g. a validation score) to the file.
 * **Trackers.** When the Accelerator was made with ``log_with``
-  (:mod:`ssmtl.core.trackers`), :meth:`start` starts them and every record written to
+  (:mod:`ssmtl.training.trackers`), :meth:`start` starts them and every record written to
   ``metrics.jsonl`` goes to them too, flattened to scalars at the record's step;
-  :meth:`finish` closes them and draws ``curves.png`` (:mod:`ssmtl.core.curves`).
+  :meth:`finish` closes them and draws ``curves.png`` (:mod:`ssmtl.training.curves`).
 * **Checkpoints.** ``accelerator.save_state`` into a hidden temporary directory, then
-  :func:`ssmtl.core.checkpointing.finalize` (checksums, atomic rename); the newest
-  ``keep`` are kept. :meth:`resume_point` loads the newest one that verifies.
+  :func:`ssmtl.training.checkpointing.finalize` (checksums, atomic rename); the newest
+  ``keep`` are kept. :meth:`latest_checkpoint` finds the newest one that verifies and
+  :meth:`load_checkpoint` restores it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core import checkpointing as ckpt
-from ssmtl.core import trackers
-from ssmtl.core.files import save_text
-
-METRICS = "metrics.jsonl"
+from ssmtl.training import checkpointing as ckpt
+from ssmtl.training import trackers
+from ssmtl.storage.files import save_text
+from ssmtl.training.curves import write_curves
+from ssmtl.training.rundir import METRICS
 
 
 @dataclass
@@ -74,8 +76,8 @@ class Recorder:
 
     # -- metrics ----------------------------------------------------------------------
     def start(self, step: int, *, project: str = "run", config: Mapping[str, Any] | None = None) -> None:
-        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines before ``step``
-        (and the caller's records, e.g. validation, made once ``step`` steps were done).
+        """A fresh ``metrics.jsonl`` at step 0; on resume, keep only the lines of the ``step`` steps
+        done before (the losses, and the caller's records such as validation, made by then).
         Starts the trackers (``project``: their run name; ``config``: the hyper-parameters they record)."""
         if self.accelerator.log_with:
             names = [str(t) for t in self.accelerator.log_with]  # LoggerType values
@@ -90,8 +92,7 @@ class Recorder:
             for line in self.path.read_text().splitlines():
                 try:
                     record = json.loads(line)
-                    at = record.get("step", -1)
-                    if at < step or (at == step and "loss" not in record):  # log() records count steps done
+                    if record.get("step", step + 1) <= step:
                         kept.append(line)
                 except (json.JSONDecodeError, AttributeError):
                     continue  # a line cut by the kill
@@ -150,14 +151,16 @@ class Recorder:
         """Close the trackers; after a completed run, draw ``curves.png`` from ``metrics.jsonl``."""
         trackers.finish_trackers(self.accelerator)
         if completed and self.main:
-            from ssmtl.core.curves import write_curves
-
             write_curves(self.run_dir)
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, step: int, state: dict[str, Any] | None = None) -> Path:
-        """Every process saves its state into one temporary directory; the main process publishes it."""
+        """Every process saves its state into one temporary directory; the main process publishes it.
+
+        The pending metrics are written first, so a run resumed from this checkpoint finds every
+        step before it in ``metrics.jsonl``."""
         acc = self.accelerator
+        self.flush()
         tmp, final = ckpt.temporary_dir(self.checkpoints, step), ckpt.checkpoint_dir(self.checkpoints, step)
         try:
             if self.main:
@@ -200,7 +203,3 @@ class Recorder:
                              "checkpoint.json, so they were replaced, not damaged by a crash)") from None
         self.accelerator.print(f"resuming from {found.path} at step {found.step}", file=sys.stderr)
         return found.step
-
-    def resume_point(self) -> int:
-        """Load the newest checkpoint that verifies; its step (0: none)."""
-        return self.load_checkpoint(self.latest_checkpoint())

@@ -23,10 +23,11 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.core.files import exclusive_lock, load_json, out_of_space, save_json, writing
+from ssmtl.storage.files import exclusive_lock, load_json, out_of_space, save_json, writing
+from ssmtl.storage.outputs import refuse_overlap
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 MARKER = "ssmtl-run.json"
@@ -57,23 +58,6 @@ def run_kind(out: Path) -> str | None:
     if (out / "run.json").is_file() or (out / "split.json").is_file():
         return "finetune"
     return None
-
-
-def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path | str | Sequence[Path] | None]], flag: str = "--out") -> None:
-    """Refuse an output that is one of the inputs, holds one, or lies inside an input folder:
-    writing there would overwrite an input (or mix the output into the inputs)."""
-    target = Path(out).resolve()
-    flat = [(name, one) for name, path in inputs  # an input may be several paths (e.g. --data a.h5 --data b.h5)
-            for one in (path if isinstance(path, (list, tuple)) else [path])]
-    given = [(name, path, Path(path).resolve()) for name, path in flat if path is not None and str(path) not in ("", "none")]
-    # the closest relation first: "is the input volume" says more than "is inside the input folder"
-    for relation, test in (("is", lambda source: source == target), ("contains", lambda source: target in source.parents),
-                           ("is inside", lambda source: source in target.parents)):
-        name, path = next(((name, path) for name, path, source in given if test(source)), (None, None))
-        if name is None:
-            continue
-        raise SsmtlError(f"{flag} {out}: {relation} the input {name} {path}; choose another {flag} "
-                         "(an output never overwrites or mixes with its inputs)")
 
 
 @dataclass
@@ -112,20 +96,6 @@ def run_directory(out: Path, what: str) -> Iterator[None]:
     finally:
         _ACTIVE.remove(guard)
         guard.locks.close()
-
-
-@contextlib.contextmanager
-def removed_on_failure(out: Path) -> Iterator[None]:
-    """An output folder the block creates is removed again if the block fails (a folder that
-    existed before is left as it is)."""
-    out = Path(out)
-    existed = out.exists()
-    try:
-        yield
-    except BaseException:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def _remove_fresh(out: Path, keep_folder: bool) -> None:

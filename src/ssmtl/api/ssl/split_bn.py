@@ -1,6 +1,6 @@
 """Split BatchNorm: batch statistics computed in groups of a (shuffled) batch, in one process.
 
-MoCo's shuffle-BN (:func:`~ssmtl.api.distributed.shuffle_bn_forward`) keeps a query's
+MoCo's shuffle-BN (:func:`~ssmtl.api.ssl.distributed.shuffle_bn_forward`) keeps a query's
 BatchNorm statistics from leaking into its positive key by computing the key batch
 on another process's samples. With one process there is nothing to shuffle across;
 the MoCo authors' single-GPU CIFAR demo (facebookresearch/moco, ``colab/moco_cifar10_demo.ipynb``)

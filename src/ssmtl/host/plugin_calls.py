@@ -13,8 +13,9 @@ or ``SSMTL_DEBUG=1`` prints that full traceback too. What the plugin raised on p
 (an ``SsmtlError``: a bad file, a bad option) is passed through as the plugin wrote it.
 
 :func:`checked_task_output` checks what a task's ``forward`` returned (a
-:class:`~ssmtl.api.TaskOutput` whose loss is one finite-or-not floating number), so a wrong
-return value is named here instead of failing later inside ``torch.stack``.
+:class:`~ssmtl.api.TaskOutput` whose loss is one finite-or-not floating number), and
+:func:`checked_loss` what a task's or a head's loss is, so a wrong return value is named
+here instead of failing later inside ``torch.stack``.
 """
 
 from __future__ import annotations
@@ -41,15 +42,8 @@ class PluginCallError(SsmtlError):
 
 def plugin_label(kind: str, name: str, registry: Any = None) -> str:
     """``task 'order' (package ssmtl-foo 0.1)``; the package is left out where the registry
-    does not know it (a plugin registered in-process, or no registry loaded)."""
+    does not know it (a plugin registered in-process) or was not given."""
     label = f"{kind} {name!r}"
-    if registry is None:
-        try:
-            from ssmtl.core.registry import get_registry
-
-            registry = get_registry()
-        except Exception:  # the label must never hide the error it describes
-            return label
     table = _TABLES.get(kind, kind)
     for plugin in getattr(registry, "plugins", ()):
         if name in plugin.provides.get(table, ()):
@@ -82,22 +76,27 @@ def refuse(kind: str, name: str, call: str, problem: str, registry: Any = None) 
     return PluginCallError(f"{plugin_label(kind, name, registry)}: {call} {problem}", kind, name, call)
 
 
-def checked_task_output(name: str, out: Any) -> TaskOutput:
-    """A task's ``forward`` result, or a :class:`PluginCallError` saying what is wrong with it.
+def checked_loss(kind: str, name: str, call: str, loss: Any, registry: Any = None) -> torch.Tensor:
+    """A plugin's loss as a scalar tensor, or a :class:`PluginCallError` saying what is wrong with it.
 
-    A one-element loss of shape ``(1,)`` is accepted as the scalar it is.
+    Tasks (``forward``'s ``TaskOutput.loss``) and heads (``loss``) both return one
+    floating-point number; a one-element loss of shape ``(1,)`` is accepted as the scalar it is.
     """
-    if not isinstance(out, TaskOutput):
-        raise refuse("task", name, "forward", f"returned {type(out).__name__}, expected a TaskOutput(loss=..., metrics={{...}})")
-    loss = out.loss
     if not isinstance(loss, torch.Tensor):
-        raise refuse("task", name, "forward", f"returned a loss of type {type(loss).__name__}, expected a torch.Tensor")
+        raise refuse(kind, name, call, f"returned a loss of type {type(loss).__name__}, expected a torch.Tensor", registry)
     if not loss.is_floating_point():
-        raise refuse("task", name, "forward", f"returned a loss of dtype {loss.dtype}, expected a floating-point tensor")
+        raise refuse(kind, name, call, f"returned a loss of dtype {loss.dtype}, expected a floating-point tensor", registry)
     if loss.numel() != 1:
-        raise refuse("task", name, "forward", f"returned a loss of shape {tuple(loss.shape)}, expected one number (shape ())")
+        raise refuse(kind, name, call, f"returned a loss of shape {tuple(loss.shape)}, expected one number (shape ())", registry)
+    return loss.reshape(()) if loss.dim() != 0 else loss
+
+
+def checked_task_output(name: str, out: Any, registry: Any = None) -> TaskOutput:
+    """A task's ``forward`` result, or a :class:`PluginCallError` saying what is wrong with it."""
+    if not isinstance(out, TaskOutput):
+        raise refuse("task", name, "forward", f"returned {type(out).__name__}, expected a TaskOutput(loss=..., metrics={{...}})",
+                     registry)
+    loss = checked_loss("task", name, "forward", out.loss, registry)
     if not isinstance(out.metrics, dict) or not all(isinstance(v, torch.Tensor) for v in out.metrics.values()):
-        raise refuse("task", name, "forward", "returned metrics that are not a dict of tensors")
-    if loss.dim() != 0:
-        out = TaskOutput(loss.reshape(()), out.metrics)
-    return out
+        raise refuse("task", name, "forward", "returned metrics that are not a dict of tensors", registry)
+    return out if loss is out.loss else TaskOutput(loss, out.metrics)

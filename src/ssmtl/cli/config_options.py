@@ -1,0 +1,214 @@
+"""Command options generated from the config models: each flag's type, default and help come
+from the pydantic field it sets, as :mod:`ssmtl.cli.dataset_options` does for datasets.
+
+A command lists which fields get a flag of their own (:class:`ConfigFlag`: the dotted path
+in the command's config, the flag's name); everything else about the flag is read from the
+field: the help is its ``description``, the default shown is the model's default, the
+metavar is its type (``<int>``, ``<no|bf16|fp16>``), a bool field is a ``--x/--no-x``
+switch and a list field is given by repeating the flag. Every other field is reached with
+``--set PATH=VALUE``, the same syntax in every command.
+
+* The options are made when the command parses its arguments or prints its help, never
+  when the CLI is built: ``ssmtl --help`` imports no config model.
+* A flag left out sets nothing (its value is ``None``), so a config file, an environment
+  variable or the model's default decides; a value goes to the model as given, so a bad
+  one is a validation error naming the field.
+* A required field (``--data``, ``--out``) is marked ``[required]`` in the help, and checked
+  once every source is merged (a config file may give it): :func:`require`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import typer
+import typer.main
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from typer.core import TyperCommand
+from typing_extensions import Annotated
+
+_PARAMS = "ssmtl.config_options.params"  # ctx.meta keys: made once per invocation
+_VALUES = "ssmtl.config_options.values"
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One field of a command's config with a flag of its own.
+
+    Args:
+        path: the dotted path in the command's config (``train.steps``).
+        flag: the flag (default: ``--`` and the path's last part with dashes, ``--steps``).
+        short: a one-letter alias (``-n``).
+        required: the command needs a value from some source (a flag, a file, the environment).
+        field: where the field is described when ``path`` leads into a table the command's
+            model does not type (the benchmark's ``finetune.train.lr``): ``(model, path)``.
+        help: a sentence added after the field's description (what the flag means here).
+    """
+
+    path: str
+    flag: str | None = None
+    short: str | None = None
+    required: bool = False
+    field: tuple[type[BaseModel], str] | None = None
+    help: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.flag or "--" + self.path.rsplit(".", 1)[-1].replace("_", "-")
+
+    @property
+    def param(self) -> str:
+        return "cfg__" + self.path.replace(".", "__")
+
+
+def field_info(model: type[BaseModel], path: str) -> FieldInfo:
+    """The pydantic field at a dotted ``path`` of ``model`` (through nested models)."""
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        info = model.model_fields[part]
+        if i == len(parts) - 1:
+            return info
+        inner = _inner(info.annotation)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            raise KeyError(f"{path}: {part} is not a table of {model.__name__}")
+        model = inner
+    raise KeyError(path)
+
+
+def default_text(info: FieldInfo) -> str | None:
+    """The default as the help shows it (``1000``, ``no``, ``[]``), or None for no default."""
+    default = info.get_default(call_default_factory=True)
+    if default is PydanticUndefined:
+        return None
+    if isinstance(default, BaseModel):
+        return None
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, (list, tuple)):
+        return "[" + ", ".join(map(str, default)) + "]"
+    return "none" if default is None else str(default)
+
+
+class ConfigOptionsCommand(TyperCommand):
+    """A Typer command plus one option per :class:`ConfigFlag` of its config (the module docstring).
+
+    The command's ``context_settings["ssmtl_config"]`` is ``(load_model, flags)``: a function
+    that imports and returns the config model, and the flags.
+    """
+
+    def get_params(self, ctx) -> list:
+        params = super().get_params(ctx)
+        if _PARAMS not in ctx.meta:
+            load, flags = self.context_settings["ssmtl_config"]
+            ctx.meta[_PARAMS] = (flags, make_options(load(), flags))
+        own = len(self.params)  # then --help, which stays last
+        return [*params[:own], *ctx.meta[_PARAMS][1], *params[own:]]
+
+    def invoke(self, ctx):
+        flags, generated = ctx.meta.get(_PARAMS, ((), []))
+        names = {param.name for param in generated}
+        given = {name: ctx.params.pop(name) for name in list(ctx.params) if name in names}
+        ctx.meta[_VALUES] = {flag.path: given.get(flag.param) for flag in flags}
+        return super().invoke(ctx)
+
+
+def config_command(app: typer.Typer, name: str, load_model: Callable[[], type[BaseModel]],
+                   flags: list[ConfigFlag]) -> Callable:
+    """``@config_command(app, "pretrain", load, FLAGS)``: register a command with generated options."""
+    return app.command(name, cls=ConfigOptionsCommand, context_settings={"ssmtl_config": (load_model, flags)})
+
+
+def flag_values(ctx) -> dict[str, Any]:
+    """``{path: value}`` of the generated flags the user gave (a list for a repeated flag)."""
+    return {path: value for path, value in ctx.meta.get(_VALUES, {}).items() if value not in (None, [], ())}
+
+
+def require(values: dict[str, Any], flags: list[ConfigFlag], resolved: Callable[[str], Any]) -> None:
+    """Refuse a missing required field, after every source was merged (``resolved(path)``)."""
+    from ssmtl.api.errors import SsmtlError
+
+    for flag in flags:
+        if flag.required and resolved(flag.path) in (None, [], ""):
+            raise SsmtlError(f"{flag.name} is required ({flag.path}: give the flag, or set it in --config FILE)")
+
+
+# -- building the options ---------------------------------------------------------------------
+
+
+def make_options(model: type[BaseModel], flags: list[ConfigFlag]) -> list:
+    """Typer's own options for ``flags``, built the public way: from a signature."""
+    parameters = [_parameter(flag, *(flag.field or (model, flag.path))) for flag in flags]
+
+    def holder(**values: Any) -> None:  # never called
+        pass
+
+    holder.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    app = typer.Typer(add_completion=False)
+    app.command()(holder)
+    return list(typer.main.get_command(app).params)
+
+
+def _parameter(flag: ConfigFlag, model: type[BaseModel], path: str) -> inspect.Parameter:
+    from rich.markup import escape
+
+    info = field_info(model, path)
+    annotation = info.annotation
+    is_bool = _inner(annotation) is bool
+    repeat = _is_container(annotation)
+    shown = default_text(info)
+    text = " ".join(t for t in (info.description or "", flag.help) if t)
+    if flag.required:
+        text += " [required]"
+    names = [f"{flag.name}/--no-{flag.name[2:]}" if is_bool else flag.name] + ([flag.short] if flag.short else [])
+    option = typer.Option(
+        *names, help=escape(text), metavar=None if is_bool else _metavar(annotation, repeat),
+        show_default=escape(shown) if shown is not None and not flag.required else False,
+    )
+    kind = Optional[bool] if is_bool else (Optional[list[str]] if repeat else Optional[str])
+    return inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[kind, option])
+
+
+def _inner(annotation: Any) -> Any:
+    """``X | None`` -> X; ``Annotated[X, ...]`` -> X."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _inner(args[0])
+    return annotation
+
+
+def _is_container(annotation: Any) -> bool:
+    """A list field (or one that may be a list: ``Path | list[Path]``): given by repeating the flag."""
+    inner = _inner(annotation)
+    options = typing.get_args(inner) if typing.get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
+    return any((typing.get_origin(a) or a) in (list, tuple, set, frozenset) for a in options)
+
+
+def _metavar(annotation: Any, repeat: bool) -> str:
+    """Typer's way of showing a type (``<int>``, ``<ct|mr>``), from the field's annotation."""
+    inner = _inner(annotation)
+    options = typing.get_args(inner) if typing.get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
+    shown = []
+    for option in options:
+        if typing.get_origin(option) is Annotated:
+            option = typing.get_args(option)[0]
+        if typing.get_origin(option) is Literal:
+            shown += [str(a) for a in typing.get_args(option)]
+        elif (typing.get_origin(option) or option) in (list, tuple, set, frozenset):
+            args = typing.get_args(option)
+            shown.append(_metavar(args[0], False).strip("<>") if args else "value")
+        elif isinstance(option, type):
+            shown.append({int: "int", float: "float", str: "text", Path: "path", bool: "bool"}.get(option, option.__name__.lower()))
+    text = "|".join(dict.fromkeys(shown)) or "value"
+    return f"<{text}>"

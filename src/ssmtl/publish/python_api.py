@@ -1,0 +1,79 @@
+"""``ssmtl.export(...)``, ``ssmtl.report(...)`` and ``ssmtl.load_network(...)``: what leaves a
+run, from Python, with the parameters of ``ssmtl export`` and ``ssmtl report``.
+
+Like the other Python API modules (:mod:`ssmtl.pretraining.python_api`,
+:mod:`ssmtl.downstream.python_api`), this is where a call without a ``registry`` gets the
+process's plugins (:func:`~ssmtl.host.registry.get_registry`, as the command line loads
+them); everything below takes the registry it is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ssmtl.host import registry as plugin_registry
+from ssmtl.host.registry import Registry
+from ssmtl.publish.hub import HubExport, export_run
+from ssmtl.publish.report import write_report
+from ssmtl.publish.runs import load_network as load_run_network
+
+
+def export(run: str | Path, format: str = "safetensors", *, part: str | None = None, out: str | Path | None = None,
+           size: int | None = None, force: bool = False, registry: Registry | None = None) -> HubExport:
+    """Export a run's weights as a model-hub folder, as ``ssmtl export RUN`` does.
+
+    Args:
+        run: a pre-training or fine-tuning run directory.
+        format: ``safetensors`` (weights), ``torchscript`` (``model.pt``) or ``onnx``
+            (``model.onnx``; needs ``pip install 'ssmtl[onnx]'``).
+        part: ``encoder``, ``network`` (encoder + decoder) or ``finetuned`` (network + head);
+            default: ``network`` for a pre-training run, ``finetuned`` for a fine-tuning run.
+        out: the output folder (default ``RUN/hub/PART-FORMAT``).
+        size: the slice size traced formats are built and checked at (default: the run's).
+        force: replace a non-empty output folder.
+        registry: the plugins to rebuild the network with (default: the installed ones).
+
+    Returns:
+        a :class:`~ssmtl.publish.hub.HubExport` (``path``, ``part``, ``format``, ``files``, ``parity``).
+
+    Raises:
+        SsmtlError: a bad run, option or output folder; weights holding NaN or Inf.
+    """
+    return export_run(Path(run), format, part=part, out=None if out is None else Path(out), size=size, force=force,
+                      registry=registry or plugin_registry.get_registry())
+
+
+def report(run: str | Path, out: str | Path | None = None, *, registry: Registry | None = None) -> Path:
+    """Write one self-contained HTML page about a run or a benchmark, as ``ssmtl report RUN`` does.
+
+    Args:
+        run: a pre-training run, a fine-tuning run or a benchmark directory.
+        out: the HTML file (default ``RUN/report.html``).
+        registry: the plugins to rebuild the network with (default: the installed ones).
+
+    Returns:
+        the path of the page written.
+
+    Raises:
+        SsmtlError: not a run or benchmark directory, or an unreadable run.
+    """
+    return write_report(run, out, registry=registry or plugin_registry.get_registry())
+
+
+def load_network(run: str | Path, *, registry: Registry | None = None) -> nn.Module:
+    """The trained module of a run, in eval mode.
+
+    Args:
+        run: a pre-training run (its shared network: ``forward(images) -> NetworkOutput``) or a
+            fine-tuning run (network + head: ``forward(images) -> logits (N, classes, H, W)``).
+        registry: the plugins to rebuild the network with (default: the installed ones).
+
+    Returns:
+        the ``torch.nn.Module``, weights loaded with ``strict=True``.
+
+    Raises:
+        SsmtlError: not a finished run, or weights that do not match its records.
+    """
+    return load_run_network(Path(run), registry or plugin_registry.get_registry())
