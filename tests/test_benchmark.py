@@ -42,9 +42,9 @@ def bench(cache: Path, out: Path, *extra: str):
 def test_tiny_benchmark_outputs_and_reuse(bench_cache, tmp_path):
     out = tmp_path / "bench"
     printed = bench(bench_cache, out).stdout
-    # one seed on a few test subjects is too few pairs for an interval, and the console says so
-    assert "(+x.xxx [low, high])" in printed
-    assert re.search(r"contrastive .*\(-?\+?\d\.\d{3} \[none: \d pair\(s\) < 6\]\)", " ".join(printed.split())), printed
+    # one seed is one draw, too few for an interval, and the console says so
+    assert "(+x.xxx [low, high; G draws, MDE m])" in " ".join(printed.split())
+    assert re.search(r"contrastive .*\(-?\+?\d\.\d{3} \[none: 1 draw\(s\) < 3\]\)", " ".join(printed.split())), printed
     for name in ("results.json", "results.md", "dice_vs_labels.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert (out / "dice_vs_labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

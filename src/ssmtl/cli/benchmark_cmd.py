@@ -69,6 +69,7 @@ def render_table(results):
     from rich.markup import escape
     from rich.table import Table
 
+    from ssmtl.experiments.intervals import MIN_DRAWS
     from ssmtl.experiments.results import interval_text
 
     budgets = sorted({r["labeled_volumes"] for r in results["summary"]})
@@ -92,6 +93,7 @@ def render_table(results):
                 text += escape(f" ({vs['pair_mean']:+.3f} [{interval_text(vs)}])")
             values.append(text)
         table.add_row(row_key[0], row_key[1], *values)
-    table.caption = escape("(+x.xxx [low, high]) = paired difference against scratch over (seed, test subject), "
-                           "95 % bootstrap CI; none below 6 pairs")
+    table.caption = escape("(+x.xxx [low, high; G draws, MDE m]) = paired difference against scratch, mean over "
+                           f"draws (seeds), 95 % t interval over the G draws, none below {MIN_DRAWS}; MDE: the "
+                           "difference G draws detect with 80 % power")
     return table

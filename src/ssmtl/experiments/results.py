@@ -1,4 +1,4 @@
-"""What a benchmark's cells add up to: summaries over seeds, paired differences, tables, the plot."""
+"""What a benchmark's cells add up to: summaries over seeds, paired differences by draw, tables, the plot."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from ssmtl.api.errors import SsmtlError
 from ssmtl.storage.files import atomic_write
-from ssmtl.experiments.paired import compare, MIN_PAIRS, RESAMPLES, verdict
+from ssmtl.experiments.paired import compare, MIN_DRAWS, verdict
 
 SCRATCH = "scratch"  # the random-init baseline; the other named methods are the plugins' task sets
 
@@ -26,9 +27,10 @@ def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (
     """Mean +- std over seeds per (protocol, method, budget), and paired differences vs each reference method.
 
     Each ``vs_<reference>`` entry has the per-seed difference of mean Dice (``mean``, ``std``,
-    ``pairs`` = seeds, ``wins``) and the paired comparison over (seed, test subject) pairs with
-    its 95 % bootstrap interval (``pair_mean``, ``ci95``, ``subject_pairs``; see
-    :mod:`ssmtl.experiments.paired`). ``failures`` counts, per structure, the test volumes
+    ``pairs`` = seeds, ``wins``) and the paired comparison with the draw (here: the seed) as
+    the unit: ``pair_mean``, the 95 % t interval ``ci95`` (none below ``MIN_DRAWS`` draws),
+    ``draws``, ``subjects`` per draw, ``sigma_b2`` / ``sigma_w2``, ``mde80`` and ``verdict``
+    (see :mod:`ssmtl.experiments.paired`). ``failures`` counts, per structure, the test volumes
     where it was missed or predicted though absent, over all seeds. A frozen-encoder row is
     compared with the reference's frozen row when there is one (representation against
     representation), else with its fine-tuned row (scratch has no frozen protocol).
@@ -78,32 +80,47 @@ def _space_line(results: dict[str, Any]) -> str:
 
 
 def interval_text(d: dict[str, Any], joiner: str = ", ") -> str:
-    """``+0.012, +0.034`` for a paired comparison's 95 % interval, or why there is none."""
+    """``-0.012, +0.034; 5 draws, MDE 0.051`` for a paired comparison's 95 % interval, or why
+    there is none. The draws and the minimal detectable effect (80 % power) travel with every
+    interval: they say how much it could have seen."""
     low, high = d["ci95"]
     if math.isnan(low) or math.isnan(high):
-        return f"none: {d['subject_pairs']} pair(s) < {MIN_PAIRS}"
-    return f"{low:+.3f}{joiner}{high:+.3f}"
+        return f"none: {d['draws']} draw(s) < {MIN_DRAWS}"
+    return f"{low:+.3f}{joiner}{high:+.3f}; {d['draws']} draws, MDE {d['mde80']:.3f}"
+
+
+def _subjects_text(d: dict[str, Any]) -> str:
+    counts = d.get("subjects") or []
+    if not counts:
+        return "no test subject"
+    low, high = min(counts), max(counts)
+    return f"{low} test subject(s) each" if low == high else f"{low} to {high} test subjects each"
 
 
 def _fmt_diff(d: dict[str, Any]) -> str:
-    if not d.get("subject_pairs"):
+    if not d.get("draws"):
         return "–"
     return f"{d['pair_mean']:+.3f} [{interval_text(d)}] ({d['wins']}/{d['pairs']})"
 
 
 def verdict_lines(results: dict[str, Any], setting: str = "") -> list[str]:
-    """One line per (protocol, budget, method, reference): the paired difference, its 95 % CI, the verdict."""
+    """One line per (protocol, budget, method, reference): the paired difference, its 95 % CI with
+    the draws and MDE, the test subjects per draw, the verdict."""
     lines = []
     prefix = f"{setting}, " if setting else ""
     for r in results["summary"]:
         for key in (k for k in r if k.startswith("vs_")):
             d = r[key]
-            if not d.get("subject_pairs"):
+            if "draws" not in d and d.get("subject_pairs"):
+                # a flat bootstrap over (seed, test subject) pairs: reading its interval as by draw would be wrong
+                raise SsmtlError("results.json summarised before the draw was the unit; run the same `ssmtl "
+                                 "benchmark` command again (it reuses every cell) to rewrite its summary")
+            if not d.get("draws"):
                 continue
             lines.append(
                 f"{prefix}{r['protocol']}, {r['labeled_volumes']} labeled: **{r['method']}** vs {key[3:]}: "
-                f"{d['pair_mean']:+.3f} mean Dice (95 % CI {interval_text(d, ' to ')}, {d['subject_pairs']} "
-                f"(seed, test subject) pairs): {verdict(d['ci95'])}")
+                f"{d['pair_mean']:+.3f} mean Dice (95 % CI {interval_text(d, ' to ')}; "
+                f"{_subjects_text(d)}): {verdict(d['ci95'])}")
     return lines
 
 
@@ -119,7 +136,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines.append("")
     verdicts = verdict_lines(results)
     if verdicts:
-        lines += ["## Verdict", "", f"Paired over (seed, test subject); 95 % percentile bootstrap interval ({RESAMPLES} resamples, fixed seed). "
+        lines += ["## Verdict", "", "Paired by draw (a seed: which subjects are labeled, the initialisation) and test subject. "
+                  "The draw is the unit: a 95 % Student t interval on the per-draw mean differences, with draws - 1 "
+                  f"degrees of freedom, and none below {MIN_DRAWS} draws. MDE: the smallest true difference that many "
+                  "draws of that many test subjects detect with 80 % power (two-sided, alpha 0.05). "
                   "better / worse: the interval excludes 0.", ""]
         lines += [f"- {v}" for v in verdicts] + [""]
     for protocol in sorted({r["protocol"] for r in summary}, key=lambda p: p != "finetune"):
@@ -134,8 +154,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             diff_rows = [r for r in rows if f"vs_{reference}" in r]
             if not diff_rows:
                 continue
-            lines += [f"Paired difference in mean Dice against **{reference}**: mean over (seed, test subject) pairs "
-                      "[95 % bootstrap CI] (seeds where the method is better / seeds):", "",
+            lines += [f"Paired difference in mean Dice against **{reference}**: mean of the per-draw mean differences "
+                      "[95 % t interval over draws; draws, MDE at 80 % power] (seeds where the method is better / seeds):", "",
                       "| method | " + " | ".join(f"{b} labeled" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
             for method in dict.fromkeys(r["method"] for r in diff_rows):
                 cells = {r["labeled_volumes"]: r[f"vs_{reference}"] for r in diff_rows if r["method"] == method}
