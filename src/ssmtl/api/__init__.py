@@ -25,7 +25,8 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
   :func:`world_size`, :func:`global_pool`, :func:`apply_affine`, :func:`correspondence`.
 * **Dataset toolkit** (see :mod:`ssmtl.api.datasets`): finding files
   (:class:`FileKind`, :func:`walk_files`), pairing images with labels and naming
-  subjects (:func:`pair_files`, :func:`unique_subjects`), label mapping
+  subjects (:func:`pair_files`, :func:`unique_subjects`, nnU-Net's channel naming:
+  :func:`channel_cases`, :func:`image_cases`), label mapping
   (:func:`map_labels`, :func:`collect_label_values`, :func:`class_name_table`),
   grid checks (:func:`spatial_shape`, :func:`check_same_grid`), reorientation
   (:func:`to_canonical`, :func:`lps_to_canonical`), :func:`detect_modality`, the
@@ -103,6 +104,10 @@ _WHERE: dict[str, str] = {
     "FileKind": "datasets.files",
     "LABEL_SUFFIX": "datasets.pairing",
     "IMAGE_SUFFIX": "datasets.pairing",
+    "CHANNEL_SUFFIX": "datasets.pairing",
+    "split_channel": "datasets.pairing",
+    "channel_cases": "datasets.pairing",
+    "image_cases": "datasets.pairing",
     "subject_name": "datasets.pairing",
     "image_key": "datasets.pairing",
     "label_key": "datasets.pairing",
@@ -216,12 +221,16 @@ if TYPE_CHECKING:  # what static type checkers and IDEs see
         to_canonical,
     )
     from ssmtl.api.datasets.pairing import (
+        CHANNEL_SUFFIX,
         IMAGE_SUFFIX,
         LABEL_SUFFIX,
         LabelIndex,
+        channel_cases,
+        image_cases,
         image_key,
         label_key,
         pair_files,
+        split_channel,
         split_same_folder,
         subject_name,
         unique_subjects,
