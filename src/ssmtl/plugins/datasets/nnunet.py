@@ -126,7 +126,7 @@ def read_layout(root: Path, config: NnunetConfig) -> tuple[Layout, dict[str, Any
                                    f"({', '.join(VOLUME_FILES.extensions)})")
     values, class_names = label_table(data, path)
     modality = config.modality or channel_modality(channels[channel])
-    kind = FileKind(f"{ending} files", (ending,))
+    kind = FileKind("files of file_ending", (ending,))
     return Layout(kind, channels, channel, config.channel is not None, modality, values, class_names), data
 
 
@@ -157,7 +157,7 @@ def list_cases(folder: Path, layout: Layout) -> dict[str, Path]:
                                        "volume: choose one with --channel N")
         cases.setdefault(case, {})[channel] = path
     if not cases:
-        raise InputFileError(folder, f"no nnU-Net images ({layout.kind.describe()}) found")
+        raise InputFileError(folder, f"no nnU-Net images found: no {layout.kind.describe()}")
     images = {}
     for case, channels in sorted(cases.items()):
         if layout.channel not in channels:
