@@ -24,7 +24,8 @@ Everything a task, dataset, head or network plugin needs is here, and nothing el
   :mod:`ssmtl.api.ssl`, beside :mod:`ssmtl.api.datasets`.
 * **Dataset toolkit** (see :mod:`ssmtl.api.datasets`): finding files
   (:class:`FileKind`, :func:`walk_files`), pairing images with labels and naming
-  subjects (:func:`pair_files`, :func:`unique_subjects`), label mapping
+  subjects (:func:`pair_files`, :func:`unique_subjects`, nnU-Net's channel naming:
+  :func:`channel_cases`, :func:`image_cases`), label mapping
   (:func:`map_labels`, :func:`collect_label_values`, :func:`class_name_table`),
   grid checks (:func:`spatial_shape`, :func:`check_same_grid`), reorientation
   (:func:`to_canonical`, :func:`lps_to_canonical`), :func:`detect_modality`, the

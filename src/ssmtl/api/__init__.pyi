@@ -112,6 +112,10 @@ from ssmtl.api.datasets.orientation import (
     to_canonical as to_canonical,
 )
 from ssmtl.api.datasets.pairing import (
+    CHANNEL_SUFFIX as CHANNEL_SUFFIX,
+    split_channel as split_channel,
+    channel_cases as channel_cases,
+    image_cases as image_cases,
     IMAGE_SUFFIX as IMAGE_SUFFIX,
     LABEL_SUFFIX as LABEL_SUFFIX,
     LabelIndex as LabelIndex,

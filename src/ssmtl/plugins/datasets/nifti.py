@@ -14,6 +14,10 @@ hidden files such as macOS ``._name`` resource forks):
   an error (almost certainly a naming mismatch).
 * ``--images DIR --labels DIR`` (the same folder): label files are recognised by
   their suffix and excluded from the images.
+* nnU-Net's raw naming (``imagesTr/case000_0000.nii.gz`` with ``labelsTr/case000.nii.gz``):
+  in a folder where every image ends in ``_0000`` the channel suffix is dropped, for
+  pairing and for the subject (``case000``); a second channel (``case000_0001``) is an
+  error, since a volume is one channel (see :func:`ssmtl.api.channel_cases`).
 
 Labels are mapped to contiguous class ids: ``label_values[i]`` becomes class
 ``i + 1`` and 0 stays background. Without ``label_values`` the sorted non-zero

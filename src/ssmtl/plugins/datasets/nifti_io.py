@@ -1,6 +1,6 @@
 """Reading NIfTI volumes (``.nii``, ``.nii.gz``) with nibabel, as canonical RAS arrays.
 
-Used by every dataset that reads NIfTI files (``nifti``, ``mmwhs``, ``acdc``, and
+Used by every dataset that reads NIfTI files (``nifti``, ``mmwhs``, ``acdc``, ``msd``, and
 the multi-format readers of :mod:`~ssmtl.plugins.datasets.volume_files`).
 Reorientation keeps the file's own header class (``as_closest_canonical`` on the
 image as loaded), so the spacing comes from the header's zooms, as nibabel gives it.
@@ -66,6 +66,27 @@ def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
     spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
     geometry = SourceGeometry(shape=shape, affine=np.asarray(img.affine, dtype=np.float64), format="nifti")
     return array, spacing, canonical.affine, geometry
+
+
+def load_channel(path: Path, channel: int, channels: int) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray,
+                                                                  SourceGeometry]:
+    """One channel of a 4D image of ``channels`` channels (X, Y, Z, C; the Decathlon's multi-modal tasks),
+    read as :func:`load_image` reads a 3D one; only that channel is converted to float32.
+
+    Raises:
+        InputFileError: the file is not a 4D image of ``channels`` channels, or cannot be read.
+    """
+    img = _load_header(path)
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) != 4 or shape[3] != channels:
+        raise InputFileError(path, f"expected a 4D image of {channels} channels (X, Y, Z, {channels}), "
+                                   f"got shape {shape}")
+    spatial = spatial_shape(shape[:3], path)
+    data = _read_data(path, lambda: np.asarray(img.dataobj[..., channel], dtype=np.float32))
+    canonical = _canonical(img, data)
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    geometry = SourceGeometry(shape=spatial, affine=np.asarray(img.affine, dtype=np.float64), format="nifti")
+    return np.asanyarray(canonical.dataobj), spacing, canonical.affine, geometry
 
 
 def read_label_values(path: Path) -> tuple[np.ndarray, np.ndarray]:

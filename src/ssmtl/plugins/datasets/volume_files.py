@@ -18,13 +18,24 @@ image and a label in different formats can still be checked for a common grid.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ssmtl.api import FileKind, ImageLabelItem, InputFileError, Modality, SourceGeometry, walk_files
+from ssmtl.api import (
+    channel_cases,
+    FileKind,
+    ImageLabelItem,
+    InputFileError,
+    is_hidden,
+    Modality,
+    SourceGeometry,
+    split_channel,
+    walk_files,
+)
 
 from ssmtl.plugins.datasets import itk_io, nifti_io
 from ssmtl.plugins.datasets.dicom_series import read_series, scan_dicom_folder
@@ -124,10 +135,40 @@ def holds_dicom(folder: Path, peek: int = 3) -> bool:
     return False
 
 
-def scan_item(path: Path, item_class: type[ImageLabelItem] | None = None) -> ImageLabelItem:
-    """An unloaded, unlabeled item for one scan given on the command line (``ssmtl predict``)."""
+@functools.lru_cache(maxsize=16)
+def _folder_stems(folder: str, modified_ns: int) -> tuple[str, ...]:
+    """The stems of the volume files in ``folder`` (names only, nothing is opened); cached per folder
+    version, so predicting a folder of N scans lists it once, not N times."""
+    return tuple(volume_stem(p) for p in Path(folder).iterdir() if not is_hidden(p) and VOLUME_FILES.has_extension(p))
+
+
+def scan_subject(path: Path) -> str:
+    """The subject of one scan given to ``ssmtl predict``, which names its outputs: the file's stem,
+    or its case when its folder follows nnU-Net's channel naming (``imagesTs/case000_0000.nii.gz`` ->
+    ``case000``, as nnU-Net names its predictions; see :func:`ssmtl.api.channel_cases`).
+
+    Raises:
+        InputFileError: the file is another channel (``case000_0001``) of a case in such a folder.
+    """
     path = Path(path)
-    return (item_class or VolumeFileItem)(subject=volume_stem(path), source=str(path), image_path=path)
+    stem = volume_stem(path)
+    if split_channel(stem) is None or path.is_dir():
+        return stem
+    cases = channel_cases(_folder_stems(str(path.parent), path.parent.stat().st_mtime_ns))
+    if stem not in cases:
+        return stem
+    case, channel = cases[stem]
+    if channel:
+        raise InputFileError(path, f"channel {channel} of the nnU-Net case {case!r}; ssmtl's networks take one "
+                                   f"channel per volume: predict the case from its channel 0 file, {case}_0000")
+    return case
+
+
+def scan_item(path: Path, item_class: type[ImageLabelItem] | None = None) -> ImageLabelItem:
+    """An unloaded, unlabeled item for one scan given on the command line (``ssmtl predict``),
+    named by :func:`scan_subject`."""
+    path = Path(path)
+    return (item_class or VolumeFileItem)(subject=scan_subject(path), source=str(path), image_path=path)
 
 
 @dataclass
