@@ -29,7 +29,6 @@ from ssmtl.api.views import BUILTIN_VIEWS, SequenceBatch, StepContext, View
 from ssmtl.plugins.tasks import local_contrastive, neighbor, position, reconstruct
 
 from helpers import NetworkPasses
-from ssmtl.host.registry import get_registry
 
 SIZE = 32
 SMALL = {"model.base_channels": 8, "model.depth": 2, "seed": 0}

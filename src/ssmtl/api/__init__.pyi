@@ -23,13 +23,16 @@ from ssmtl.api.geometry import (
     apply_affine as apply_affine,
     correspondence as correspondence,
 )
+from ssmtl.api.configs import (
+    TaskConfig as TaskConfig,
+    NetworkConfig as NetworkConfig,
+    HeadConfig as HeadConfig,
+)
 from ssmtl.api.heads import (
     DownstreamHead as DownstreamHead,
-    HeadConfig as HeadConfig,
 )
 from ssmtl.api.network import (
     NativeClass as NativeClass,
-    NetworkConfig as NetworkConfig,
     NetworkInfo as NetworkInfo,
     NetworkOutput as NetworkOutput,
     SharedNetwork as SharedNetwork,
@@ -45,7 +48,6 @@ from ssmtl.api.specs import (
 from ssmtl.api.tasks import (
     DataInfo as DataInfo,
     PretextTask as PretextTask,
-    TaskConfig as TaskConfig,
     TaskOutput as TaskOutput,
 )
 from ssmtl.api.views import (

@@ -29,24 +29,12 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
-from ssmtl.api.rules import CONFIG_RULES
+from ssmtl.api.configs import HeadConfig
 
 if TYPE_CHECKING:
     from ssmtl.api.network import NetworkInfo
-
-
-class HeadConfig(BaseModel):
-    """Options every head has. Subclasses set ``name: Literal["their-name"] = "their-name"``.
-
-    Every other field needs a default: the registry validates ``config_model()``
-    when the plugin loads, and ``--head NAME`` alone must give a usable head.
-    """
-
-    model_config = CONFIG_RULES
-    name: str
 
 
 class DownstreamHead(nn.Module, ABC):

@@ -23,10 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from einops import reduce
-from pydantic import BaseModel
 from torch import nn
 
-from ssmtl.api.rules import CONFIG_RULES
 
 
 @dataclass(frozen=True)
@@ -52,18 +50,6 @@ class NetworkOutput:
 def global_pool(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, C) average pooling, the input of every encoder-level head."""
     return reduce(features, "n c h w -> n c", "mean")
-
-
-class NetworkConfig(BaseModel):
-    """Options every network has. Subclasses set ``name: Literal["their-name"] = "their-name"``.
-
-    Every other field needs a default: ``--set model.name=NAME`` alone must give a
-    usable network. Runs save the config (with its ``name``) in ``config.json`` and in
-    the export manifest, and rebuild the network from it.
-    """
-
-    model_config = CONFIG_RULES
-    name: str
 
 
 @dataclass(frozen=True)

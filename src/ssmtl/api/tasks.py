@@ -15,23 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
-from ssmtl.api.rules import CONFIG_RULES
+from ssmtl.api.configs import TaskConfig
 
 if TYPE_CHECKING:
     from ssmtl.api.network import NetworkInfo, SharedNetwork
     from ssmtl.api.views import StepContext, View
-
-
-class TaskConfig(BaseModel):
-    """Options every task has. Subclasses set ``name: Literal["their-name"]``."""
-
-    model_config = CONFIG_RULES
-    name: str
-    weight: float = Field(1.0, ge=0, description="Fixed weight of this task's loss in the sum (also the initial weight of adaptive schemes).")
-    warmup_steps: int = Field(0, ge=0, description="Ramp this task's weight linearly from 0 over this many steps.")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationInfo, field_val
 
 from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
 from ssmtl.api.errors import ConfigError
-from ssmtl.training.augment import AugmentConfig
-from ssmtl.training.loop import LoopConfig
-from ssmtl.api.network import NetworkConfig
+from ssmtl.training.augment_config import AugmentConfig
+from ssmtl.training.loop_config import LoopConfig
+from ssmtl.api.configs import NetworkConfig
 from ssmtl.host.networks import context_registry, validate_network_field
 from ssmtl.settings.sources import (
     ENV_PREFIX, blame_environment, dotted_paths, env_origins, flag_layer, layered, parse_set_flags, validate_model,

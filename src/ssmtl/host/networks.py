@@ -12,15 +12,18 @@ plugins, which name none. As for tasks, the resolution happens in a
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ValidationError
-from torch import nn
 
 from ssmtl.api.errors import ConfigError, SsmtlError
-from ssmtl.api.network import NativeClass, NetworkConfig, NetworkInfo
-from ssmtl.host.plugin_calls import plugin_call
+from ssmtl.api.configs import NetworkConfig
 from ssmtl.settings.sources import error_rows, summary
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ssmtl.api.network import NativeClass
 
 
 def context_registry(info: Any) -> Any:
@@ -76,8 +79,13 @@ def validate_network_field(value: Any, registry) -> NetworkConfig:
     return config
 
 
-def build_network(config: NetworkConfig, registry) -> nn.Module:
+def build_network(config: NetworkConfig, registry) -> "nn.Module":
     """The network plugin's module for ``config``, checked against the network contract."""
+    from torch import nn  # here, not at the top: resolving a config must not import torch
+
+    from ssmtl.api.network import NetworkInfo
+    from ssmtl.host.plugin_calls import plugin_call
+
     spec = registry.network(config.name)
     with plugin_call("network", config.name, "its factory (build)", registry):
         network = spec.factory(config)
@@ -94,7 +102,7 @@ def build_network(config: NetworkConfig, registry) -> nn.Module:
     return network
 
 
-def native_class(network: nn.Module) -> NativeClass | None:
+def native_class(network: "nn.Module") -> "NativeClass | None":
     """The class outside ssmtl that loads ``network``'s state dict, if its plugin names one."""
     describe = getattr(network, "native_class", None)
     return describe() if callable(describe) else None

@@ -34,8 +34,8 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from ssmtl.api.rules import CONFIG_RULES, AbsolutePath, Seed
-from ssmtl.training.augment import AugmentConfig
-from ssmtl.training.loop import LoopConfig
+from ssmtl.training.augment_config import AugmentConfig
+from ssmtl.training.loop_config import LoopConfig
 from ssmtl.api.errors import ConfigError
 from ssmtl.settings.sources import (
     ENV_PREFIX,
@@ -51,8 +51,8 @@ from ssmtl.settings.sources import (
     set_path,
     summary,
 )
-from ssmtl.api.network import NetworkConfig
-from ssmtl.api.tasks import TaskConfig
+from ssmtl.api.configs import NetworkConfig
+from ssmtl.api.configs import TaskConfig
 from ssmtl.host.networks import context_registry, network_models, resolve_network_config, validate_network_field
 
 class DataConfig(BaseModel):
