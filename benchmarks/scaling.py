@@ -89,7 +89,7 @@ def pretrain(folder: Path, cache: Path, name: str, steps: int, batch: int, launc
              threads: int | None = None) -> dict:
     out = folder / name
     args = ["pretrain", "--data", str(cache), "--task", "contrastive", "--task", "order", "--out", str(out),
-            "--steps", str(steps), "--batch-size", str(batch), "--num-workers", "1"]
+            "--steps", str(steps), "--batch-size", str(batch), "--workers", "1"]
     for s in PRETRAIN_SETS:
         args += ["--set", s]
     cmd = (launcher + ["-m", "ssmtl", "--no-plugins", *args]) if launcher else ssmtl(*args)

@@ -25,7 +25,7 @@ for init in pre none; do
     init_dir=$([ "$init" = none ] && echo none || echo "$OUT/pre")
     run ssmtl finetune --data "$OUT/phantom-ct.h5" --init "$init_dir" --labeled-volumes "$LABELED" \
         --out "$OUT/ft-$name" --steps "$FINETUNE_STEPS" --lr "$FINETUNE_LR" --set model.base_channels=8
-    run ssmtl evaluate --run "$OUT/ft-$name"
+    run ssmtl evaluate "$OUT/ft-$name"
 done
 run ssmtl compare "scratch=$OUT/ft-scratch" "multitask=$OUT/ft-pretrained"
 run ssmtl report "$OUT/ft-pretrained"

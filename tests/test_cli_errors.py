@@ -60,7 +60,7 @@ def test_a_long_path_stays_on_one_line(tmp_path):
     """rich wraps at 80 columns when the output is not a terminal; a path must not be cut in two."""
     out = tmp_path / ("scans_" * 20) / "x.h5"
     built = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "2", "--size", "32",
-                   "--set", "num_slices=8")
+                   "--set", "dataset.num_slices=8")
     assert built.exit_code == 0, built.output
     assert str(out) in built.stdout.splitlines()
     missing = tmp_path / ("scans_" * 20) / "nope"
@@ -102,13 +102,13 @@ def test_truncated_nifti(tmp_path, nifti_dirs):
 
 def test_existing_cache_needs_force(tmp_path):
     out = tmp_path / "demo.h5"
-    first = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "2", "--size", "32", "--set", "num_slices=8")
+    first = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "2", "--size", "32", "--set", "dataset.num_slices=8")
     assert first.exit_code == 0, first.output
     before = out.read_bytes()
-    again = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "3", "--size", "32", "--set", "num_slices=8")
+    again = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "3", "--size", "32", "--set", "dataset.num_slices=8")
     assert_clean_failure(again, str(out), "--force")
     assert out.read_bytes() == before
-    forced = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "3", "--size", "32", "--set", "num_slices=8", "--force")
+    forced = invoke("cache", "build", "--dataset", "phantom", "--out", str(out), "--subjects", "3", "--size", "32", "--set", "dataset.num_slices=8", "--force")
     assert forced.exit_code == 0, forced.output
     assert out.read_bytes() != before
 

@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10: ssmtl depends on tomli there
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GENERATED = ("cli.md", "config.md", "hooks.md")
+GENERATED = ("cli.md", "config.md", "hooks.md", "python-api.md")
 
 
 def test_generated_pages_are_up_to_date(tmp_path):

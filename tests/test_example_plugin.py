@@ -58,7 +58,7 @@ def test_plugins_lists_the_installed_example(rotation_plugin):
 def test_pretrain_rotation_and_contrastive_on_one_process(rotation_plugin, ssmtl_tiny_cache, tmp_path):
     out = tmp_path / "run"
     ssmtl("pretrain", "--data", ssmtl_tiny_cache, "--task", "rotation", "--task", "contrastive", "--out", out,
-          "--num-workers", "1", *TINY_RUN)
+          "--workers", "1", *TINY_RUN)
     manifest = read_manifest(out)
     assert set(manifest["tasks"]) == {"rotation", "contrastive"} and manifest["world_size"] == 1
     assert manifest["tasks"]["rotation"]["source_view"] == "sequence"
@@ -69,7 +69,7 @@ def test_pretrain_rotation_and_contrastive_on_two_processes(rotation_plugin, ssm
     out = tmp_path / "run"
     # the allow-list travels to every rank through the environment, like any launcher setting
     accelerate_ssmtl(2, "pretrain", "--data", ssmtl_tiny_cache, "--task", "rotation", "--task", "contrastive",
-                     "--out", out, "--num-workers", "1", *TINY_RUN, env=clean_env(SSMTL_PLUGINS="rotation"))
+                     "--out", out, "--workers", "1", *TINY_RUN, env=clean_env(SSMTL_PLUGINS="rotation"))
     manifest = read_manifest(out)
     assert manifest["world_size"] == 2
     assert set(manifest["tasks"]) == {"rotation", "contrastive"}
@@ -92,12 +92,12 @@ def test_png_stack_dataset_through_its_entry_point(rotation_plugin, tmp_path):
     out = tmp_path / "stack.h5"
     # its config fields are flags like a built-in's (--pixel-spacing), and --set still reaches any field
     ssmtl("cache", "build", "--dataset", "png-stack", "--images", tmp_path / "slices", "--modality", "ct",
-          "--pixel-spacing", "0.5", "--set", "rescale_intercept=-1024", "--out", out, "--size", "32")
+          "--pixel-spacing", "0.5", "--set", "dataset.rescale_intercept=-1024", "--out", out, "--size", "32")
     info = json.loads(ssmtl("cache", "info", out, "--json").stdout)
     assert info["volumes"] == 2 and info["slices"] == 8 and info["dataset"] == "png-stack"
     assert info["spacing_stats_mm"]["original"]["x"]["min"] == 0.5
-    help_text = ssmtl("cache", "build", "--dataset", "png-stack", "--help", env=clean_env(COLUMNS="200")).stdout
-    assert "Options of dataset png-stack" in help_text and "In-plane pixel size in mm. (default: 1.0)" in help_text
+    help_text = " ".join(ssmtl("cache", "build", "--dataset", "png-stack", "--help", env=clean_env(COLUMNS="200")).stdout.split())
+    assert "--pixel-spacing" in help_text and "In-plane pixel size in mm. (default: 1.0)" in help_text
 
 
 def test_the_example_packages_own_tests_pass(rotation_plugin):

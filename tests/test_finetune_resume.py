@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def finetune_args(cache: Path, out: Path, steps: int = 10) -> list[str]:
     return ["finetune", "--data", str(cache), "--init", "none", "--out", str(out), "--labeled-volumes", "1",
-            "--steps", str(steps), "--batch-size", "4", "--lr", "3e-3", "--num-workers", "1",
+            "--steps", str(steps), "--batch-size", "4", "--lr", "3e-3", "--workers", "1",
             "--set", "model.base_channels=4", "--set", "model.depth=2",
             "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=3", "--set", "train.log_every=1",
             "--set", "train.validate_every=3"]

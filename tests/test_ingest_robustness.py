@@ -163,7 +163,7 @@ def test_bad_file_fails_cleanly_or_is_ignored(fmt, kind, seed, fraction):
         else:
             args = ["--dataset", fmt, "--images", str(data), "--labels", str(data)]
         result = invoke("cache", "build", *args, "--out", str(out_dir / "c.h5"), "--size", "16",
-                        "--set", "label_values=[1]")
+                        "--set", "dataset.label_values=[1]")
         if kind in IGNORABLE and not fmt.startswith("manifest"):
             assert result.exit_code == 0, result.output  # a folder dataset ignores what is not a volume
             assert [p.name for p in out_dir.iterdir()] == ["c.h5"]
@@ -216,7 +216,7 @@ def test_bad_dicom_fails_cleanly_or_is_ignored(kind, seed, fraction):
 # -- kill -9 --------------------------------------------------------------------------------------
 
 BUILD = [sys.executable, "-m", "ssmtl", "--no-plugins", "cache", "build", "--dataset", "phantom",
-         "--subjects", "20", "--size", "64", "--set", "num_slices=48"]
+         "--subjects", "20", "--size", "64", "--set", "dataset.num_slices=48"]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -282,7 +282,7 @@ def test_killed_builds_leave_the_old_cache_byte_identical(tmp_path):
     assert killed >= 3, f"only {killed} of 4 builds were still running when killed"
     # the next build in the directory removes the dead builds' temporaries
     result = invoke("cache", "build", "--dataset", "phantom", "--out", str(tmp_path / "next.h5"),
-                    "--subjects", "1", "--size", "32", "--set", "num_slices=4")
+                    "--subjects", "1", "--size", "32", "--set", "dataset.num_slices=4")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.h5", "next.h5"]
     assert sha(out) == before

@@ -44,7 +44,7 @@ def test_native_scores_are_those_of_the_written_prediction(ball_run, native, tmp
     root, _, run = ball_run
     volume = native["per_volume"][0]
     scan = root / "images" / f"{volume['volume']}.nii.gz"
-    assert invoke("predict", "--run", str(run), "--input", str(scan), "--out", str(tmp_path), "--modality", "ct").exit_code == 0
+    assert invoke("predict", str(run), "--input", str(scan), "--out", str(tmp_path), "--modality", "ct").exit_code == 0
     predicted = np.asarray(nib.load(str(tmp_path / scan.name)).dataobj)
     truth = np.asarray(nib.load(str(root / "labels" / scan.name)).dataobj)
     assert dice_per_class(predicted, truth, 2)[1] == pytest.approx(volume["dice"]["label_1"], abs=1e-12)
@@ -81,7 +81,7 @@ def test_unreachable_labels_fall_back_to_the_cache_grid_and_say_why(copied, regi
     assert json.loads((run / "eval.json").read_text())["space"] == "cache"
     with pytest.raises(SsmtlError, match="cannot evaluate at native resolution"):
         evaluate_run(run, folder / "balls.h5", registry=registry, space="native")
-    table = invoke("evaluate", "--run", str(run), "--data", str(folder / "balls.h5"))
+    table = invoke("evaluate", str(run), "--data", str(folder / "balls.h5"))
     assert table.exit_code == 0 and "cache grid" in table.output
 
 

@@ -173,7 +173,7 @@ def test_a_third_party_network_trains_and_exports(ssmtl_cli, ssmtl_tiny_cache, t
     out = tmp_path / "pre"
     result = ssmtl_cli("pretrain", "--data", ssmtl_tiny_cache, "--out", out, "--steps", "2", "--batch-size", "2",
                        "--set", "model.name=pair-net", "--set", "model.width=3", "--set", "tasks.contrastive.queue_size=16",
-                       "--num-workers", "0", plugins=[PairPlugin()])
+                       "--workers", "0", plugins=[PairPlugin()])
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert manifest["model"] == {"name": "pair-net", "width": 3} and "native_class" not in manifest

@@ -259,7 +259,7 @@ def test_sources_never_unpickle_arbitrary_objects():
 def test_resume_loads_checkpoints_without_arbitrary_unpickling(ssmtl_cli, ssmtl_tiny_cache, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["pretrain", "--data", ssmtl_tiny_cache, "--task", "contrastive", "--task", "order", "--out", out,
-            "--num-workers", "0", "--set", "train.checkpoint_every=1", *TINY_RUN]
+            "--workers", "0", "--set", "train.checkpoint_every=1", *TINY_RUN]
     steps = args.index("--steps")
     args[steps + 1] = "3"
     first = ssmtl_cli("--no-plugins", *args)

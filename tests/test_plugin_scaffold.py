@@ -74,7 +74,7 @@ def test_scaffold_install_train_break(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
         # 3. pre-training with it next to a built-in task
         out = tmp_path / "run"
         ssmtl("pretrain", "--data", ssmtl_tiny_cache, "--task", task, "--task", "contrastive", "--out", out,
-              "--num-workers", "0", *TINY_RUN)
+              "--workers", "0", *TINY_RUN)
         manifest = json.loads((out / "export" / "manifest.json").read_text())
         assert set(manifest["tasks"]) == {task, "contrastive"}
 
@@ -87,7 +87,7 @@ def test_scaffold_install_train_break(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
         warning = " ".join(listing.stderr.split())
         assert f"plugin {task!r} from {names.distribution} skipped" in warning and "no valid defaults" in warning
         builtin_only = ssmtl("pretrain", "--data", ssmtl_tiny_cache, "--task", "contrastive", "--out", tmp_path / "run2",
-                             "--num-workers", "0", *TINY_RUN)
+                             "--workers", "0", *TINY_RUN)
         assert f"plugin {task!r} from {names.distribution} skipped" in " ".join(builtin_only.stderr.split())
         asked = ssmtl("pretrain", "--data", ssmtl_tiny_cache, "--task", task, "--out", tmp_path / "run3", check=False)
         assert asked.returncode == 2 and f"unknown task {task!r}" in asked.stderr and "Traceback" not in asked.stderr

@@ -31,7 +31,7 @@ def oblique_scan(tmp_path_factory):
 
 def _predict(run, *args):
     """``ssmtl predict``; the synthetic scans have no air, so their CT modality is stated, not detected."""
-    return invoke("predict", "--run", str(run), *args, *(() if "--modality" in args else ("--modality", "ct")))
+    return invoke("predict", str(run), *args, *(() if "--modality" in args else ("--modality", "ct")))
 
 
 def test_the_label_map_has_the_input_grid_and_lines_up_in_world(ball_run, oblique_scan, tmp_path):

@@ -40,7 +40,7 @@ def test_the_case_id_names_a_scan_in_an_nnunet_folder(tmp_path):
 
 def test_predict_writes_imagests_as_case_ids(tiny_run, tmp_path):
     root = write_nnunet(tmp_path / "D", cases=("a",), test=("case100", "case101"), channels=2, dataset=None)
-    result = invoke("predict", "--run", str(tiny_run), "--input", str(root / "imagesTs"), "--out", str(tmp_path / "pred"),
+    result = invoke("predict", str(tiny_run), "--input", str(root / "imagesTs"), "--out", str(tmp_path / "pred"),
                     "--modality", "ct")
     # the second channel's files are refused, one line each; the cases are predicted from channel 0
     assert result.exit_code == EXIT_PARTIAL, result.output

@@ -23,7 +23,7 @@ TASKS = ["contrastive", "order", "reconstruct"]
 def pretrain_args(cache: Path, out: Path, steps: int = 10) -> list[str]:
     sets = tiny_sets(TASKS) + ["train.checkpoint_every=2", "train.keep_checkpoints=3", "weighting.scheme=dwa"]
     args = ["pretrain", "--data", str(cache), "--out", str(out), "--steps", str(steps), "--batch-size", "2",
-            "--num-workers", "1"]
+            "--workers", "1"]
     for t in TASKS:
         args += ["--task", t]
     for s in sets:

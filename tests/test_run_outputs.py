@@ -13,7 +13,7 @@ from PIL import Image
 from ssmtl.training import trackers
 from ssmtl.training.curves import CURVES_FILE, collect, read_records, render, write_curves
 
-TINY_PRETRAIN = ["--steps", "3", "--batch-size", "2", "--num-workers", "0", "--set", "model.base_channels=4",
+TINY_PRETRAIN = ["--steps", "3", "--batch-size", "2", "--workers", "0", "--set", "model.base_channels=4",
                  "--set", "model.depth=2", "--set", "tasks.contrastive.queue_size=16", "--set", "train.log_every=1"]
 
 

@@ -64,14 +64,14 @@ def test_a_full_disk_leaves_the_disk_as_it_was(tmp_path, ssmtl_tiny_cache, pretr
              ssmtl_cli("finetune", "--config", fine / "config.json", "--out", fine, "--resume"),
              message=LIMIT, inputs=fine_kept, watch=[runs], preexec=limit_file_size(30_000)),
         # what reads a finished run and writes next to it, or elsewhere
-        Case("evaluate, eval.json does not fit", ssmtl_cli("evaluate", "--run", evaluated),
+        Case("evaluate, eval.json does not fit", ssmtl_cli("evaluate", evaluated),
              message=LIMIT, inputs=[evaluated], watch=[evaluated], preexec=limit_file_size(2_000)),
         Case("report does not fit", ssmtl_cli("report", evaluated, "--out", outputs / "report.html"),
              message=LIMIT, inputs=[evaluated], absent=[outputs / "report.html"], watch=[outputs],
              preexec=limit_file_size(20_000)),
         Case("export does not fit", ssmtl_cli("export", evaluated, "--out", outputs / "hub"),
              message=LIMIT, inputs=[evaluated], absent=[outputs / "hub"], watch=[outputs], preexec=limit_file_size(20_000)),
-        Case("predict does not fit", ssmtl_cli("predict", "--run", evaluated, "--input", scan, "--out", outputs / "pred"),
+        Case("predict does not fit", ssmtl_cli("predict", evaluated, "--input", scan, "--out", outputs / "pred"),
              message=LIMIT, inputs=[evaluated, scan], absent=[outputs / "pred"], watch=[outputs],
              preexec=limit_file_size(300)),
     ]

@@ -93,7 +93,7 @@ def test_a_run_made_with_a_relative_cache_path_evaluates_from_anywhere(ssmtl_tin
                                        "--labeled-volumes", "1", "--set", "model.base_channels=4", "--set", "model.depth=2"),
                              cwd=work, capture_output=True, text=True, timeout=300, env=env)
     assert trained.returncode == 0, trained.stderr
-    outcome = run_cases([Case("evaluate from another directory", ssmtl_cli("evaluate", "--run", work / "run"), exit_code=0,
+    outcome = run_cases([Case("evaluate from another directory", ssmtl_cli("evaluate", work / "run"), exit_code=0,
                               cwd=elsewhere, inputs=[work / "data.h5"])])
     assert_all_held(outcome)
     assert (work / "run" / "eval.json").is_file()

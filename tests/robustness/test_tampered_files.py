@@ -58,7 +58,7 @@ def test_tampered_files_are_one_clear_line(tmp_path, ssmtl_tiny_cache, pretraine
         kept = [p for p in run.iterdir() if not ("--resume" in argv(run) and p.name == "config.json")]
         cases.append(Case(name, ssmtl_cli(*argv(run)), message=message, inputs=kept, watch=[run]))
 
-    evaluate = lambda run: ["evaluate", "--run", run]  # noqa: E731
+    evaluate = lambda run: ["evaluate", run]  # noqa: E731
     export = lambda run: ["export", run, "--out", tmp_path / f"hub-{run.name}"]  # noqa: E731
     report = lambda run: ["report", run, "--out", tmp_path / f"{run.name}.html"]  # noqa: E731
     init_from = lambda run: ["finetune", "--data", ssmtl_tiny_cache, "--init", run, "--out", tmp_path / f"ft-{run.name}",  # noqa: E731

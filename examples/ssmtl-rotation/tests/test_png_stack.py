@@ -91,7 +91,7 @@ def test_cache_build_through_the_cli(ssmtl_cli, tmp_path):
         write_stack(tmp_path / "images" / subject, [rng.integers(0, 2000, (40, 40)).astype(np.uint16) for _ in range(6)])
     out = tmp_path / "stack.h5"
     result = ssmtl_cli("cache", "build", "--dataset", "png-stack", "--images", tmp_path / "images", "--modality", "ct",
-                       "--set", "rescale_intercept=-1024", "--out", out, "--size", "32", plugins=[plugin])
+                       "--set", "dataset.rescale_intercept=-1024", "--out", out, "--size", "32", plugins=[plugin])
     assert result.exit_code == 0, result.output
     summary = cache_summary(out)
     assert summary["volumes"] == 2 and summary["slices"] == 12

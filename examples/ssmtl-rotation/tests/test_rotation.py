@@ -13,7 +13,7 @@ from ssmtl.testing import check_task_contract, tiny_batch, tiny_context, tiny_ne
 from ssmtl_rotation import plugin
 from ssmtl_rotation.rotation import ROTATED_VIEW, RotationConfig, RotationTask, rotate_quarter_turns, rotated_theta
 
-TINY_RUN = ["--steps", "2", "--batch-size", "2", "--num-workers", "0",
+TINY_RUN = ["--steps", "2", "--batch-size", "2", "--workers", "0",
             "--set", "model.base_channels=4", "--set", "model.depth=2", "--set", "tasks.contrastive.queue_size=16"]
 
 

@@ -29,7 +29,7 @@ def ssmtl_register_tasks():
     """Return a list of :class:`~ssmtl.api.specs.TaskSpec`: the pretext tasks this plugin provides.
 
     Each spec names the task (the value of ``--task``), its pydantic config model
-    (a subclass of :class:`~ssmtl.api.tasks.TaskConfig`) and a factory that builds the
+    (a subclass of :class:`~ssmtl.api.configs.TaskConfig`) and a factory that builds the
     :class:`~ssmtl.api.tasks.PretextTask` module from a validated config and the
     shared network's :class:`~ssmtl.api.network.NetworkInfo`.
     """

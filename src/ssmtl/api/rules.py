@@ -6,7 +6,7 @@
   Every config base (``TaskConfig``, ``DatasetConfig``, ``HeadConfig``, ``NetworkConfig``
   and the engine's own sections) uses it, so a plugin's subclass inherits it.
 * :data:`AbsolutePath`: a path made absolute (not resolved: symlinks stay) when validated, so
-  a run that records it can be used from any directory (``evaluate --run /abs/run``).
+  a run that records it can be used from any directory (``ssmtl evaluate /abs/run``).
 * :data:`Seed`: seeds reach NumPy's and torch's generators, which take 0 .. 2**32 - 1;
   a value outside is refused at validation with the field named, not deep in NumPy.
 """

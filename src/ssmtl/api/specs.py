@@ -40,7 +40,7 @@ class TaskSpec(PluginSpec):
 
     Attributes:
         name: the task name used on the CLI (``--task NAME``) and in configs.
-        config_model: a subclass of :class:`ssmtl.api.tasks.TaskConfig` whose
+        config_model: a subclass of :class:`ssmtl.api.configs.TaskConfig` whose
             ``name`` field is ``Literal[NAME]``.
         factory: ``factory(config, network_info) -> PretextTask`` (the task class itself will do).
         description: one line shown by ``ssmtl plugins``.
@@ -72,7 +72,7 @@ class HeadSpec(PluginSpec):
 
     Attributes:
         name: the head name (``--head NAME``).
-        config_model: a subclass of :class:`ssmtl.api.heads.HeadConfig`.
+        config_model: a subclass of :class:`ssmtl.api.configs.HeadConfig`.
         factory: ``factory(config, network_info, num_classes) -> DownstreamHead`` (the head class itself will do).
         description: one line shown by ``ssmtl plugins``.
     """
@@ -84,7 +84,7 @@ class NetworkSpec(PluginSpec):
 
     Attributes:
         name: the value of ``model.name`` in a run's config.
-        config_model: a subclass of :class:`ssmtl.api.network.NetworkConfig`.
+        config_model: a subclass of :class:`ssmtl.api.configs.NetworkConfig`.
         factory: ``factory(config) -> nn.Module`` keeping the
             :class:`~ssmtl.api.network.SharedNetwork` contract (``encoder``, ``decoder``,
             ``info``, ``config``, ``forward -> NetworkOutput``); the module's class itself will do.

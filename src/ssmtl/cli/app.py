@@ -13,16 +13,21 @@ from rich.markup import escape
 
 from ssmtl._version import __version__
 from ssmtl.cli.common import check_environment, handle_errors, set_debug
-from ssmtl.cli import benchmark_cmd, cache_cmd, config_cmd, plugin_cmd, plugins_cmd, predict_cmd, publish_cmd, train_cmd
+from ssmtl.cli import (
+    benchmark_cmd, cache_cmd, config_cmd, evaluate_cmd, finetune_cmd, plugin_cmd, plugins_cmd, predict_cmd, pretrain_cmd,
+    publish_cmd,
+)
 
 app = typer.Typer(
     name="ssmtl",
     help="Self-supervised multi-task pre-training on sequential medical images (CT/MR slices).\n\n"
-    "Typical session: `ssmtl cache build` -> `ssmtl pretrain` -> `ssmtl finetune` -> `ssmtl evaluate` -> `ssmtl predict`.",
+    "Typical session: `ssmtl cache build` -> `ssmtl pretrain` -> `ssmtl finetune` -> `ssmtl evaluate RUN` -> `ssmtl predict RUN`.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # help is plain text: a bracket is a bracket (`pip install 'ssmtl[onnx]'`, `[default: 1000]`),
+    # never a style tag rich would swallow
+    rich_markup_mode=None,
 )
 
 
@@ -50,7 +55,9 @@ def root(
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugin_cmd.app, name="plugin")
-train_cmd.register(app)
+pretrain_cmd.register(app)
+finetune_cmd.register(app)
+evaluate_cmd.register(app)
 benchmark_cmd.register(app)
 publish_cmd.register(app)
 predict_cmd.register(app)

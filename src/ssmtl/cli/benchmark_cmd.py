@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ssmtl.cli import options as o
+from ssmtl.cli.pretrain_cmd import one_or_many
 from ssmtl.cli.common import console, err_console, handle_errors, registry
 
 
@@ -54,7 +54,7 @@ def benchmark(
     from ssmtl.settings.sources import validate_model
 
     config = validate_model(BenchmarkConfig, {
-        "data": o.one_or_many(data), "finetune_data": o.one_or_many(finetune_data), "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,
+        "data": one_or_many(data), "finetune_data": one_or_many(finetune_data), "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,
         "labeled_volumes": _ints(labeled_volumes, "--labeled-volumes"), "seeds": seeds, "pretrain_steps": pretrain_steps,
         "finetune_steps": finetune_steps, "finetune_batch_size": finetune_batch_size, "finetune_lr": finetune_lr,
         "frozen_encoder": frozen_encoder, "pretrain_sets": list(set_ or []), "split_seed": split_seed,

@@ -24,7 +24,7 @@ def build(
     spacing: Optional[float] = typer.Option(None, help="Target in-plane spacing in mm (default: fit the field of view into --size)."),
     ct_window: Optional[str] = typer.Option(None, help="CT window in HU as LOW,HIGH (default -250,750)."),
     compression: str = typer.Option("gzip", help="HDF5 compression: gzip (portable), lzf (fast, h5py only) or none."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Dataset option KEY=VALUE (repeatable, after the flags), e.g. --set label_values=[205,420]."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PATH=VALUE", help="Any field of the build's config, as in every command: dataset.FIELD (the dataset plugin's options, e.g. dataset.label_values=[205,420]) or preprocess.FIELD (size, spacing, ct_window, mr_percentiles); repeatable, after the flags."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the stored subject-level train/test split (a manifest's split column takes precedence)."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of labeled subjects held out for testing (0: none). Pre-training never reads them."),
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Fraction of labeled subjects held out for validation (fine-tuning selects its best step and stops on them; 0: none)."),
@@ -65,8 +65,6 @@ def build(
     options: dict[str, Any] = dataset_values(ctx, spec)
     if "size" in spec.config_model.model_fields:
         options["size"] = size
-    for key, value in parse_set_flags(set_ or []):
-        options[key] = value
     pre: dict[str, Any] = {"size": size, "spacing": spacing}
     if ct_window:
         try:
@@ -74,6 +72,13 @@ def build(
         except ValueError:
             raise SsmtlError(f"--ct-window {ct_window!r}: expected LOW,HIGH in HU, e.g. -250,750") from None
         pre["ct_window"] = (lo, hi)
+    sections = {"dataset": options, "preprocess": pre}
+    for key, value in parse_set_flags(set_ or []):
+        section, dot, field = key.partition(".")
+        if section not in sections or not dot or not field or "." in field:
+            raise SsmtlError(f"--set {key}: expected dataset.FIELD or preprocess.FIELD (e.g. --set dataset.label_values=[1,2] "
+                             f"or --set preprocess.ct_window=[-250,750])")
+        sections[section][field] = value
     preprocess = validate_model(PreprocessConfig, pre, prefix="preprocess")
 
     progress = _progress()
@@ -210,7 +215,7 @@ def _print_volume(path: Path, name: str) -> None:
 @app.command("info")
 @handle_errors
 def info(
-    paths: List[Path] = typer.Argument(..., help="Cache file(s) (.h5), or folders of caches: several show their union."),
+    paths: List[Path] = typer.Argument(..., metavar="CACHE...", help="Cache file(s) (.h5), or folders of caches: several show their union."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON (every volume's transform included)."),
     volume: Optional[str] = typer.Option(None, "--volume", help="Show one volume's way from its source file to the cache grid and back (by volume or subject name)."),
 ) -> None:
@@ -272,7 +277,7 @@ def _print_union(cache) -> None:
 
 @app.command("verify")
 @handle_errors
-def verify(paths: List[Path] = typer.Argument(..., help="Cache file(s) (.h5), or folders of caches (e.g. a set of shards).")) -> None:
+def verify(paths: List[Path] = typer.Argument(..., metavar="CACHE...", help="Cache file(s) (.h5), or folders of caches (e.g. a set of shards).")) -> None:
     """Recompute every dataset's SHA-256 and the fingerprint; exit 2 naming the first volume that differs.
 
     Shards (`cache build --shard I/N`) are also checked for completeness: every shard 1..N present

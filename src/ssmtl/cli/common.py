@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import sys
+
 from typing import Any, Callable
 
 import typer
@@ -102,10 +102,6 @@ def registry():
             err_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
         registry._warned = True  # type: ignore[attr-defined]
     return reg
-
-
-def write_out(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def check_environment() -> None:

@@ -36,6 +36,7 @@ from typing_extensions import Annotated
 
 _PARAMS = "ssmtl.config_options.params"  # ctx.meta keys: made once per invocation
 _VALUES = "ssmtl.config_options.values"
+_ARGS = "ssmtl.config_options.args"
 _CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
@@ -100,17 +101,26 @@ def default_text(info: FieldInfo) -> str | None:
 class ConfigOptionsCommand(TyperCommand):
     """A Typer command plus one option per :class:`ConfigFlag` of its config (the module docstring).
 
-    The command's ``context_settings["ssmtl_config"]`` is ``(load_model, flags)``: a function
-    that imports and returns the config model, and the flags.
+    The command class's ``ssmtl_config`` is ``(load_model, flags)``: a function
+    that imports and returns the config model, and the flags; or a function of the command
+    line's arguments that returns them (``ssmtl config show --for finetune`` shows the flags of
+    the command it resolves).
     """
+
+    ssmtl_config: Any = None
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        ctx.meta[_ARGS] = list(args)  # before parsing: it may decide which flags exist
+        return super().parse_args(ctx, args)
 
     def get_params(self, ctx) -> list:
         params = super().get_params(ctx)
         if _PARAMS not in ctx.meta:
-            load, flags = self.context_settings["ssmtl_config"]
+            chosen = self.ssmtl_config
+            load, flags = chosen(ctx.meta.get(_ARGS, [])) if callable(chosen) else chosen
             ctx.meta[_PARAMS] = (flags, make_options(load(), flags))
         own = len(self.params)  # then --help, which stays last
-        return [*params[:own], *ctx.meta[_PARAMS][1], *params[own:]]
+        return [*ctx.meta[_PARAMS][1], *params[:own], *params[own:]]
 
     def invoke(self, ctx):
         flags, generated = ctx.meta.get(_PARAMS, ((), []))
@@ -120,10 +130,13 @@ class ConfigOptionsCommand(TyperCommand):
         return super().invoke(ctx)
 
 
-def config_command(app: typer.Typer, name: str, load_model: Callable[[], type[BaseModel]],
-                   flags: list[ConfigFlag]) -> Callable:
-    """``@config_command(app, "pretrain", load, FLAGS)``: register a command with generated options."""
-    return app.command(name, cls=ConfigOptionsCommand, context_settings={"ssmtl_config": (load_model, flags)})
+def config_command(app: typer.Typer, name: str, load_model: Callable[[], type[BaseModel]] | None,
+                   flags: list[ConfigFlag] | Callable[[list[str]], tuple[Callable, list[ConfigFlag]]]) -> Callable:
+    """``@config_command(app, "pretrain", load, FLAGS)``: register a command with generated options
+    (``load`` None and ``flags`` a function of the arguments: chosen per invocation)."""
+    chosen = flags if load_model is None else (load_model, flags)
+    command = type(f"{name.title()}Command", (ConfigOptionsCommand,), {"ssmtl_config": staticmethod(chosen) if callable(chosen) else chosen})
+    return app.command(name, cls=command)
 
 
 def flag_values(ctx) -> dict[str, Any]:
@@ -131,12 +144,12 @@ def flag_values(ctx) -> dict[str, Any]:
     return {path: value for path, value in ctx.meta.get(_VALUES, {}).items() if value not in (None, [], ())}
 
 
-def require(values: dict[str, Any], flags: list[ConfigFlag], resolved: Callable[[str], Any]) -> None:
-    """Refuse a missing required field, after every source was merged (``resolved(path)``)."""
+def require(flags: list[ConfigFlag], resolved: dict[str, Any]) -> None:
+    """Refuse a missing required field, once every source was merged (``resolved``: path -> value)."""
     from ssmtl.api.errors import SsmtlError
 
     for flag in flags:
-        if flag.required and resolved(flag.path) in (None, [], ""):
+        if flag.required and resolved.get(flag.path) in (None, [], ""):
             raise SsmtlError(f"{flag.name} is required ({flag.path}: give the flag, or set it in --config FILE)")
 
 
@@ -157,22 +170,23 @@ def make_options(model: type[BaseModel], flags: list[ConfigFlag]) -> list:
 
 
 def _parameter(flag: ConfigFlag, model: type[BaseModel], path: str) -> inspect.Parameter:
-    from rich.markup import escape
-
     info = field_info(model, path)
     annotation = info.annotation
     is_bool = _inner(annotation) is bool
     repeat = _is_container(annotation)
     shown = default_text(info)
     text = " ".join(t for t in (info.description or "", flag.help) if t)
-    if flag.required:
-        text += " [required]"
+    # where the value goes and what it is when the flag is left out: the model's own default
+    where = "required" if flag.required else (f"default: {shown}" if shown is not None else "")
+    text += f" [{path}{'; ' + where if where else ''}]"
     names = [f"{flag.name}/--no-{flag.name[2:]}" if is_bool else flag.name] + ([flag.short] if flag.short else [])
-    option = typer.Option(
-        *names, help=escape(text), metavar=None if is_bool else _metavar(annotation, repeat),
-        show_default=escape(shown) if shown is not None and not flag.required else False,
-    )
-    kind = Optional[bool] if is_bool else (Optional[list[str]] if repeat else Optional[str])
+    option = typer.Option(*names, help=text, metavar=None if is_bool else _metavar(annotation, repeat),
+                          show_default=False)
+    scalar = _inner(annotation)
+    # a plain int or float field is parsed by the flag itself, so a bad value is named by the flag
+    # ("Invalid value for '--steps'"); anything else goes to the model as text and is named by its field
+    simple = scalar if scalar in (int, float) else str
+    kind = Optional[bool] if is_bool else (Optional[list[str]] if repeat else Optional[simple])
     return inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[kind, option])
 
@@ -200,7 +214,7 @@ def _metavar(annotation: Any, repeat: bool) -> str:
     inner = _inner(annotation)
     options = typing.get_args(inner) if typing.get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
     shown = []
-    for option in options:
+    for option in (o for o in options if o is not type(None)):
         if typing.get_origin(option) is Annotated:
             option = typing.get_args(option)[0]
         if typing.get_origin(option) is Literal:

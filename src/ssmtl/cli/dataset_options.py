@@ -107,23 +107,19 @@ def _named_dataset(args: list[str]) -> str | None:
 
 
 def _option(name: str, owners: list[tuple[str, FieldInfo]], only: str | None) -> inspect.Parameter:
-    from rich.markup import escape
-
     mine = [(dataset, info) for dataset, info in owners if dataset == only]
     if only is not None:  # `--dataset X --help`: X's options only, with X's defaults
         help_text = f"{mine[0][1].description or ''}{_default_text(mine[0][1])}" if mine else ""
-        panel = f"Options of dataset {only}"
     else:
         by_text: dict[str, list[str]] = {}
         for dataset, info in owners:
             by_text.setdefault(info.description or "", []).append(dataset)
         help_text = " ".join(f"{', '.join(datasets)}: {text}".strip() for text, datasets in by_text.items())
-        panel = "Dataset options (see `ssmtl cache build --dataset NAME --help`)"
     annotation = owners[0][1].annotation
     is_bool = all(_inner(info.annotation) is bool for _, info in owners)
     option = typer.Option(
         f"{flag(name)}/--no-{flag(name)[2:]}" if is_bool else flag(name),
-        help=escape(help_text), rich_help_panel=panel, hidden=only is not None and not mine,
+        help=help_text, hidden=only is not None and not mine,
         metavar=None if is_bool else _metavar(annotation), show_default=False,
     )
     kind = Optional[bool] if is_bool else Optional[str]

@@ -14,7 +14,7 @@ app = typer.Typer(help="Create plugin packages (list installed plugins with `ssm
 @app.command("new")
 @handle_errors
 def new(
-    name: str = typer.Argument(..., help="Task name, e.g. `slice-stats`; the package becomes ssmtl-slice-stats."),
+    name: str = typer.Argument(..., metavar="NAME", help="Task name, e.g. `slice-stats`; the package becomes ssmtl-slice-stats."),
     directory: Path = typer.Option(Path("."), "--dir", help="Folder to create the package folder in."),
 ) -> None:
     """Scaffold a plugin package: a pretext task with its config, a simple working loss, tests and a README.

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def predict(
-    run: Path = typer.Option(..., "--run", help="Fine-tuning run directory (run.json + model.safetensors)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Fine-tuning run directory.(run.json + model.safetensors)."),
     inputs: List[Path] = typer.Option(..., "--input", "-i", help="A scan (.nii/.nii.gz, .nrrd/.nhdr, .mha/.mhd), a DICOM series folder, a folder of scans, or a manifest (.csv/.json with an `image` column). Repeatable."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one label map per scan, named after it, and predictions.json."),
     format_: str = typer.Option("nifti", "--format", help="nifti (.nii.gz) or same: the input's own format (NIfTI, NRRD, MetaImage; a DICOM series is written as NRRD, see the docs)."),
@@ -39,7 +39,7 @@ def predict(
     origin, shape). A scan that cannot be read gets one `error:` line; the others are still
     written. Exit code: 0 all written, 1 some failed, 2 none written (or bad options).
 
-    Example: ssmtl predict --run runs/ft --input scan.nii.gz --input dicom/series1/ --out pred/
+    Example: ssmtl predict runs/ft --input scan.nii.gz --input dicom/series1/ --out pred/
     """
     from ssmtl.api.errors import SsmtlError
     from ssmtl.downstream.predict import predict as run_predict

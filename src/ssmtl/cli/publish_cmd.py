@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def export(
-    run: Path = typer.Argument(..., help="A pre-training or fine-tuning run directory."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A pre-training or fine-tuning run directory."),
     fmt: str = typer.Option("safetensors", "--format", "-f", help="safetensors (weights), torchscript (model.pt, plain torch.jit.load) or onnx (model.onnx; needs pip install 'ssmtl[onnx]')."),
     part: Optional[str] = typer.Option(None, "--part", help="encoder (features at every scale), network (encoder + decoder: decoder features) or finetuned (network + head: class logits; fine-tuning runs). Default: network for a pre-training run, finetuned for a fine-tuning run."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/hub/PART-FORMAT)."),
@@ -44,7 +44,7 @@ def export(
 
 @handle_errors
 def report(
-    target: Path = typer.Argument(..., help="A run directory (pre-training or fine-tuning) or a benchmark directory."),
+    target: Path = typer.Argument(..., metavar="RUN", help="A run directory (pre-training or fine-tuning) or a benchmark directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file (default: TARGET/report.html)."),
 ) -> None:
     """Write one self-contained HTML page (images embedded) about a run or a benchmark.

@@ -201,7 +201,7 @@ def test_pretrains_with_contrastive(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
     out = tmp_path / "run"
     result = ssmtl_cli(
         "pretrain", "--data", ssmtl_tiny_cache, "--task", "$task", "--task", "contrastive", "--out", out,
-        "--steps", "2", "--batch-size", "2", "--num-workers", "0",
+        "--steps", "2", "--batch-size", "2", "--workers", "0",
         "--set", "model.base_channels=4", "--set", "model.depth=2", "--set", "tasks.contrastive.queue_size=16",
         plugins=[plugin],
     )

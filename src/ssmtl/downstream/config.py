@@ -87,8 +87,8 @@ class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs. Saved as config.json in the run directory."""
 
     model_config = CONFIG_RULES
-    data: AbsolutePath | list[AbsolutePath] = Field(description="HDF5 slice cache with labels (built by `ssmtl cache build`), a folder of caches, or a list: several caches fine-tune as one dataset when they name the same classes.")
-    out: Path = Field(description="Run directory (must be new or empty).")
+    data: AbsolutePath | list[AbsolutePath] | None = Field(None, description="HDF5 slice cache with labels (built by `ssmtl cache build`), a folder of caches, or a list: several caches fine-tune as one dataset when they name the same classes.")
+    out: Path | None = Field(None, description="Run directory (must be new or empty).")
     init: str = Field("none", description="'none' (random init, the baseline) or a pre-training run directory with an export/.")
     init_parts: Literal["all", "encoder"] = Field("all", description="What to load from the export: 'all' (encoder and decoder) or 'encoder' (the decoder starts from random init, seeded by `seed`: the ablation of decoder pre-training).")
     labeled_volumes: int = Field(2, ge=1, description="Labeled training subjects to fine-tune on (all labeled volumes of each chosen subject are used).")

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 from ssmtl._version import __version__
 import torch
 
+from ssmtl.api.errors import SsmtlError
 from ssmtl.host.registry import Registry
 from ssmtl.storage.files import save_json, save_tensors
 from ssmtl.training.export import check_finite_weights
@@ -122,6 +123,10 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
     """
     from accelerate.utils import set_seed
 
+    if config.out is None:
+        raise SsmtlError("no run directory: pass --out")
+    if config.data is None:
+        raise SsmtlError("no data: pass --data CACHE.h5")
     config = config.with_defaults(registry)
     train = config.train
     with TrainingRun(Path(config.out), "finetune", "the fine-tuning run", train, resume=resume) as run:

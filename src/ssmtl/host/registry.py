@@ -52,10 +52,10 @@ NOT_INSTALLED = (
 
 # kind -> (hook name, spec class, base class the config model must derive from)
 _KINDS = {
-    "tasks": ("ssmtl_register_tasks", TaskSpec, "ssmtl.api.tasks:TaskConfig"),
+    "tasks": ("ssmtl_register_tasks", TaskSpec, "ssmtl.api.configs:TaskConfig"),
     "datasets": ("ssmtl_register_datasets", DatasetSpec, "ssmtl.api.volumes:DatasetConfig"),
-    "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.api.heads:HeadConfig"),
-    "networks": ("ssmtl_register_networks", NetworkSpec, "ssmtl.api.network:NetworkConfig"),
+    "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.api.configs:HeadConfig"),
+    "networks": ("ssmtl_register_networks", NetworkSpec, "ssmtl.api.configs:NetworkConfig"),
 }
 _DEFAULTS_HOOK = "ssmtl_defaults"
 

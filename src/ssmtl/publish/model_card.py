@@ -98,7 +98,7 @@ def _evaluation(info: RunInfo) -> list[str]:
         if info.kind == "pretrain":
             return ["Pre-training has no score of its own: fine-tune it (`ssmtl finetune --init RUN`) and evaluate "
                     "the fine-tuned run (`ssmtl evaluate`)."]
-        return ["This run was not evaluated; `ssmtl evaluate --run RUN` writes `eval.json`, and a new export "
+        return ["This run was not evaluated; `ssmtl evaluate RUN` writes `eval.json`, and a new export "
                 "then reports it here."]
     n = len(results.get("test_subjects") or [])
     lines = [f"3D Dice and HD95 per structure on the {n} held-out `{results.get('split', 'test')}` subject(s) "

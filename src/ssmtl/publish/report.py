@@ -70,7 +70,7 @@ def _summary(info: RunInfo) -> list[str]:
 def _evaluation(info: RunInfo, registry) -> list[str]:
     results = info.evaluation
     if results is None:
-        note = ("not evaluated: run <code>ssmtl evaluate --run RUN</code>, then the report again"
+        note = ("not evaluated: run <code>ssmtl evaluate RUN</code>, then the report again"
                 if info.kind == "finetune" else "pre-training has no score of its own; report a fine-tuning run from it")
         return ["<h2>Evaluation</h2>", f'<p class="note">{note}</p>']
     classes = list(results.get("class_names") or [])

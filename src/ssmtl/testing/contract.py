@@ -6,7 +6,7 @@ broken promise:
 
 1. **Registration.** The plugin loads through the real registry with no problem
    reported (hooks match the hookspecs, specs are typed, the config model
-   subclasses :class:`~ssmtl.api.tasks.TaskConfig`, its ``name`` defaults to the
+   subclasses :class:`~ssmtl.api.configs.TaskConfig`, its ``name`` defaults to the
    task name).
 2. **Config.** The defaults satisfy the model's own constraints (pydantic does
    not validate defaults), the given options validate, it rejects an unknown field

@@ -42,6 +42,7 @@ from ssmtl.training.loop_config import LoopConfig
 
 @dataclass
 class StepOutcome:
+    lr: float  # the (first parameter group's) learning rate this step used
     losses: torch.Tensor  # (components,) detached, on the device
     weights: torch.Tensor  # (components,) effective weights
     metrics: dict[str, torch.Tensor]
@@ -76,6 +77,7 @@ class TrainingLoop:
 
     def step(self, batches: list[Any], step: int) -> StepOutcome:
         acc, model = self.accelerator, self.model
+        lr = self.scheduler.get_last_lr()[0]  # before the scheduler steps: the rate this step uses
         model.train()
         for micro, batch in enumerate(batches):
             last = micro == len(batches) - 1
@@ -90,7 +92,7 @@ class TrainingLoop:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             bad = [n for n, v in zip(self.names, losses.tolist()) if not math.isfinite(v)]
-            return StepOutcome(losses, weights, metrics, True, bad)
+            return StepOutcome(lr, losses, weights, metrics, True, bad)
         if self.policy.grad_clip is not None:
             acc.clip_grad_norm_(model.parameters(), self.policy.grad_clip)
         self.optimizer.step()
@@ -99,7 +101,7 @@ class TrainingLoop:
         if self.after_step is not None:
             with torch.no_grad():
                 self.after_step(step)
-        return StepOutcome(losses, weights, metrics, False, [])
+        return StepOutcome(lr, losses, weights, metrics, False, [])
 
     def _culprit(self, outcome: StepOutcome) -> str:
         if outcome.nonfinite:
@@ -151,7 +153,7 @@ class TrainingLoop:
                     continue
                 nonfinite_run = 0
                 now = time.perf_counter()
-                recorder.add(done, self.scheduler.get_last_lr()[0], outcome.losses, outcome.weights, outcome.metrics,
+                recorder.add(done, outcome.lr, outcome.losses, outcome.weights, outcome.metrics,
                              slices_per_step / max(now - t_last, 1e-9))
                 t_last = now
                 if done % policy.log_every == 0 or done == stop:
