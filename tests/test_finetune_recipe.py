@@ -329,3 +329,23 @@ def test_select_last_with_steps_auto_is_one_error_line_from_the_cli(tiny_cache, 
                                       "--set", "train.select=last"])
     assert result.exit_code == 2, result.output
     assert "select=last" in result.stderr and "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.slow
+def test_lp_ft_on_two_processes_keeps_the_encoder_then_trains_it_alike_on_both(tiny_cache, tmp_path):
+    from pathlib import Path
+
+    from helpers import accelerate_cmd, run
+
+    driver = Path(__file__).with_name("lpft_ddp_driver.py")
+    run(accelerate_cmd(2)[:-2] + [str(driver), str(tiny_cache), str(tmp_path)], cwd=driver.parent)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    start = ranks[0][0]
+    for states in ranks:
+        for step in (1, 2):  # the LP phase: parameters and statistics untouched on every rank
+            assert all(torch.equal(states[step][k], start[k]) for k in start), step
+        assert not torch.equal(states[4]["stem.0.weight"], start["stem.0.weight"])
+    for step in range(5):  # one encoder: the trained steps' gradients were all-reduced
+        for key, value in ranks[0][step].items():
+            if "running_" not in key and "num_batches" not in key:  # each rank's statistics see its own batch
+                torch.testing.assert_close(ranks[1][step][key], value, rtol=0, atol=0)
