@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from ssmtl._version import __version__
 import torch
 
+from ssmtl.api.errors import SsmtlError
 from ssmtl.host.registry import Registry
 from ssmtl.storage.files import save_json, save_tensors
 from ssmtl.training.export import check_finite_weights
@@ -177,6 +178,9 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
         selection = selection_record(train, validator, plan, result.steps, total, ema=ema, ema_dice=ema_dice)
         if selection["selection"] == "best":
             weights = validator.best_weights
+            if weights is None:  # a checkpoint's state names a best step but holds no best weights
+                raise SsmtlError(f"{run.out}: the best validation step {selection['selected_step']} has no saved weights; "
+                                 "resume from an earlier checkpoint or start a new run")
         else:
             weights = ema.state_dict() if ema is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
         moved = weight_change(start, weights)
