@@ -100,3 +100,43 @@ def test_a_bad_config_field_is_one_error_line(tiny_cache, tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stderr and "train.stepz" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+#: the whole recipe at once: LP-FT for 4 of 10 steps, warm-up, clipping, lr per part, an EMA of the weights
+RECIPE = ["--set", "train.lp_steps=4", "--set", "train.warmup_steps=2", "--set", "train.grad_clip=0.5",
+          "--set", "train.encoder_lr_scale=0.3", "--set", "train.decoder_lr_scale=0.6",
+          "--set", "train.select=ema", "--set", "train.ema_decay=0.8"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_recipe(tiny_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ft-recipe") / "run"
+    run(ssmtl_cmd() + finetune_args(tiny_cache, out) + RECIPE)
+    return out
+
+
+@pytest.mark.parametrize("resume_at", [2, 4], ids=["inside-the-lp-phase", "at-the-lp-boundary"])
+def test_the_recipe_resumes_exactly_inside_and_across_the_lp_phase(tiny_cache, tmp_path, uninterrupted_recipe, resume_at):
+    import shutil
+
+    out = tmp_path / "run"
+    args = finetune_args(tiny_cache, out) + RECIPE
+    kill_after_checkpoint(args, out, resume_at, done_marker="model.safetensors")
+    for later in (p for p in (out / "checkpoints").iterdir() if int(p.name.split("-")[-1]) > resume_at):
+        shutil.rmtree(later)  # resume from exactly this step, whatever the kill left
+    result = run(ssmtl_cmd() + args + ["--resume"])
+    assert f"at step {resume_at}" in result.stderr
+
+    expected, got = losses(uninterrupted_recipe), losses(out)
+    assert sorted(got) == list(range(1, 11))
+    for step in range(1, 11):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    a, b = load_file(uninterrupted_recipe / "model.safetensors"), load_file(out / "model.safetensors")  # the EMA weights
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    ran, resumed = (json.loads((d / "run.json").read_text()) for d in (uninterrupted_recipe, out))
+    assert resumed["selection"] == ran["selection"] == "ema" and resumed["ema"] == ran["ema"] and ran["ema"]["updates"] == 10
+    for part in ("encoder", "decoder"):
+        assert resumed["weight_change"][part] == pytest.approx(ran["weight_change"][part], rel=1e-5)
+    assert resumed["validation"]["dice"] == pytest.approx(ran["validation"]["dice"], rel=1e-5, abs=1e-9)

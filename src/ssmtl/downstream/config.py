@@ -45,8 +45,10 @@ class FinetuneTrainConfig(LoopConfig):
     """The training loop of fine-tuning: 2D slices, sampled with replacement from the labeled volumes.
 
     ``steps: auto`` trains until the validation Dice stops improving (``patience`` steps
-    without a new best, at most ``max_steps``); a number is a fixed schedule, whose best
-    validation step is still selected when there are validation volumes.
+    without a new best, at most ``max_steps``); a number is a fixed schedule. ``select``
+    says which weights are kept: the best validation step (when there are validation
+    volumes), the last step, or the moving average of the weights. The recipe's options
+    (warm-up, clipping, lr scales, LP-FT, selection) are explained in docs/finetune.md.
     """
 
     steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="Optimizer steps, or `auto`: stop on a validation plateau (patience, max_steps).")
@@ -55,8 +57,16 @@ class FinetuneTrainConfig(LoopConfig):
     min_delta: float = Field(0.001, ge=0, description="A validation Dice must beat the best by more than this to count as a new best.")
     validate_every: int = Field(50, ge=1, description="Validate every N steps (a multiple of log_every) and at the last step.")
     batch_size: int = Field(16, ge=1, description="Slices per process per micro-batch.")
-    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 0).")
+    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate of the head (cosine decay to 0); the encoder and decoder get it times their lr scales.")
     checkpoint_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
+    # -- the recipe (docs/finetune.md): every option off by default, the same for every init --
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps, then cosine decay to 0; with lp_steps, each phase warms up again. 0: off (pre-training uses 50).")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm of all trained parameters to this value (None: off; pre-training uses 1.0).")
+    encoder_lr_scale: float = Field(1.0, gt=0, description="The encoder's learning rate is lr times this (e.g. 0.1: a pre-trained encoder moves gently while the random head learns at lr). To freeze the encoder use freeze_encoder.")
+    decoder_lr_scale: float = Field(1.0, gt=0, description="The decoder's learning rate is lr times this (the head always gets lr).")
+    lp_steps: int = Field(0, ge=0, description="LP-FT: for the first N steps the encoder is frozen (no gradient, norm statistics fixed) and only the decoder and head train; then everything trains, on a restarted schedule (warm-up, cosine to 0 at the last step). 0: off.")
+    select: Literal["best", "last", "ema"] = Field("best", description="Which weights the run keeps: best (the step with the best validation Dice), last (the last step of a fixed schedule; validation is reported but selects nothing; needs a number of steps) or ema (the exponential moving average of the weights at the end, see ema_decay).")
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="With select=ema: avg <- decay * avg + (1 - decay) * weights after each step; 0.99 averages about the last 100 steps and keeps 0.004% of the start after 1000 (0.999 would keep 37%).")
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -75,6 +85,16 @@ class FinetuneTrainConfig(LoopConfig):
     def _validation_on_log_steps(self) -> "FinetuneTrainConfig":
         if self.validate_every % self.log_every:
             raise ValueError(f"validate_every ({self.validate_every}) must be a multiple of log_every ({self.log_every})")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_fits_the_schedule(self) -> "FinetuneTrainConfig":
+        if self.select == "last" and self.steps == "auto":
+            raise ValueError("select=last keeps the last step of a fixed schedule; set steps to a number "
+                             "(steps=auto stops whenever the validation Dice plateaus)")
+        if self.lp_steps and self.lp_steps >= self.schedule_steps:
+            raise ValueError(f"lp_steps ({self.lp_steps}) must be less than the schedule's {self.schedule_steps} steps "
+                             "(steps, or max_steps with steps=auto), or the encoder never trains")
         return self
 
     @property
@@ -103,7 +123,7 @@ class FinetuneConfig(BaseModel):
     head: str | None = Field(None, description="Downstream head plugin (None: the plugins' default head, see `ssmtl plugins`).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="Options of the head's config model.")
     model: SerializeAsAny[NetworkConfig] | None = Field(None, description="Network for init='none' (`name` picks the network plugin; default: the plugins' default network with its defaults). With an export, the export decides.")
-    freeze_encoder: bool = Field(False, description="Train only the decoder and head (encoder weights and norm statistics stay fixed).")
+    freeze_encoder: bool = Field(False, description="Train only the decoder and head (encoder weights and norm statistics stay fixed). With init=none it is a control: a frozen random encoder, the floor of the frozen protocol.")
     augment: AugmentConfig = Field(default_factory=finetune_augment, description="Random affine (image and label alike) and intensity augmentation.")
     num_workers: int = Field(0, ge=0, le=64, description="Data loader worker processes.")
     train: FinetuneTrainConfig = Field(default_factory=lambda: FinetuneTrainConfig(), description="Optimisation and bookkeeping (the training loop shared with pre-training).")
@@ -111,6 +131,13 @@ class FinetuneConfig(BaseModel):
     val_volumes: int = Field(2, ge=0, description="With validation=auto and no val split: at most this many unused labeled subjects validate.")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Fraction of the labeled subjects drawn as val subjects when the cache stores no split.")
     class_balance: float = Field(0.0, ge=0, le=1, description="Fraction of the sampled slices chosen class first: a foreground class uniformly, then a slice that shows it (oversampling of small structures, as nnU-Net oversamples foreground); the rest uniformly from all slices. 0: uniform.")
+
+    @model_validator(mode="after")
+    def _frozen_or_lp_ft(self) -> "FinetuneConfig":
+        if self.freeze_encoder and self.train.lp_steps:
+            raise ValueError(f"freeze_encoder keeps the encoder frozen for the whole run, train.lp_steps={self.train.lp_steps} "
+                             "would train it after the first steps; set one of them")
+        return self
 
     @field_validator("init")
     @classmethod

@@ -9,7 +9,9 @@ pre-training export (``init=RUN_DIR``, loaded with ``strict=True``) or from scra
 
 Training runs through the same loop and the same run lifecycle as pre-training
 (:mod:`ssmtl.training.loop`, :mod:`ssmtl.training.lifecycle`): the same non-finite policy,
-clipping, logging, periodic atomic checkpoints and exact ``--resume``.
+clipping, logging, periodic atomic checkpoints and exact ``--resume``. How the network is
+trained (lr per part, warm-up, clipping, LP-FT) is :mod:`ssmtl.downstream.recipe`'s; which
+weights are kept (best, last, EMA) is :mod:`ssmtl.downstream.selection`'s.
 
 A run directory holds ``config.json``, ``split.json`` (the exact subjects, seeds and
 chosen labeled subjects), ``metrics.jsonl``, ``checkpoints/``, ``model.safetensors``
@@ -32,13 +34,15 @@ from ssmtl.storage.files import save_json, save_tensors
 from ssmtl.training.export import check_finite_weights
 from ssmtl.training.lifecycle import TrainingRun
 from ssmtl.training.loop import TrainingLoop
-from ssmtl.training.optim import build_optimizer
 from ssmtl.training.recorder import Recorder
 from ssmtl.data.cache_set import data_record, open_caches
 from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import LabeledSliceDataset, make_loader
+from ssmtl.downstream.ema import WeightAverage
+from ssmtl.downstream.recipe import build_finetune_optimizer, recipe_record, start_weights, weight_change
 from ssmtl.downstream.records import WEIGHTS
+from ssmtl.downstream.selection import selection_record
 from ssmtl.downstream.validation import plan_validation, Validator
 from ssmtl.downstream.model import (
     FinetuneModel,
@@ -82,7 +86,7 @@ def _validator(config: FinetuneConfig, plan, cache, volumes: list[int], model, a
         return None
     return Validator(cache, volumes, model, accelerator.device, every=train.validate_every,
                      patience=train.patience if train.steps == "auto" else None, min_delta=train.min_delta,
-                     num_classes=num_classes)
+                     num_classes=num_classes, keep_best=train.select == "best", plateau_from=train.lp_steps)
 
 
 def _on_logged(validator: Validator, total: int, out: Path, main: bool, recorder: Recorder):
@@ -101,19 +105,6 @@ def _on_logged(validator: Validator, total: int, out: Path, main: bool, recorder
     return on_logged
 
 
-def _selection(validator: Validator | None, plan, train, steps_run: int, total: int) -> dict[str, Any]:
-    """What run.json says about the steps: how many ran, which one was kept and why."""
-    record: dict[str, Any] = {"steps": steps_run, "steps_requested": train.steps, "schedule_steps": total}
-    if validator is None or validator.state.best_step is None:
-        return {**record, "selected_step": steps_run, "stopped_early": False,
-                "validation": {**plan.record(), "dice": None, "selected": "the last step (no validation)"}}
-    state = validator.state
-    return {**record, "selected_step": state.best_step, "stopped_early": state.stopped and steps_run < total,
-            "validation": {**plan.record(), "dice": state.best_dice, "selected": "the best validation Dice",
-                           "every": train.validate_every, "min_delta": train.min_delta,
-                           "patience": validator.patience, "curve": state.curve}}
-
-
 def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Fine-tune ``config.init`` (or a fresh network) on ``config.labeled_volumes`` labeled subjects.
 
@@ -129,7 +120,8 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
         raise SsmtlError("no data: pass --data CACHE.h5")
     config = config.with_defaults(registry)
     train = config.train
-    with TrainingRun(Path(config.out), "finetune", "the fine-tuning run", train, resume=resume) as run:
+    with TrainingRun(Path(config.out), "finetune", "the fine-tuning run", train, resume=resume,
+                     find_unused_parameters=train.lp_steps > 0) as run:
         accelerator, main = run.accelerator, run.main
         # every input is checked, and every plugin built, before the run directory is created
         cache = open_caches(config.data)
@@ -153,11 +145,12 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
                 f"{len(split['test'])} test subject(s) (unlabeled); results are transductive", file=sys.stderr,
             )
         model = FinetuneModel(network, head, registry)
-        objective = SegmentationObjective(model, config.augment, config.freeze_encoder)
+        start = start_weights(model)  # w0 of the weight change: rebuilt alike (same seed, same export) on resume
+        objective = SegmentationObjective(model, config.augment, config.freeze_encoder, train.lp_steps)
         total = train.schedule_steps
-        optimizer, scheduler = build_optimizer(objective, lr=train.lr, weight_decay=train.weight_decay,
-                                               warmup_steps=train.warmup_steps, total_steps=total)
+        optimizer, scheduler = build_finetune_optimizer(objective, train, total)
         prepared, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+        ema = WeightAverage(model, train.ema_decay) if train.select == "ema" else None
 
         record = config.model_dump(mode="json")
         recorder = run.open(
@@ -166,28 +159,41 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
             records={"split.json": _split_record(config, cache, split, labeled, labeled_seed, plan, train_volumes, val_volumes)},
         )
         validator = _validator(config, plan, cache, val_volumes, model, accelerator, num_classes, main)
-        if validator is not None:
-            recorder.checkpoint_extras = validator.save
+        keepers = [k for k in (validator, ema) if k is not None]  # state a checkpoint keeps besides the loop's
+        recorder.checkpoint_extras = lambda directory: {k: v for keeper in keepers for k, v in keeper.save(directory).items()}
         dataset = LabeledSliceDataset(cache, train_volumes)
         batches = run.resume(lambda start: _on_device(make_loader(
             dataset, batches=total * train.grad_accum, batch_size=train.batch_size, seed=config.seed,
             rank=accelerator.process_index, world=accelerator.num_processes, start=start * train.grad_accum,
             class_balance=config.class_balance, num_workers=config.num_workers), accelerator.device))
-        if validator is not None and run.found is not None:
-            validator.load(run.found.path, run.found.state)
+        if run.found is not None:
+            for keeper in keepers:
+                keeper.load(run.found.path, run.found.state)
         stopped = validator is not None and validator.state.stopped  # a resumed run that had already stopped
-        loop = TrainingLoop(accelerator, prepared, optimizer, scheduler, train, [config.head])
+        loop = TrainingLoop(accelerator, prepared, optimizer, scheduler, train, [config.head],
+                            after_step=None if ema is None else lambda step: ema.update())
         on_logged = None if validator is None else _on_logged(validator, total, run.out, main, recorder)
         result = run.train(loop, batches, run.start_step if stopped else total, progress=progress, label="finetune",
                            slices_per_step=train.batch_size * train.grad_accum * accelerator.num_processes,
                            on_logged=on_logged)
 
         final_loss = result.last.get("loss")
-        selection = _selection(validator, plan, train, result.steps, total)
+        ema_dice = validator.score_weights(ema.weights) if ema is not None and validator is not None else None
+        selection = selection_record(train, validator, plan, result.steps, total, ema=ema, ema_dice=ema_dice)
+        if selection["selection"] == "best":
+            weights = validator.best_weights
+            if weights is None:  # a checkpoint's state names a best step but holds no best weights
+                raise SsmtlError(f"{run.out}: the best validation step {selection['selected_step']} has no saved weights; "
+                                 "resume from an earlier checkpoint or start a new run")
+        else:
+            weights = ema.state_dict() if ema is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        moved = weight_change(start, weights)
+        if main and progress:
+            print(f"weight change of the kept weights (step {selection['selected_step']}, {selection['selection']}), "
+                  f"|w - w0| / |w0|: encoder {_number(moved['encoder'])}, decoder {_number(moved['decoder'])}",
+                  file=sys.stderr)
 
         def write_outputs() -> None:
-            best = validator.best_weights if validator is not None and validator.best_weights is not None else None
-            weights = best if best is not None else model.state_dict()
             check_finite_weights(weights, str(run.out / WEIGHTS))
             save_tensors(run.out / WEIGHTS, weights)
             save_json(run.out / "run.json", {
@@ -206,6 +212,8 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
                 **selection,
                 "seconds": result.seconds,
                 "final_loss": final_loss,
+                "recipe": recipe_record(config, total),
+                "weight_change": moved,
             })
 
         run.finish(write_outputs)
@@ -215,11 +223,16 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
         **selection,
         "seconds": result.seconds,
         "final_loss": final_loss,
+        "weight_change": moved,
         "num_classes": num_classes,
         "labeled_subjects": labeled,
         "train_volumes": [cache.volumes[v].name for v in train_volumes],
         "test_subjects": split["test"],
     }
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _on_device(loader, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

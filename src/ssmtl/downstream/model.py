@@ -111,25 +111,43 @@ class SegmentationObjective(nn.Module):
 
     ``forward((images, labels), step)`` augments the pair (one random affine per slice,
     applied to image and label alike), runs the model, and returns the head's loss as
-    ``(total, losses (1,), weights (1,), metrics)``. With ``freeze_encoder`` the encoder
-    stays in eval mode (its norm statistics do not move either).
+    ``(total, losses (1,), weights (1,), metrics)``.
+
+    The encoder is **frozen** at step ``step`` (0-based) with ``freeze_encoder`` (every
+    step; its parameters are then left out of the optimiser) or while ``step < lp_steps``
+    (LP-FT's first phase): its parameters get no gradient and it stays in eval mode, so
+    its BatchNorm statistics do not move either. Whether it is frozen is a function of
+    the step, so a resumed run is in the same phase as an uninterrupted one.
     """
 
-    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False):
+    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False, lp_steps: int = 0):
         super().__init__()
         self.model = model
         self.augment = augment
         self.freeze_encoder = freeze_encoder
-        if freeze_encoder:
-            model.network.encoder.requires_grad_(False)
+        self.lp_steps = lp_steps
+        self.encoder_frozen = False
+        self._set_encoder_frozen(freeze_encoder)  # LP-FT freezes at its first step: the optimiser holds the encoder
+
+    def frozen_at(self, step: int) -> bool:
+        """Whether the encoder is frozen at (0-based) step ``step``."""
+        return self.freeze_encoder or step < self.lp_steps
+
+    def _set_encoder_frozen(self, frozen: bool) -> None:
+        encoder = self.model.network.encoder
+        if frozen != self.encoder_frozen:
+            encoder.requires_grad_(not frozen)
+            self.encoder_frozen = frozen
+        encoder.train(self.training and not frozen)  # frozen means frozen: no BatchNorm statistics updates either
 
     def train(self, mode: bool = True) -> "SegmentationObjective":
         super().train(mode)
-        if self.freeze_encoder:
-            self.model.network.encoder.eval()  # frozen means frozen: no BatchNorm statistics updates either
+        if self.encoder_frozen:
+            self.model.network.encoder.eval()
         return self
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], step: int):
+        self._set_encoder_frozen(self.frozen_at(step))
         images, labels = augment_pair(*batch, self.augment)
         logits = self.model(images)
         name, registry = plugin_name(self.model.head), self.model.registry

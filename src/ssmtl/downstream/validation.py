@@ -19,8 +19,11 @@ as ``ssmtl evaluate`` (:func:`~ssmtl.downstream.metrics.dice_per_class`, then
 :func:`~ssmtl.downstream.metrics.summarise`: the mean over structures of the per-structure
 means over volumes). A score above the best by more than ``min_delta`` is a new best:
 its weights are kept (in memory and in every checkpoint, as ``best.safetensors``) and
-become ``model.safetensors`` at the end. With ``steps: auto`` training stops once
-``patience`` steps have passed without a new best (or at ``max_steps``).
+become ``model.safetensors`` at the end (``train.select: best``; with ``last`` or ``ema``
+the curve and the best step are recorded but select nothing). With ``steps: auto``
+training stops once ``patience`` steps have passed without a new best (or at
+``max_steps``); with LP-FT (``lp_steps``) the patience counts from the encoder's first
+step at the earliest, so a run cannot stop before its encoder has trained.
 
 Resume is exact: the best score, its step, the curve and the best weights are part of
 every checkpoint, so a resumed run selects the same step as an uninterrupted one.
@@ -120,11 +123,13 @@ class Validator:
     """
 
     def __init__(self, cache, volumes: list[int], model, device, *, every: int, patience: int | None,
-                 min_delta: float, num_classes: int):
+                 min_delta: float, num_classes: int, keep_best: bool = True, plateau_from: int = 0):
         self.cache, self.volumes, self.model = cache, volumes, model
         self.predictor = Predictor(model, torch.device(device))
         self.every, self.patience, self.min_delta = every, patience, min_delta
         self.num_classes = num_classes
+        self.keep_best = keep_best  # False: the best step is reported, its weights are not kept
+        self.plateau_from = plateau_from  # no plateau counts before this step (LP-FT: the encoder's first step)
         self.state = ValidationState()
         self.best_weights: dict[str, torch.Tensor] | None = None
 
@@ -150,10 +155,22 @@ class Validator:
         best = self.state.best_dice
         if not math.isnan(dice) and (best is None or dice > best + self.min_delta):
             self.state.best_dice, self.state.best_step = dice, done
-            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        if self.patience is not None and self.state.best_step is not None and done - self.state.best_step >= self.patience:
+            if self.keep_best:
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if (self.patience is not None and self.state.best_step is not None
+                and done - max(self.state.best_step, self.plateau_from) >= self.patience):
             self.state.stopped = True
         return self.state.stopped
+
+    def score_weights(self, weights: dict[str, torch.Tensor]) -> float:
+        """The validation Dice of ``weights`` (a state dict of the model); the model's own weights
+        are put back afterwards."""
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            self.model.load_state_dict(weights, strict=True)
+            return self.score()
+        finally:
+            self.model.load_state_dict(own, strict=True)
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, Any]:

@@ -38,12 +38,15 @@ def accelerator_type() -> str:
     return "mps" if mps_available() else "cpu"
 
 
-def make_accelerator(mixed_precision: str | None, log_with: Sequence[str] = (), run_dir: Path | None = None):
+def make_accelerator(mixed_precision: str | None, log_with: Sequence[str] = (), run_dir: Path | None = None,
+                     find_unused_parameters: bool = False):
     """An Accelerator on the GPU if there is one (CUDA, else Apple's MPS), else a CPU process group
     (gloo) when launched with several processes; ``mixed_precision`` None defers to ``accelerate launch``.
 
     DDP runs with ``find_unused_parameters=False``: every trainable parameter gets a
-    gradient every step (tasks and heads promise it; the contract check tests it).
+    gradient every step (tasks and heads promise it; the contract check tests it). A run
+    that freezes part of its module for some steps only (fine-tuning's LP-FT) asks for
+    ``find_unused_parameters=True``, so that DDP lets those parameters go without a gradient.
 
     The learning-rate schedule steps once per optimizer step, on every process count: the
     loop steps it itself (also on a skipped step, so the schedule stays a function of the
@@ -69,6 +72,6 @@ def make_accelerator(mixed_precision: str | None, log_with: Sequence[str] = (), 
         cpu=accelerator_type() == "cpu",
         mixed_precision=mixed_precision,
         step_scheduler_with_optimizer=False,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters, broadcast_buffers=True)],
         **tracking,
     )

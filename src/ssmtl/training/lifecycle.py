@@ -56,10 +56,14 @@ class TrainingRun:
         what: how an error names the run (``"the pre-training run"``).
         policy: the ``train`` section (precision, trackers, checkpoint and log intervals).
         resume: continue ``out`` from its newest valid checkpoint.
+        find_unused_parameters: some trainable parameters get no gradient in some steps
+            (fine-tuning's LP-FT phase): DDP must look for them.
     """
 
-    def __init__(self, out: Path, kind: str, what: str, policy: LoopConfig, *, resume: bool = False):
+    def __init__(self, out: Path, kind: str, what: str, policy: LoopConfig, *, resume: bool = False,
+                 find_unused_parameters: bool = False):
         self.out, self.kind, self.what, self.policy, self.resume_asked = Path(out), kind, what, policy, resume
+        self.find_unused_parameters = find_unused_parameters
         self.accelerator: Any = None
         self.recorder: Recorder | None = None
         self.found: CheckpointInfo | None = None
@@ -71,7 +75,8 @@ class TrainingRun:
     def __enter__(self) -> "TrainingRun":
         self._stack.enter_context(run_directory(self.out, self.what))
         try:
-            self.accelerator = make_accelerator(self.policy.mixed_precision, self.policy.log_with, self.out)
+            self.accelerator = make_accelerator(self.policy.mixed_precision, self.policy.log_with, self.out,
+                                                find_unused_parameters=self.find_unused_parameters)
         except BaseException:
             self._stack.close()
             raise
