@@ -112,14 +112,17 @@ class SegmentationObjective(nn.Module):
     ``forward((images, labels), step)`` augments the pair (one random affine per slice,
     applied to image and label alike), runs the model, and returns the head's loss as
     ``(total, losses (1,), weights (1,), metrics)``. With ``freeze_encoder`` the encoder
-    stays in eval mode (its norm statistics do not move either).
+    stays in eval mode (its norm statistics do not move either). The augmentation mirrors
+    only along ``flip_axes``, the data's declaration (the cache's ``flip_axes``).
     """
 
-    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False):
+    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False,
+                 flip_axes: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
         self.augment = augment
         self.freeze_encoder = freeze_encoder
+        self.flip_axes = tuple(flip_axes)
         if freeze_encoder:
             model.network.encoder.requires_grad_(False)
 
@@ -130,7 +133,7 @@ class SegmentationObjective(nn.Module):
         return self
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], step: int):
-        images, labels = augment_pair(*batch, self.augment)
+        images, labels = augment_pair(*batch, self.augment, self.flip_axes)
         logits = self.model(images)
         name, registry = plugin_name(self.model.head), self.model.registry
         with plugin_call("head", name, "loss", registry):

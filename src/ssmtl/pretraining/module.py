@@ -30,7 +30,7 @@ class PretrainModule(nn.Module):
     """
 
     def __init__(self, network: SharedNetwork, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
-                 decoder_slices: str = "all", registry=None):
+                 decoder_slices: str = "all", registry=None, flip_axes: tuple[int, ...] = ()):
         super().__init__()
         self.registry = registry  # names a failing task's package in the error line
         self.network = network
@@ -43,7 +43,8 @@ class PretrainModule(nn.Module):
         self.decoder_slices = "all" if needs_all else decoder_slices
         self.notes = [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice "
                       "of a sequence"] if needs_all and decoder_slices == "one" else []
-        self.augmenter = make_augmenter(augment)
+        self.flip_axes = tuple(flip_axes)  # the data's: every random view mirrors only along these
+        self.augmenter = make_augmenter(augment, self.flip_axes)
         self.memory_format = torch.contiguous_format
 
     def use_channels_last(self) -> None:
@@ -95,8 +96,9 @@ def sequence_length(config: RunConfig, tasks: dict[str, PretextTask]) -> int:
     return k
 
 
-def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
-    """Network + tasks + weighting, with the decoder frozen when no task trains it."""
+def build_pretrain_module(config: RunConfig, registry, flip_axes: tuple[int, ...] = ()) -> PretrainModule:
+    """Network + tasks + weighting, with the decoder frozen when no task trains it; every random
+    view mirrors only along ``flip_axes`` (the data's declaration, :mod:`ssmtl.data.laterality`)."""
     torch.manual_seed(config.seed)
     network = build_network(config.model, registry)
     tasks = build_tasks(config, network, registry)
@@ -112,7 +114,8 @@ def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
         temperature=config.weighting.temperature,
         window=None if config.weighting.window is None else config.weighting.window * config.train.grad_accum,
     )
-    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices, registry)
+    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices, registry,
+                          flip_axes=flip_axes)
 
 
 def ddp_ignored_names(module: PretrainModule) -> list[str]:
