@@ -171,6 +171,29 @@ def test_positive_pair_is_normalised_in_different_bn_groups():
     assert not torch.equal(torch.argsort(torch.randperm(8)) // 4, group)
 
 
+# -- the queue's size ---------------------------------------------------------------------
+
+
+def test_queue_cap_arithmetic():
+    from ssmtl.plugins.tasks.contrastive import ContrastiveConfig, queue_size
+
+    assert ContrastiveConfig().max_queue_fraction == 0.1
+    assert queue_size(4096, 0.1, 1417, 16) == 141  # floor(141.7); the old 0.5 gave 708, half the slices
+    assert queue_size(4096, 0.5, 1417, 16) == 708
+    assert queue_size(64, 0.1, 1417, 16) == 64  # a queue below the cap is kept
+    assert queue_size(4096, 0.1, 100, 32) == 32  # never below one batch of keys (floor(10) < 32)
+    assert queue_size(4096, 0.29, 100, 1) == 29  # 0.29 x 100 = 28.999... in floating point
+    assert queue_size(4096, 2.0, 1000, 16) == 2000
+
+
+def test_the_task_caps_its_queue_and_says_so():
+    _, task, notes = _task(["tasks.contrastive.queue_size=4096"], batch=16)  # 1000 training slices
+    assert task.queue.size == 100 and task.queue.keys.shape == (100, task.config.projection_dim)
+    assert any("queue_size 4096 > 0.1 x 1000 training slices; using 100 keys" in n for n in notes), notes
+    _, task, notes = _task(["tasks.contrastive.queue_size=64"])
+    assert task.queue.size == 64 and not any("queue_size" in n for n in notes)
+
+
 # -- momentum schedule ------------------------------------------------------------------
 
 

@@ -18,7 +18,9 @@ As in the reference:
   does not end with a mostly random key encoder. The share of its initial weights the
   key encoder still holds is logged (``contrastive/key_init_share``) and announced;
 * keys are gathered from all processes before they enter the queue of
-  ``queue_size`` keys; the queue is kept out of DDP's broadcast buffers;
+  ``queue_size`` keys (at most ``max_queue_fraction`` = 10 % of the training slices: a
+  larger share makes a query's own neighbouring slices its negatives; MoCo's CIFAR demo
+  keeps 8 %); the queue is kept out of DDP's broadcast buffers;
 * a 2-layer MLP projection head, InfoNCE with temperature 0.2;
 * shuffle-BN across processes for the key encoder (``bn_mode="shuffle"``), or SyncBN.
   In one process there is nothing to shuffle across: the key encoder then uses split
@@ -37,6 +39,7 @@ Positives (``positives``):
 from __future__ import annotations
 
 import copy
+import math
 from typing import Literal
 
 import torch
@@ -76,7 +79,7 @@ from ssmtl.api.ssl import (
 class ContrastiveConfig(TaskConfig):
     name: Literal["contrastive"] = "contrastive"
     queue_size: int = Field(4096, ge=1, description="Number of negative keys in the queue (K).")
-    max_queue_fraction: float = Field(0.5, gt=0, le=10, description="Cap K at this fraction of the slices the run samples from: a queue larger than the data holds stale keys of the query's own slice as negatives.")
+    max_queue_fraction: float = Field(0.1, gt=0, le=10, description="Cap K at this fraction of the slices the run samples from (at least one batch of keys). A queue holding a fraction f of the slices holds on average 2 r f keys within r slices of a query's own slice, and its own stale key with probability f: near-duplicate negatives. 0.1 keeps that to about one key within 5 slices, the order of MoCo's own ratios (4096 keys for CIFAR's 50k images, 8 %; 65536 for ImageNet's 1.28M, 5 %).")
     temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (T).")
     momentum: float = Field(0.99, ge=0, le=1, description="EMA momentum of the key encoder (m; the starting value m0 of a cosine schedule).")
     momentum_schedule: Literal["constant", "cosine"] = Field("cosine", description="Key-encoder momentum over the run: 'constant' (MoCo v2: m), or 'cosine' from m to 1 (BYOL, MoCo v3), so short runs do not end with a mostly random key encoder.")
@@ -87,6 +90,17 @@ class ContrastiveConfig(TaskConfig):
     query_slices: Literal["all", "center"] = Field("all", description="Use every slice of each sequence as a query, or only the centre one.")
     positives: Literal["augment", "neighbors", "position"] = Field("augment", description="What counts as a positive key.")
     position_threshold: float = Field(0.1, gt=0, le=1, description="Max normalised position distance of positional positives.")
+
+
+def queue_size(asked: int, max_fraction: float, num_slices: int, keys_per_batch: int) -> int:
+    """The queue's K: ``asked``, capped at ``floor(max_fraction x num_slices)`` but never below one
+    batch of keys (a queue that cannot hold a step's keys would drop some of them unseen).
+
+    >>> queue_size(4096, 0.1, 1417, 16), queue_size(4096, 0.1, 100, 32), queue_size(64, 0.1, 1417, 16)
+    (141, 32, 64)
+    """
+    cap = math.floor(max_fraction * num_slices + 1e-9)  # 0.29 x 100 is 28.999...: still 29
+    return min(asked, max(keys_per_batch, cap))
 
 
 def projection_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -126,13 +140,14 @@ class ContrastiveTask(PretextTask):
         keys_per_batch = info.global_batch * (info.sequence_length if self.config.query_slices == "all" else 1)
         self.total_steps = info.total_steps  # the cosine schedule's T (None: unknown, constant momentum)
         notes = [self._bn_note(keys_per_batch // world_size()), self._momentum_note()]
-        cap = max(keys_per_batch, int(self.config.max_queue_fraction * info.num_slices))
-        if self.queue.size > cap:
+        size = queue_size(self.config.queue_size, self.config.max_queue_fraction, info.num_slices, keys_per_batch)
+        if self.queue.size != size:
             old = self.queue.size
-            self.queue = KeyQueue(cap, self.config.projection_dim).to(self.queue.keys.device)
+            self.queue = KeyQueue(size, self.config.projection_dim).to(self.queue.keys.device)
             notes.append(
                 f"contrastive: queue_size {old} > {self.config.max_queue_fraction:g} x {info.num_slices} training slices; "
-                f"using {cap} keys so a slice's own stale keys are not its negatives (tasks.contrastive.max_queue_fraction)")
+                f"using {size} keys, so that few negatives are the query's own or neighbouring slices "
+                "(tasks.contrastive.max_queue_fraction)")
         return notes
 
     # -- BatchNorm of the key encoder -------------------------------------------------
