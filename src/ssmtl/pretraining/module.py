@@ -130,6 +130,7 @@ def build_pretrain_module(config: RunConfig, registry, flip_axes: tuple[int, ...
         {n: config.tasks[n].warmup_steps for n in names},
         temperature=config.weighting.temperature,
         window=None if config.weighting.window is None else config.weighting.window * config.train.grad_accum,
+        normalise_steps=config.weighting.normalise_steps if config.weighting.normalise else None,
     )
     return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices, registry,
                           flip_axes=flip_axes)
