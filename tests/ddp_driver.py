@@ -55,7 +55,9 @@ def main(cache: str, out: str) -> None:
         converted.clear()
         config = resolve_run_config(
             flags={"data.path": cache, "train.batch_size": BATCH}, tasks=["contrastive"],
-            sets=tiny_sets(["contrastive"]) + [f"tasks.contrastive.bn_mode={mode}"], environ={}, registry=registry,
+            # max_queue_fraction=10: the queue (64) holds every key of the run, whatever the 32 slices cap it at
+            sets=tiny_sets(["contrastive"]) + [f"tasks.contrastive.bn_mode={mode}", "tasks.contrastive.max_queue_fraction=10"],
+            environ={}, registry=registry,
         )
         accelerator = make_accelerator(config.train.mixed_precision)
         trainers[mode] = Trainer(config, registry, accelerator, num_volumes=4, num_slices=32)

@@ -55,7 +55,7 @@ def test_correspondence_tracks_a_bright_dot():
     torch.manual_seed(0)
     config = AugmentConfig(rotate=30.0, flip=0.5, crop_scale=(0.6, 1.0), translate=0.1)
     n = 40
-    theta_a, theta_b = random_affine(n, config, "cpu"), random_affine(n, config, "cpu")
+    theta_a, theta_b = random_affine(n, config, "cpu", (0, 1)), random_affine(n, config, "cpu", (0, 1))
     source = dot_image(15.3, 16.6).float()
     view_a = apply_affine(source.expand(n, -1, -1, -1).contiguous(), theta_a)
     view_b = apply_affine(source.expand(n, -1, -1, -1).contiguous(), theta_b)
@@ -107,13 +107,13 @@ def test_correspondence_by_hand():
 def test_random_affine_respects_ranges():
     torch.manual_seed(2)
     config = AugmentConfig(rotate=20.0, crop_scale=(0.7, 0.9), flip=0.5, translate=0.05)
-    theta = random_affine(500, config, "cpu")
+    theta = random_affine(500, config, "cpu", flip_axes=(1,))
     linear = theta[:, :, :2]
     scale = torch.sqrt(torch.abs(torch.det(linear)))
     assert scale.min() >= 0.7 - 1e-5 and scale.max() <= 0.9 + 1e-5
     flipped = torch.det(linear) < 0
     assert 0.35 < flipped.float().mean() < 0.65
-    # angle from the unflipped second column (-sin, cos) * scale
+    # angle from the second column (-sin, cos) * scale, which a column flip leaves alone
     angle = torch.rad2deg(torch.atan2(-linear[:, 0, 1], linear[:, 1, 1]))
     assert angle.abs().max() <= 20.0 + 1e-3
     margin = (1 - scale) + 0.05
@@ -128,11 +128,49 @@ def test_no_augmentation_config_is_identity():
     torch.testing.assert_close(view, x, atol=1e-5, rtol=0)
 
 
-def test_flip_only_mirrors_columns():
-    config = AugmentConfig(flip=1.0, rotate=0.0, crop_scale=(1.0, 1.0), translate=0.0, **NO_INTENSITY)
+FLIP_ONLY = dict(flip=1.0, rotate=0.0, crop_scale=(1.0, 1.0), translate=0.0, **NO_INTENSITY)
+
+
+@pytest.mark.parametrize("flip_axes, dims", [((1,), [3]), ((0,), [2]), ((0, 1), [2, 3])])
+def test_flip_mirrors_exactly_the_allowed_axes(flip_axes, dims):
+    """Axis 1 = columns (the last tensor dim), axis 0 = rows; both = a 180 degree turn."""
     x = torch.rand(2, 1, SIZE, SIZE)
-    view, _ = augment(x, config)
-    torch.testing.assert_close(view, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
+    view, theta = augment(x, AugmentConfig(**FLIP_ONLY), flip_axes=flip_axes)
+    torch.testing.assert_close(view, torch.flip(x, dims=dims), atol=1e-5, rtol=0)
+    assert (torch.det(theta[:, :, :2]) * (-1) ** len(flip_axes) > 0).all()
+
+
+def test_no_flip_where_the_data_allows_none():
+    """flip=1 asked for, no axis allowed (the default): the view is the slice itself."""
+    x = torch.rand(3, 1, SIZE, SIZE)
+    for flip_axes in ((), []):
+        view, theta = augment(x, AugmentConfig(**FLIP_ONLY), flip_axes=flip_axes)
+        torch.testing.assert_close(view, x, atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    theta = random_affine(2000, AugmentConfig(flip=1.0, rotate=180.0), "cpu")
+    assert (torch.det(theta[:, :, :2]) > 0).all()  # rotations and crops only: never a mirror image
+
+
+def test_allowed_flips_do_not_change_the_other_random_draws():
+    """The same seed gives the same rotations, crops and shifts whichever flips are allowed."""
+    config = AugmentConfig(flip=0.5, rotate=40.0)
+    torch.manual_seed(5)
+    none = random_affine(64, config, "cpu", ())
+    torch.manual_seed(5)
+    both = random_affine(64, config, "cpu", (0, 1))
+    torch.testing.assert_close(both[:, :, 2], none[:, :, 2])  # shifts
+    torch.testing.assert_close(both[:, :, :2].abs(), none[:, :, :2].abs())  # a flip only changes signs
+    assert not torch.equal(both, none)
+
+
+def test_flip_note_only_for_an_explicit_flip_on_data_without_axes():
+    from ssmtl.training.augment import flip_note
+
+    assert flip_note(AugmentConfig(), ()) is None  # the default, not asked for
+    assert flip_note(AugmentConfig(flip=0.3), (1,)) is None  # allowed somewhere
+    assert flip_note(AugmentConfig(flip=0.0), ()) is None
+    note = flip_note(AugmentConfig(flip=0.3), (), section="augment")
+    assert note.startswith("augment.flip=0.3 is off") and "flip_axes is []" in note
 
 
 # -- augment -----------------------------------------------------------------------------------

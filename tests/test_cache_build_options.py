@@ -87,7 +87,7 @@ def test_the_model_validates_the_values(build):
 def test_an_option_of_another_dataset_names_the_datasets_own(build):
     result = build("--dataset", "stripes", "--subjects", "3")
     assert result.exit_code == 2
-    assert "--subjects is not an option of dataset 'stripes' (its options: --count, --levels, --flipped, --tag" in result.stderr
+    assert "--subjects is not an option of dataset 'stripes' (its options: --flip-axes, --count, --levels, --flipped, --tag" in result.stderr
 
 
 def test_help_lists_every_datasets_options_with_their_descriptions(ssmtl_cli):

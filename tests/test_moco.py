@@ -1,8 +1,9 @@
-"""MoCo v2 in one process: split BatchNorm of the key encoder, and the momentum schedule.
+"""MoCo v2 in one process: split BatchNorm on both sides, the queue's size, the momentum schedule.
 
 Split BN against per-group ``F.batch_norm`` written out here; the running statistics by
-hand; the positive pair's BN groups; the cosine momentum against its formula, and the
-key encoder's remaining share of its initial weights.
+hand; the statistics a key and its query saw, against a hand computation, and their
+groups; the cosine momentum against its formula, and the key encoder's remaining share
+of its initial weights.
 """
 
 from __future__ import annotations
@@ -117,11 +118,11 @@ def test_split_bn_forward_shuffles_then_unshuffles():
 # -- the contrastive task in one process ----------------------------------------------
 
 
-def _task(sets=(), total_steps: int | None = 100, batch: int = 8):
+def _task(sets=(), total_steps: int | None = 100, batch: int = 8, k: int = 1):
     config = resolve_run_config(registry=get_registry(), flags=SMALL, tasks=["contrastive"], sets=["tasks.contrastive.queue_size=64", *sets], environ={})
     module = build_pretrain_module(config, get_registry())
     task = module.tasks["contrastive"]
-    notes = task.on_data(DataInfo(num_volumes=2, num_slices=1000, sequence_length=1, global_batch=batch,
+    notes = task.on_data(DataInfo(num_volumes=2, num_slices=1000, sequence_length=k, global_batch=batch,
                                   total_steps=total_steps))
     return module, task, notes
 
@@ -135,40 +136,127 @@ def test_one_process_run_says_split_bn_is_in_effect():
     assert any("plain BatchNorm" in n for n in notes)  # 6 keys: no groups of at least 4
 
 
-def test_positive_pair_is_normalised_in_different_bn_groups():
-    """A key depends on the other samples of its split-BN group only; the query on the whole batch.
+def _first_bn(module: nn.Module) -> nn.BatchNorm2d:
+    return next(m for m in module.modules() if isinstance(m, nn.BatchNorm2d))
 
-    Changing a sample outside key i's group leaves key i unchanged, changing one inside
-    it does not; and the query of sample i (shared network, whole-batch BN) changes
-    whichever sample changes: the pair's BN groups differ.
+
+def _record(layer: nn.Module, into: list) -> None:
+    layer.register_forward_hook(lambda m, args, out: into.append((args[0].detach().clone(), out.detach().clone())))
+
+
+def _block_reference(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Each contiguous block normalised by hand: (x - mean) / sqrt(biased var + eps) * w + b."""
+    out = []
+    for block in x.chunk(groups):
+        mean = block.mean(dim=(0, 2, 3), keepdim=True)
+        var = block.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        out.append((block - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1))
+    return torch.cat(out)
+
+
+def _batch(b: int, k: int = 1):
+    from ssmtl.api import SequenceBatch
+
+    slices = torch.randn(b, k, 32, 32) + torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1)
+    return SequenceBatch(slices, torch.linspace(0, 1, k).repeat(b, 1), torch.arange(b), torch.arange(k).repeat(b, 1))
+
+
+def test_split_bn_normalises_a_key_and_its_query_in_different_groups():
+    """The statistics each sample's query and key saw, against a hand computation.
+
+    The first BatchNorm layer of the query encoder (the shared network) must equal per-block
+    normalisation of contiguous blocks of the batch, that of the key encoder per-block
+    normalisation of the shuffled key batch; a sample's query group and key group then differ.
     """
-    module, task, _ = _task(batch=8)
+    module, task, _ = _task(batch=8)  # 8 queries and keys: 2 groups of 4 on each side
     module.train()
+    seen_q, seen_k, key_inputs = [], [], []
+    _record(_first_bn(module.network.encoder), seen_q)
+    _record(_first_bn(task.key_encoder), seen_k)
+    task.key_encoder.register_forward_pre_hook(lambda m, args: key_inputs.append(args[0].detach().clone()))
     torch.manual_seed(0)
-    x = torch.randn(8, 1, 32, 32)
+    ctx = module.context(_batch(8))
+    task(ctx)
+    (x_q, y_q), (x_k, y_k) = seen_q[0], seen_k[0]
+    bn_q, bn_k = _first_bn(module.network.encoder), _first_bn(task.key_encoder)
+    torch.testing.assert_close(y_q, _block_reference(bn_q, x_q, 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(y_k, _block_reference(bn_k, x_k, 2), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(y_q, _block_reference(bn_q, x_q, 1), atol=1e-3)  # not the whole batch
+    # which sample is in which row of the shuffled key batch
+    view_b = ctx.view("sequence_b").images
+    perm = [int(torch.cdist(row.flatten()[None], view_b.flatten(1)).argmin()) for row in key_inputs[0]]
+    assert sorted(perm) == list(range(8))
+    query_group = {i: frozenset(range(4 * (i // 4), 4 * (i // 4) + 4)) for i in range(8)}
+    key_group = {perm[j]: frozenset(perm[4 * (j // 4): 4 * (j // 4) + 4]) for j in range(8)}
+    assert all(key_group[i] != query_group[i] for i in range(8)), (perm, key_group)
 
-    def keys(images: torch.Tensor) -> torch.Tensor:
-        torch.manual_seed(3)  # the same shuffle every call
-        return task._keys(images)
 
-    torch.manual_seed(3)
-    perm = torch.randperm(8)
-    position = torch.argsort(perm)  # where each sample sits in the shuffled batch
-    group = position // 4  # 2 groups of 4
-    i = 0
-    outside = next(j for j in range(8) if group[j] != group[i])
-    inside = next(j for j in range(1, 8) if group[j] == group[i])
-    base = keys(x)
-    changed_out, changed_in = x.clone(), x.clone()
-    changed_out[outside] += 5.0
-    changed_in[inside] += 5.0
-    torch.testing.assert_close(keys(changed_out)[i], base[i])
-    assert not torch.allclose(keys(changed_in)[i], base[i])
-    query = module.network.encoder(x)[-1][i]
-    assert not torch.allclose(module.network.encoder(changed_out)[-1][i], query)
-    # the grouping is a fresh random partition each step, not a fixed block of the batch
-    torch.manual_seed(4)
-    assert not torch.equal(torch.argsort(torch.randperm(8)) // 4, group)
+def test_the_shared_encoder_splits_whole_sequences_and_every_view():
+    """k = 3 slices per sequence, 4 sequences, bn_groups 8: 2 groups of 2 whole sequences (6 rows)."""
+    module, task, notes = _task(["data.sequence_length=3"], batch=4, k=3)
+    assert any("query encoder (the shared network, every view) normalises 2 groups of 6 slices (whole sequences), "
+               "the key encoder 3 groups of 4 shuffled keys" in n for n in notes), notes
+    module.train()
+    seen = []
+    _record(_first_bn(module.network.encoder), seen)
+    ctx = module.context(_batch(4, k=3))
+    ctx.encode("raw")  # a view no contrastive query comes from is split too
+    x, y = seen[0]
+    torch.testing.assert_close(y, _block_reference(_first_bn(module.network.encoder), x, 2), atol=1e-4, rtol=1e-4)
+    assert module.encoder_bn_groups == 8
+    _, task, _ = _task(["tasks.contrastive.bn_mode=none"])
+    assert task.encoder_bn_groups == 1
+
+
+def test_split_bn_gradients_survive_activation_checkpointing():
+    """Checkpointing recomputes the forward in the backward pass: it must see the same groups."""
+    grads = []
+    for checkpointing in (False, True):
+        module, task, _ = _task([f"model.checkpointing={str(checkpointing).lower()}"], batch=8)
+        module.train()
+        torch.manual_seed(0)
+        batch = _batch(8)
+        total, *_ = module(batch, step=0)
+        total.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.network.encoder.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_tasks_must_agree_on_the_encoders_groups():
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.pretraining.module import _encoder_bn_groups
+
+    class Asks:
+        def __init__(self, groups):
+            self.encoder_bn_groups = groups
+
+    assert _encoder_bn_groups({"a": Asks(1), "b": Asks(4)}) == 4
+    assert _encoder_bn_groups({"a": Asks(1)}) == 1
+    with pytest.raises(SsmtlError, match="different BatchNorm groups of the shared encoder: a 8, b 4"):
+        _encoder_bn_groups({"a": Asks(8), "b": Asks(4)})
+
+
+# -- the queue's size ---------------------------------------------------------------------
+
+
+def test_queue_cap_arithmetic():
+    from ssmtl.plugins.tasks.contrastive import ContrastiveConfig, queue_size
+
+    assert ContrastiveConfig().max_queue_fraction == 0.1
+    assert queue_size(4096, 0.1, 1417, 16) == 141  # floor(141.7); the old 0.5 gave 708, half the slices
+    assert queue_size(4096, 0.5, 1417, 16) == 708
+    assert queue_size(64, 0.1, 1417, 16) == 64  # a queue below the cap is kept
+    assert queue_size(4096, 0.1, 100, 32) == 32  # never below one batch of keys (floor(10) < 32)
+    assert queue_size(4096, 0.29, 100, 1) == 29  # 0.29 x 100 = 28.999... in floating point
+    assert queue_size(4096, 2.0, 1000, 16) == 2000
+
+
+def test_the_task_caps_its_queue_and_says_so():
+    _, task, notes = _task(["tasks.contrastive.queue_size=4096"], batch=16)  # 1000 training slices
+    assert task.queue.size == 100 and task.queue.keys.shape == (100, task.config.projection_dim)
+    assert any("queue_size 4096 > 0.1 x 1000 training slices; using 100 keys" in n for n in notes), notes
+    _, task, notes = _task(["tasks.contrastive.queue_size=64"])
+    assert task.queue.size == 64 and not any("queue_size" in n for n in notes)
 
 
 # -- momentum schedule ------------------------------------------------------------------

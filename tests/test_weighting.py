@@ -173,3 +173,112 @@ def test_dwa_default_window_is_one_pass_and_needs_data():
     configured = build_weighting("dwa", NAMES, {n: 1.0 for n in NAMES}, {}, window=5)
     configured.on_data(22)
     assert configured.window == 5
+
+
+# -- weighting.normalise: each loss over its mean of the first N steps ---------------------------------
+
+
+def test_normalise_divides_by_the_mean_so_far_then_by_the_fixed_mean():
+    """Hand computation, fixed weights (1, 2), N = 2 steps, the second step in two micro-batches."""
+    w = FixedWeighting(["a", "b"], {"a": 1.0, "b": 2.0}, {}, normalise_steps=2)
+    feed = [  # (step, loss a, loss b)
+        (0, 4.0, 0.02),
+        (1, 2.0, 0.05),  # micro-batch 1 of step 1
+        (1, 6.0, 0.05),  # micro-batch 2 of step 1
+        (2, 3.0, 0.01),  # from here on the divisor is fixed: mean over the first 3 micro-batches
+        (7, 9.0, 0.10),
+    ]
+    divisors = [(4.0, 0.02), (3.0, 0.035), (4.0, 0.04), (4.0, 0.04), (4.0, 0.04)]
+    for (step, a, b), (ca, cb) in zip(feed, divisors):
+        total, weights = w({"a": torch.tensor(a), "b": torch.tensor(b)}, step)
+        assert float(total) == pytest.approx(1.0 * a / ca + 2.0 * b / cb, rel=1e-6)
+        assert weights.tolist() == pytest.approx([1.0 / ca, 2.0 / cb], rel=1e-6)  # what the raw loss was multiplied by
+    assert float(w.scale.count[0]) == 3  # steps 2 and 7 added nothing
+
+
+def test_normalise_gradient_is_the_weight_over_the_divisor():
+    w = FixedWeighting(["a", "b"], {"a": 1.0, "b": 1.0}, {}, normalise_steps=5)
+    a, b = torch.tensor(8.0, requires_grad=True), torch.tensor(0.5, requires_grad=True)
+    w({"a": torch.tensor(4.0), "b": torch.tensor(1.5)}, 0)
+    total, _ = w({"a": a, "b": b}, 1)  # divisors: mean(4, 8) = 6, mean(1.5, 0.5) = 1
+    total.backward()
+    assert float(a.grad) == pytest.approx(1 / 6) and float(b.grad) == pytest.approx(1.0)  # no gradient through c
+
+
+def test_normalise_leaves_non_finite_losses_out_and_keeps_the_sign():
+    w = FixedWeighting(["a", "b"], {"a": 1.0, "b": 1.0}, {}, normalise_steps=3)
+    total, weights = w({"a": torch.tensor(float("nan")), "b": torch.tensor(-0.5)}, 0)
+    assert math.isnan(float(total))  # the step is skipped by the loop, as without normalisation
+    assert weights.tolist() == pytest.approx([1.0, 2.0])  # a: nothing finite yet -> 1; b: |-0.5|
+    total, _ = w({"a": torch.tensor(3.0), "b": torch.tensor(-1.5)}, 1)
+    assert float(total) == pytest.approx(3.0 / 3.0 + (-1.5) / 1.0)  # b's divisor mean(0.5, 1.5) = 1: still negative
+
+
+def test_normalise_under_uncertainty_weighting_and_dwa():
+    u = UncertaintyWeighting(["a", "b"], {"a": 1.0, "b": 1.0}, {}, normalise_steps=1)
+    with torch.no_grad():
+        u.log_vars.copy_(torch.tensor([0.5, -0.5]))
+    total, weights = u({"a": torch.tensor(2.0), "b": torch.tensor(0.1)}, 0)
+    assert float(total.detach()) == pytest.approx(math.exp(-0.5) * 1 + 0.5 + math.exp(0.5) * 1 - 0.5, rel=1e-6)
+    assert weights.tolist() == pytest.approx([math.exp(-0.5) / 2.0, math.exp(0.5) / 0.1], rel=1e-6)
+    d = build_weighting("dwa", ["a", "b"], {"a": 1.0, "b": 1.0}, {}, window=1, normalise_steps=1)
+    assert any("weighting.normalise" in n for n in d.on_data(10)) and any("dwa" in n for n in d.on_data(10))
+
+
+def test_normalise_state_resumes_exactly():
+    def fresh():
+        return FixedWeighting(NAMES, {n: 1.0 for n in NAMES}, {}, normalise_steps=4)
+
+    torch.manual_seed(0)
+    curve = [(t, torch.rand(3) * torch.tensor([5.0, 0.1, 1.0])) for t in range(6)]
+    whole = fresh()
+    expected = [whole(_losses(v.tolist()), t)[0] for t, v in curve]
+    first = fresh()
+    for t, v in curve[:2]:
+        first(_losses(v.tolist()), t)
+    resumed = fresh()
+    resumed.load_state_dict(first.state_dict())  # what the checkpoint carries
+    assert {"scale.total", "scale.count"} <= set(first.state_dict())
+    for (t, v), want in zip(curve[2:], expected[2:]):
+        torch.testing.assert_close(resumed(_losses(v.tolist()), t)[0], want)
+    assert "scale.total" not in FixedWeighting(NAMES, {n: 1.0 for n in NAMES}, {}).state_dict()  # off: no new keys
+
+
+def _normalise_on_rank(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    w = FixedWeighting(["a"], {"a": 1.0}, {}, normalise_steps=2)
+    losses = {0: [2.0, 6.0], 1: [4.0, 12.0]}[rank]  # each process its own losses
+    weights = [w({"a": torch.tensor(v)}, t)[1].item() for t, v in enumerate(losses)]
+    torch.save(weights, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_normalise_divides_by_the_same_number_on_every_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "weights")
+    mp.spawn(_normalise_on_rank, args=(f"file://{tmp_path / 'rendezvous'}", out), nprocs=2, join=True)
+    both = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    # step 0: mean(2, 4) = 3; step 1: mean(2, 4, 6, 12) = 6, on both processes
+    assert both[0] == both[1] == pytest.approx([1 / 3, 1 / 6])
+
+
+def test_normalise_in_a_run_logs_the_divided_weights(tiny_cache, tmp_path, capfd):
+    import json
+
+    import ssmtl
+
+    out = tmp_path / "run"
+    settings = {"model.base_channels": 4, "model.depth": 2, "tasks.contrastive.queue_size": 16, "data.num_workers": 0,
+                "weighting.normalise": True, "weighting.normalise_steps": 2, "train.log_every": 1}
+    ssmtl.pretrain(tiny_cache, out, steps=3, batch_size=2, settings=settings, progress=False)
+    assert "weighting.normalise: each task's loss is divided by its mean over the first 2 steps" in capfd.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"tasks"' in line]
+    first = records[0]["tasks"]
+    for task in first.values():  # step 1 (index 0): divided by its own loss, so loss x weight = 1
+        assert task["loss"] * task["weight"] == pytest.approx(1.0, rel=1e-4)
+    losses = {n: [r["tasks"][n]["loss"] for r in records] for n in first}
+    for n, values in losses.items():  # step 3: fixed divisor, the mean of steps 1 and 2
+        assert records[2]["tasks"][n]["weight"] == pytest.approx(2 / (abs(values[0]) + abs(values[1])), rel=1e-4)

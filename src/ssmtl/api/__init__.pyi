@@ -57,8 +57,10 @@ from ssmtl.api.views import (
     View as View,
 )
 from ssmtl.api.volumes import (
+    SLICE_AXES as SLICE_AXES,
     SPLITS as SPLITS,
     DatasetConfig as DatasetConfig,
+    check_flip_axes as check_flip_axes,
     Modality as Modality,
     RawVolume as RawVolume,
     SourceGeometry as SourceGeometry,

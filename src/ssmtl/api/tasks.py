@@ -53,8 +53,8 @@ class PretextTask(nn.Module, ABC):
             parameters.
 
     What a task needs from the engine, it declares (the engine never reads a task's
-    config): ``trains`` above, ``sequence_length``, ``decodes_every_slice`` and
-    ``needs_sync_batchnorm`` below.
+    config): ``trains`` above, ``sequence_length``, ``decodes_every_slice``,
+    ``needs_sync_batchnorm`` and ``encoder_bn_groups`` below.
     """
 
     trains: ClassVar[frozenset[str]] = frozenset({"encoder"})
@@ -102,6 +102,16 @@ class PretextTask(nn.Module, ABC):
         and of all tasks to ``SyncBatchNorm`` (e.g. ``contrastive`` with ``bn_mode="sync"``,
         MoCo's alternative to shuffle-BN). Default False."""
         return False
+
+    @property
+    def encoder_bn_groups(self) -> int:
+        """The groups the shared encoder's BatchNorm layers normalise every view in (1, the default:
+        the whole batch). More than 1: each view's rows are normalised in contiguous groups of
+        whole sequences, at least 4 rows each (:func:`~ssmtl.api.ssl.split_bn_groups_in_units`), as
+        that many processes would normalise their shares of the batch; e.g. ``contrastive`` with
+        split BN, whose queries must be normalised among other samples than their keys. Tasks
+        that ask must agree."""
+        return 1
 
     def setup(self, network: "SharedNetwork") -> None:
         """Called once after the shared network is built, e.g. to copy a momentum encoder."""

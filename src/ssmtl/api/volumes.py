@@ -16,24 +16,63 @@ voxel-to-world matrix as stored in the file, before reorientation), which is how
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from ssmtl.api.rules import CONFIG_RULES
 
 Modality = Literal["ct", "mr"]
 #: The subject-level splits a dataset may preset (``VolumeSource.split``) and a cache stores.
 SPLITS = ("train", "val", "test")
+#: The in-plane axes of a cached slice: 0 = rows (anterior -> posterior after ssmtl's
+#: canonical reorientation), 1 = columns (the patient's right -> left).
+SLICE_AXES = (0, 1)
+
+
+def check_flip_axes(axes: Iterable[int]) -> tuple[int, ...]:
+    """``axes`` as a sorted tuple of distinct in-plane axes (0 = rows, 1 = columns).
+
+    Raises:
+        ValueError: an axis other than 0 or 1, or one given twice.
+    """
+    values = list(axes)
+    bad = [a for a in values if isinstance(a, bool) or not isinstance(a, int) or a not in SLICE_AXES]
+    if bad:
+        raise ValueError(f"flip_axes {values}: each axis must be 0 (rows: anterior-posterior) or 1 "
+                         f"(columns: right-left), got {bad[0]!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"flip_axes {values}: an axis is named twice")
+    return tuple(sorted(values))
 
 
 class DatasetConfig(BaseModel):
-    """Base class for dataset plugin configs. Subclasses add their own fields."""
+    """Base class for dataset plugin configs. Subclasses add their own fields.
+
+    ``flip_axes`` is every dataset's: the user's declaration of the mirror flips the
+    data allows, which overrides the plugin's own (``VolumeSource.flip_axes``).
+    """
 
     model_config = CONFIG_RULES
     name: str
+    flip_axes: list[int] | None = Field(
+        None,
+        description=(
+            "In-plane axes of the cached slices along which a mirrored slice is still plausible anatomy: "
+            "0 = rows (anterior-posterior), 1 = columns (the patient's right-left). Every random view "
+            "(pre-training tasks, MoCo's two views, fine-tuning) flips only along these. [] = no flips "
+            "(a lateralised organ such as the heart: a mirrored heart is another anatomy). None: the "
+            "dataset plugin's own declaration (no flips for every built-in dataset)."
+        ),
+    )
+
+    @field_validator("flip_axes")
+    @classmethod
+    def _valid_flip_axes(cls, axes: list[int] | None) -> list[int] | None:
+        return None if axes is None else list(check_flip_axes(axes))
 
 
 @dataclass(frozen=True)
@@ -108,3 +147,8 @@ class VolumeSource:
     items: list[VolumeItem]
     class_names: dict[int, str]
     description: str = ""
+    #: The plugin's declaration of the in-plane axes (0 = rows, 1 = columns of a cached
+    #: slice) along which a mirrored slice is still plausible anatomy; used when the
+    #: config's ``flip_axes`` is None. Empty (the default): no mirror flips, the safe
+    #: choice for lateralised anatomy. The cache stores the result as ``flip_axes``.
+    flip_axes: tuple[int, ...] = ()

@@ -8,6 +8,10 @@ contract (both optional, read with ``getattr``):
 * ``source.split``: ``{subject: "train" | "val" | "test"}`` chosen by the data
   (a manifest's split column); it is stored instead of a random split.
 
+The cache's ``flip_axes`` attribute (the in-plane axes along which a mirrored slice is
+still plausible anatomy; see :func:`declared_flip_axes`) is the dataset config's
+``flip_axes`` when the user set it, else the plugin's ``source.flip_axes``.
+
 Guarantees:
 
 * Nothing appears at ``out`` unless the whole build succeeds; an older file there
@@ -39,7 +43,7 @@ from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
 from ssmtl.data.shards import listed_labels, listing_digest, shard_items
 from ssmtl.data.splits import SPLITS, make_split
-from ssmtl.api.volumes import VolumeItem, VolumeSource
+from ssmtl.api.volumes import VolumeItem, VolumeSource, check_flip_axes
 
 
 @dataclass
@@ -85,6 +89,17 @@ def preset_split(source: VolumeSource) -> dict[str, str]:
         subject, value = next(iter(bad.items()))
         raise SsmtlError(f"the dataset assigns subject {subject!r} to split {value!r}; expected {', '.join(SPLITS)}")
     return preset
+
+
+def declared_flip_axes(config, source: VolumeSource, dataset: str, registry) -> list[int]:
+    """The mirror flips the data allows: the config's ``flip_axes`` when set, else the plugin's own."""
+    configured = getattr(config, "flip_axes", None)
+    if configured is not None:
+        return list(check_flip_axes(configured))
+    try:
+        return list(check_flip_axes(getattr(source, "flip_axes", ()) or ()))
+    except (TypeError, ValueError) as exc:
+        raise refuse("dataset", dataset, "the factory", f"declared {exc}", registry) from None
 
 
 def absolute_paths(config):
@@ -160,6 +175,7 @@ def build_cache(
         "dataset_config": config.model_dump(mode="json"),
         "preprocess": preprocess.model_dump(mode="json"),
         "class_names": {str(k): v for k, v in source.class_names.items()},
+        "flip_axes": declared_flip_axes(config, source, dataset, registry),
     }
     if shard is not None:
         attrs.update(shard=list(shard), shard_listing=listing_digest(listed[0]), shard_subjects=listed[0])

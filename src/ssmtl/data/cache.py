@@ -5,7 +5,7 @@ Layout (format version 2)::
     /                       attrs: format, format_version, ssmtl_version, created,
                                    dataset, dataset_config, preprocess, class_names,
                                    fingerprint, num_volumes, num_slices, split,
-                                   class_voxels, skipped
+                                   class_voxels, skipped, flip_axes
     /volumes/<name>/image   float32 (D, H, W), chunks=(1, H, W)
     /volumes/<name>/label   uint8   (D, H, W), chunks=(1, H, W)   (optional)
                             attrs: subject, source, modality, split, spacing (z, y, x mm),
@@ -23,7 +23,10 @@ no ``transform``: they train as before, and evaluation scores them on the cache 
 JSON-valued root attributes: ``split`` (how the stored split was chosen),
 ``class_voxels`` (voxels per class id over the cache, in total and per modality,
 computed at build time so ``cache info`` reads no voxel), ``skipped`` (inputs left
-out by ``--skip-bad``: path and reason). ``fingerprint`` is the SHA-256 of the
+out by ``--skip-bad``: path and reason), ``flip_axes`` (the in-plane axes, 0 = rows,
+1 = columns, along which a mirrored slice is still plausible anatomy, as the dataset
+declared them; absent in caches built before it existed, which read as ``[]``: see
+:mod:`ssmtl.data.laterality`). ``fingerprint`` is the SHA-256 of the
 volumes' checksums in index order; ``ssmtl cache verify`` recomputes all of them.
 
 ``chunks=(1, H, W)`` is set explicitly: one chunk per slice makes random slice
@@ -297,6 +300,7 @@ class SliceCache:
             "fingerprint": self.fingerprint,
             "created": self.attrs.get("created"),
             "preprocess": self.attrs.get("preprocess"),
+            "flip_axes": self.attrs.get("flip_axes"),  # None: built before caches declared it (no flips)
             "way_back": summarise_transforms([v.transform for v in self.volumes]),
             "subjects": [
                 {"name": v.name, "subject": v.subject, "slices": v.num_slices, "modality": v.modality,

@@ -9,6 +9,8 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -53,15 +55,16 @@ class LabeledSliceDataset(torch.utils.data.Dataset):
 
 
 def augment_pair(
-    images: torch.Tensor, labels: torch.Tensor, config: AugmentConfig
+    images: torch.Tensor, labels: torch.Tensor, config: AugmentConfig, flip_axes: Sequence[int] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One random affine per sample, applied identically to the images and their labels.
 
     Images are resampled bilinearly; labels with nearest-neighbour on their float
     values (interpolating class ids would invent classes between neighbours). The
-    intensity transforms touch the images only.
+    intensity transforms touch the images only. Mirror flips only along ``flip_axes``
+    (the cache's declaration; none by default).
     """
-    theta = random_affine(images.shape[0], config, images.device)
+    theta = random_affine(images.shape[0], config, images.device, flip_axes)
     images = apply_affine(images, theta)
     warped = apply_affine(labels[:, None].float(), theta, mode="nearest")
     return random_intensity(images, config), warped[:, 0].round().long()

@@ -31,11 +31,13 @@ import torch
 from ssmtl.api.errors import SsmtlError
 from ssmtl.host.registry import Registry
 from ssmtl.storage.files import save_json, save_tensors
+from ssmtl.training.augment import flip_note
 from ssmtl.training.export import check_finite_weights
 from ssmtl.training.lifecycle import TrainingRun
 from ssmtl.training.loop import TrainingLoop
 from ssmtl.training.recorder import Recorder
 from ssmtl.data.cache_set import data_record, open_caches
+from ssmtl.data.laterality import run_flip_axes
 from ssmtl.data.splits import choose_labeled, split_cache, volumes_of
 from ssmtl.downstream.config import FinetuneConfig
 from ssmtl.downstream.data import LabeledSliceDataset, make_loader
@@ -144,9 +146,11 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
                 f"warning: the pre-training of {init['init']} used {len(init['init_saw_test_subjects'])} of the "
                 f"{len(split['test'])} test subject(s) (unlabeled); results are transductive", file=sys.stderr,
             )
+        flip_axes, flip_notes = run_flip_axes(cache)  # the data's laterality: run.json records it for predict
+        flip_notes += filter(None, [flip_note(config.augment, flip_axes)])
         model = FinetuneModel(network, head, registry)
         start = start_weights(model)  # w0 of the weight change: rebuilt alike (same seed, same export) on resume
-        objective = SegmentationObjective(model, config.augment, config.freeze_encoder, train.lp_steps)
+        objective = SegmentationObjective(model, config.augment, config.freeze_encoder, train.lp_steps, flip_axes)
         total = train.schedule_steps
         optimizer, scheduler = build_finetune_optimizer(objective, train, total)
         prepared, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
@@ -157,6 +161,7 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
             names=[config.head], config=record, fingerprint={**record, "data_fingerprint": cache.fingerprint},
             inputs=[("--data", config.data), ("--init", resolve_init(config.init))],
             records={"split.json": _split_record(config, cache, split, labeled, labeled_seed, plan, train_volumes, val_volumes)},
+            notes=flip_notes,
         )
         validator = _validator(config, plan, cache, val_volumes, model, accelerator, num_classes, main)
         keepers = [k for k in (validator, ema) if k is not None]  # state a checkpoint keeps besides the loop's
@@ -204,6 +209,7 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
                 "preprocess": preprocess,  # how `ssmtl predict` prepares new scans
                 "num_classes": num_classes,
                 "class_names": {str(c): n for c, n in class_names.items()},
+                "flip_axes": list(flip_axes),  # mirror flips the data allows (0 = rows, 1 = columns), e.g. for TTA
                 "model": network.config.model_dump(mode="json"),
                 "head": head.config.model_dump(mode="json"),
                 "labeled_volumes": config.labeled_volumes,

@@ -111,7 +111,8 @@ class SegmentationObjective(nn.Module):
 
     ``forward((images, labels), step)`` augments the pair (one random affine per slice,
     applied to image and label alike), runs the model, and returns the head's loss as
-    ``(total, losses (1,), weights (1,), metrics)``.
+    ``(total, losses (1,), weights (1,), metrics)``. The augmentation mirrors only along
+    ``flip_axes``, the data's declaration (the cache's ``flip_axes``).
 
     The encoder is **frozen** at step ``step`` (0-based) with ``freeze_encoder`` (every
     step; its parameters are then left out of the optimiser) or while ``step < lp_steps``
@@ -120,12 +121,14 @@ class SegmentationObjective(nn.Module):
     the step, so a resumed run is in the same phase as an uninterrupted one.
     """
 
-    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False, lp_steps: int = 0):
+    def __init__(self, model: "FinetuneModel", augment: AugmentConfig, freeze_encoder: bool = False, lp_steps: int = 0,
+                 flip_axes: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
         self.augment = augment
         self.freeze_encoder = freeze_encoder
         self.lp_steps = lp_steps
+        self.flip_axes = tuple(flip_axes)
         self.encoder_frozen = False
         self._set_encoder_frozen(freeze_encoder)  # LP-FT freezes at its first step: the optimiser holds the encoder
 
@@ -148,7 +151,7 @@ class SegmentationObjective(nn.Module):
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], step: int):
         self._set_encoder_frozen(self.frozen_at(step))
-        images, labels = augment_pair(*batch, self.augment)
+        images, labels = augment_pair(*batch, self.augment, self.flip_axes)
         logits = self.model(images)
         name, registry = plugin_name(self.model.head), self.model.registry
         with plugin_call("head", name, "loss", registry):

@@ -87,6 +87,8 @@ class WeightingConfig(BaseModel):
     scheme: Literal["fixed", "uncertainty", "dwa"] = Field("fixed", description="Loss weighting: fixed weights, learned uncertainty (Kendall et al. 2018) or dynamic weight average (Liu et al. 2019).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of dynamic weight averaging.")
     window: int | None = Field(None, ge=1, description="Dynamic weight averaging: optimizer steps per window whose mean losses are compared (the paper's epoch). None: one pass over the training slices.")
+    normalise: bool = Field(False, description="Divide each task's loss by its own mean over the first normalise_steps steps (all processes together; checkpointed) before the scheme weighs it, so every task starts at about 1 whatever its scale: InfoNCE starts near ln(K+1), a pixel loss on CT's [0, 1] intensities near 1e-2 and on z-scored MR about 10x higher, so raw fixed weights mix the tasks differently per modality. Off by default: the paper's multi-task loss is the fixed-weight sum of the raw losses, and turning it on changes what that comparison means.")
+    normalise_steps: int = Field(50, ge=1, description="weighting.normalise: optimizer steps over which each task's mean loss (its divisor) is taken; during them the divisor is the mean so far, then it is fixed.")
 
 
 class RunConfig(BaseModel):

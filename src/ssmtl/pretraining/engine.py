@@ -24,12 +24,14 @@ from ssmtl.api.tasks import DataInfo
 from ssmtl.api.views import SequenceBatch
 from ssmtl.host.plugin_calls import plugin_call
 from ssmtl.host.registry import Registry
+from ssmtl.training.augment import flip_note
 from ssmtl.training.export import write_export
 from ssmtl.training.lifecycle import TrainingRun
 from ssmtl.training.loop import TrainingLoop
 from ssmtl.training.optim import build_optimizer
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.cache_set import CacheSet, check_slice_shapes, data_record, open_caches
+from ssmtl.data.laterality import run_flip_axes
 from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, WeightedStepBatchSampler, collate_sequences
 from ssmtl.pretraining.compile import compile_in_place
 from ssmtl.pretraining.config import RunConfig, config_to_dict
@@ -64,15 +66,18 @@ class Trainer(TrainingLoop):
     loop's :meth:`step` on them. ``run_pretraining`` and the benchmarks use the same
     object, so what is timed is exactly what trains."""
 
-    def __init__(self, config: RunConfig, registry: Registry, accelerator, *, num_volumes: int, num_slices: int):
+    def __init__(self, config: RunConfig, registry: Registry, accelerator, *, num_volumes: int, num_slices: int,
+                 flip_axes: tuple[int, ...] = ()):
         self.config, self.registry = config, registry
-        module = build_pretrain_module(config, registry)
+        module = build_pretrain_module(config, registry, flip_axes)
         self.sequence_length = sequence_length(config, module.tasks)
         info = DataInfo(
             num_volumes=num_volumes, num_slices=num_slices, sequence_length=self.sequence_length,
             global_batch=config.train.batch_size * accelerator.num_processes, total_steps=config.train.steps,
         )
         self.notes = list(module.notes)
+        if (note := flip_note(config.augment, flip_axes)) is not None:
+            self.notes.append(note)
         for name, task in module.tasks.items():
             with plugin_call("task", name, "on_data", registry):
                 self.notes += task.on_data(info)
@@ -157,12 +162,13 @@ def run_pretraining(config: RunConfig, registry: Registry, *, resume: bool = Fal
         # the run directory exists, so a plugin that fails to build leaves nothing behind
         cache = open_caches(config.data.path)
         volumes = select_volumes(cache, config)
+        flip_axes, data_notes = run_flip_axes(cache)
         set_seed(config.seed)
         trainer = Trainer(config, registry, accelerator, num_volumes=len(volumes),
-                          num_slices=sum(cache.volumes[v].num_slices for v in volumes))
+                          num_slices=sum(cache.volumes[v].num_slices for v in volumes), flip_axes=flip_axes)
         record = config_to_dict(config)
         run.open(names=trainer.names, config=record, fingerprint={**record, "data_fingerprint": cache.fingerprint},
-                 inputs=[("--data", config.data.path)], notes=trainer.notes)
+                 inputs=[("--data", config.data.path)], notes=data_notes + trainer.notes)
         k = trainer.sequence_length
         dataset = SequenceDataset(cache, k, config.data.stride, volumes)
         batches = run.resume(lambda start: _device_batches(make_loader(config, dataset, accelerator, start), accelerator.device))
@@ -175,7 +181,8 @@ def run_pretraining(config: RunConfig, registry: Registry, *, resume: bool = Fal
             "tasks": {n: config.tasks[n].model_dump(mode="json") for n in trainer.names},
             "steps": config.train.steps,
             "sequence_length": k,
-            "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes]},
+            "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes],
+                     "flip_axes": list(flip_axes)},
             "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
             "world_size": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,

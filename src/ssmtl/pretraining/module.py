@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
+from ssmtl.api.ssl.split_bn import set_split_batchnorm
 from ssmtl.api.tasks import PretextTask
 from ssmtl.api.views import SequenceBatch, StepContext, task_views
 from ssmtl.training.augment import make_augmenter
@@ -30,7 +31,7 @@ class PretrainModule(nn.Module):
     """
 
     def __init__(self, network: SharedNetwork, tasks: dict[str, PretextTask], weighting: LossWeighting, augment,
-                 decoder_slices: str = "all", registry=None):
+                 decoder_slices: str = "all", registry=None, flip_axes: tuple[int, ...] = ()):
         super().__init__()
         self.registry = registry  # names a failing task's package in the error line
         self.network = network
@@ -43,7 +44,9 @@ class PretrainModule(nn.Module):
         self.decoder_slices = "all" if needs_all else decoder_slices
         self.notes = [f"train.decoder_slices=one ignored: task(s) {', '.join(needs_all)} need the decoder on every slice "
                       "of a sequence"] if needs_all and decoder_slices == "one" else []
-        self.augmenter = make_augmenter(augment)
+        self.flip_axes = tuple(flip_axes)  # the data's: every random view mirrors only along these
+        self.encoder_bn_groups = _encoder_bn_groups(tasks)
+        self.augmenter = make_augmenter(augment, self.flip_axes)
         self.memory_format = torch.contiguous_format
 
     def use_channels_last(self) -> None:
@@ -52,7 +55,13 @@ class PretrainModule(nn.Module):
         self.memory_format = torch.channels_last
 
     def context(self, batch: SequenceBatch, step: int = 0) -> StepContext:
-        """A fresh step context with this module's views, view transforms and decoder policy."""
+        """A fresh step context with this module's views, view transforms and decoder policy.
+
+        With ``encoder_bn_groups`` > 1 the shared encoder's BatchNorm normalises every view in
+        groups of whole sequences (set each step: the sequence length is the batch's).
+        """
+        if self.encoder_bn_groups > 1:
+            set_split_batchnorm(self.network.encoder, self.encoder_bn_groups, unit=batch.sequence_length)
         return StepContext(batch, self.network, self.augmenter, self.builders, step, self.memory_format,
                            self.transforms, self.decoder_slices)
 
@@ -70,6 +79,15 @@ class PretrainModule(nn.Module):
         total, weights = self.weighting(losses, step)
         stacked = torch.stack([losses[n].detach().float() for n in self.tasks])
         return total, stacked, weights, metrics
+
+
+def _encoder_bn_groups(tasks: dict[str, PretextTask]) -> int:
+    """The BatchNorm groups of the shared encoder the tasks ask for (1: none); tasks must agree."""
+    asked = {name: int(task.encoder_bn_groups) for name, task in tasks.items() if int(task.encoder_bn_groups) > 1}
+    if len(set(asked.values())) > 1:
+        raise SsmtlError("tasks ask for different BatchNorm groups of the shared encoder: "
+                         + ", ".join(f"{n} {g}" for n, g in asked.items()) + "; set them alike")
+    return next(iter(asked.values()), 1)
 
 
 def build_tasks(config: RunConfig, network: SharedNetwork, registry) -> dict[str, PretextTask]:
@@ -95,8 +113,9 @@ def sequence_length(config: RunConfig, tasks: dict[str, PretextTask]) -> int:
     return k
 
 
-def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
-    """Network + tasks + weighting, with the decoder frozen when no task trains it."""
+def build_pretrain_module(config: RunConfig, registry, flip_axes: tuple[int, ...] = ()) -> PretrainModule:
+    """Network + tasks + weighting, with the decoder frozen when no task trains it; every random
+    view mirrors only along ``flip_axes`` (the data's declaration, :mod:`ssmtl.data.laterality`)."""
     torch.manual_seed(config.seed)
     network = build_network(config.model, registry)
     tasks = build_tasks(config, network, registry)
@@ -111,8 +130,10 @@ def build_pretrain_module(config: RunConfig, registry) -> PretrainModule:
         {n: config.tasks[n].warmup_steps for n in names},
         temperature=config.weighting.temperature,
         window=None if config.weighting.window is None else config.weighting.window * config.train.grad_accum,
+        normalise_steps=config.weighting.normalise_steps if config.weighting.normalise else None,
     )
-    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices, registry)
+    return PretrainModule(network, tasks, weighting, config.augment, config.train.decoder_slices, registry,
+                          flip_axes=flip_axes)
 
 
 def ddp_ignored_names(module: PretrainModule) -> list[str]:

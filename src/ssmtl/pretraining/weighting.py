@@ -5,6 +5,10 @@ ramp ``r_i(t) = min(1, t / warmup_steps)`` (the *prior* ``p_i = w_i r_i``), then
 its own adaptive factor. ``forward`` returns the total and the *effective* weight of
 every task (what the raw loss was multiplied by), which the engine logs.
 
+With ``weighting.normalise`` (:mod:`ssmtl.pretraining.loss_scale`) every scheme sees
+``L_i / c_i`` instead of ``L_i``, ``c_i`` being task i's mean loss over the first
+``normalise_steps`` steps; the effective weight then includes the ``1 / c_i``.
+
 * :class:`FixedWeighting`: ``L = sum_i p_i L_i``.
 * :class:`UncertaintyWeighting`: Kendall, Gal & Cipolla, "Multi-Task Learning Using
   Uncertainty to Weigh Losses", CVPR 2018, with a learned log-variance ``s_i`` per task::
@@ -37,15 +41,23 @@ import math
 import torch
 from torch import nn
 
+from ssmtl.pretraining.loss_scale import InitialLossScale
+
 
 class LossWeighting(nn.Module):
-    """Base class: configured weights and warm-up ramps; subclasses add an adaptive factor."""
+    """Base class: configured weights and warm-up ramps; subclasses add an adaptive factor.
 
-    def __init__(self, names: list[str], weights: dict[str, float], warmups: dict[str, int]):
+    ``normalise_steps``: divide each loss by its mean over that many first steps
+    (:class:`~ssmtl.pretraining.loss_scale.InitialLossScale`) before weighing it; None: raw losses.
+    """
+
+    def __init__(self, names: list[str], weights: dict[str, float], warmups: dict[str, int],
+                 normalise_steps: int | None = None):
         super().__init__()
         self.names = list(names)
         self.register_buffer("base", torch.tensor([float(weights[n]) for n in self.names]), persistent=False)
         self.warmups = [int(warmups.get(n, 0)) for n in self.names]
+        self.scale = None if normalise_steps is None else InitialLossScale(len(self.names), normalise_steps)
 
     def ramp(self, step: int, device) -> torch.Tensor:
         values = [min(1.0, step / w) if w > 0 else 1.0 for w in self.warmups]
@@ -53,7 +65,7 @@ class LossWeighting(nn.Module):
 
     def on_data(self, steps_per_pass: int) -> list[str]:
         """Called once before training with the micro-batches of one pass over the training data; notes to print."""
-        return []
+        return [] if self.scale is None else [self.scale.note()]
 
     def adaptive(self, losses: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(factor per task, extra loss term) for the priors ``w_i r_i``. Default: no adaptation."""
@@ -61,11 +73,15 @@ class LossWeighting(nn.Module):
 
     def forward(self, losses: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         stacked = torch.stack([losses[n].float() for n in self.names])
+        divisor = None if self.scale is None else self.scale(stacked, step)
+        if divisor is not None:
+            stacked = stacked / divisor
         prior = self.base.to(stacked.device) * self.ramp(step, stacked.device)
         factor, extra = self.adaptive(stacked, prior)
         weights = prior * factor
         total = (weights * stacked).sum() + extra
-        return total, weights.detach()
+        effective = weights if divisor is None else weights / divisor  # what the raw loss was multiplied by
+        return total, effective.detach()
 
 
 class FixedWeighting(LossWeighting):
@@ -75,8 +91,8 @@ class FixedWeighting(LossWeighting):
 class UncertaintyWeighting(LossWeighting):
     """Learned homoscedastic-uncertainty weights (Kendall et al., 2018), the configured weights as priors."""
 
-    def __init__(self, names, weights, warmups):
-        super().__init__(names, weights, warmups)
+    def __init__(self, names, weights, warmups, normalise_steps: int | None = None):
+        super().__init__(names, weights, warmups, normalise_steps)
         self.log_vars = nn.Parameter(torch.zeros(len(self.names)))
 
     def adaptive(self, losses, prior):
@@ -87,8 +103,9 @@ class UncertaintyWeighting(LossWeighting):
 class DynamicWeightAverage(LossWeighting):
     """Dynamic weight average (Liu et al., 2019) on loss means over windows of micro-batches."""
 
-    def __init__(self, names, weights, warmups, temperature: float = 2.0, window: int | None = None):
-        super().__init__(names, weights, warmups)
+    def __init__(self, names, weights, warmups, temperature: float = 2.0, window: int | None = None,
+                 normalise_steps: int | None = None):
+        super().__init__(names, weights, warmups, normalise_steps)
         if window is not None and window < 1:
             raise ValueError(f"the DWA window must be at least 1 step, got {window}")
         self.temperature = temperature
@@ -102,10 +119,11 @@ class DynamicWeightAverage(LossWeighting):
         self.register_buffer("windows", torch.zeros((), dtype=torch.long))  # complete windows so far
 
     def on_data(self, steps_per_pass: int) -> list[str]:
+        notes = super().on_data(steps_per_pass)
         if self.window is not None:
-            return [f"dwa: loss means over windows of {self.window} micro-batches (weighting.window)"]
+            return notes + [f"dwa: loss means over windows of {self.window} micro-batches (weighting.window)"]
         self.window = max(1, steps_per_pass)
-        return [f"dwa: loss means over windows of {self.window} micro-batches (one pass over the training slices)"]
+        return notes + [f"dwa: loss means over windows of {self.window} micro-batches (one pass over the training slices)"]
 
     def adaptive(self, losses, prior):
         if self.window is None:
@@ -136,13 +154,16 @@ SCHEMES = {"fixed": FixedWeighting, "uncertainty": UncertaintyWeighting, "dwa": 
 
 
 def build_weighting(scheme: str, names: list[str], weights: dict[str, float], warmups: dict[str, int],
-                    temperature: float = 2.0, window: int | None = None) -> LossWeighting:
-    """The weighting ``scheme``; ``window`` (DWA) is in micro-batches, None for one pass over the data."""
+                    temperature: float = 2.0, window: int | None = None,
+                    normalise_steps: int | None = None) -> LossWeighting:
+    """The weighting ``scheme``; ``window`` (DWA) is in micro-batches, None for one pass over the data;
+    ``normalise_steps``: divide each loss by its mean over the first that many optimizer steps (None: off)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown weighting scheme {scheme!r}; available: {', '.join(SCHEMES)}")
     if scheme == "dwa":
-        return DynamicWeightAverage(names, weights, warmups, temperature=temperature, window=window)
-    return SCHEMES[scheme](names, weights, warmups)
+        return DynamicWeightAverage(names, weights, warmups, temperature=temperature, window=window,
+                                    normalise_steps=normalise_steps)
+    return SCHEMES[scheme](names, weights, warmups, normalise_steps=normalise_steps)
 
 
 def micro_batches_per_pass(num_slices: int, global_batch: int) -> int:

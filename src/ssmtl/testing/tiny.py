@@ -107,12 +107,14 @@ def tiny_context(
     *,
     augment: dict[str, Any] | None = None,
     decoder_slices: str = "all",
+    flip_axes: tuple[int, ...] = (),
 ) -> StepContext:
     """A :class:`~ssmtl.api.StepContext` as the engine builds it: the built-in views plus
     the views and view transforms of ``tasks``, random views drawn with the default
-    augmentation (or ``augment``: options of the ``augment`` config section)."""
+    augmentation (or ``augment``: options of the ``augment`` config section), mirrored
+    only along ``flip_axes`` (the data's declaration; none by default)."""
     if not isinstance(tasks, Mapping):
         tasks = {task.name: task for task in tasks}
     builders, transforms = task_views(tasks)
-    augmenter = make_augmenter(AugmentConfig(**(augment or {})))
+    augmenter = make_augmenter(AugmentConfig(**(augment or {})), flip_axes)
     return StepContext(batch, network, augmenter, builders, step, transforms=transforms, decoder_slices=decoder_slices)

@@ -9,13 +9,20 @@ RNG, which Accelerate checkpoints, so a resumed run draws the same views.
 
 There is no RGB colour jitter: slices are single-channel intensities, so the
 intensity transforms are contrast, brightness, gamma, blur and noise.
+
+Mirror flips happen only along the in-plane axes the data allows (``flip_axes``, the
+cache's declaration, :mod:`ssmtl.data.laterality`): 0 = rows, 1 = columns. Every
+caller passes them; the default ``()`` flips nothing, the safe side for lateralised
+anatomy. The random draws do not depend on ``flip_axes`` (a flip decision is drawn for
+both axes and dropped where not allowed), so a seed gives the same rotations, crops and
+intensities whichever flips the data allows.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -28,20 +35,38 @@ def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
     return torch.rand(n, device=device) * (hi - lo) + lo
 
 
-def random_affine(n: int, config: AugmentConfig, device) -> torch.Tensor:
-    """Random (n, 2, 3) affine matrices in ``affine_grid`` convention (output -> input coords)."""
+def random_affine(n: int, config: AugmentConfig, device, flip_axes: Sequence[int] = ()) -> torch.Tensor:
+    """Random (n, 2, 3) affine matrices in ``affine_grid`` convention (output -> input coords).
+
+    Each axis in ``flip_axes`` (0 = rows, 1 = columns) is mirrored with probability
+    ``config.flip``, independently; no other axis ever is.
+    """
     angle = _uniform(n, -config.rotate, config.rotate, device) * (math.pi / 180)
     scale = _uniform(n, *config.crop_scale, device)
-    flip = torch.where(torch.rand(n, device=device) < config.flip, -1.0, 1.0)
+    # (n, 2) decisions, drawn whatever is allowed: column 0 mirrors x (the columns, axis 1),
+    # column 1 mirrors y (the rows, axis 0)
+    mirror = torch.rand(n, 2, device=device) < config.flip
+    keep = torch.ones(n, device=device)
+    fx = torch.where(mirror[:, 0], -1.0, 1.0) if 1 in flip_axes else keep
+    fy = torch.where(mirror[:, 1], -1.0, 1.0) if 0 in flip_axes else keep
     # keep the crop inside the slice: the shift is bounded by the unused margin
     margin = (1 - scale) + config.translate
     tx = _uniform(n, -1, 1, device) * margin
     ty = _uniform(n, -1, 1, device) * margin
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    # rotation-scale times diag(fx, fy): the output is mirrored first, then rotated
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], dim=-1), torch.stack([sin * flip, cos, ty], dim=-1)], dim=1
+        [torch.stack([cos * fx, -sin * fy, tx], dim=-1), torch.stack([sin * fx, cos * fy, ty], dim=-1)], dim=1
     )
     return theta
+
+
+def flip_note(config: AugmentConfig, flip_axes: Sequence[int], section: str = "augment") -> str | None:
+    """One line when ``{section}.flip > 0`` was set explicitly on data that allows no flip, else None."""
+    if config.flip > 0 and "flip" in config.model_fields_set and not flip_axes:
+        return (f"{section}.flip={config.flip:g} is off: the data declares no axis along which a mirrored slice is "
+                "still plausible anatomy (the cache's flip_axes is [])")
+    return None
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -81,26 +106,30 @@ def random_intensity(x: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
     return x
 
 
-def augment(x: torch.Tensor, config: AugmentConfig, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, config: AugmentConfig, group: int = 1,
+            flip_axes: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Random view of (n, 1, H, W). Consecutive ``group`` samples share one transform.
 
     ``group=k`` keeps the k slices of a sequence spatially consistent (same crop,
     flip and rotation) so order and neighbour tasks see a coherent sequence.
+    Mirror flips only along ``flip_axes`` (see :func:`random_affine`).
     Returns the view and its (n, 2, 3) ``theta``.
     """
     n = x.shape[0]
     if n % group:
         raise ValueError(f"batch of {n} is not a multiple of the group size {group}")
-    theta = random_affine(n // group, config, x.device).repeat_interleave(group, dim=0)
+    theta = random_affine(n // group, config, x.device, flip_axes).repeat_interleave(group, dim=0)
     view = apply_affine(x, theta)
     return random_intensity(view, config), theta
 
 
-def make_augmenter(config: AugmentConfig) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
-    """``augmenter(images, group)``: :func:`augment` with ``config`` (what a
-    :class:`~ssmtl.api.views.StepContext` draws its random views with)."""
-    return functools.partial(_augment_group, config=config)
+def make_augmenter(config: AugmentConfig,
+                   flip_axes: Sequence[int] = ()) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``augmenter(images, group)``: :func:`augment` with ``config``, mirroring only along
+    ``flip_axes`` (what a :class:`~ssmtl.api.views.StepContext` draws its random views with)."""
+    return functools.partial(_augment_group, config=config, flip_axes=tuple(flip_axes))
 
 
-def _augment_group(x: torch.Tensor, group: int, *, config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    return augment(x, config, group=group)
+def _augment_group(x: torch.Tensor, group: int, *, config: AugmentConfig,
+                   flip_axes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    return augment(x, config, group=group, flip_axes=flip_axes)

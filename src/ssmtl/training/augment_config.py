@@ -15,7 +15,7 @@ class AugmentConfig(BaseModel):
     """Strength of the random views. Ranges are sampled uniformly per sample."""
 
     model_config = CONFIG_RULES
-    flip: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip.")
+    flip: float = Field(0.5, ge=0, le=1, description="Probability of a mirror flip along each in-plane axis the data allows (the cache's flip_axes, declared by the dataset: 0 = rows, 1 = columns); no flip on data that declares none, such as the heart, whose mirror image is another anatomy.")
     rotate: float = Field(15.0, ge=0, le=180, description="Maximum rotation in degrees.")
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="Side length of the random crop as a fraction of the slice (then resized back).")
     translate: float = Field(0.1, ge=0, le=0.5, description="Maximum shift as a fraction of the slice.")

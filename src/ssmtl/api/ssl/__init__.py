@@ -5,7 +5,8 @@
 * :func:`concat_all_gather`, :func:`shuffle_bn_forward`, :func:`rank`, :func:`world_size`,
   :func:`is_distributed`: working across processes (shuffle BatchNorm);
 * :func:`split_bn_forward`, :func:`split_bn_groups`, :func:`split_batchnorm`,
-  :func:`batchnorm_layers`: split BatchNorm in one process;
+  :func:`set_split_batchnorm`, :func:`split_bn_groups_in_units`, :func:`batchnorm_layers`:
+  split BatchNorm in one process (the key side and the query side);
 * :func:`ema_momentum`, :func:`initial_weight_share`, :class:`MomentumSchedule`: the
   momentum (key) encoder's schedule.
 

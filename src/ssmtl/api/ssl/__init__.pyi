@@ -22,7 +22,9 @@ from ssmtl.api.ssl.queue import (
 from ssmtl.api.ssl.split_bn import (
     MIN_SPLIT_BN_GROUP as MIN_SPLIT_BN_GROUP,
     batchnorm_layers as batchnorm_layers,
+    set_split_batchnorm as set_split_batchnorm,
     split_batchnorm as split_batchnorm,
     split_bn_forward as split_bn_forward,
     split_bn_groups as split_bn_groups,
+    split_bn_groups_in_units as split_bn_groups_in_units,
 )

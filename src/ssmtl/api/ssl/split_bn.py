@@ -4,8 +4,23 @@ MoCo's shuffle-BN (:func:`~ssmtl.api.ssl.distributed.shuffle_bn_forward`) keeps 
 BatchNorm statistics from leaking into its positive key by computing the key batch
 on another process's samples. With one process there is nothing to shuffle across;
 the MoCo authors' single-GPU CIFAR demo (facebookresearch/moco, ``colab/moco_cifar10_demo.ipynb``)
-instead splits the shuffled key batch into G groups and normalises each group with its
-own statistics, so a sample's key is normalised among other samples than its query.
+instead builds **both** encoders with split BatchNorm: the query batch is normalised in
+G contiguous groups, the key batch is shuffled and then normalised in G contiguous
+groups, so a sample's key and its query are normalised among different samples (the
+two groups share about 1/G of their samples, as a key's process and its query's do in
+G-process shuffle-BN).
+
+Two ways to switch it on:
+
+* :func:`split_batchnorm` (a block) with an exact number of groups: the key side,
+  through :func:`split_bn_forward`, which also shuffles;
+* :func:`set_split_batchnorm`: a standing policy for a module's every training-mode
+  forward until it is turned off (the query side: the shared encoder, which every task
+  uses). The number of groups is worked out per input from its batch size
+  (:func:`split_bn_groups`, in runs of ``unit`` rows that stay together: the slices of
+  one sequence), so every view of a step is normalised the way G processes would
+  normalise their shares of it; and it holds through the backward pass, where
+  activation checkpointing runs the forward again.
 
 :func:`split_bn_forward` does that for any network: inside it, every BatchNorm layer of
 ``module`` that is in training mode normalises each of ``groups`` contiguous groups of
@@ -90,14 +105,47 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-_GROUPS = "_ssmtl_split_bn_groups"
+_GROUPS = "_ssmtl_split_bn_groups"  # exact groups, inside a split_batchnorm block
+_POLICY = "_ssmtl_split_bn_policy"  # (groups asked, unit) of set_split_batchnorm; (1, 1): off
+
+
+def split_bn_groups_in_units(batch: int, groups: int, unit: int = 1, min_group: int = MIN_SPLIT_BN_GROUP) -> int:
+    """The groups split BN uses for ``batch`` rows made of runs of ``unit`` consecutive rows that
+    stay in one group (a sequence's k slices): :func:`split_bn_groups` over the runs, with at
+    least ``min_group`` rows per group. A batch that is not whole runs counts rows.
+
+    >>> split_bn_groups_in_units(48, 8, 3), split_bn_groups_in_units(12, 8, 3), split_bn_groups_in_units(16, 8, 1)
+    (8, 2, 4)
+    """
+    if unit < 1:
+        raise ValueError(f"unit must be positive, got {unit}")
+    if batch % unit:
+        unit = 1
+    return split_bn_groups(batch // unit, groups, -(-min_group // unit))
+
+
+def _layer_groups(layer: nn.modules.batchnorm._BatchNorm, batch: int) -> int:
+    groups = getattr(layer, _GROUPS, 1)
+    if groups == 1:
+        asked, unit = getattr(layer, _POLICY, (1, 1))
+        if asked > 1:
+            groups = split_bn_groups_in_units(batch, asked, unit)
+    return groups
 
 
 def _grouped_forward(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    groups = getattr(layer, _GROUPS, 1)
-    if groups > 1 and layer.training:
-        return _split_forward(layer, groups, x)
+    if layer.training:
+        groups = _layer_groups(layer, x.shape[0])
+        if groups > 1:
+            return _split_forward(layer, groups, x)
     return type(layer).forward(layer, x)
+
+
+def _install(layer: nn.modules.batchnorm._BatchNorm) -> None:
+    if not hasattr(layer, _GROUPS):
+        # an instance attribute shadows the class's forward for this layer only
+        layer.forward = partial(_grouped_forward, layer)
+        setattr(layer, _GROUPS, 1)
 
 
 @contextmanager
@@ -105,15 +153,27 @@ def split_batchnorm(module: nn.Module, groups: int) -> Iterator[None]:
     """Within the block, every BatchNorm layer of ``module`` computes its statistics in ``groups`` groups."""
     layers = batchnorm_layers(module)
     for layer in layers:
-        if not hasattr(layer, _GROUPS):
-            # an instance attribute shadows the class's forward for this layer only
-            layer.forward = partial(_grouped_forward, layer)
+        _install(layer)
         setattr(layer, _GROUPS, groups)
     try:
         yield
     finally:
         for layer in layers:
             setattr(layer, _GROUPS, 1)
+
+
+def set_split_batchnorm(module: nn.Module, groups: int, unit: int = 1) -> None:
+    """From now on, every BatchNorm layer of ``module`` in training mode normalises each input in
+    :func:`split_bn_groups_in_units` ``(rows, groups, unit)`` contiguous groups; ``groups=1`` turns
+    it off. Unlike :func:`split_batchnorm` it stays in effect after the forward returns, through the
+    backward pass (activation checkpointing recomputes the forward there, and must see the same
+    groups). The state dict is unchanged. Setting the same values every step costs nothing.
+    """
+    if groups < 1 or unit < 1:
+        raise ValueError(f"groups and unit must be positive, got {groups}, {unit}")
+    for layer in batchnorm_layers(module):
+        _install(layer)
+        setattr(layer, _POLICY, (int(groups), int(unit)))
 
 
 @torch.no_grad()

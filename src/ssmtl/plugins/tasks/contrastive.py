@@ -18,13 +18,18 @@ As in the reference:
   does not end with a mostly random key encoder. The share of its initial weights the
   key encoder still holds is logged (``contrastive/key_init_share``) and announced;
 * keys are gathered from all processes before they enter the queue of
-  ``queue_size`` keys; the queue is kept out of DDP's broadcast buffers;
+  ``queue_size`` keys (at most ``max_queue_fraction`` = 10 % of the training slices: a
+  larger share makes a query's own neighbouring slices its negatives; MoCo's CIFAR demo
+  keeps 8 %); the queue is kept out of DDP's broadcast buffers;
 * a 2-layer MLP projection head, InfoNCE with temperature 0.2;
 * shuffle-BN across processes for the key encoder (``bn_mode="shuffle"``), or SyncBN.
-  In one process there is nothing to shuffle across: the key encoder then uses split
-  BatchNorm, statistics in ``bn_groups`` groups of the shuffled key batch (the MoCo
-  authors' single-GPU demo), so a key is normalised among other samples than its
-  query. Which mode is in effect is printed at start-up.
+  In one process there is nothing to shuffle across: split BatchNorm then takes its
+  place on **both** sides, as in the MoCo authors' single-GPU demo. The query encoder
+  (the shared network, so every task's views) normalises ``bn_groups`` contiguous groups
+  of whole sequences (``encoder_bn_groups``), the key encoder ``bn_groups`` groups of
+  the shuffled key batch, so a key and its query are normalised among different
+  samples (their groups share about 1/G of their samples, as a key's process and its
+  query's do in G-process shuffle-BN). Which mode is in effect is printed at start-up.
 
 Positives (``positives``):
 
@@ -37,6 +42,7 @@ Positives (``positives``):
 from __future__ import annotations
 
 import copy
+import math
 from typing import Literal
 
 import torch
@@ -69,6 +75,7 @@ from ssmtl.api.ssl import (
     shuffle_bn_forward,
     split_bn_forward,
     split_bn_groups,
+    split_bn_groups_in_units,
     world_size,
 )
 
@@ -76,17 +83,28 @@ from ssmtl.api.ssl import (
 class ContrastiveConfig(TaskConfig):
     name: Literal["contrastive"] = "contrastive"
     queue_size: int = Field(4096, ge=1, description="Number of negative keys in the queue (K).")
-    max_queue_fraction: float = Field(0.5, gt=0, le=10, description="Cap K at this fraction of the slices the run samples from: a queue larger than the data holds stale keys of the query's own slice as negatives.")
+    max_queue_fraction: float = Field(0.1, gt=0, le=10, description="Cap K at this fraction of the slices the run samples from (at least one batch of keys). A queue holding a fraction f of the slices holds on average 2 r f keys within r slices of a query's own slice, and its own stale key with probability f: near-duplicate negatives. 0.1 keeps that to about one key within 5 slices, the order of MoCo's own ratios (4096 keys for CIFAR's 50k images, 8 %; 65536 for ImageNet's 1.28M, 5 %).")
     temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (T).")
     momentum: float = Field(0.99, ge=0, le=1, description="EMA momentum of the key encoder (m; the starting value m0 of a cosine schedule).")
     momentum_schedule: Literal["constant", "cosine"] = Field("cosine", description="Key-encoder momentum over the run: 'constant' (MoCo v2: m), or 'cosine' from m to 1 (BYOL, MoCo v3), so short runs do not end with a mostly random key encoder.")
     projection_dim: int = Field(128, ge=1, description="Output size of the projection head.")
     hidden_dim: int | None = Field(None, ge=1, description="Hidden size of the 2-layer MLP head (default: encoder width).")
     bn_mode: Literal["shuffle", "split", "sync", "none"] = Field("shuffle", description="Keep BN statistics from leaking across the positive pair: shuffle-BN across processes, split BN (statistics per group of the shuffled key batch), or SyncBN. With one process, shuffle and sync fall back to split. 'none' lets them leak.")
-    bn_groups: int = Field(8, ge=1, description="Split BN: groups of the key batch with their own statistics (fewer when the batch does not divide into groups of at least 4 keys).")
+    bn_groups: int = Field(8, ge=1, description="Split BN: groups with their own statistics, of the shuffled key batch in the key encoder and of whole sequences in the query encoder (the shared network, every view); fewer when a batch does not divide into groups of at least 4 samples.")
     query_slices: Literal["all", "center"] = Field("all", description="Use every slice of each sequence as a query, or only the centre one.")
     positives: Literal["augment", "neighbors", "position"] = Field("augment", description="What counts as a positive key.")
     position_threshold: float = Field(0.1, gt=0, le=1, description="Max normalised position distance of positional positives.")
+
+
+def queue_size(asked: int, max_fraction: float, num_slices: int, keys_per_batch: int) -> int:
+    """The queue's K: ``asked``, capped at ``floor(max_fraction x num_slices)`` but never below one
+    batch of keys (a queue that cannot hold a step's keys would drop some of them unseen).
+
+    >>> queue_size(4096, 0.1, 1417, 16), queue_size(4096, 0.1, 100, 32), queue_size(64, 0.1, 1417, 16)
+    (141, 32, 64)
+    """
+    cap = math.floor(max_fraction * num_slices + 1e-9)  # 0.29 x 100 is 28.999...: still 29
+    return min(asked, max(keys_per_batch, cap))
 
 
 def projection_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -117,6 +135,11 @@ class ContrastiveTask(PretextTask):
     def needs_sync_batchnorm(self) -> bool:
         return self.config.bn_mode == "sync"
 
+    @property
+    def encoder_bn_groups(self) -> int:
+        """Split BN's query side: the shared encoder normalises in ``bn_groups`` groups too."""
+        return self.config.bn_groups if self._bn_mode() == "split" else 1
+
     def setup(self, network: SharedNetwork) -> None:
         self.key_encoder = copy.deepcopy(network.encoder)
         self.key_encoder.requires_grad_(False)
@@ -125,14 +148,16 @@ class ContrastiveTask(PretextTask):
     def on_data(self, info: DataInfo) -> list[str]:
         keys_per_batch = info.global_batch * (info.sequence_length if self.config.query_slices == "all" else 1)
         self.total_steps = info.total_steps  # the cosine schedule's T (None: unknown, constant momentum)
-        notes = [self._bn_note(keys_per_batch // world_size()), self._momentum_note()]
-        cap = max(keys_per_batch, int(self.config.max_queue_fraction * info.num_slices))
-        if self.queue.size > cap:
+        rows = info.global_batch // world_size() * info.sequence_length  # of each view, per process
+        notes = [self._bn_note(keys_per_batch // world_size(), rows, info.sequence_length), self._momentum_note()]
+        size = queue_size(self.config.queue_size, self.config.max_queue_fraction, info.num_slices, keys_per_batch)
+        if self.queue.size != size:
             old = self.queue.size
-            self.queue = KeyQueue(cap, self.config.projection_dim).to(self.queue.keys.device)
+            self.queue = KeyQueue(size, self.config.projection_dim).to(self.queue.keys.device)
             notes.append(
                 f"contrastive: queue_size {old} > {self.config.max_queue_fraction:g} x {info.num_slices} training slices; "
-                f"using {cap} keys so a slice's own stale keys are not its negatives (tasks.contrastive.max_queue_fraction)")
+                f"using {size} keys, so that few negatives are the query's own or neighbouring slices "
+                "(tasks.contrastive.max_queue_fraction)")
         return notes
 
     # -- BatchNorm of the key encoder -------------------------------------------------
@@ -143,7 +168,7 @@ class ContrastiveTask(PretextTask):
             return "split"  # nothing to shuffle or sync across
         return mode
 
-    def _bn_note(self, keys: int) -> str:
+    def _bn_note(self, keys: int, rows: int, k: int) -> str:
         mode, asked = self._bn_mode(), self.config.bn_mode
         if self.key_encoder is not None and not batchnorm_layers(self.key_encoder):
             return "contrastive: the key encoder has no BatchNorm layers; no batch statistics can leak across the positive pair"
@@ -154,17 +179,21 @@ class ContrastiveTask(PretextTask):
         if mode == "none":
             return ("contrastive: bn_mode=none: the key encoder's BatchNorm statistics come from the query batch's own "
                     "samples, so they leak across the positive pair")
-        groups = split_bn_groups(keys, self.config.bn_groups)
+        asked_groups = self.config.bn_groups
+        groups = split_bn_groups(keys, asked_groups)
+        query_groups = split_bn_groups_in_units(rows, asked_groups, k)
         why = {"split": "bn_mode=split", "shuffle": "one process: nothing to shuffle across",
                "sync": "one process: nothing to sync across"}[asked]
-        if groups == 1:
-            return (f"contrastive: split BN ({why}) cannot split {keys} keys into groups of at least {MIN_SPLIT_BN_GROUP}; "
-                    "the key encoder uses plain BatchNorm, whose statistics leak across the positive pair")
-        fewer = "" if groups == self.config.bn_groups else (
-            f" (tasks.contrastive.bn_groups={self.config.bn_groups} does not split {keys} keys into equal groups of at "
-            f"least {MIN_SPLIT_BN_GROUP})")
-        return (f"contrastive: split BN ({why}): the key encoder normalises {groups} groups of {keys // groups} "
-                f"shuffled keys each{fewer}")
+        if groups == 1 or query_groups == 1:
+            return (f"contrastive: split BN ({why}) cannot split {keys} keys and {rows} query slices into groups of "
+                    f"at least {MIN_SPLIT_BN_GROUP}; the {'key' if groups == 1 else 'query'} encoder uses plain "
+                    "BatchNorm, whose statistics leak across the positive pair")
+        fewer = "" if groups == query_groups == asked_groups else (
+            f" (tasks.contrastive.bn_groups={asked_groups} does not split the batch into equal groups of at least "
+            f"{MIN_SPLIT_BN_GROUP})")
+        return (f"contrastive: split BN ({why}): the query encoder (the shared network, every view) normalises "
+                f"{query_groups} groups of {rows // query_groups} slices (whole sequences), the key encoder {groups} "
+                f"groups of {keys // groups} shuffled keys{fewer}")
 
     # -- momentum ---------------------------------------------------------------------
     def _momentum_note(self) -> str:
