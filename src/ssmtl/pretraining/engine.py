@@ -175,7 +175,8 @@ def run_pretraining(config: RunConfig, registry: Registry, *, resume: bool = Fal
             "tasks": {n: config.tasks[n].model_dump(mode="json") for n in trainer.names},
             "steps": config.train.steps,
             "sequence_length": k,
-            "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes]},
+            "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes],
+                     "slice_shape": list(cache.slice_shape)},  # the trained size, for exports once the cache is gone
             "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
             "world_size": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
