@@ -124,18 +124,9 @@ def evaluate(
 def compare(
     runs: List[str] = typer.Argument(..., help="Evaluated runs as DIR or LABEL=DIR."),
 ) -> None:
-    """Compare evaluated fine-tuning runs side by side (3D Dice per structure)."""
-    from ssmtl.api.errors import SsmtlError
+    """Compare evaluated fine-tuning runs side by side (3D Dice per structure); runs that share a
+    folder name are labelled by their parent folders too (a/ft, b/ft)."""
     from ssmtl.downstream.evaluate import render_comparison_table
-    from ssmtl.downstream.records import read_eval_json
+    from ssmtl.publish.compare import comparison_results
 
-    results = {}
-    for item in runs:
-        label, sep, path = item.partition("=")
-        path = Path(path if sep else label)
-        label = label if sep else path.name
-        eval_path = path / "eval.json"
-        if not eval_path.is_file():
-            raise SsmtlError(f"{eval_path}: not found; run `ssmtl evaluate --run {path}` first")
-        results[label] = read_eval_json(eval_path)
-    console.print(render_comparison_table(results))
+    console.print(render_comparison_table(comparison_results(runs)))

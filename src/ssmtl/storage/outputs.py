@@ -125,9 +125,9 @@ def _earlier_output(out: Path, kind: OutputKind) -> tuple[bool, str | None]:
     if not kind.folder:
         return bool(kind.recognise and kind.recognise(out)), None
     listed = _marker_files(out, kind)
-    present = _files(out) - {kind.marker}
     if listed is None:
-        return False, min(present or {p.name for p in out.iterdir()}, default=None)
+        return False, min((p.name for p in out.iterdir()), default=None)
+    present = _files(out) - {kind.marker}
     foreign = sorted(present - listed)
     return not foreign, (foreign[0] if foreign else None)
 
