@@ -129,3 +129,36 @@ def test_compare_keeps_runs_with_the_same_folder_name_apart(workspace, ssmtl_cli
     assert twice.exit_code == 2 and "is given twice" in twice.stderr
     clash = ssmtl_cli("compare", f"a={ft}", f"a={other}")
     assert clash.exit_code == 2 and "the label 'a' names two runs" in clash.stderr
+
+
+def test_the_rule_itself(tmp_path):
+    """check_output on folders alone: runs nested in a benchmark folder, homes, markers, kinds."""
+    from ssmtl.api.errors import SsmtlError
+    from ssmtl.storage.outputs import check_output, OutputKind, write_marker
+
+    folder_kind = OutputKind("export folder", folder=True, marker="ssmtl-export.json", home="hub")
+    bench = tmp_path / "bench"
+    run = bench / "finetune" / "a"
+    run.mkdir(parents=True)
+    (bench / "ssmtl-run.json").write_text('{"kind": "benchmark"}')
+    (run / "ssmtl-run.json").write_text('{"kind": "finetune"}')
+    inputs = [("run", run)]
+    check_output(run / "hub" / "x", inputs, folder_kind)  # the run's home, inside the benchmark holding it
+    for out, message in ((bench / "finetune" / "mine", f"lies inside the run {bench}"),
+                         (run / "elsewhere", "is inside the input run"), (bench, "contains the input run")):
+        with pytest.raises(SsmtlError, match=message):
+            check_output(out, inputs, folder_kind, force=True)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "model.pt").write_bytes(b"x")
+    write_marker(earlier, folder_kind)
+    with pytest.raises(SsmtlError, match="holds an earlier export folder; pass --force"):
+        check_output(earlier, inputs, folder_kind)
+    check_output(earlier, inputs, folder_kind, force=True)
+    (earlier / "notes.txt").write_text("added by hand")
+    with pytest.raises(SsmtlError, match="holds 'notes.txt', which is not part of an earlier export folder"):
+        check_output(earlier, inputs, folder_kind, force=True)
+    (earlier / "notes.txt").unlink()
+    (earlier / "ssmtl-export.json").write_text('{"kind": "report page", "files": ["model.pt"]}')  # another kind's marker
+    with pytest.raises(SsmtlError, match="which is not part of an earlier export folder"):
+        check_output(earlier, inputs, folder_kind, force=True)

@@ -137,8 +137,11 @@ def check_output(out: Path | str, inputs: Inputs, kind: OutputKind, force: bool 
     out = Path(out)
     refuse_overlap(out, inputs, flag, home=kind.home)
     target = out.resolve()
-    inputs_resolved = {source for _, _, source in _flatten(inputs)}
-    run = next((p for p in target.parents if p not in inputs_resolved and is_run(p)), None)
+    # an input run that holds the output (in its home, which refuse_overlap has allowed), and the
+    # folders around it (a benchmark folder holding the run), are the input's: not "another run"
+    holders = [source for _, _, source in _flatten(inputs) if source == target or source in target.parents]
+    run = next((p for p in target.parents
+                if not any(p == source or p in source.parents for source in holders) and is_run(p)), None)
     if run is not None:
         raise SsmtlError(f"{flag} {out}: lies inside the run {run}, which is not this command's input; "
                          f"choose another {flag} (a run is never written into by another command)")
