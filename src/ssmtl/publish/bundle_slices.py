@@ -191,11 +191,12 @@ class SsmtlSlicesd(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             record = self.pop_transform(d[key])
             extra = record[TraceKeys.EXTRA_INFO]
-            probabilities = torch.as_tensor(d[key]).float()
+            pred = d[key]
+            probabilities = (pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)).float()
             native = to_native(probabilities, extra["rows"], extra["cols"], extra["resample"])  # (C, D, Y, X)
             canonical = torch.flip(native.permute(0, 3, 2, 1), dims=(1, 2))  # (C, X, Y, Z)
-            out = MetaTensor(canonical.contiguous(), meta=dict(d[key].meta) if isinstance(d[key], MetaTensor) else {},
-                             applied_operations=list(getattr(d[key], "applied_operations", [])))
+            out = MetaTensor(canonical.contiguous(), meta=dict(pred.meta) if isinstance(pred, MetaTensor) else {},
+                             applied_operations=list(getattr(pred, "applied_operations", [])))
             out.affine = torch.as_tensor(extra["affine"], dtype=torch.float64)
             d[key] = out
         return d
