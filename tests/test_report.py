@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -52,6 +53,8 @@ def test_a_finetuning_report_shows_tables_curves_and_the_best_median_and_worst_v
     assert len(images) == 1 + 3 and all(i.format == "PNG" for i in images)  # curves (from metrics.jsonl), then three overlays
     assert _hashes(run) == {**before, "report.html": _hashes(run)["report.html"]}  # the page is all it writes
     assert write_report(run, registry=get_registry()) == path  # an earlier page is drawn again
+    cache = json.loads((run / "run.json").read_text())["data"]["path"]
+    assert str(tmp_path) not in page and str(Path(cache).parent) not in page  # names, never local paths
     ranked = sorted(evaluation["per_volume"], key=lambda v: v["mean_dice"], reverse=True)
     for rank, volume in zip(("best", "median", "worst"), (ranked[0], ranked[1], ranked[-1])):
         assert f"{rank}: {volume['volume']}, slice" in page

@@ -10,7 +10,9 @@
 
 Images are embedded as base64 PNG and there is no external asset (:mod:`ssmtl.publish.html`).
 
-The page is the only file a report writes, under the one output rule (:mod:`ssmtl.storage.outputs`):
+Paths on the page are names only (the run's, the cache's: no absolute local path, as in an
+export); the per-volume table and the overlays do show the test volumes by name and image,
+which is what the page is for. The page is the only file a report writes, under the one output rule (:mod:`ssmtl.storage.outputs`):
 never over the run's own files or caches, never into another run, never over a file that is
 not an earlier report page (which it replaces: a report is drawn again whenever asked), and
 one process at a time. The run itself is left byte for byte as it was.
@@ -33,6 +35,7 @@ from ssmtl.storage.files import load_json, save_text
 from ssmtl.storage.outputs import check_output, claimed_output, OutputKind
 from ssmtl.training.rundir import METRICS
 from ssmtl.publish import html
+from ssmtl.publish.model_card import shareable
 from ssmtl.publish.runs import RunInfo, read_run
 
 REPORT_FILE = "report.html"
@@ -79,7 +82,7 @@ def _summary(info: RunInfo) -> list[str]:
         ["network", ", ".join(f"{k}={v}" for k, v in info.network.items())],
         ["pre-training tasks", ", ".join(info.tasks) or "none (scratch)"],
         ["steps", info.steps],
-        ["data", f"{data.get('path')} (fingerprint {str(data.get('fingerprint'))[:16]})"],
+        ["data", f"{shareable(data.get('path'))} (fingerprint {str(data.get('fingerprint'))[:16]})"],
         ["subjects in the cache", data.get("subjects", "cache not readable")],
         ["modalities", ", ".join(f"{m}: {n}" for m, n in (data.get("modalities") or {}).items()) or "–"],
     ]
@@ -122,11 +125,11 @@ def _evaluation(info: RunInfo, registry) -> list[str]:
 
 def run_report(run_dir: Path, registry, info: RunInfo | None = None) -> str:
     info = info if info is not None else read_run(run_dir, registry)
-    body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.path}")
+    body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.name}")
     body += _summary(info)
     body += ["<h2>Curves</h2>", *_curves(info.path, info.name)]
     body += _evaluation(info, registry)
-    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(info.config, indent=2, default=str))}</pre>"]
+    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(shareable(info.config), indent=2, default=str))}</pre>"]
     return html.page(f"ssmtl report: {info.name}", body)
 
 
@@ -134,7 +137,7 @@ def benchmark_report(bench_dir: Path) -> str:
     from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown
 
     results = load_json(bench_dir / RESULTS_FILE, "benchmark results")
-    body = _header(f"ssmtl benchmark: {bench_dir.resolve().name}", f"benchmark {bench_dir}")
+    body = _header(f"ssmtl benchmark: {bench_dir.resolve().name}", f"benchmark {bench_dir.resolve().name}")
     with tempfile.TemporaryDirectory() as tmp:  # drawn again: the page never shows a stale plot
         plot = Path(tmp) / "dice_vs_labels.png"
         plot_dice_vs_labels(results, plot)
@@ -145,7 +148,7 @@ def benchmark_report(bench_dir: Path) -> str:
         body.append("<h2>Pre-training curves</h2>")
         for run in pretrain_runs:
             body += [f"<h3>{html.text(run.name)}</h3>", *_curves(run, run.name)]
-    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(results.get('config'), indent=2, default=str))}</pre>"]
+    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(shareable(results.get('config')), indent=2, default=str))}</pre>"]
     return html.page(f"ssmtl benchmark: {bench_dir.name}", body)
 
 
