@@ -117,7 +117,6 @@ def test_monai_writes_the_label_maps_ssmtl_predict_writes(ball_run, bundle, scan
 
 def test_the_bundles_plan_is_ssmtls_plan():
     """The bundle's copy of the slice geometry (it runs without ssmtl) against ssmtl's own, over many grids."""
-    from ssmtl.data.native import InPlaneMap  # noqa: F401  (the module the bundle mirrors for the way back)
     from ssmtl.data.transform import plan_axis as ssmtl_plan
     from ssmtl.publish.bundle_slices import _covering, plan_axis
 

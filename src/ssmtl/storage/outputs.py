@@ -41,7 +41,7 @@ from ssmtl.storage.locks import exclusive_lock
 RUN_FILES = ("ssmtl-run.json", "run.json", "export/manifest.json")
 LOCK_SUFFIX = ".ssmtl-lock"
 
-Inputs = Iterable[tuple[str, "Path | str | Sequence[Path | str] | None"]]
+Inputs = Iterable[tuple[str, Path | str | Sequence[Path | str] | None]]
 
 
 @dataclass(frozen=True)
