@@ -65,7 +65,9 @@ def test_pretraining_parts_match_load_network(pretrained_run, tmp_path, part, fm
     result = export_run(pretrained_run, fmt, part=part, out=tmp_path / "hub", registry=get_registry())
     folder = tmp_path / "hub"
     weights = {"safetensors": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}[fmt]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["README.md", "config.json", weights])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["README.md", "config.json", "LICENSE", "ssmtl-export.json", weights])
+    marker = json.loads((folder / "ssmtl-export.json").read_text())
+    assert marker["kind"] == "export folder" and marker["files"] == sorted(["README.md", "config.json", "LICENSE", weights])
     config = json.loads((folder / "config.json").read_text())
     assert (config["part"], config["format"], config["file"]) == (part, fmt, weights)
     assert config["parity"]["checked"] and config["parity"]["max_abs_error"] <= 1e-4 and result.parity == config["parity"]
@@ -158,12 +160,24 @@ def test_bad_requests_are_named(pretrained_run, tmp_path):
         export_run(pretrained_run, "torchscript", size=30, out=tmp_path / "a", registry=get_registry())
     with pytest.raises(SsmtlError, match="neither a finished pre-training run"):
         export_run(tmp_path, "safetensors", out=tmp_path / "a", registry=get_registry())
+    with pytest.raises(SsmtlError, match="--size 0: expected a positive slice size"):
+        export_run(pretrained_run, "torchscript", size=0, out=tmp_path / "a", registry=get_registry())
+    with pytest.raises(SsmtlError, match="--license apache: not a license identifier of the Hugging Face hub"):
+        export_run(pretrained_run, "safetensors", license="apache", out=tmp_path / "a", registry=get_registry())
+    with pytest.raises(SsmtlError, match="--format monai-bundle exports a fine-tuning run's network"):
+        export_run(pretrained_run, "monai-bundle", out=tmp_path / "a", registry=get_registry())
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(SsmtlError, match="exists and is not empty; pass --force"):
-        export_run(pretrained_run, "safetensors", out=tmp_path / "full", registry=get_registry())
-    export_run(pretrained_run, "safetensors", out=tmp_path / "full", force=True, registry=get_registry())
-    assert not (tmp_path / "full" / "keep.txt").exists()
+    for force in (False, True):  # a folder that is not an earlier export is never replaced
+        with pytest.raises(SsmtlError, match="holds 'keep.txt', which is not part of an earlier export folder"):
+            export_run(pretrained_run, "safetensors", out=tmp_path / "full", force=force, registry=get_registry())
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "a").exists()
+    export_run(pretrained_run, "safetensors", out=tmp_path / "earlier", registry=get_registry())
+    with pytest.raises(SsmtlError, match="holds an earlier export folder; pass --force to replace it"):
+        export_run(pretrained_run, "torchscript", out=tmp_path / "earlier", registry=get_registry())
+    export_run(pretrained_run, "torchscript", out=tmp_path / "earlier", force=True, registry=get_registry())
+    assert (tmp_path / "earlier" / "model.pt").is_file() and not (tmp_path / "earlier" / "model.safetensors").exists()
 
 
 def test_the_export_command(ssmtl_cli, pretrained_run, tmp_path):

@@ -29,6 +29,7 @@ NOT_A_PLUGIN = {
     ("data/cache_writer.py", "position"): "the slice index's column of relative slice positions (HDF5 file format)",
     ("data/scan_writer.py", "nifti"): "the NIfTI file format (SourceGeometry.format, predict --format), not the dataset",
     ("data/scan_writer.py", "dicom"): "the DICOM file format (SourceGeometry.format), not the dataset",
+    ("publish/bundle.py", "segmentation"): "the 'format' of a MONAI bundle output (metadata.json's network_data_format), not the head",
 }
 
 

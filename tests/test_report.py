@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -26,6 +28,11 @@ def _images(page: str) -> list[Image.Image]:
     return [Image.open(io.BytesIO(base64.b64decode(data))) for data in PNG.findall(page)]
 
 
+def _hashes(folder) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def _self_contained(page: str) -> bool:
     """No external asset: every src is inline data, no stylesheet or script is fetched."""
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
@@ -38,12 +45,16 @@ def test_a_finetuning_report_shows_tables_curves_and_the_best_median_and_worst_v
     ssmtl.evaluate(run, split="train")  # three scored volumes: best, median and worst differ
     evaluation = json.loads((run / "eval.json").read_text())
     (run / CURVES_FILE).unlink()
+    before = _hashes(run)
     path = write_report(run, registry=get_registry())
     page = path.read_text()
     assert path == run / "report.html" and _self_contained(page)
     images = _images(page)
-    assert len(images) == 1 + 3 and all(i.format == "PNG" for i in images)  # curves, then three overlays
-    assert (run / CURVES_FILE).is_file()  # drawn again with the page
+    assert len(images) == 1 + 3 and all(i.format == "PNG" for i in images)  # curves (from metrics.jsonl), then three overlays
+    assert _hashes(run) == {**before, "report.html": _hashes(run)["report.html"]}  # the page is all it writes
+    assert write_report(run, registry=get_registry()) == path  # an earlier page is drawn again
+    cache = json.loads((run / "run.json").read_text())["data"]["path"]
+    assert str(tmp_path) not in page and str(Path(cache).parent) not in page  # names, never local paths
     ranked = sorted(evaluation["per_volume"], key=lambda v: v["mean_dice"], reverse=True)
     for rank, volume in zip(("best", "median", "worst"), (ranked[0], ranked[1], ranked[-1])):
         assert f"{rank}: {volume['volume']}, slice" in page

@@ -47,21 +47,12 @@ def evaluate(
 def compare(
     runs: List[str] = typer.Argument(..., metavar="RUN...", help="Evaluated runs as DIR or LABEL=DIR."),
 ) -> None:
-    """Compare evaluated fine-tuning runs side by side (3D Dice per structure).
+    """Compare evaluated fine-tuning runs side by side (3D Dice per structure); runs that share a
+    folder name are labelled by their parent folders too (a/ft, b/ft).
 
     Example: ssmtl compare scratch=runs/ft-scratch multitask=runs/ft
     """
-    from ssmtl.api.errors import SsmtlError
     from ssmtl.downstream.evaluate import render_comparison_table
-    from ssmtl.downstream.records import read_eval_json
+    from ssmtl.publish.compare import comparison_results
 
-    results = {}
-    for item in runs:
-        label, sep, path = item.partition("=")
-        path = Path(path if sep else label)
-        label = label if sep else path.name
-        eval_path = path / "eval.json"
-        if not eval_path.is_file():
-            raise SsmtlError(f"{eval_path}: not found; run `ssmtl evaluate {path}` first")
-        results[label] = read_eval_json(eval_path)
-    console.print(render_comparison_table(results))
+    console.print(render_comparison_table(comparison_results(runs)))

@@ -31,49 +31,20 @@ import h5py
 import numpy as np
 
 from ssmtl.api.errors import SsmtlError
-from ssmtl.storage.files import exclusive_lock, fsync_directory, fsync_file, held_here, out_of_space, space_error
+from ssmtl.storage.files import exclusive_lock, fsync_directory, fsync_file, out_of_space, space_error
+from ssmtl.storage.locks import process_alive, remove_if_free
 from ssmtl.data.cache import FORMAT, FORMAT_VERSION, _json, group_name, sha256_array
 
 TMP_PREFIX = ".ssmtl-tmp-"
 LOCK_SUFFIX = ".ssmtl-lock"  # .NAME.ssmtl-lock next to the cache NAME
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_if_free(lock: Path) -> bool:
-    """Delete a cache lock file nobody holds (left by a killed build)."""
-    import fcntl
-
-    if held_here(lock):
-        return False
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lock.unlink()
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporaries and lock files left by killed builds (their writer process is gone)."""
-    removed = [lock for lock in Path(directory).glob(f".*{LOCK_SUFFIX}") if _remove_if_free(lock)]
+    removed = [lock for lock in Path(directory).glob(f".*{LOCK_SUFFIX}") if remove_if_free(lock)]
     for path in Path(directory).glob(f"{TMP_PREFIX}*"):
         match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             try:
                 path.unlink()
                 removed.append(path)

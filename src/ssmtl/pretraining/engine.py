@@ -182,7 +182,8 @@ def run_pretraining(config: RunConfig, registry: Registry, *, resume: bool = Fal
             "steps": config.train.steps,
             "sequence_length": k,
             "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes],
-                     "flip_axes": list(flip_axes)},
+                     "flip_axes": list(flip_axes),
+                     "slice_shape": list(cache.slice_shape)},  # the trained size, for exports once the cache is gone
             "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
             "world_size": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,

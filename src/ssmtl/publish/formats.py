@@ -7,6 +7,10 @@
 * ``onnx``: the TorchScript-based exporter of ``torch.onnx`` (``dynamo=False``: it needs no
   ``onnxscript``), opset 17, with dynamic batch, height and width.
 
+TorchScript files are written without their debug records (``*.debug_pkl``): those hold the
+absolute paths of the Python files the modules were traced from (the local installation, a
+user's home), and a shareable file carries no local path. ``torch.jit.load`` does not need them.
+
 The parity check runs the written file (``torch.jit.load``, onnxruntime) on a fresh input
 of another batch size and compares every output with the torch module's; the largest
 absolute difference is recorded in the export's ``config.json``.
@@ -15,7 +19,9 @@ absolute difference is recorded in the export's ``config.json``.
 from __future__ import annotations
 
 import importlib.util
+import io
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +44,30 @@ def example_input(in_channels: int, size: int, batch: int, seed: int) -> torch.T
     return torch.randn(batch, in_channels, size, size, generator=generator)
 
 
+def save_torchscript(module: torch.nn.Module, path: Path, example: torch.Tensor, extra_files: dict[str, str] | None = None) -> None:
+    """``torch.jit.trace`` of ``module`` at ``path`` (atomically), without the debug records that
+    name local source paths; ``extra_files`` are stored inside (``torch.jit.load(_extra_files=...)``)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shape checks traced as constants; the deprecation of TorchScript
+        traced = torch.jit.trace(module, example)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files=extra_files or {})
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as target:
+            for entry in source.infolist():
+                if not entry.filename.endswith(".debug_pkl"):
+                    target.writestr(entry, source.read(entry.filename))
+
+    atomic_write(path, write)
+
+
 def write_part(part: PartModule, fmt: str, path: Path, example: torch.Tensor) -> None:
     """``part`` in format ``fmt`` at ``path`` (atomically)."""
     if fmt == "safetensors":
         save_tensors(path, part.weights)
     elif fmt == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # shape checks traced as constants; the deprecation of TorchScript
-            traced = torch.jit.trace(part.module, example)
-            atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
+        save_torchscript(part.module, path, example)
     elif fmt == "onnx":
         if importlib.util.find_spec("onnx") is None:
             raise SsmtlError("--format onnx needs the onnx package: pip install 'ssmtl[onnx]'")

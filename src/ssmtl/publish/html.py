@@ -28,8 +28,12 @@ def text(value: Any) -> str:
     return html.escape(str(value))
 
 
+#: how ``ssmtl report`` recognises a page it wrote (it replaces its own pages, nothing else)
+GENERATOR = '<meta name="generator" content="ssmtl report">'
+
+
 def page(title: str, body: Iterable[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n" + GENERATOR + "\n"
             f"<title>{text(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 

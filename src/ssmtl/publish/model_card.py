@@ -1,31 +1,133 @@
 """The model card (``README.md``) of an exported model: YAML front matter as model hubs read it,
 then what the weights are, what they were trained on and how, how well they did, how to
-load them, and what they must not be used for."""
+load them, and what they must not be used for.
+
+**License.** ssmtl (Apache-2.0) does not decide the terms of the weights it trains: they
+follow the terms of the training data, which ssmtl cannot know. Unless the exporter names a
+license (``--license``, one of the Hugging Face hub's identifiers), the card says
+``license: other`` with ``license_name: training-data-terms`` and ``license_link: LICENSE``,
+and the folder's ``LICENSE`` explains what to decide before sharing.
+
+**Shareable.** A card carries no absolute local path (paths become their last component)
+and no subject identifier (subject lists become counts): subject ids are often file names or
+DICOM patient ids.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
 
-from ssmtl.publish.runs import RunInfo
+from ssmtl._version import __version__
+from ssmtl.api.errors import SsmtlError
+from ssmtl.publish.runs import modality_names, RunInfo
 
 PAPER = ("Dong, Kampffmeyer & Voiculescu, *Self-supervised multi-task representation learning for "
          "sequential medical images*, ECML PKDD 2021")
+UNSET_LICENSE = "training-data-terms"
+LICENSE_FILE = "LICENSE"
+#: the license identifiers the Hugging Face hub accepts (huggingface.co/docs/hub/repositories-licenses)
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m afl-3.0
+artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0
+cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0
+cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0
+epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0
+odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr unknown
+""".split())
+#: record keys that list subjects (often file names or patient ids): a card says how many, not which
+_SUBJECT_LISTS = frozenset({"labeled_subjects", "train_subjects", "test_subjects", "val_subjects", "subjects", "volumes",
+                            "init_saw_test_subjects", "per_volume"})
 
 
-def _front_matter(info: RunInfo, config: dict[str, Any]) -> str:
-    modalities = sorted((info.data.get("modalities") or {}).keys())
-    meta = {
+def check_license(license: str | None) -> str | None:
+    """A hub license identifier (lower case), or None for the default; anything else is refused."""
+    if license is None:
+        return None
+    name = license.strip().lower()
+    if name not in HUB_LICENSES:
+        raise SsmtlError(f"--license {license}: not a license identifier of the Hugging Face hub (e.g. apache-2.0, "
+                         "cc-by-4.0, cc-by-nc-4.0, mit); leave it out to describe the terms in LICENSE yourself")
+    return name
+
+
+def license_text(info: RunInfo) -> str:
+    """The ``LICENSE`` of an export whose license the exporter did not name."""
+    data = f"the dataset `{info.data['dataset']}`" if info.data.get("dataset") else "its training data"
+    return (f"Terms of use of these weights: not set.\n\n"
+            f"These weights were trained by ssmtl {__version__} on {data}. ssmtl itself is licensed under "
+            "Apache-2.0, but it does not set the terms of the weights it trains: they are bound by the terms of the "
+            "data they were trained on (many medical imaging datasets allow research use only and forbid "
+            "redistribution), which ssmtl cannot know.\n\n"
+            "Before sharing, decide the terms and either export again with `ssmtl export --license ID` (a license "
+            "identifier of the Hugging Face hub, e.g. cc-by-nc-4.0) or replace this file and the `license_name` of "
+            "README.md with the actual terms.\n")
+
+
+def _is_absolute(text: str) -> bool:
+    return PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or text.startswith("~")
+
+
+def shareable(value: Any) -> Any:
+    """``value`` without absolute local paths (each becomes its last component) or lists of subjects (counts)."""
+    if isinstance(value, dict):
+        return {k: (len(v) if k in _SUBJECT_LISTS and isinstance(v, list) else shareable(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shareable(v) for v in value]
+    if isinstance(value, str) and _is_absolute(value):
+        path = PurePosixPath(value) if PurePosixPath(value).is_absolute() or value.startswith("~") else PureWindowsPath(value)
+        return path.name or "."
+    return value
+
+
+def _model_index(info: RunInfo, config: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The evaluation as the hub's ``model-index`` (3D Dice per structure and their mean), or None."""
+    results = info.evaluation
+    if config["part"] != "finetuned" or not results:
+        return None
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    per_class = results.get("per_class") or {}
+    metrics = [{"type": "dice", "name": f"3D Dice: {name}", "value": round(float(per_class[name]["dice"]), 4)}
+               for name in results.get("class_names") or [] if finite((per_class.get(name) or {}).get("dice"))]
+    if finite(results.get("mean_dice")):
+        metrics.insert(0, {"type": "dice", "name": "mean 3D Dice", "value": round(float(results["mean_dice"]), 4)})
+    if not metrics:
+        return None
+    dataset = str(info.data.get("dataset") or "ssmtl-cache")
+    fingerprint = str(info.data.get("fingerprint") or "")[:12]
+    return [{"name": info.name, "results": [{
+        "task": {"type": "image-segmentation", "name": "Image Segmentation"},
+        "dataset": {"type": dataset, "name": f"{dataset} (cache {fingerprint})", "split": str(results.get("split", "test"))},
+        "metrics": metrics,
+    }]}]
+
+
+def front_matter(info: RunInfo, config: dict[str, Any], license: str | None) -> dict[str, Any]:
+    """The card's YAML metadata, as the Hugging Face hub reads it."""
+    extra = ["monai", "monai-bundle"] if config["format"] == "monai-bundle" else []
+    meta: dict[str, Any] = {
         "library_name": "ssmtl",
-        "license": "other",
+        "license": license or "other",
+        **({} if license else {"license_name": UNSET_LICENSE, "license_link": LICENSE_FILE}),
         "pipeline_tag": "image-segmentation" if config["part"] == "finetuned" else "image-feature-extraction",
-        "tags": ["medical-imaging", "self-supervised-learning", "ssmtl", config["format"],
-                 *filter(None, [info.network.get("name")]), *modalities],
+        "tags": list(dict.fromkeys(["medical-imaging", "self-supervised-learning", "ssmtl", config["format"], *extra,
+                                    *filter(None, [info.network.get("name")]), *modality_names(info.data)])),
     }
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+    index = _model_index(info, config)
+    if index is not None:
+        meta["model-index"] = index
+    return meta
+
+
+def _front_matter(info: RunInfo, config: dict[str, Any], license: str | None) -> str:
+    return "---\n" + yaml.safe_dump(front_matter(info, config, license), sort_keys=False, allow_unicode=True) + "---\n"
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -38,9 +140,12 @@ def _shape(shape: list[Any]) -> str:
 
 def _inputs(info: RunInfo, config: dict[str, Any]) -> list[str]:
     spec = config["inputs"]["images"]
+    trained = spec.get("trained_size")
+    size = (f"trained on {trained[0]} x {trained[1]} slices" if trained else
+            "the slice size it was trained at is not recorded and its cache is not readable")
     lines = [f"- input `images`: float32, shape {_shape(spec['shape'])}; height and width multiples of "
-             f"{spec['size_multiple_of']} (trained on {spec['trained_size'][0]} x {spec['trained_size'][1]} slices)."]
-    preprocess = info.data.get("preprocess") or {}
+             f"{spec['size_multiple_of']} ({size})."]
+    preprocess = info.preprocess or {}
     if preprocess:
         lines.append(f"- intensities as the ssmtl cache stores them: CT clipped to the HU window "
                      f"{preprocess.get('ct_window')} and mapped to [0, 1]; MR clipped to the percentiles "
@@ -63,7 +168,9 @@ def _inputs(info: RunInfo, config: dict[str, Any]) -> list[str]:
 
 def _data(info: RunInfo) -> list[str]:
     data = info.data
-    modalities = ", ".join(f"{m}: {n}" for m, n in (data.get("modalities") or {}).items()) or "unknown"
+    counts = data.get("modalities")
+    modalities = (", ".join(f"{m}: {n}" for m, n in counts.items()) if isinstance(counts, dict)
+                  else ", ".join(modality_names(data))) or "unknown"
     lines = [f"- cache fingerprint `{data.get('fingerprint')}`" + (f" (dataset `{data['dataset']}`)" if data.get("dataset") else "")]
     if "subjects" in data:
         lines.append(f"- {data['subjects']} subjects, {data.get('volumes')} volumes (modality: {modalities}), "
@@ -72,7 +179,7 @@ def _data(info: RunInfo) -> list[str]:
         lines.append(f"- pre-training read {data.get('trained_on')} volumes (the cache's training subjects; "
                      "held-out validation and test subjects stay out by default)")
     else:
-        lines.append(f"- fine-tuned on {len(info.labeled_subjects)} labeled subject(s): {', '.join(info.labeled_subjects)}")
+        lines.append(f"- fine-tuned on {len(info.labeled_subjects)} labeled subject(s)")
     return lines
 
 
@@ -86,7 +193,8 @@ def _training(info: RunInfo) -> list[str]:
                   f"- {info.steps} steps, batch {train.get('batch_size')} sequences, peak learning rate {train.get('lr')}, "
                   f"seed {info.config.get('seed')}"]
     else:
-        start = "random initialisation (scratch)" if info.init in (None, "none") else f"the pre-training run `{info.init}` (tasks: {tasks})"
+        start = ("random initialisation (scratch)" if info.init in (None, "none")
+                 else f"the pre-training run `{shareable(str(info.init))}` (tasks: {tasks})")
         lines += [f"- started from {start}", f"- head `{(info.head or {}).get('name')}`: {info.num_classes} classes",
                   f"- {info.steps} fine-tuning steps"]
     return lines
@@ -114,12 +222,20 @@ def _evaluation(info: RunInfo) -> list[str]:
 
 def _usage(config: dict[str, Any]) -> list[str]:
     fmt, file = config["format"], config["file"]
+    channels, (height, width) = config["inputs"]["images"]["shape"][1], config["inputs"]["images"]["trace_size"]
+    if fmt == "monai-bundle":
+        return ["With MONAI alone (no ssmtl needed), from this folder: every NIfTI scan of `SCANS` gets a label map "
+                "`OUT/NAME_seg.nii.gz` on its own grid.", "", "```bash",
+                "python -m monai.bundle run --config_file configs/inference.json --bundle_root . "
+                "--dataset_dir SCANS --output_dir OUT", "```", "",
+                f"`{file}` alone is the network + head as TorchScript: slices prepared as `configs/inference.json` "
+                f"prepares them, ({channels}, {height}, {width}) each, give class logits."]
     if fmt == "torchscript":
         code = ["import torch", "", f'model = torch.jit.load("{file}").eval()',
-                "outputs = model(torch.zeros(1, 1, 64, 64))  # plain PyTorch, no ssmtl needed"]
+                f"outputs = model(torch.zeros(1, {channels}, {height}, {width}))  # plain PyTorch, no ssmtl needed"]
     elif fmt == "onnx":
         code = ["import numpy as np", "import onnxruntime", "", f'session = onnxruntime.InferenceSession("{file}")',
-                'outputs = session.run(None, {"images": np.zeros((1, 1, 64, 64), np.float32)})']
+                f'outputs = session.run(None, {{"images": np.zeros((1, {channels}, {height}, {width}), np.float32)}})']
     elif config.get("native_class"):
         module, _, name = config["native_class"]["path"].rpartition(".")
         strict = "True" if config["part"] == "network" else "False  # the encoder's entries only"
@@ -132,11 +248,19 @@ def _usage(config: dict[str, Any]) -> list[str]:
     return ["```python", *code, "```"]
 
 
-def render_model_card(info: RunInfo, config: dict[str, Any]) -> str:
+def _license_line(license: str | None) -> str:
+    if license:
+        return f"`{license}`, as the exporter chose (`ssmtl export --license {license}`)."
+    return ("Not set: the terms of these weights follow the terms of their training data, which ssmtl cannot know. "
+            f"Read `{LICENSE_FILE}` and decide them before sharing (`ssmtl export --license ID`).")
+
+
+def render_model_card(info: RunInfo, config: dict[str, Any], license: str | None = None, *, metadata: bool = True) -> str:
+    """The card: YAML front matter (``metadata``), then the text. ``license``: a hub identifier, or None (unset)."""
     part, fmt = config["part"], config["format"]
     what = config["part_description"]
     lines = [
-        _front_matter(info, config),
+        *([_front_matter(info, config, license)] if metadata else []),
         f"# {info.name}: {part} ({fmt})", "",
         f"{what[0].upper()}{what[1:]}, from the ssmtl {'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} "
         f"run `{info.name}`. ssmtl implements self-supervised multi-task pre-training on the 2D slices of CT and MR "
@@ -146,6 +270,7 @@ def render_model_card(info: RunInfo, config: dict[str, Any]) -> str:
         "## Training", "", *_training(info), "",
         "## Evaluation", "", *_evaluation(info), "",
         "## How to use", "", *_usage(config), "",
+        "## License", "", _license_line(license), "",
         "## Intended use and limits", "",
         "- **Research use only.** This model is not a medical device and has not been validated for clinical use; "
         "do not use it for diagnosis, treatment or any decision about a patient.",
@@ -159,5 +284,5 @@ def render_model_card(info: RunInfo, config: dict[str, Any]) -> str:
     if part != "finetuned":
         lines.append("- Self-supervised features are a starting point for fine-tuning, not a segmentation model.")
     lines += ["", "## Configuration", "", "<details><summary>the run's resolved configuration</summary>", "",
-              "```json", json.dumps(info.config, indent=2, default=str), "```", "", "</details>", ""]
+              "```json", json.dumps(shareable(info.config), indent=2, default=str), "```", "", "</details>", ""]
     return "\n".join(lines)

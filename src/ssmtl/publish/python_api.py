@@ -15,34 +15,45 @@ from torch import nn
 
 from ssmtl.host import registry as plugin_registry
 from ssmtl.host.registry import Registry
-from ssmtl.publish.hub import HubExport, export_run
+from ssmtl.publish.hub import export_and_push, HubExport
 from ssmtl.publish.report import write_report
 from ssmtl.publish.runs import load_network as load_run_network
 
 
 def export(run: str | Path, format: str = "safetensors", *, part: str | None = None, out: str | Path | None = None,
-           size: int | None = None, force: bool = False, registry: Registry | None = None) -> HubExport:
+           size: int | None = None, force: bool = False, license: str | None = None, push_to_hub: str | None = None,
+           private: bool = False, registry: Registry | None = None) -> HubExport:
     """Export a run's weights as a model-hub folder, as ``ssmtl export RUN`` does.
 
     Args:
         run: a pre-training or fine-tuning run directory.
-        format: ``safetensors`` (weights), ``torchscript`` (``model.pt``) or ``onnx``
-            (``model.onnx``; needs ``pip install 'ssmtl[onnx]'``).
+        format: ``safetensors`` (weights), ``torchscript`` (``model.pt``), ``onnx``
+            (``model.onnx``; needs ``pip install 'ssmtl[onnx]'``) or ``monai-bundle`` (a MONAI
+            bundle of a fine-tuning run: ``configs/inference.json`` segments NIfTI scans).
         part: ``encoder``, ``network`` (encoder + decoder) or ``finetuned`` (network + head);
             default: ``network`` for a pre-training run, ``finetuned`` for a fine-tuning run.
         out: the output folder (default ``RUN/hub/PART-FORMAT``).
-        size: the slice size traced formats are built and checked at (default: the run's).
-        force: replace a non-empty output folder.
+        size: the slice size traced formats are built and checked at (default: the size the run
+            was trained at).
+        force: replace an earlier export folder (never anything else).
+        license: a Hugging Face hub license identifier for the card (default: not set; the
+            folder's LICENSE says what to decide).
+        push_to_hub: ``OWNER/NAME``: upload the folder to the Hugging Face hub afterwards (needs
+            ``pip install 'ssmtl[hub]'`` and a token); checked before anything is written.
+        private: create the hub repository private.
         registry: the plugins to rebuild the network with (default: the installed ones).
 
     Returns:
-        a :class:`~ssmtl.publish.hub.HubExport` (``path``, ``part``, ``format``, ``files``, ``parity``).
+        a :class:`~ssmtl.publish.hub.HubExport` (``path``, ``part``, ``format``, ``files``, ``parity``,
+        ``pushed_to``).
 
     Raises:
-        SsmtlError: a bad run, option or output folder; weights holding NaN or Inf.
+        SsmtlError: a bad run, option or output folder; weights holding NaN or Inf; a push
+            that cannot be made.
     """
-    return export_run(Path(run), format, part=part, out=None if out is None else Path(out), size=size, force=force,
-                      registry=registry or plugin_registry.get_registry())
+    return export_and_push(Path(run), format, part=part, out=None if out is None else Path(out), size=size, force=force,
+                           license=license, push_to_hub=push_to_hub, private=private,
+                           registry=registry or plugin_registry.get_registry())
 
 
 def report(run: str | Path, out: str | Path | None = None, *, registry: Registry | None = None) -> Path:

@@ -1,7 +1,7 @@
 """``ssmtl report``: one self-contained HTML page about a run or a benchmark.
 
 * **A run** (pre-training or fine-tuning): what it is (network, tasks, data, steps), its
-  curves (drawn again from ``metrics.jsonl``; ``curves.png`` is rewritten too), and for an
+  curves (drawn again from ``metrics.jsonl``), and for an
   evaluated fine-tuning run the per-structure and per-volume tables and the predictions
   over held-out slices of the best, median and worst test volume; then the config.
 * **A benchmark directory** (``results.json``): the Dice-vs-labels plot, the tables of
@@ -9,12 +9,20 @@
   curves of each pre-training.
 
 Images are embedded as base64 PNG and there is no external asset (:mod:`ssmtl.publish.html`).
+
+Paths on the page are names only (the run's, the cache's: no absolute local path, as in an
+export); the per-volume table and the overlays do show the test volumes by name and image,
+which is what the page is for. The page is the only file a report writes, under the one output rule (:mod:`ssmtl.storage.outputs`):
+never over the run's own files or caches, never into another run, never over a file that is
+not an earlier report page (which it replaces: a report is drawn again whenever asked), and
+one process at a time. The run itself is left byte for byte as it was.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -22,14 +30,32 @@ from typing import Any
 
 from ssmtl._version import __version__
 from ssmtl.api.errors import SsmtlError
-from ssmtl.training.curves import collect, read_records, render, write_curves
+from ssmtl.training.curves import collect, read_records, render
 from ssmtl.storage.files import load_json, save_text
+from ssmtl.storage.outputs import check_output, claimed_output, OutputKind
 from ssmtl.training.rundir import METRICS
 from ssmtl.publish import html
+from ssmtl.publish.model_card import shareable
 from ssmtl.publish.runs import RunInfo, read_run
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.json"
+_EARLIER_PAGE = re.compile(r"<title>ssmtl (report|benchmark): ")
+
+
+def is_report_page(path: Path) -> bool:
+    """Whether ``path`` is a page ``ssmtl report`` wrote (its generator tag, or the title of older pages)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.startswith("<!DOCTYPE html>") and (html.GENERATOR in head or bool(_EARLIER_PAGE.search(head)))
+
+
+#: a report page: one file, kept at RUN/report.html inside its run, drawn again over an earlier page
+REPORT = OutputKind("report page", folder=False, recognise=is_report_page, home=REPORT_FILE, refresh=True,
+                    example=REPORT_FILE)
 
 
 def _number(value: Any, digits: int) -> str:
@@ -46,7 +72,6 @@ def _curves(run_dir: Path, title: str) -> list[str]:
     curves = collect(read_records(metrics)) if metrics.is_file() else None
     if curves is None or curves.empty:
         return ['<p class="note">No metrics.jsonl records: nothing to draw.</p>']
-    write_curves(run_dir)  # regenerated with the page
     return [html.image(render(curves, title), f"training curves of {title}")]
 
 
@@ -57,7 +82,7 @@ def _summary(info: RunInfo) -> list[str]:
         ["network", ", ".join(f"{k}={v}" for k, v in info.network.items())],
         ["pre-training tasks", ", ".join(info.tasks) or "none (scratch)"],
         ["steps", info.steps],
-        ["data", f"{data.get('path')} (fingerprint {str(data.get('fingerprint'))[:16]})"],
+        ["data", f"{shareable(data.get('path'))} (fingerprint {str(data.get('fingerprint'))[:16]})"],
         ["subjects in the cache", data.get("subjects", "cache not readable")],
         ["modalities", ", ".join(f"{m}: {n}" for m, n in (data.get("modalities") or {}).items()) or "–"],
     ]
@@ -98,13 +123,13 @@ def _evaluation(info: RunInfo, registry) -> list[str]:
     return out
 
 
-def run_report(run_dir: Path, registry) -> str:
-    info = read_run(run_dir, registry)
-    body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.path}")
+def run_report(run_dir: Path, registry, info: RunInfo | None = None) -> str:
+    info = info if info is not None else read_run(run_dir, registry)
+    body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.name}")
     body += _summary(info)
     body += ["<h2>Curves</h2>", *_curves(info.path, info.name)]
     body += _evaluation(info, registry)
-    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(info.config, indent=2, default=str))}</pre>"]
+    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(shareable(info.config), indent=2, default=str))}</pre>"]
     return html.page(f"ssmtl report: {info.name}", body)
 
 
@@ -112,7 +137,7 @@ def benchmark_report(bench_dir: Path) -> str:
     from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown
 
     results = load_json(bench_dir / RESULTS_FILE, "benchmark results")
-    body = _header(f"ssmtl benchmark: {bench_dir.resolve().name}", f"benchmark {bench_dir}")
+    body = _header(f"ssmtl benchmark: {bench_dir.resolve().name}", f"benchmark {bench_dir.resolve().name}")
     with tempfile.TemporaryDirectory() as tmp:  # drawn again: the page never shows a stale plot
         plot = Path(tmp) / "dice_vs_labels.png"
         plot_dice_vs_labels(results, plot)
@@ -123,7 +148,7 @@ def benchmark_report(bench_dir: Path) -> str:
         body.append("<h2>Pre-training curves</h2>")
         for run in pretrain_runs:
             body += [f"<h3>{html.text(run.name)}</h3>", *_curves(run, run.name)]
-    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(results.get('config'), indent=2, default=str))}</pre>"]
+    body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(shareable(results.get('config')), indent=2, default=str))}</pre>"]
     return html.page(f"ssmtl benchmark: {bench_dir.name}", body)
 
 
@@ -132,7 +157,16 @@ def write_report(target: str | Path, out: str | Path | None = None, *, registry)
     target = Path(target)
     if not target.is_dir():
         raise SsmtlError(f"{target}: no such run or benchmark directory")
-    page = benchmark_report(target) if (target / RESULTS_FILE).is_file() else run_report(target, registry)
     out = Path(out) if out is not None else target / REPORT_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return save_text(out, page)
+    if (target / RESULTS_FILE).is_file():
+        inputs = [("benchmark", target)]
+        check_output(out, inputs, REPORT)
+        page = benchmark_report(target)
+    else:
+        info = read_run(target, registry)
+        inputs = [("run", target), ("cache of the run", info.data.get("path")),
+                  ("cache of the evaluation", (info.evaluation or {}).get("data"))]
+        check_output(out, inputs, REPORT)  # before drawing anything: a refused output costs nothing
+        page = run_report(target, registry, info)
+    with claimed_output(out, inputs, REPORT) as out:
+        return save_text(out, page)

@@ -48,6 +48,8 @@ class RunInfo:
     init: str | None = None  # fine-tuning: the pre-training run it started from ("none": scratch)
     labeled_subjects: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None  # eval.json
+    trained_size: tuple[int, int] | None = None  # the slice size it was trained at, from its records (None: unknown)
+    preprocess: dict[str, Any] | None = None  # how its training cache prepared slices (fine-tuning runs record it)
 
     @property
     def name(self) -> str:
@@ -66,8 +68,10 @@ def run_kind(run_dir: Path) -> RunKind:
                      "nor a finished fine-tuning run (no run.json)")
 
 
-def _cache_facts(path: str | list[str] | None) -> dict[str, Any]:
-    """Subjects, modalities, slice shape and preprocessing of a cache (or a set), when still readable."""
+def _cache_facts(path: str | list[str] | None, fingerprint: str | None) -> dict[str, Any]:
+    """Subjects, modalities, slice shape and preprocessing of a cache (or a set), when it is still
+    readable and still the data the run recorded (same fingerprint): a cache rebuilt at the same
+    path since describes other data."""
     if not path:
         return {}
     from ssmtl.data.cache_set import open_caches
@@ -75,6 +79,8 @@ def _cache_facts(path: str | list[str] | None) -> dict[str, Any]:
     try:
         summary = open_caches(path).summary()
     except SsmtlError:
+        return {}
+    if fingerprint is not None and summary.get("fingerprint") != fingerprint:
         return {}
     return {
         "subjects": len({volume["subject"] for volume in summary["subjects"]}),
@@ -92,6 +98,18 @@ def _network(table: dict[str, Any], registry) -> dict[str, Any]:
     return table if config is None else config.model_dump(mode="json")
 
 
+def _size(shape: Any) -> tuple[int, int] | None:
+    if isinstance(shape, (list, tuple)) and len(shape) == 2 and all(isinstance(n, int) and n > 0 for n in shape):
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def modality_names(data: dict[str, Any]) -> list[str]:
+    """The modalities a run trained on: a cache's counts ({"ct": 3}) or a run's record (["ct"])."""
+    modalities = data.get("modalities") or []
+    return sorted(modalities.keys() if isinstance(modalities, dict) else map(str, modalities))
+
+
 def read_run(run_dir: Path, registry) -> RunInfo:
     """Everything :class:`RunInfo` holds, from the run's own files."""
     run_dir = Path(run_dir)
@@ -103,20 +121,26 @@ def read_run(run_dir: Path, registry) -> RunInfo:
         manifest = read_manifest(run_dir)
         data = dict(manifest.get("data") or {})
         data["trained_on"] = len(data.get("volumes") or [])
+        facts = _cache_facts(data.get("path"), data.get("fingerprint"))
         return RunInfo(
             path=run_dir, kind=kind, network=_network(manifest.get("model") or {}, registry), config=manifest.get("config") or config,
-            steps=manifest.get("steps"), tasks=manifest.get("tasks") or {}, data={**data, **_cache_facts(data.get("path"))},
+            steps=manifest.get("steps"), tasks=manifest.get("tasks") or {}, data={**data, **facts},
             native_class=manifest.get("native_class"), evaluation=evaluation,
+            trained_size=_size(data.get("slice_shape")) or _size(facts.get("slice_shape")), preprocess=facts.get("preprocess"),
         )
     run = read_run_json(run_dir)
     data = dict(run.get("data") or {})
     data["trained_on"] = len(run.get("labeled_subjects") or [])
     init_manifest = run.get("init_manifest") or {}
+    facts = _cache_facts(data.get("path"), data.get("fingerprint"))
+    preprocess = run.get("preprocess") if isinstance(run.get("preprocess"), dict) else facts.get("preprocess")
+    recorded_size = (preprocess or {}).get("size")
     return RunInfo(
         path=run_dir, kind=kind, network=_network(run.get("model") or {}, registry), config=config, steps=run.get("steps"),
-        tasks=init_manifest.get("tasks") or {}, data={**data, **_cache_facts(data.get("path"))},
+        tasks=init_manifest.get("tasks") or {}, data={**data, **facts},
         head=run.get("head"), num_classes=run.get("num_classes"), class_names=run.get("class_names") or {},
         init=run.get("init"), labeled_subjects=list(run.get("labeled_subjects") or []), evaluation=evaluation,
+        trained_size=_size([recorded_size, recorded_size]) or _size(facts.get("slice_shape")), preprocess=preprocess,
     )
 
 

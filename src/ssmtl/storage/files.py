@@ -14,7 +14,12 @@ is how every set of weights is loaded.
 Running out of space: :func:`out_of_space` recognises a full disk, a file size limit or a
 quota in any exception (an ``OSError``'s errno, or the text h5py, safetensors and torch
 put in their own errors), and :func:`writing` turns such a failure into one
-``SsmtlError`` naming the output. :func:`exclusive_lock` keeps two processes off one output.
+``SsmtlError`` naming the output. :func:`exclusive_lock` (:mod:`ssmtl.storage.locks`) keeps
+two processes off one output, on every platform.
+
+Modes: every file written here gets the mode a plain ``open()`` would give it (``0o666``
+less the umask: ``0644`` under the usual umask 022), whatever the writer created its
+temporary with (safetensors creates its files ``0600``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ssmtl.api.errors import SsmtlError
+from ssmtl.storage.locks import exclusive_lock, held_here, OutputInUse  # noqa: F401  (the lock belongs to how ssmtl writes)
 
 
 def temporary_name(path: Path, suffix: str = "") -> Path:
@@ -40,8 +46,21 @@ def temporary_name(path: Path, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
 
 
+_UMASK: int | None = None
+
+
+def file_mode() -> int:
+    """The mode a new file gets from a plain ``open()``: ``0o666`` less the process umask (read once)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)  # there is no way to read the umask but to set it; set it back at once
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
 def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # Windows flushes only through a descriptor open for writing (_commit); POSIX takes any
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -68,6 +87,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     tmp = temporary_name(path, suffix)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())  # a writer's own temporary may be private (safetensors: 0600)
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -107,21 +127,33 @@ def save_tensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, 
 def atomic_directory(final: Path, tmp: Path | None = None) -> Iterator[Path]:
     """``with atomic_directory(out / "export") as tmp: ...write files into tmp...``
 
-    On success the files are flushed and ``tmp`` replaces ``final`` (an older ``final``
-    is removed first, so the rename is atomic on POSIX); on failure ``tmp`` is removed.
+    On success the files are flushed and ``tmp`` replaces ``final``; on failure ``tmp`` is
+    removed. An older ``final`` is first renamed aside and only deleted once the new folder
+    is in place, so a failure at any point leaves the old folder or the new one.
     """
     final = Path(final)
     tmp = Path(tmp) if tmp is not None else final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
     try:
         yield tmp
         for p in tmp.rglob("*"):
-            if p.is_file():
+            if p.is_file() and not p.is_symlink():
+                os.chmod(p, file_mode())
                 fsync_file(p)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        moved = final.exists()
+        if moved:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if moved:
+                os.replace(old, final)
+            raise
+        if moved:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_out_of_space(exc, final, rename=True)
@@ -222,70 +254,6 @@ def writing(path: Path, what: str) -> Iterator[None]:
         if reason is None:
             raise
         raise space_error(path, what, reason) from None
-
-
-class OutputInUse(SsmtlError):
-    """Another process holds the lock on an output."""
-
-
-#: the lock files this process holds (it must never open one otherwise: closing any descriptor
-#: of a file releases this process's record locks on it)
-_HELD: set[str] = set()
-
-
-def held_here(lock: Path) -> bool:
-    """Whether this process holds ``lock`` (then it must not open it: see :func:`exclusive_lock`)."""
-    return str(Path(lock).absolute()) in _HELD
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock: Path, output: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock`` (created, holding our PID) for the block; a second
-    process gets "OUTPUT is in use by PID N". The lock file is removed on the way out.
-
-    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so data
-    loader workers forked during the run do not inherit it and keep it after a ``kill -9``;
-    the kernel releases it when the process dies. A waiter may have opened a lock file that
-    its holder then removed; after taking the lock we check that the name still points at the
-    file we locked, and start again if not.
-    """
-    import fcntl
-
-    lock = Path(lock)
-    key = str(lock.absolute())
-    if key in _HELD:  # record locks do not conflict within one process: refuse here instead
-        raise OutputInUse(f"{output} is in use by PID {os.getpid()} (this process); wait for it to finish or choose another output")
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise SsmtlError(f"{output}: cannot create the lock file {lock.name} ({exc.strerror})") from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputInUse(f"{output} is in use by PID {holder}; wait for it to finish or choose another output") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-    except OSError:
-        pass  # no room for a PID: the lock itself still holds
-    _HELD.add(key)
-    try:
-        yield
-    finally:
-        _HELD.discard(key)
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        os.close(fd)
 
 
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",

@@ -39,7 +39,8 @@ _NONE = type(None)
 #: what the readers of manifest.json rely on (a hand-edited one is one error naming the field)
 MANIFEST_FIELDS = {
     "model": dict, "model.name": (str, _NONE), "data": (dict, _NONE), "data.path": (str, list, _NONE),  # a list: several caches
-    "data.fingerprint": (str, _NONE), "data.volumes": (list, _NONE), "tasks": (dict, _NONE), "config": (dict, _NONE),
+    "data.fingerprint": (str, _NONE), "data.volumes": (list, _NONE), "data.slice_shape": (list, _NONE),
+    "tasks": (dict, _NONE), "config": (dict, _NONE),
     "steps": (int, _NONE), "native_class": (dict, _NONE), "trained": (list, _NONE), "created": (str, _NONE),
 }
 
