@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ssmtl.api.datasets.files import real_path
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.cache import SliceCache, VolumeMeta
 
@@ -53,7 +54,7 @@ def cache_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
             files.append(item)
     seen: dict[Path, Path] = {}
     for f in files:
-        key = f.resolve()
+        key = real_path(f)
         if key in seen:
             raise InputFileError(f, f"the cache is named twice (also as {seen[key]})")
         seen[key] = f
@@ -62,7 +63,7 @@ def cache_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
 
 def cache_labels(files: Sequence[Path]) -> list[str]:
     """Short unique names: the stems, with parent folders added until no two are equal."""
-    parts = [list(Path(f).resolve().with_suffix("").parts) for f in files]
+    parts = [list(real_path(f).with_suffix("").parts) for f in files]
     depth = 1
     while True:
         labels = ["/".join(p[-depth:]) for p in parts]

@@ -12,16 +12,17 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from ssmtl.api.datasets.files import real_path
 from ssmtl.api.errors import SsmtlError
 
 
 def refuse_overlap(out: Path, inputs: Iterable[tuple[str, Path | str | Sequence[Path] | None]], flag: str = "--out") -> None:
     """Refuse an output that is one of the inputs, holds one, or lies inside an input folder:
     writing there would overwrite an input (or mix the output into the inputs)."""
-    target = Path(out).resolve()
+    target = real_path(out)  # not Path.resolve(): a symbolic link loop must not raise RuntimeError here
     flat = [(name, one) for name, path in inputs  # an input may be several paths (e.g. --data a.h5 --data b.h5)
             for one in (path if isinstance(path, (list, tuple)) else [path])]
-    given = [(name, path, Path(path).resolve()) for name, path in flat if path is not None and str(path) not in ("", "none")]
+    given = [(name, path, real_path(path)) for name, path in flat if path is not None and str(path) not in ("", "none")]
     # the closest relation first: "is the input volume" says more than "is inside the input folder"
     for relation, test in (("is", lambda source: source == target), ("contains", lambda source: target in source.parents),
                            ("is inside", lambda source: source in target.parents)):
