@@ -60,8 +60,10 @@ def _bytes_per_voxel(reader) -> int:
 
     name = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     bits = _BITS.search(name)
-    size = int(bits.group(1)) // 8 if bits else 1
-    return size * (2 if "complex" in name else 1) * max(1, int(reader.GetNumberOfComponents()))
+    components = max(1, int(reader.GetNumberOfComponents()))  # a complex pixel counts its 2 parts
+    if "complex" in name:
+        components = max(components, 2)
+    return (int(bits.group(1)) // 8 if bits else 1) * components
 
 
 def _check_data_files(path: Path, reader) -> None:
@@ -104,6 +106,8 @@ def _as_volume(path: Path, image) -> tuple[np.ndarray, np.ndarray]:
     """(x, y, z) voxel array and its LPS affine; refuse what is not one scalar 3D volume."""
     import SimpleITK as sitk
 
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # two components, but one value
+        check_real(np.complex64 if image.GetPixelID() == sitk.sitkComplexFloat32 else np.complex128, str(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputFileError(
             path, f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (vector or colour image)"
