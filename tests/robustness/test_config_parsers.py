@@ -214,9 +214,14 @@ def test_the_limits_are_exact():
     assert parse_text(nested(CONFIG_LIMITS.max_depth), "json", "x") is not None
     with pytest.raises(InputFileError, match="nested more than 32 deep"):
         parse_text(nested(CONFIG_LIMITS.max_depth + 1), "json", "x")
-    assert parse_text("a: " + nested(CONFIG_LIMITS.max_depth - 1), "yaml", "x")
+    # YAML counts lists and tables as JSON counts brackets: a table of 31 lists holding a number is 32 deep
+    assert parse_text("a: " + "[" * 31 + "1" + "]" * 31, "yaml", "x")
     with pytest.raises(InputFileError, match="nested more than 32 deep"):
-        parse_text("a: " + nested(CONFIG_LIMITS.max_depth), "yaml", "x")
+        parse_text("a: " + "[" * 32 + "1" + "]" * 32, "yaml", "x")
+    anchored = lambda outer: "a: &a " + "[" * 20 + "1" + "]" * 20 + "\nb: " + "[" * outer + "*a" + "]" * outer  # noqa: E731
+    assert parse_text(anchored(11), "yaml", "x")  # 1 + 11 + 20 = 32 deep through the alias
+    with pytest.raises(InputFileError, match="its aliases expand to lists or tables nested more than 32 deep"):
+        parse_text(anchored(12), "yaml", "x")
     digits = "1" * CONFIG_LIMITS.max_digits
     assert parse_text(f"a = {digits}", "toml", "x") == {"a": int(digits)}
     with pytest.raises(InputFileError, match="digits"):

@@ -30,6 +30,7 @@ Each limit is far above any real config or manifest (see :data:`CONFIG_LIMITS`,
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -129,6 +130,7 @@ def _toml(text: str, limits: TextLimits) -> Any:
         raise _Refused(f"cannot parse TOML ({exc})") from None
 
 
+@functools.lru_cache(maxsize=1)
 def _yaml_loader():
     """A SafeLoader that measures every node as it is composed (depth, expanded size, digits),
     refuses an alias to a node that is still open (it would contain itself) and duplicate keys.
@@ -151,13 +153,14 @@ def _yaml_loader():
                     raise _Refused(f"line {event.start_mark.line + 1}: the alias *{event.anchor} contains itself")
                 return super().compose_node(parent, index)
             start = self.peek_event().start_mark
-            self._depth += 1
+            opens = not self.check_event(yaml.ScalarEvent)  # a list or table: one level deeper (as JSON's brackets)
+            self._depth += opens
             if self._depth > self.limits.max_depth:
                 raise _Refused(f"line {start.line + 1}: lists or tables nested more than {self.limits.max_depth} deep")
             try:
                 node = super().compose_node(parent, index)
             finally:
-                self._depth -= 1
+                self._depth -= opens
             self._measure(node, start.line + 1)
             return node
 
@@ -170,7 +173,7 @@ def _yaml_loader():
                 children = []
                 if node.tag == _YAML_INT and len(re.sub(r"[^0-9a-fA-F]", "", node.value)) > self.limits.max_digits:
                     raise _Refused(f"line {line}: a number of more than {self.limits.max_digits} digits")
-            nodes, height = 1, 1
+            nodes, height = 1, (0 if isinstance(node, yaml.ScalarNode) else 1)
             for child in children:
                 n, h = self._measured[id(child)]
                 nodes, height = nodes + n, max(height, h + 1)
