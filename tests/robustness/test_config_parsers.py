@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from robustness.harness import Case, assert_all_held, run_cases, ssmtl_cli
 
-from ssmtl.api import CONFIG_LIMITS, InputFileError, MANIFEST_LIMITS, parse_text, read_csv
+from ssmtl.api import CONFIG_LIMITS, InputFileError, MANIFEST_LIMITS, parse_text, read_csv, TextLimits
 from ssmtl.api.structured import parse_value
 
 BIG = "9" * 5000
@@ -204,8 +204,13 @@ def test_honest_anchors_merges_and_numbers_still_parse():
         "a": [[1, 2], {"b": "[[[[["}], "c": "}}}}"}
     assert parse_text('a = "[[[[[[" # [[[[[[\nb = [1, 2]\n[t]\nc = 1_000\n', "toml", "c.toml") == {
         "a": "[[[[[[", "b": [1, 2], "t": {"c": 1000}}
-    # brackets inside strings do not count towards the depth
-    assert parse_text(f'{{"a": "{"[" * 1000}"}}', "json", "c.json") == {"a": "[" * 1000}
+    # brackets inside strings (escaped quotes included) do not count towards the depth
+    assert parse_text(f'{{"a": "\\"{"[" * 1000}"}}', "json", "c.json") == {"a": '"' + "[" * 1000}
+    assert parse_text(f'a = "\\"{"[" * 1000}"\nb = \'{"{" * 1000}\'\n', "toml", "c.toml") == {
+        "a": '"' + "[" * 1000, "b": "{" * 1000}
+    # many values without an alias: said as such, not as a bomb
+    with pytest.raises(InputFileError, match=r"line 1: it holds more than 1,000 values$"):
+        parse_text("\n".join(f"k{i}: [1, 2, 3, 4]" for i in range(200)), "yaml", "c.yaml", TextLimits(1 << 20, max_nodes=1000))
     assert parse_value("[1, 2]", "x") == [1, 2] and parse_value("{unclosed", "x") == "{unclosed"
 
 
