@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import h5py
 import numpy as np
@@ -20,6 +19,19 @@ from ssmtl.data.splits import split_cache
 from ssmtl.host.registry import get_registry
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def other_tiny_cache(tmp_path_factory):
+    """The tiny cache's subjects (same names, same split) drawn with another phantom seed: a second
+    cache that is not a copy (a copy beside its original is refused: every subject would count twice)."""
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
+    from ssmtl.testing.fixtures import TINY_CACHE
+
+    out = tmp_path_factory.mktemp("other_tiny_cache") / "other.h5"
+    return build_cache(dataset="phantom", dataset_options={**TINY_CACHE, "seed": 1},
+                       preprocess=PreprocessConfig(size=TINY_CACHE["size"]), out=out, registry=get_registry())
 
 
 def set_root_attr(path, key, value) -> None:
@@ -60,13 +72,14 @@ def test_one_path_is_the_plain_cache_and_a_set_names_subjects_by_cache(tmp_path)
 
 def test_same_stems_are_told_apart_by_their_folders(tmp_path):
     (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
-    both = open_caches([write_cache(tmp_path / "x" / "train.h5", [3]), write_cache(tmp_path / "y" / "train.h5", [3])])
+    # (different depths: two caches of identical voxels are one cache under two names, refused)
+    both = open_caches([write_cache(tmp_path / "x" / "train.h5", [3]), write_cache(tmp_path / "y" / "train.h5", [4])])
     assert [v.subject for v in both.volumes] == ["x/train/subject/00", "y/train/subject/00"]
 
 
 def test_each_caches_stored_split_is_kept_and_no_subject_spans_two_splits(tmp_path):
     a = write_cache(tmp_path / "a.h5", [3, 3, 3])
-    b = write_cache(tmp_path / "b.h5", [3, 3, 3])
+    b = write_cache(tmp_path / "b.h5", [3, 3, 4])  # not a copy of a.h5
     for path, test_subject in ((a, "subject/00"), (b, "subject/02")):
         with h5py.File(path, "a") as f:
             for name in f["volumes"]:
@@ -161,22 +174,21 @@ def test_the_engine_samples_one_cache_as_before_and_weights_a_set(tmp_path):
         make_sampler(bad, dataset, 0, 1, 0, 5)
 
 
-def test_pretraining_on_two_caches_records_both_and_keeps_held_out_subjects_out(tmp_path, ssmtl_tiny_cache):
+def test_pretraining_on_two_caches_records_both_and_keeps_held_out_subjects_out(tmp_path, ssmtl_tiny_cache,
+                                                                                 other_tiny_cache):
     import ssmtl
 
-    other = tmp_path / "copy.h5"
-    shutil.copy(ssmtl_tiny_cache, other)  # the same subject ids: two subjects each
+    other = other_tiny_cache  # the same subject ids: two subjects each
     out = tmp_path / "pre"
     ssmtl.pretrain([ssmtl_tiny_cache, other], out, steps=2, batch_size=2, settings=TINY_PRETRAIN, progress=False)
     data = json.loads((out / "export" / "manifest.json").read_text())["data"]
-    fingerprint = SliceCache(ssmtl_tiny_cache).fingerprint
-    assert data["caches"] == [{"path": str(ssmtl_tiny_cache), "fingerprint": fingerprint},
-                              {"path": str(other), "fingerprint": fingerprint}]
+    assert data["caches"] == [{"path": str(ssmtl_tiny_cache), "fingerprint": SliceCache(ssmtl_tiny_cache).fingerprint},
+                              {"path": str(other), "fingerprint": SliceCache(other).fingerprint}]
     assert json.loads((out / "config.json").read_text())["data"]["path"] == [str(ssmtl_tiny_cache), str(other)]
     held_out = {v.subject for v in SliceCache(ssmtl_tiny_cache).volumes if v.split in ("val", "test")}
     trained = {s.split("/", 1)[1] for s in data["volumes"]}
     assert held_out and not held_out & trained
-    assert {s.split("/", 1)[0] for s in data["volumes"]} == {ssmtl_tiny_cache.stem, "copy"}
+    assert {s.split("/", 1)[0] for s in data["volumes"]} == {ssmtl_tiny_cache.stem, "other"}
 
 
 def test_cache_info_shows_the_union(tmp_path):
@@ -209,15 +221,13 @@ def test_native_references_of_a_set_come_from_each_volumes_own_dataset(ball_run,
         np.testing.assert_array_equal(got.label, expected.label)
 
 
-def test_runs_on_two_caches_can_be_read_back_by_every_later_command(tmp_path, ssmtl_tiny_cache):
+def test_runs_on_two_caches_can_be_read_back_by_every_later_command(tmp_path, ssmtl_tiny_cache, other_tiny_cache):
     """A run trained on several caches records data.path as a list; the readers of its
     manifest.json, run.json and eval.json accept it (fine-tune --init, evaluate, report)."""
     import ssmtl
     from ssmtl.publish.report import write_report
 
-    other = tmp_path / "copy.h5"
-    shutil.copy(ssmtl_tiny_cache, other)
-    both = [ssmtl_tiny_cache, other]
+    both = [ssmtl_tiny_cache, other_tiny_cache]
     pre = tmp_path / "pre"
     ssmtl.pretrain(both, pre, steps=2, batch_size=2, settings=TINY_PRETRAIN, progress=False)
     ft = tmp_path / "ft"

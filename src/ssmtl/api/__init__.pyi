@@ -69,6 +69,7 @@ from ssmtl.api.volumes import (
 )
 from ssmtl.api.datasets.arrays import (
     check_finite as check_finite,
+    check_real as check_real,
     from_slices as from_slices,
     to_slices as to_slices,
 )
@@ -85,8 +86,21 @@ from ssmtl.api.datasets.config import (
 from ssmtl.api.datasets.files import (
     FileKind as FileKind,
     check_directory as check_directory,
+    check_regular_file as check_regular_file,
+    file_kind as file_kind,
     is_hidden as is_hidden,
+    read_regular_file as read_regular_file,
+    real_path as real_path,
     walk_files as walk_files,
+)
+from ssmtl.api.structured import (
+    CONFIG_LIMITS as CONFIG_LIMITS,
+    MANIFEST_LIMITS as MANIFEST_LIMITS,
+    TextLimits as TextLimits,
+    parse_text as parse_text,
+    read_csv as read_csv,
+    read_document as read_document,
+    read_text as read_text,
 )
 from ssmtl.api.datasets.grids import (
     AFFINE_TOLERANCE_MM as AFFINE_TOLERANCE_MM,

@@ -281,10 +281,13 @@ def verify(paths: List[Path] = typer.Argument(..., metavar="CACHE...", help="Cac
     """Recompute every dataset's SHA-256 and the fingerprint; exit 2 naming the first volume that differs.
 
     Shards (`cache build --shard I/N`) are also checked for completeness: every shard 1..N present
-    once, no subject of the full listing missing or in two files; an incomplete set exits 2.
+    once, no subject of the full listing missing or in two files, every shard built with the same
+    options (dataset, preprocessing, split); an incomplete set exits 2, and so does a cache given
+    twice under two names (the same fingerprint).
     """
+    from ssmtl.api.errors import InputFileError
     from ssmtl.data.cache import SliceCache
-    from ssmtl.data.cache_set import cache_files
+    from ssmtl.data.cache_set import cache_files, check_repeated, shard_of
     from ssmtl.data.shards import check_shards
     from ssmtl.data.verify import verify_cache
 
@@ -294,12 +297,17 @@ def verify(paths: List[Path] = typer.Argument(..., metavar="CACHE...", help="Cac
         typer.echo(f"OK {report.path}: {report.datasets} datasets in {report.volumes} volumes match their "
                    f"build-time checksums (fingerprint {report.fingerprint[:16]})")
     problems = []
-    for check in check_shards([SliceCache(p) for p in files]):
+    caches = [SliceCache(p) for p in files]
+    for check in check_shards(caches):
         if check.complete:
             typer.echo(f"complete: {len(check.present)}/{check.count} shards hold all {check.subjects} subjects once")
         else:
-            problems.append(f"incomplete shard set ({len(check.present)} of {check.count} shards present): "
-                            + "; ".join(check.problems()))
+            problems.append(f"the shards are not one complete build ({len(check.present)} of {check.count} shards "
+                            "present): " + "; ".join(check.problems()))
+    try:  # a copy of a cache beside it: training would read every subject twice (shards: said above)
+        check_repeated([c for c in caches if not shard_of(c)])
+    except InputFileError as exc:
+        problems.append(str(exc))
     if problems:
         from ssmtl.api.errors import SsmtlError
 

@@ -90,7 +90,7 @@ def dataset_values(ctx, spec) -> dict[str, Any]:
         if name not in fields:
             own = ", ".join(flag(f) for f in fields if f != "name") or "none"
             raise SsmtlError(f"{flag(name)} is not an option of dataset {spec.name!r} (its options: {own}; or --set FIELD=VALUE)")
-    return {name: parse_value(value) if _is_container(fields[name].annotation) and isinstance(value, str) else value
+    return {name: parse_value(value, flag(name)) if _is_container(fields[name].annotation) and isinstance(value, str) else value
             for name, value in given.items()}
 
 

@@ -13,6 +13,11 @@ subjects, and each cache's stored split stays as it was built. Shards of one bui
 (``cache build --shard I/N``) hold disjoint subjects by construction, and their
 splits were computed over the full listing, so they read like the full build.
 
+A set is refused when it is not what it claims: a cache given twice under two names (the
+same fingerprint: every subject would be read twice), two files holding the same shard,
+or shards that name the same subjects but were built with other options
+(:func:`~ssmtl.data.shards.build_options`).
+
 Agreement is checked where it matters, with a line naming the cache that disagrees:
 slice shapes (sequences from two caches are stacked into one batch), and, for labeled
 work, class names and each modality's intensity normalisation (one fine-tuned model,
@@ -29,8 +34,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ssmtl.api.datasets.files import real_path
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.cache import SliceCache, VolumeMeta
+from ssmtl.data.shards import check_same_build, describe_shard
 
 #: preprocess fields every cache of a labeled set must share, and those per modality
 _SHARED_PREPROCESS = ("size", "spacing")
@@ -53,7 +60,7 @@ def cache_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
             files.append(item)
     seen: dict[Path, Path] = {}
     for f in files:
-        key = f.resolve()
+        key = real_path(f)
         if key in seen:
             raise InputFileError(f, f"the cache is named twice (also as {seen[key]})")
         seen[key] = f
@@ -62,7 +69,7 @@ def cache_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
 
 def cache_labels(files: Sequence[Path]) -> list[str]:
     """Short unique names: the stems, with parent folders added until no two are equal."""
-    parts = [list(Path(f).resolve().with_suffix("").parts) for f in files]
+    parts = [list(real_path(f).with_suffix("").parts) for f in files]
     depth = 1
     while True:
         labels = ["/".join(p[-depth:]) for p in parts]
@@ -81,6 +88,32 @@ def shard_of(cache: SliceCache) -> tuple[int, int] | None:
     """``(I, N)`` of a cache built with ``--shard I/N``, else None."""
     shard = cache.attrs.get("shard")
     return (int(shard[0]), int(shard[1])) if shard else None
+
+
+def check_repeated(caches: Sequence[SliceCache]) -> None:
+    """The same cache under two names (a copy, a link) would read every subject twice, as two
+    subjects: refused by the contents' digest, the fingerprint, naming both paths."""
+    seen: dict[str, Path] = {}
+    for cache in caches:
+        fingerprint = cache.fingerprint
+        if not fingerprint:  # no digest recorded: nothing to compare
+            continue
+        if fingerprint in seen:
+            raise InputFileError(cache.path, f"holds exactly the volumes of {seen[fingerprint]} (the same fingerprint "
+                                 f"{fingerprint[:12]}...): a copy read beside its original would count every subject "
+                                 "twice; give each cache once")
+        seen[fingerprint] = cache.path
+
+
+def check_shard_builds(caches: Sequence[SliceCache]) -> None:
+    """Shards that name the same subjects but were built with other options are not one build."""
+    found = check_same_build(caches)
+    if found is not None:
+        cache, reference, differences = found
+        index, count = shard_of(cache)
+        raise InputFileError(cache.path, f"is shard {index}/{count} of a build with "
+                             f"{'; '.join(differences)}, unlike {describe_shard(reference)}: not shards of one build; "
+                             "rebuild it with the others' options")
 
 
 def check_shard_overlap(caches: Sequence[SliceCache]) -> None:
@@ -104,6 +137,8 @@ class CacheSet:
         self.caches = [SliceCache(f) for f in self.paths]
         self.labels = cache_labels(self.paths)
         check_shard_overlap(self.caches)
+        check_shard_builds(self.caches)
+        check_repeated(self.caches)
         self.path = ", ".join(str(p) for p in self.paths)  # for messages: "a.h5, b.h5: ..."
         self.volumes: list[VolumeMeta] = []
         self._where: list[tuple[int, int]] = []  # global volume index -> (cache, local index)

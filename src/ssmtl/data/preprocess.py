@@ -36,6 +36,10 @@ from ssmtl.api.datasets.arrays import check_finite, from_slices, to_slices  # no
 from ssmtl.api.volumes import Modality, RawVolume
 from ssmtl.data.transform import AxisResampling, checked_source, plan_axis, VolumeTransform
 
+# An axial slice needs this many voxels along x and along y: one voxel is a point or a line,
+# not an image, and nothing can be interpolated between samples that do not exist. The number
+# of slices may be 1 (a single 2D scan is a valid volume of one slice).
+MIN_IN_PLANE = 2
 # Voxels per resampling chunk: bounds the float32 temporaries (~64 MiB each).
 _CHUNK_VOXELS = 1 << 24
 # MR foreground: voxels brighter than the minimum by this fraction of the range.
@@ -126,6 +130,11 @@ def _validate(raw: RawVolume, source: str) -> None:
         raise InputFileError(source, f"expected a 3D volume, got shape {tuple(image.shape)}")
     if image.size == 0:
         raise InputFileError(source, f"volume is empty, shape {tuple(image.shape)}")
+    if min(image.shape[:2]) < MIN_IN_PLANE:
+        voxels = "x".join(str(int(n)) for n in image.shape)
+        raise InputFileError(source, f"{voxels} voxels: too small to resample to the cache grid (an axial slice needs "
+                             f"at least {MIN_IN_PLANE}x{MIN_IN_PLANE} voxels in x and y; a single sagittal or coronal "
+                             "image cannot be cut into axial slices)")
     check_finite(image, source)
     spacing = tuple(float(s) for s in raw.spacing)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -152,6 +161,14 @@ def _target_spacing(shape_hw: tuple[int, int], spacing_hw: tuple[float, float], 
 # -- resampling ---------------------------------------------------------------------
 
 
+def _positive_strides(view: np.ndarray, dtype) -> np.ndarray:
+    """A C-ordered copy torch accepts. ``np.ascontiguousarray`` alone returns a view unchanged when
+    numpy flags it contiguous, and an axis of length 1 is flagged so whatever its stride: the
+    flipped view of a one-voxel axis kept its negative stride and ``torch.from_numpy`` refused it."""
+    array = np.ascontiguousarray(view, dtype=dtype)
+    return array.copy() if any(stride < 0 for stride in array.strides) else array
+
+
 def _resample_stack(stack: np.ndarray, rows: AxisResampling, cols: AxisResampling, out: np.ndarray, *,
                     is_label: bool) -> None:
     """Resample a (D, H, W) stack (any strides) chunk by chunk into the crop window of ``out``."""
@@ -161,7 +178,7 @@ def _resample_stack(stack: np.ndarray, rows: AxisResampling, cols: AxisResamplin
     for start in range(0, depth, chunk):
         stop = min(depth, start + chunk)
         dtype = np.uint8 if is_label else np.float32
-        block = torch.from_numpy(np.ascontiguousarray(stack[start:stop], dtype=dtype)).unsqueeze(1)
+        block = torch.from_numpy(_positive_strides(stack[start:stop], dtype)).unsqueeze(1)
         if is_label:
             # nearest-exact samples at pixel centres, i.e. the same grid as bilinear
             # with align_corners=False; plain "nearest" would shift labels by up to a pixel.
@@ -229,8 +246,9 @@ def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<
         source: the file the volume came from, used in error messages.
 
     Raises:
-        InputFileError: non-finite voxels, an empty or non-3D image, a bad spacing,
-            or a label whose shape differs from the image's.
+        InputFileError: complex or non-finite voxels, an empty or non-3D image, fewer than
+            :data:`MIN_IN_PLANE` voxels along x or y, a bad spacing, or a label whose
+            shape differs from the image's.
     """
     _validate(raw, source)
     sx, sy, sz = (float(s) for s in raw.spacing)

@@ -27,6 +27,7 @@ import numpy as np
 
 from ssmtl._version import __version__
 from ssmtl.api.datasets.arrays import from_slices
+from ssmtl.api.datasets.files import real_path
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.api.volumes import SourceGeometry
 from ssmtl.storage.files import save_json
@@ -101,7 +102,7 @@ def _output_path(stem: str, scan: ScanInput, source_format: str, options: Predic
     """(label map path, format) once the scan's own format is known; never over an input."""
     fmt, extension = output_format(options.format, source_format, scan.path)
     path = options.out / f"{stem}{extension}"
-    if path.resolve() in inputs:  # --out is an input folder
+    if real_path(path) in inputs:  # --out is an input folder
         path = options.out / f"{stem}_seg{extension}"
     return path, fmt
 
@@ -175,7 +176,7 @@ def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regi
         raise SsmtlError("no inputs given")
     options.out.mkdir(parents=True, exist_ok=True)
     stems = _output_stems(scans)
-    inputs_resolved = {s.path.resolve() for s in scans}
+    inputs_resolved = {real_path(s.path) for s in scans}  # a link loop stays as given, not a RuntimeError
     class_names = {int(k): v for k, v in run["class_names"].items()}
     results: list[dict[str, Any]] = [{"input": str(s.path), "reader": s.reader, "status": "error", "error": s.error}
                                      for s in scans]

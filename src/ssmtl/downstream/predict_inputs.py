@@ -24,14 +24,14 @@ becomes a :class:`ScanInput` with an ``error`` instead of stopping the other sca
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ssmtl.api.datasets.files import file_kind
 from ssmtl.api.errors import InputFileError, SsmtlError
+from ssmtl.api.structured import MANIFEST_LIMITS, parse_text, read_csv, read_text
 from ssmtl.api.volumes import VolumeItem
 
 MANIFEST_SUFFIXES = (".csv", ".json")
@@ -77,27 +77,19 @@ def _open(path: Path, openers: list[Opener]) -> ScanInput | None:
 
 
 def _manifest_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(path, f"cannot read the manifest ({exc})") from None
+    """The rows of a CSV or JSON manifest, read within :data:`~ssmtl.api.structured.MANIFEST_LIMITS`
+    (size, nesting, digits, duplicate keys, NUL bytes, field length): one line naming the file."""
+    text = read_text(path, MANIFEST_LIMITS)
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputFileError(path, f"cannot parse JSON ({exc})") from None
+        data = parse_text(text, "json", path, MANIFEST_LIMITS)
         data = data.get("volumes") if isinstance(data, dict) else data
         if not isinstance(data, list):
             raise InputFileError(path, 'expected a JSON list of {"image": ...} objects, or {"volumes": [...]}')
         return [(f"entry {i}", row if isinstance(row, dict) else {"image": row}) for i, row in enumerate(data, 1)]
-    try:
-        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    if reader.fieldnames is None or "image" not in [str(f).strip().lower() for f in reader.fieldnames]:
+    header, rows = read_csv(text, path)
+    if header is None or "image" not in [str(f).strip().lower() for f in header]:
         raise InputFileError(path, "the manifest needs an `image` column")
-    return [(f"line {reader.line_num}", {str(k).strip().lower(): v for k, v in row.items() if k}) for row in reader]
+    return [(where, {str(k).strip().lower(): v for k, v in row.items() if k}) for where, row in rows]
 
 
 def _with_modality(scan: ScanInput, modality: str | None) -> ScanInput:
@@ -121,8 +113,11 @@ def _from_manifest(path: Path, openers: list[Opener]) -> list[ScanInput]:
 
 
 def _from_path(path: Path, openers: list[Opener]) -> list[ScanInput]:
-    if not path.exists():
-        return [ScanInput(path, error="broken symbolic link" if path.is_symlink() else "file or folder not found")]
+    kind = file_kind(path)  # stat only: a FIFO is never opened here
+    if kind in ("missing", "broken link", "link loop"):
+        errors = {"missing": "file or folder not found", "broken link": "broken symbolic link",
+                  "link loop": "is a symbolic link loop (the link points, through other links, back at itself)"}
+        return [ScanInput(path, error=errors[kind])]
     if path.is_dir():
         children = [s for child in sorted(path.iterdir()) if not child.name.startswith(".")
                     for s in [_open(child, openers)] if s is not None]

@@ -197,6 +197,9 @@ def env_layer(environ: Mapping[str, str] | None) -> dict[str, Any]:
     raw = environ.get(f"{ENV_PREFIX}TASKS")
     if raw is not None:
         layer["tasks"] = {n.strip(): {} for n in raw.split(",") if n.strip()}
+        if not layer["tasks"]:  # the validation error would name no field and no variable
+            raise ConfigError(f"environment variable {ENV_PREFIX}TASKS={raw!r}: names no task; expected task names "
+                              f"separated by commas, e.g. {ENV_PREFIX}TASKS=order,contrastive (unset it for the defaults)")
     return layer
 
 

@@ -13,6 +13,10 @@ same way. Precedence, lowest to highest:
 
 Sources are merged as plain dicts and validated **once**; a validation error becomes a
 :class:`~ssmtl.api.ConfigError` with one ``(field, problem)`` row per problem.
+
+Files and values are parsed by :mod:`ssmtl.api.structured`, within its bounds (size, depth,
+YAML alias expansion, digits, duplicate keys); each refusal names the file, the variable or
+the ``--set`` item.
 """
 
 from __future__ import annotations
@@ -22,16 +26,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from ssmtl.api import structured
 from ssmtl.api.datasets.limits import MAX_VOXELS_ENV, max_voxels
-from ssmtl.api.errors import ConfigError
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from ssmtl.api.errors import ConfigError, InputFileError
 
 ENV_PREFIX = "SSMTL_"
 #: ``SSMTL_*`` variables that are not config fields of any command.
@@ -72,6 +71,9 @@ def check_environment(known: Mapping[str, Iterable[str] | None], environ: Mappin
             max_voxels(environ)
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
+        if not all(parts):  # SSMTL_TRAIN__ or SSMTL_TRAIN____STEPS: an empty component
+            raise ConfigError(f"environment variable {name}: not a setting of ssmtl (an empty name between or after "
+                              f"'__'; settings are {ENV_PREFIX}SECTION__FIELD, e.g. {ENV_PREFIX}TRAIN__STEPS)")
         fields = known.get(parts[0], ()) if parts[0] in known else None
         if parts[0] not in known or (fields is not None and (len(parts) < 2 or parts[1] not in set(fields))):
             own = parts[0] in known and fields is not None  # a command's own prefix, e.g. SSMTL_FINETUNE__
@@ -114,12 +116,14 @@ def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str,
         raise ConfigError(f"invalid {prefix} option {loc}: {msg}", rows) from None
 
 
-def parse_value(text: str) -> Any:
-    """Parse a CLI/env value: YAML scalars and flow lists (8, 1e-3, true, [1, 2], null)."""
+def parse_value(text: str, source: str = "value") -> Any:
+    """Parse a CLI/env value: YAML scalars and flow lists (8, 1e-3, true, [1, 2], null); text that
+    is not YAML stays a string. A value past the parsing bounds is a ConfigError naming ``source``
+    (``environment variable SSMTL_SEED``, ``--set seed=...``)."""
     try:
-        return yaml.safe_load(text) if text.strip() != "" else ""
-    except yaml.YAMLError:
-        return text
+        return structured.parse_value(text, source)
+    except InputFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -152,24 +156,16 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 def read_config_file(path: Path) -> dict[str, Any]:
     """A TOML, YAML or JSON file as a dict; one clear error naming the file otherwise."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ConfigError(f"{path}: config file not found")
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+    if path.suffix.lower() not in structured.FORMATS:
         raise ConfigError(f"{path}: unsupported config format (use .toml, .yaml or .json)")
     try:
-        text = path.read_text()
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: cannot parse config: {first}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        data = structured.read_document(path, structured.CONFIG_LIMITS)
+    except InputFileError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.reason}") from None
+    if data is None:  # an empty YAML file
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a table/mapping at the top level")
     return data
@@ -190,7 +186,15 @@ def env_overrides(prefix: str, fields: Iterable[str], environ: Mapping[str, str]
         dotted = key[len(prefix):].lower().replace("__", ".")
         if dotted.split(".")[0] not in fields:
             continue
-        set_path(out, dotted, parse_value(raw))
+        if not all(dotted.split(".")):
+            raise ConfigError(f"environment variable {key}: not a setting of ssmtl (an empty name between or after "
+                              f"'__'; settings are {prefix}SECTION__FIELD)")
+        try:
+            set_path(out, dotted, parse_value(raw, f"environment variable {key}"))
+        except ConfigError as exc:
+            message = str(exc)
+            named = message if key in message else f"environment variable {key}: {message}"
+            raise ConfigError(named, exc.rows) from None
     return out
 
 
@@ -241,8 +245,8 @@ def parse_set_flags(set_flags: Iterable[str]) -> list[tuple[str, Any]]:
     for item in set_flags:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
-        pairs.append((key.strip(), parse_value(value)))
+            raise ConfigError(f"--set {item[:200]!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+        pairs.append((key.strip(), parse_value(value, f"--set {key.strip()}")))
     return pairs
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from ssmtl.api.datasets.files import real_path
 from ssmtl.api.errors import SsmtlError
 from ssmtl.storage.files import save_json
 from ssmtl.storage.locks import exclusive_lock
@@ -70,7 +71,8 @@ class OutputKind:
 def _flatten(inputs: Inputs) -> list[tuple[str, str, Path]]:
     flat = [(name, one) for name, path in inputs  # an input may be several paths (e.g. --data a.h5 --data b.h5)
             for one in (path if isinstance(path, (list, tuple)) else [path])]
-    return [(name, str(path), Path(path).resolve()) for name, path in flat if path is not None and str(path) not in ("", "none")]
+    # real_path, not Path.resolve(): a symbolic link loop must not raise RuntimeError here
+    return [(name, str(path), real_path(path)) for name, path in flat if path is not None and str(path) not in ("", "none")]
 
 
 def refuse_overlap(out: Path, inputs: Inputs, flag: str = "--out", *, home: str | None = None) -> None:
@@ -78,7 +80,7 @@ def refuse_overlap(out: Path, inputs: Inputs, flag: str = "--out", *, home: str 
     writing there would overwrite an input (or mix the output into the inputs). With ``home``,
     an output at or under ``INPUT/home`` of an input folder is allowed (the input's own place
     for outputs of that kind)."""
-    target = Path(out).resolve()
+    target = real_path(out)
     given = _flatten(inputs)
 
     def inside(source: Path) -> bool:
@@ -136,7 +138,7 @@ def check_output(out: Path | str, inputs: Inputs, kind: OutputKind, force: bool 
     """Refuse ``out`` unless writing ``kind`` there destroys nothing (see the module docstring)."""
     out = Path(out)
     refuse_overlap(out, inputs, flag, home=kind.home)
-    target = out.resolve()
+    target = real_path(out)
     # an input run that holds the output (in its home, which refuse_overlap has allowed), and the
     # folders around it (a benchmark folder holding the run), are the input's: not "another run"
     holders = [source for _, _, source in _flatten(inputs) if source == target or source in target.parents]

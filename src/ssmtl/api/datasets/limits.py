@@ -49,9 +49,13 @@ def _size(n: float) -> str:
 
 
 def check_claimed_size(path: Path | str, shape: Sequence[int], bytes_per_voxel: int, *, offset: int = 0,
-                       compressed: bool = False) -> None:
+                       compressed: bool = False, data_file: Path | str | None = None) -> None:
     """Raise :class:`InputFileError` naming ``path`` when its header claims more voxels than the
-    file holds (uncompressed) or than :func:`max_voxels` allows (any file)."""
+    file holds (uncompressed) or than :func:`max_voxels` allows (any file).
+
+    ``data_file``: the file holding the voxels when it is not ``path`` (a MetaImage ``.mhd`` or a
+    NRRD ``.nhdr`` header names one); a missing data file is refused here too, by the claim.
+    """
     dims = [int(n) for n in shape]
     voxels = math.prod(dims)
     claimed = "x".join(map(str, dims))
@@ -59,10 +63,16 @@ def check_claimed_size(path: Path | str, shape: Sequence[int], bytes_per_voxel: 
     if voxels > cap:
         raise InputFileError(path, f"the header claims {claimed} = {voxels:,} voxels, more than the limit of {cap:,} "
                              f"(raise it with {MAX_VOXELS_ENV} if the scan is real)")
+    holder = Path(data_file) if data_file is not None else Path(path)
+    where = f"its data file {holder.name}" if data_file is not None else "the file"
+    needed = int(offset) + voxels * int(bytes_per_voxel)
+    try:
+        held = holder.stat().st_size
+    except OSError:
+        raise InputFileError(path, f"the header claims {claimed} voxels ({_size(needed)}) in {holder.name}, which "
+                             "cannot be found") from None
     if compressed:
         return
-    needed = int(offset) + voxels * int(bytes_per_voxel)
-    held = Path(path).stat().st_size
     if held < needed:
-        raise InputFileError(path, f"the header claims {claimed} voxels ({_size(needed)}) but the file holds "
+        raise InputFileError(path, f"the header claims {claimed} voxels ({_size(needed)}) but {where} holds "
                              f"{_size(held)}: truncated, or not what its header says")

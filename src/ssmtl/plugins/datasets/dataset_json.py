@@ -15,12 +15,11 @@ each field they use and name the file and the field in every error:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from ssmtl.api import check_label_values, InputFileError, Modality
+from ssmtl.api import check_label_values, InputFileError, MANIFEST_LIMITS, Modality, read_document
 
 FILE_NAME = "dataset.json"
 #: Channel names that mean MR: nnU-Net and the Decathlon name MR channels by sequence.
@@ -33,17 +32,13 @@ def read_dataset_json(path: Path) -> dict[str, Any]:
     """The parsed file, a JSON object.
 
     Raises:
-        InputFileError: missing, unreadable, not JSON, or not an object; naming ``path``.
+        InputFileError: missing, not a regular file, unreadable, not JSON (or past the toolkit's
+            bounds: :data:`~ssmtl.api.MANIFEST_LIMITS`), or not an object; naming ``path``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "file not found" if not path.exists() else "not a file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(path, f"cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise InputFileError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not path.exists() and not path.is_symlink():
+        raise InputFileError(path, "file not found")
+    data = read_document(path, MANIFEST_LIMITS, fmt="json")  # bounded: size, nesting, digits, duplicate keys
     if not isinstance(data, dict):
         raise InputFileError(path, f"expected a JSON object with the dataset's fields, got a {type(data).__name__}")
     return data

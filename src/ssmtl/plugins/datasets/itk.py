@@ -34,7 +34,7 @@ class ItkConfig(FolderDatasetConfig):
 
 def open_scan(path: Path) -> VolumeFileItem | None:
     """One NRRD or MetaImage file for ``ssmtl predict``; None for anything else."""
-    return scan_item(path) if ITK_FILES.matches(path) else None
+    return scan_item(path) if ITK_FILES.claims(path) else None
 
 
 def build_source(config: ItkConfig) -> VolumeSource:

@@ -25,6 +25,9 @@ import numpy as np
 from ssmtl.api import (
     affine_from_geometry,
     check_claimed_size,
+    check_real,
+    check_regular_file,
+    file_kind,
     FileKind,
     InputFileError,
     integer_labels,
@@ -33,6 +36,8 @@ from ssmtl.api import (
     SourceGeometry,
     spatial_shape,
 )
+
+from ssmtl.plugins.datasets.itk_headers import data_files
 
 ITK_FILES = FileKind("NRRD or MetaImage files", (".nrrd", ".nhdr", ".mha", ".mhd"))
 # SimpleITK prefixes its messages with source locations and object addresses.
@@ -45,19 +50,51 @@ def _itk_message(exc: Exception) -> str:
     return _MESSAGE_NOISE.sub("", lines[-1])
 
 
+_BITS = re.compile(r"(\d+)-bit")
+
+
+def _bytes_per_voxel(reader) -> int:
+    """Bytes per voxel of the pixel type SimpleITK read from the header (``"16-bit signed integer"``,
+    ``"vector of 32-bit float"`` x components, ``"complex of 64-bit float"``)."""
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = _BITS.search(name)
+    components = max(1, int(reader.GetNumberOfComponents()))  # a complex pixel counts its 2 parts
+    if "complex" in name:
+        components = max(components, 2)
+    return (int(bits.group(1)) // 8 if bits else 1) * components
+
+
+def _check_data_files(path: Path, reader) -> None:
+    """Every file holding the voxels is a regular file, and one uncompressed file holds what the
+    header claims (see :mod:`~ssmtl.plugins.datasets.itk_headers`); before SimpleITK opens any."""
+    located = data_files(path, nrrd=_format(path) == "nrrd")
+    size, per_voxel = reader.GetSize(), _bytes_per_voxel(reader)
+    for data in located.files:
+        if data != path and file_kind(data) in ("missing", "broken link"):
+            check_claimed_size(path, size, per_voxel, data_file=data)  # refused by the claim, naming the file
+        if data != path and file_kind(data) != "file":
+            try:
+                check_regular_file(data)
+            except InputFileError as exc:
+                raise InputFileError(path, f"its data file {data.name} {exc.reason}") from None
+    if len(located.files) == 1 and located.offset is not None:
+        only = located.files[0]
+        check_claimed_size(path, size, per_voxel, offset=located.offset, data_file=None if only == path else only)
+    else:  # compressed, text or several files: the cap alone
+        check_claimed_size(path, size, per_voxel, compressed=True)
+
+
 def _read(path: Path):
     import SimpleITK as sitk
 
-    if not path.exists():
-        raise InputFileError(path, "file not found")
-    if not path.is_file():
-        raise InputFileError(path, "not a file")
+    check_regular_file(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()  # the header only
-        # the cap alone: the voxels may sit in a detached or compressed data file
-        check_claimed_size(path, reader.GetSize(), 1, compressed=True)
+        _check_data_files(path, reader)
         return reader.Execute()
     except (MemoryError, InputFileError):
         raise
@@ -69,6 +106,8 @@ def _as_volume(path: Path, image) -> tuple[np.ndarray, np.ndarray]:
     """(x, y, z) voxel array and its LPS affine; refuse what is not one scalar 3D volume."""
     import SimpleITK as sitk
 
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # two components, but one value
+        check_real(np.complex64 if image.GetPixelID() == sitk.sitkComplexFloat32 else np.complex128, str(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputFileError(
             path, f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (vector or colour image)"
@@ -91,8 +130,7 @@ def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
     """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, RAS affine, the file's own grid)."""
     path = Path(path)
     array, affine_lps = _as_volume(path, _read(path))
-    if np.iscomplexobj(array):
-        raise InputFileError(path, "complex-valued voxels are not supported")
+    check_real(array.dtype, str(path))
     geometry = SourceGeometry(shape=tuple(int(n) for n in array.shape), affine=LPS_TO_RAS @ affine_lps,
                               format=_format(path), convention="LPS")
     return (*lps_to_canonical(array.astype(np.float32, copy=False), affine_lps, path), geometry)

@@ -22,8 +22,6 @@ otherwise ``--split-seed`` draws one.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,10 +31,15 @@ from pydantic import Field
 from ssmtl.api import (
     ConfigError,
     DatasetSpec,
+    file_kind,
     hookimpl,
     InputFileError,
     LabeledDatasetConfig,
+    MANIFEST_LIMITS,
     Modality,
+    parse_text,
+    read_csv,
+    read_text,
     SPLITS,
     subject_name,
     VolumeItem,
@@ -81,25 +84,14 @@ class ManifestSource(VolumeSource):
 
 
 def _read_csv(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    try:
-        rows = [(f"line {reader.line_num}", row) for row in reader]
-    except csv.Error as exc:
-        raise InputFileError(path, f"cannot parse CSV ({exc})") from exc
-    if reader.fieldnames is None:
+    header, rows = read_csv(text, path)
+    if header is None:
         raise InputFileError(path, "the manifest is empty (expected a header line: image,label,subject,modality,split)")
     return rows
 
 
 def _read_json(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputFileError(path, f"cannot parse JSON ({exc})") from exc
+    data = parse_text(text, "json", path, MANIFEST_LIMITS)
     if isinstance(data, dict) and "volumes" in data:
         data = data["volumes"]
     if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
@@ -108,17 +100,15 @@ def _read_json(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def read_manifest(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(where, raw row) pairs from a CSV or JSON manifest (by extension; ``.json`` is JSON)."""
-    if not path.exists():
+    """(where, raw row) pairs from a CSV or JSON manifest (by extension; ``.json`` is JSON), read
+    within the toolkit's bounds (:data:`~ssmtl.api.MANIFEST_LIMITS`: size, nesting, digits,
+    duplicate keys; a NUL byte or an over-long CSV field is one line naming the row)."""
+    kind = file_kind(path)
+    if kind in ("missing", "broken link"):
         raise InputFileError(path, "manifest not found")
-    if not path.is_file():
+    if kind == "directory":
         raise InputFileError(path, "the manifest must be a CSV or JSON file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet programs write a byte-order mark
-    except UnicodeDecodeError as exc:
-        raise InputFileError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise InputFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    text = read_text(path, MANIFEST_LIMITS)  # a FIFO, device, socket or link loop: one line
     return _read_json(path, text) if path.suffix.lower() == ".json" else _read_csv(path, text)
 
 

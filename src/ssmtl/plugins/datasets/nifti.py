@@ -61,7 +61,7 @@ class NiftiItem(ImageLabelItem):
 
 def open_scan(path: Path) -> NiftiItem | None:
     """One NIfTI file for ``ssmtl predict``; None for anything else."""
-    return scan_item(path, NiftiItem) if NIFTI_FILES.matches(path) else None
+    return scan_item(path, NiftiItem) if NIFTI_FILES.claims(path) else None
 
 
 def build_source(config: NiftiConfig) -> VolumeSource:

@@ -14,14 +14,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ssmtl.api import FileKind, InputFileError, check_claimed_size, integer_labels, SourceGeometry, spatial_shape
+from ssmtl.api import (FileKind, InputFileError, check_claimed_size, check_real, check_regular_file, integer_labels,
+                       SourceGeometry, spatial_shape)
 
 NIFTI_FILES = FileKind("NIfTI files", (".nii", ".nii.gz"))
 
 
 def _load_header(path: Path) -> nib.spatialimages.SpatialImage:
     """``nib.load`` (reads the header only; voxel data stay on disk until asked for), its claimed
-    size checked against the file before anything is allocated."""
+    size checked against the file before anything is allocated. Only a regular file is opened
+    (a FIFO would block the reader)."""
+    check_regular_file(path)
     try:
         img = nib.load(str(path))
         header = img.header
@@ -32,7 +35,7 @@ def _load_header(path: Path) -> nib.spatialimages.SpatialImage:
     except Exception as exc:
         raise InputFileError(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
     data_file = img.file_map["image"].filename if "image" in img.file_map else None
-    data_path = Path(data_file) if data_file else Path(path)
+    data_path = check_regular_file(data_file) if data_file else Path(path)
     check_claimed_size(data_path, img.shape, dtype.itemsize, offset=offset,
                        compressed=data_path.suffix.lower() in (".gz", ".bz2", ".zst"))
     return img
@@ -59,6 +62,7 @@ def load_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
     """Read an image as canonical float32 (X, Y, Z); returns (array, spacing, affine, the file's own grid)."""
     img = _load_header(path)
     shape = spatial_shape(img.shape, path)
+    check_real(img.header.get_data_dtype(), str(path))
     # Decode straight to float32: scaled integer data would otherwise become float64.
     data = _read_data(path, lambda: img.get_fdata(dtype=np.float32)).reshape(shape)
     canonical = _canonical(img, data)
@@ -82,6 +86,7 @@ def load_channel(path: Path, channel: int, channels: int) -> tuple[np.ndarray, t
         raise InputFileError(path, f"expected a 4D image of {channels} channels (X, Y, Z, {channels}), "
                                    f"got shape {shape}")
     spatial = spatial_shape(shape[:3], path)
+    check_real(img.header.get_data_dtype(), str(path))
     data = _read_data(path, lambda: np.asarray(img.dataobj[..., channel], dtype=np.float32))
     canonical = _canonical(img, data)
     spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])

@@ -27,6 +27,8 @@ import numpy as np
 
 from ssmtl.api import (
     channel_cases,
+    check_regular_file,
+    file_kind,
     FileKind,
     ImageLabelItem,
     InputFileError,
@@ -75,8 +77,13 @@ def volume_stem(path: Path) -> str:
 
 
 def _existing(path: Path) -> Path:
-    if not path.exists():
-        raise InputFileError(path, "broken symbolic link" if path.is_symlink() else "file not found")
+    """``path`` if it is a regular file or a folder; else one line saying what it is (missing, a
+    broken link, a link loop, a FIFO, a device, a socket), from ``stat``: nothing is opened."""
+    kind = file_kind(path)
+    if kind == "missing":
+        raise InputFileError(path, "file not found")
+    if kind != "directory":
+        check_regular_file(path)
     return path
 
 
