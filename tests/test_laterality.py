@@ -120,10 +120,11 @@ def _declare(path, axes):
 
 
 def test_several_caches_allow_only_the_flips_all_of_them_allow(cache_factory):
+    # different depths: caches with the same contents would be refused as copies of one another
     both = _declare(cache_factory([3], name="a.h5"), [0, 1])
-    columns = _declare(cache_factory([3], name="b.h5"), [1])
+    columns = _declare(cache_factory([4], name="b.h5"), [1])
     assert run_flip_axes(open_caches([both, columns]))[0] == (1,)
-    axes, notes = run_flip_axes(open_caches([both, _declare(cache_factory([3], name="c.h5"), [0, 1])]))
+    axes, notes = run_flip_axes(open_caches([both, _declare(cache_factory([5], name="c.h5"), [0, 1])]))
     assert axes == (0, 1) and notes == []
     axes, notes = run_flip_axes(open_caches([both, columns]))
     assert any("declare different flip_axes" in n and "[1]" in n for n in notes), notes

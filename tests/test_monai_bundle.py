@@ -100,7 +100,7 @@ def test_monai_writes_the_label_maps_ssmtl_predict_writes(ball_run, bundle, scan
     _, _, run = ball_run
     _run_bundle(bundle, scans, tmp_path / "bundle-out", modality)
     args = ("--modality", "ct") if modality == "ct" else ()
-    result = invoke("predict", "--run", str(run), "--input", str(scans), "--out", str(tmp_path / "predict-out"), *args)
+    result = invoke("predict", str(run), "--input", str(scans), "--out", str(tmp_path / "predict-out"), *args)
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "predict-out" / "predictions.json").read_text())
     seen = {(p["modality"], p["resample"]) for p in record["predictions"]}
