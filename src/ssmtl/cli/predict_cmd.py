@@ -63,8 +63,9 @@ def predict(
         if item["status"] == "ok":
             console.print(f"{item['input']} -> {item['output']}", highlight=False)
     written, total = report["written"], report["scans"]
-    err_console.print(f"predicted {written} of {total} scan(s) in {report['seconds']:.1f}s on {report['device']}; "
-                      f"record: {out / RECORD}", highlight=False)
+    where = f"record: {out / RECORD}" if written else f"nothing written, {out} left as it was"
+    err_console.print(f"predicted {written} of {total} scan(s) in {report['seconds']:.1f}s on {report['device']}; {where}",
+                      highlight=False)
     if written < total:
         raise typer.Exit(EXIT_PARTIAL if written else EXIT_NONE)
 
