@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from robustness.harness import Case, assert_all_held, fingerprint, run_cases, ssmtl_cli
 from robustness.test_output_paths import _held_by_another_process
 from ssmtl.downstream.prediction_folder import PredictionFolder, RECORD
+from ssmtl.downstream.records import modality_counts
 
 
 def _scan(path: Path, shape=(12, 12, 6), seed: int = 0) -> Path:
@@ -176,6 +177,10 @@ def test_evaluate_refuses_data_that_is_not_the_run_s(tmp_path, finetuned_run, ss
     record["data"]["path"] = str(cache)
     (run / "run.json").write_text(json.dumps(record))
     recorded = record["data"]["fingerprint"]
+    counts = record["data"]["modalities"]  # one shape for every reader: {modality: training volumes}
+    assert list(counts) == ["ct"] and isinstance(counts["ct"], int) and counts["ct"] >= 1
+    record["data"]["modalities"] = ["ct"]  # as runs before that wrote it: read back as the same shape
+    assert modality_counts(record["data"]["modalities"]) == {"ct": None} and modality_counts(counts) == counts
     ok = subprocess.run(ssmtl_cli("evaluate", "--run", run), capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr  # the same data at another path is the run's data
 
@@ -200,8 +205,8 @@ def test_evaluate_refuses_data_that_is_not_the_run_s(tmp_path, finetuned_run, ss
     assert "No overlays" in page and "differs from" in page  # no pictures of foreign data
 
     cache.unlink()  # the cache moved away: one line; export and the report still describe the run
-    [missing] = run_cases([Case("the cache is gone", ssmtl_cli("evaluate", "--run", run), message="the run's data cannot be read",
-                                inputs=[run])])
+    gone = "cache file not found (build one with `ssmtl cache build`); it holds the data the run was trained on"
+    [missing] = run_cases([Case("the cache is gone", ssmtl_cli("evaluate", "--run", run), message=gone, inputs=[run])])
     assert_all_held([missing])
     for argv in (ssmtl_cli("export", run, "--out", tmp_path / "hub"), ssmtl_cli("report", run, "--out", tmp_path / "r2.html")):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300)

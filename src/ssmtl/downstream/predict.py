@@ -22,6 +22,7 @@ or a file predict did not write (:mod:`~ssmtl.downstream.prediction_folder`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,7 @@ def predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regis
     windows = Windows(overlap=options.overlap, blend=options.blend)  # checks the options before any work
     model, run = load_finetuned(run_dir, registry)
     preprocess, training = training_preprocess(run, run_dir)
-    windows = Windows(overlap=options.overlap, blend=options.blend, flip_axes=allowed_flips(run, options.tta, log))
+    windows = dataclasses.replace(windows, flip_axes=allowed_flips(run, options.tta, log))
     engine = Predictor(model, resolve_device(options.device), batch_size=options.batch_size,
                        mixed_precision=options.mixed_precision, window=preprocess.size, windows=windows)
     openers = scan_openers(registry, explicit=options.dataset, preferred=training.get("dataset"))

@@ -36,8 +36,8 @@ def open_run_cache(run_dir: Path, run: dict[str, Any], data: Path | str | list |
     try:
         cache = open_caches(path)
     except InputFileError as exc:
-        hint = "" if data is not None else "; pass --data with the cache's new path if it was moved"
-        raise SsmtlError(f"{exc.path}: the run's data cannot be read ({exc.reason}){hint}") from None
+        hint = "" if data is not None else "; pass --data with its new path if it was moved"
+        raise SsmtlError(f"{exc.path}: {exc.reason}; it holds the data the run was trained on{hint}") from None
     recorded = [(run_dir / "run.json", (run.get("data") or {}).get("fingerprint"))]
     if (run_dir / "split.json").is_file():
         recorded.append((run_dir / "split.json", read_split_json(run_dir).get("data_fingerprint")))
