@@ -191,3 +191,8 @@ def test_the_ignore_label_leaves_voxels_out_of_both_maps(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((predictions / "scores.json").read_text())
     assert record["class_names"] == ["lesion"] and record["per_case"][0]["dice"]["lesion"] == 1.0
+
+    import ssmtl  # the Python API runs the same code
+
+    again = ssmtl.score_predictions(predictions, references, labels=labels, out=tmp_path / "api")
+    assert again["per_case"] == record["per_case"] and (tmp_path / "api" / "scores.csv").is_file()
