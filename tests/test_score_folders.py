@@ -196,3 +196,26 @@ def test_the_ignore_label_leaves_voxels_out_of_both_maps(tmp_path):
 
     again = ssmtl.score_predictions(predictions, references, labels=labels, out=tmp_path / "api")
     assert again["per_case"] == record["per_case"] and (tmp_path / "api" / "scores.csv").is_file()
+
+
+def test_scoring_predict_s_folder_gives_evaluate_s_native_scores(ball_run, tmp_path):
+    """One prediction, three doors: evaluate's native per-volume Dice is what scoring predict's folder gives."""
+    import shutil
+
+    from ssmtl.data.cache import SliceCache
+
+    root, cache, run = ball_run
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    evaluated = invoke("evaluate", "--run", str(copy), "--space", "native")
+    assert evaluated.exit_code == 0, evaluated.output
+    per_volume = json.loads((copy / "eval.json").read_text())["per_volume"]
+    sources = {v.subject: v.source for v in SliceCache(cache).volumes}
+    scans = [arg for v in per_volume for arg in ("--input", sources[v["subject"]])]
+    predicted = invoke("predict", "--run", str(copy), *scans, "--out", str(tmp_path / "pred"), "--modality", "ct")
+    assert predicted.exit_code == 0, predicted.output
+    scored = invoke("evaluate", "--predictions", str(tmp_path / "pred"), "--references", str(root / "labels"))
+    assert scored.exit_code == 0, scored.output
+    cases = {c["case"]: c for c in json.loads((tmp_path / "pred" / "scores.json").read_text())["per_case"]}
+    for volume in per_volume:
+        assert cases[volume["subject"]]["dice"]["label_1"] == pytest.approx(volume["dice"]["label_1"], abs=1e-12)
+        assert cases[volume["subject"]]["hd95"]["label_1"] == pytest.approx(volume["hd95"]["label_1"], abs=1e-9)
