@@ -13,7 +13,7 @@ import re
 
 BEGIN = "<!-- BEGIN GENERATED: the Python API's signatures and docstrings -->"
 END = "<!-- END GENERATED: the Python API -->"
-ORDER = ("pretrain", "finetune", "evaluate", "predict", "load_network", "export", "report")
+ORDER = ("pretrain", "finetune", "evaluate", "score_predictions", "predict", "load_network", "export", "report")
 SECTIONS = ("Args", "Returns", "Raises")
 
 

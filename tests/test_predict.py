@@ -124,9 +124,12 @@ def test_a_real_nifti_keeps_its_header_geometry(ball_run, sample_data, tmp_path)
     folder.mkdir()
     shutil.copy(source, folder / "mr.nii.gz")
     (folder / "notes.txt").write_text("not a scan")
-    result = _predict(run, "--input", str(folder), "--out", str(folder), "--modality", "mr")
+    refused = _predict(run, "--input", str(folder), "--out", str(folder), "--modality", "mr")
+    assert refused.exit_code == 2 and "is the input --input" in refused.stderr  # never into the input folder
+    assert sorted(p.name for p in folder.iterdir()) == ["mr.nii.gz", "notes.txt"]
+    result = _predict(run, "--input", str(folder), "--out", str(tmp_path / "pred"), "--modality", "mr")
     assert result.exit_code == 0, result.output
-    original, out = nib.load(str(source)), nib.load(str(folder / "mr_seg.nii.gz"))  # never over the input
+    original, out = nib.load(str(source)), nib.load(str(tmp_path / "pred" / "mr.nii.gz"))
     assert out.shape == original.shape and np.issubdtype(out.get_data_dtype(), np.integer)
     for form in ("qform", "sform"):
         a, code_a = getattr(original, f"get_{form}")(coded=True)

@@ -103,6 +103,7 @@ def build(
             progress.stop()
     _print_info(out)
     _print_skipped(out)
+    _print_crop_warning(out)
 
 
 def _progress():
@@ -123,6 +124,16 @@ def _print_skipped(path: Path) -> None:
         err_console.print(f"[yellow]warning:[/] skipped {len(skipped)} bad input(s):", highlight=False)
         for entry in skipped:
             err_console.print(f"  {entry['path']}: {entry['reason']}", highlight=False, markup=False)
+
+
+def _print_crop_warning(path: Path) -> None:
+    """One line when the cache's centre crop cuts scans' in-plane field of view (data/transform.crop_warning)."""
+    from ssmtl.data.cache import SliceCache
+    from ssmtl.data.transform import crop_warning
+
+    line = crop_warning([(v.name, v.transform) for v in SliceCache(path).volumes])
+    if line:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
 
 def _fmt_stats(stats: dict[str, Any]) -> str:

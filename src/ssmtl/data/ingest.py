@@ -29,7 +29,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ssmtl.api.errors import InputFileError
 from ssmtl.host.plugin_calls import describe
@@ -149,12 +149,17 @@ def _context():
 
 
 def iter_processed(
-    items: Sequence[VolumeItem], preprocess: PreprocessConfig, workers: int = 0
+    items: Sequence[VolumeItem], preprocess: PreprocessConfig, workers: int = 0,
+    prepare: Callable[[VolumeItem, PreprocessConfig], ProcessedVolume | Failure] = load_and_preprocess,
 ) -> Iterator[tuple[VolumeItem, ProcessedVolume | Failure]]:
-    """(item, result) for every item, in order; ``workers`` processes (0: this process)."""
+    """(item, result) for every item, in order; ``workers`` processes (0: this process).
+
+    ``prepare`` loads and preprocesses one item (a module-level function: it is pickled to
+    the workers); ``ssmtl predict`` passes its own, which keeps the whole field of view.
+    """
     if workers <= 0:
         for item in items:
-            yield item, load_and_preprocess(item, preprocess)
+            yield item, prepare(item, preprocess)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_init,
@@ -163,7 +168,7 @@ def iter_processed(
     queue = iter(items)
     try:
         for item in queue:
-            pending.append((item, pool.submit(load_and_preprocess, item, preprocess)))
+            pending.append((item, pool.submit(prepare, item, preprocess)))
             if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 break
         while pending:
@@ -176,7 +181,7 @@ def iter_processed(
                 ) from None
             following = next(queue, None)
             if following is not None:
-                pending.append((following, pool.submit(load_and_preprocess, following, preprocess)))
+                pending.append((following, pool.submit(prepare, following, preprocess)))
             yield item, result
             del result, future  # the parent keeps no finished volume beyond the one being written
     finally:

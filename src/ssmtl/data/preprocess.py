@@ -15,6 +15,12 @@ Steps, in order:
 4. **Intensity normalisation** by modality: CT is clipped to a HU window and scaled
    to [0, 1]; MR is clipped to intensity percentiles and z-scored.
 
+``field_of_view="whole"`` (what ``ssmtl predict`` and native evaluation use, for sliding
+windows over the whole scan) skips the crop: every resampled pixel is kept, and an axis
+shorter than ``size`` is padded to it as in the cache. The intensities are normalised with
+the statistics of the cache's own ``size x size`` crop, so the pixels inside that crop are
+the cached ones exactly, for MR as for CT.
+
 Memory: the volume is processed in chunks of slices written straight into the
 preallocated output, so peak memory is about the input plus the output plus one
 chunk, whatever the number of slices.
@@ -22,6 +28,7 @@ chunk, whatever the number of slices.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -221,12 +228,14 @@ def _mr_clip_range(values: np.ndarray, percentiles: tuple[float, float]) -> tupl
     return float(low), float(high)
 
 
-def _normalise_mr(image: np.ndarray, clip_range: tuple[float, float]) -> None:
-    """In place: clip to ``clip_range`` then z-score over the whole volume (constant -> zeros)."""
+def _normalise_mr(image: np.ndarray, clip_range: tuple[float, float], statistics: np.ndarray | None = None) -> None:
+    """In place: clip to ``clip_range`` then z-score (constant -> zeros), with the mean and
+    standard deviation of ``statistics`` clipped alike (default: the image itself)."""
     low, high = clip_range
     np.clip(image, low, high, out=image)
-    mean = float(image.mean(dtype=np.float64))
-    std = float(image.std(dtype=np.float64))
+    reference = image if statistics is None else np.clip(statistics, low, high)
+    mean = float(reference.mean(dtype=np.float64))
+    std = float(reference.std(dtype=np.float64))
     if std <= _CONSTANT_RELATIVE_STD * max(abs(low), abs(high), 1.0):
         image.fill(0.0)
         return
@@ -236,14 +245,36 @@ def _normalise_mr(image: np.ndarray, clip_range: tuple[float, float]) -> None:
 
 # -- entry point --------------------------------------------------------------------
 
+FIELDS_OF_VIEW = ("crop", "whole")
 
-def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<volume>") -> ProcessedVolume:
+
+def whole_axis(axis: AxisResampling) -> AxisResampling:
+    """The axis resampled alike (the same scale) but not cropped: every resampled pixel, padded to
+    ``axis.size`` when shorter, as the cache pads it."""
+    size = max(axis.resampled_length, axis.size)
+    return dataclasses.replace(axis, crop_start=0, pad_start=(size - axis.resampled_length) // 2,
+                               kept=axis.resampled_length, size=size)
+
+
+def _cache_crop(image: np.ndarray, whole: tuple[AxisResampling, AxisResampling],
+                crop: tuple[AxisResampling, AxisResampling], fill: float) -> np.ndarray:
+    """The ``size x size`` cache image cut out of a whole-field-of-view image (padding: ``fill``)."""
+    out = np.full((image.shape[0], crop[0].size, crop[1].size), fill, dtype=image.dtype)
+    windows = [slice(w.pad_start + c.crop_start, w.pad_start + c.crop_start + c.kept) for w, c in zip(whole, crop)]
+    out[:, crop[0].cache_window, crop[1].cache_window] = image[:, windows[0], windows[1]]
+    return out
+
+
+def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<volume>", *,
+                      field_of_view: str = "crop") -> ProcessedVolume:
     """Resample, crop/pad and normalise one canonical volume.
 
     Args:
         raw: the volume in canonical RAS orientation, axes (x, y, z).
         config: output size, spacing and intensity settings.
         source: the file the volume came from, used in error messages.
+        field_of_view: ``crop`` (the cache's ``size x size``) or ``whole`` (every resampled
+            pixel, at least ``size`` per axis; the transform records that grid).
 
     Raises:
         InputFileError: complex or non-finite voxels, an empty or non-3D image, fewer than
@@ -255,26 +286,34 @@ def preprocess_volume(raw: RawVolume, config: PreprocessConfig, source: str = "<
     stack = to_slices(raw.image)
     depth, height, width = stack.shape
     target = _target_spacing((height, width), (sy, sx), config)
-    rows, cols = plan_axis(height, sy, target, config.size), plan_axis(width, sx, target, config.size)
+    if field_of_view not in FIELDS_OF_VIEW:
+        raise ValueError(f"field_of_view {field_of_view!r}: use {' or '.join(FIELDS_OF_VIEW)}")
+    crop = plan_axis(height, sy, target, config.size), plan_axis(width, sx, target, config.size)
+    rows, cols = crop if field_of_view == "crop" else (whole_axis(crop[0]), whole_axis(crop[1]))
     transform = VolumeTransform(
         canonical_shape=tuple(int(n) for n in raw.image.shape), canonical_affine=np.asarray(raw.affine, dtype=np.float64),
         rows=rows, cols=cols, source=checked_source(raw.source_geometry, raw.image.shape, raw.affine, source),
     )
 
     # Pad value = the volume minimum (air), so padding looks like outside-body background.
-    image = np.full((depth, config.size, config.size), float(raw.image.min()), dtype=np.float32)
+    air = float(raw.image.min())
+    image = np.full((depth, rows.size, cols.size), air, dtype=np.float32)
     _resample_stack(stack, rows, cols, image, is_label=False)
 
     label = None
     if raw.label is not None:
-        label = np.zeros((depth, config.size, config.size), dtype=np.uint8)
+        label = np.zeros((depth, rows.size, cols.size), dtype=np.uint8)
         _resample_stack(to_slices(raw.label), rows, cols, label, is_label=True)
 
     if raw.modality == "ct":
         _normalise_ct(image, config.ct_window)
-    else:
+    elif field_of_view == "crop":
         # Percentiles over the resampled data only, not the padding.
         _normalise_mr(image, _mr_clip_range(image[:, rows.cache_window, cols.cache_window], config.mr_percentiles))
+    else:  # the cache crop's statistics: inside it, the pixels are the cached ones
+        cached = _cache_crop(image, (rows, cols), crop, air)
+        clip_range = _mr_clip_range(cached[:, crop[0].cache_window, crop[1].cache_window], config.mr_percentiles)
+        _normalise_mr(image, clip_range, statistics=cached)
 
     return ProcessedVolume(
         image=image,

@@ -116,6 +116,11 @@ class AxisResampling:
             return False
         return bool(np.array_equal(self.sampled_source_index()[covering], np.arange(self.source_length)))
 
+    def share_kept(self, size: int | None = None) -> float:
+        """The share of the axis's extent a centre crop keeps: this plan's own, or one to ``size`` pixels."""
+        kept = self.kept if size is None else min(self.resampled_length, size)
+        return kept / self.resampled_length
+
     def describe(self) -> str:
         """One line for ``ssmtl cache info``."""
         parts = [f"{self.source_length} x {self.source_spacing:.4g} mm -> x{self.scale:.4g} -> "
@@ -293,6 +298,38 @@ def summarise_transforms(records: list[dict[str, Any] | None]) -> dict[str, Any]
         "padded": sum(any(a.kept < a.size for a in (t.rows, t.cols)) for t in transforms),
         "scale": {"min": min(scales), "max": max(scales)} if scales else None,
     }
+
+
+#: ``ssmtl cache build`` warns when its crop keeps less than this share of a scan's extent along an axis.
+CROP_WARNING_SHARE = 0.9
+_EXTENT = {"rows": "anterior-posterior", "cols": "left-right"}
+
+
+def crop_warning(volumes: list[tuple[str, dict[str, Any] | None]]) -> str | None:
+    """One line when the cache's centre crop cuts more than a small share of scans' in-plane extent.
+
+    ``volumes``: (name, transform record) of the cache's volumes. None when every scan keeps at
+    least :data:`CROP_WARNING_SHARE` of its extent along both in-plane axes.
+    """
+    cut = []  # (share kept, name, axis name, extent mm, field of view mm)
+    for name, record in volumes:
+        if record is None:
+            continue
+        t = VolumeTransform.from_json(record)
+        share, axis = min((t.rows.share_kept(), "rows"), (t.cols.share_kept(), "cols"))
+        if share < CROP_WARNING_SHARE:
+            plan = getattr(t, axis)
+            cut.append((share, name, _EXTENT[axis], plan.source_length * plan.source_spacing, plan.size * plan.spacing))
+    if not cut:
+        return None
+    share, name, extent, length, field = min(cut)
+    whole = "predict and evaluate cover whole scans with sliding windows, but training sees only the crop"
+    if len(cut) == 1:
+        return (f"scan {name}: the cache field of view ({field:.0f} mm) keeps {share:.0%} of its {length:.0f} mm "
+                f"{extent} extent; {whole} (raise --size or --spacing to keep more)")
+    return (f"the cache field of view ({field:.0f} mm) keeps less than {CROP_WARNING_SHARE:.0%} of the in-plane extent "
+            f"of {len(cut)} of {len(volumes)} scans (least: {name}, {share:.0%} of its {length:.0f} mm {extent} extent); "
+            f"{whole} (raise --size or --spacing to keep more)")
 
 
 def _matrix(affine: np.ndarray) -> str:

@@ -5,10 +5,15 @@ The model is rebuilt from the run's ``run.json`` and ``model.safetensors`` alone
 predicted slice by slice, stacked back into volumes and scored in 3D with the
 volume's voxel spacing. Results go to ``eval.json`` (NaN written as ``null``).
 
+**Data.** The cache must be the data the run was trained and split on: its fingerprint is
+checked against the one ``run.json`` and ``split.json`` record
+(:mod:`~ssmtl.downstream.run_data`), so scores on other data never reach ``eval.json``.
+
 **Space.** By default (``space="auto"``) the scores are computed at native resolution,
-against the original label files, on the scans' own voxel grids, with the prediction
-mapped back exactly as ``ssmtl predict`` writes it (:mod:`~ssmtl.downstream.native_eval`);
-the cache-grid scores are kept beside them (``cache_grid``). When any evaluated volume
+against the original label files, on the scans' own voxel grids, with the whole scan
+predicted (sliding windows where the cache cropped it) and mapped back exactly as
+``ssmtl predict`` writes it (:mod:`~ssmtl.downstream.native_eval`); the cache-grid scores
+(the model on the cached crop, as validation scores it) are kept beside them (``cache_grid``). When any evaluated volume
 has no way back (a format 1 cache, moved files, a changed label file) every volume is
 scored on the cache grid instead and ``space_reason`` says why: ``eval.json`` records
 ``"space": "native"`` or ``"cache"``.
@@ -25,7 +30,7 @@ from rich.table import Table
 
 from ssmtl.api.datasets.arrays import from_slices
 from ssmtl.data.cache import SliceCache
-from ssmtl.data.cache_set import CacheSet, data_record, open_caches
+from ssmtl.data.cache_set import CacheSet, data_record
 from ssmtl.api.errors import SsmtlError
 from ssmtl.downstream.model import load_finetuned
 from ssmtl.downstream.metrics import (
@@ -40,9 +45,10 @@ from ssmtl.downstream.metrics import (
 )
 from ssmtl.storage.files import save_json
 from ssmtl.data.splits import volumes_of
-from ssmtl.downstream.predictor import Predictor, resolve_device
+from ssmtl.downstream.predictor import allowed_flips, Predictor, resolve_device, Windows
 from ssmtl.downstream.records import read_split_json
 from ssmtl.downstream.native_eval import NativeReferences, NoWayBack, SPACES
+from ssmtl.downstream.run_data import open_run_cache
 
 EVAL_FILE = "eval.json"
 
@@ -58,8 +64,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _open_cache(path: Path | list[Path], subjects: list[str], explicit: bool) -> SliceCache | CacheSet:
-    cache = open_caches(path)
+def _open_cache(run_dir: Path, run: dict[str, Any], data, subjects: list[str]) -> SliceCache | CacheSet:
+    cache = open_run_cache(run_dir, run, data)
+    explicit = data is not None
     present = {v.subject for v in cache.volumes if v.has_label}
     missing = [s for s in subjects if s not in present]
     if missing:
@@ -78,6 +85,9 @@ def evaluate_run(
     registry,
     space: str = "auto",
     resample: str = "auto",
+    windows: Windows = Windows(),
+    tta: bool = False,
+    log=print,
 ) -> dict[str, Any]:
     """Score a fine-tuning run on the ``split`` subjects of its split.json; writes ``run_dir/eval.json``.
 
@@ -85,7 +95,9 @@ def evaluate_run(
     copied cache); it must hold labeled volumes of every evaluated subject and
     the same class names. ``space``: ``auto`` (native resolution when every volume has a
     way back, else the cache grid), ``native`` (an error when not possible) or ``cache``.
-    ``resample``: how predictions reach the native grid (as ``ssmtl predict --resample``).
+    ``resample``: how predictions reach the native grid (as ``ssmtl predict --resample``);
+    ``windows`` and ``tta``: the sliding windows and flips of whole-scan inference (as
+    ``ssmtl predict --overlap --blend --tta``); ``log`` receives warning lines.
     """
     if space not in SPACES:
         raise SsmtlError(f"--space {space!r}: use {', '.join(SPACES)}")
@@ -98,12 +110,13 @@ def evaluate_run(
     if not subjects:
         raise SsmtlError(f"{run_dir / 'split.json'}: the {split!r} split has no subjects")
     data_path = data if data is not None else run["data"]["path"]
-    cache = _open_cache(data_path, subjects, explicit=data is not None)
+    cache = _open_cache(run_dir, run, data, subjects)
     class_names = {int(k): v for k, v in run["class_names"].items()}
     if cache.class_names and cache.class_names != class_names:
         raise SsmtlError(f"{cache.path}: classes {cache.class_names} differ from the run's {class_names}")
 
-    predictor = Predictor(model, resolve_device(device), batch_size=batch_size)
+    windows = Windows(windows.overlap, windows.blend, allowed_flips(run, tta, log))
+    predictor = Predictor(model, resolve_device(device), batch_size=batch_size, window=cache.slice_shape, windows=windows)
     num_classes = int(run["num_classes"])
     foreground = [class_names.get(c, f"class_{c}") for c in range(1, num_classes)]
     references = NativeReferences(cache, registry) if space != "cache" else None
@@ -122,9 +135,13 @@ def evaluate_run(
                 reason = str(exc)
         if reference is None:
             pred = predictor.cache_grid(image)
-        else:
+        elif reference.whole_image is None:  # the cache holds the whole scan: one prediction serves both grids
             predicted = predictor.native(image, reference.transform, resample=resample, cache_labels=True)
             pred = predicted.cache_labels
+        else:  # the whole scan in sliding windows; the cache grid scores the cached crop, as validation does
+            predicted = predictor.native(*reference.image_and_grid(image), resample=resample)
+            pred = predictor.cache_grid(image)
+        if reference is not None:
             native = np.ascontiguousarray(from_slices(predicted.labels))
             per_volume.append(_scores(meta, native, reference.label, num_classes, reference.transform.canonical_spacing, foreground))
         on_cache.append(_scores(meta, pred, label, num_classes, meta.spacing, foreground))
@@ -139,6 +156,7 @@ def evaluate_run(
         "space": "native" if native_space else "cache",
         "space_reason": reason,
         "resample": resample if native_space else None,
+        "inference": {"window": list(cache.slice_shape), **windows.record()},
         "cache_grid": {"mean_dice": cache_summary["mean_dice"], "mean_hd95": cache_summary["mean_hd95"]},
         "mean_dice": summary["mean_dice"],
         "mean_hd95": summary["mean_hd95"],

@@ -22,6 +22,7 @@ model, and where the initial weights came from).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -205,7 +206,8 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
                 **init,
                 "ssmtl_version": __version__,
                 "data": {**data_record(cache, config.data), "dataset": cache.attrs.get("dataset"),
-                         "modalities": sorted({cache.volumes[v].modality for v in train_volumes})},
+                         # {modality: training volumes}, the shape every reader of run.json uses (records.modality_counts)
+                         "modalities": dict(sorted(Counter(cache.volumes[v].modality for v in train_volumes).items()))},
                 "preprocess": preprocess,  # how `ssmtl predict` prepares new scans
                 "num_classes": num_classes,
                 "class_names": {str(c): n for c, n in class_names.items()},

@@ -14,7 +14,7 @@ from ssmtl.api.errors import SsmtlError
 from ssmtl.api.heads import DownstreamHead
 from ssmtl.api.network import SharedNetwork
 from ssmtl.training.augment import AugmentConfig
-from ssmtl.training.export import EXPORT_DIR, load_pretrained_network
+from ssmtl.training.export import check_finite_weights, EXPORT_DIR, load_pretrained_network
 from ssmtl.host.networks import build_network as build_shared_network, network_config
 from ssmtl.host.plugin_calls import checked_loss, plugin_call, refuse
 from ssmtl.settings.sources import validate_model
@@ -174,6 +174,9 @@ def load_finetuned(run_dir: Path, registry) -> tuple[FinetuneModel, dict[str, An
         state = load_file(weights)
     except Exception as exc:
         raise SsmtlError(f"{weights}: cannot read weights ({exc})") from None
+    # NaN or Inf weights predict background everywhere and score Dice 0 without a word: refuse them here,
+    # the one place fine-tuned weights are loaded (predict, evaluate, report, export)
+    check_finite_weights(state, str(weights), "refusing to load them (the file is damaged, or the run diverged)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

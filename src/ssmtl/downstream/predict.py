@@ -3,21 +3,26 @@
 For every scan (see :mod:`~ssmtl.downstream.predict_inputs` for what an input can be):
 
 1. read it through a dataset plugin, reoriented to canonical RAS, and preprocess it
-   exactly as the run's training cache was (the same :class:`~ssmtl.data.preprocess.PreprocessConfig`,
-   recorded in ``run.json`` or read from the training cache), in ``workers`` processes;
-2. predict its slices in batches (:class:`~ssmtl.downstream.predictor.Predictor`) and
-   map the prediction back through the recorded transform: in-plane resampling and
-   crop/pad undone, slice layout undone, reorientation undone;
+   as the run's training cache was (the same :class:`~ssmtl.data.preprocess.PreprocessConfig`,
+   recorded in ``run.json`` or read from the training cache) but over its **whole** in-plane
+   field of view (:mod:`~ssmtl.downstream.whole_scan`), in ``workers`` processes;
+2. predict its slices in batches, in overlapping sliding windows of the cache's slice size
+   (:class:`~ssmtl.downstream.predictor.Predictor`), and map the prediction back through the
+   recorded transform: in-plane resampling and padding undone, slice layout undone,
+   reorientation undone;
 3. write a uint8 label map with the input's exact shape and voxel-to-world geometry
    (:mod:`ssmtl.data.scan_writer`), and optionally the class probabilities.
 
-A scan that cannot be read or written is reported (``log``) and recorded; the others are
-still written. ``OUT/predictions.json`` records every scan: input, output, reader, shape,
-spacing, affine, modality, the structures found (voxels and millilitres) and the time.
+A scan that cannot be read, preprocessed or written is reported (``log``) and recorded; the
+others are still written, whatever the number of workers. ``OUT/predictions.json`` records
+every scan: input, output, reader, shape, spacing, affine, modality, the structures found
+(voxels and millilitres) and the time. ``--out`` is written as a whole, never over an input
+or a file predict did not write (:mod:`~ssmtl.downstream.prediction_folder`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +32,22 @@ import numpy as np
 
 from ssmtl._version import __version__
 from ssmtl.api.datasets.arrays import from_slices
-from ssmtl.api.datasets.files import real_path
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.api.volumes import SourceGeometry
-from ssmtl.storage.files import save_json
-from ssmtl.storage.outputs import removed_on_failure
+from ssmtl.host.plugin_calls import describe
+from ssmtl.storage.files import out_of_space, save_json, space_error
 from ssmtl.data.cache import SliceCache
 from ssmtl.data.ingest import Failure, iter_processed
 from ssmtl.data.native import canonical_to_source
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
 from ssmtl.data.scan_writer import FORMATS, NIFTI, output_format, SAME, write_label_map, write_probabilities
-from ssmtl.downstream.predictor import Predictor, Resample, resolve_device, resolve_resampling
+from ssmtl.downstream.prediction_folder import PredictionFolder, RECORD
+from ssmtl.downstream.predictor import (allowed_flips, DEFAULT_OVERLAP, Predictor, Resample, resolve_device,
+                                        resolve_resampling, Windows)
 from ssmtl.downstream.predict_inputs import list_scans, ScanInput, scan_openers
+from ssmtl.downstream.whole_scan import load_whole_scan
 
-RECORD = "predictions.json"
+PROBABILITIES = "_probabilities"
 
 
 @dataclass
@@ -57,6 +64,10 @@ class PredictOptions:
     batch_size: int = 32
     modality: str | None = None
     dataset: str | None = None
+    overlap: float = DEFAULT_OVERLAP
+    blend: str = "gaussian"
+    tta: bool = False
+    force: bool = False
 
 
 def training_preprocess(run: dict[str, Any], run_dir: Path) -> tuple[PreprocessConfig, dict[str, Any]]:
@@ -76,13 +87,19 @@ def training_preprocess(run: dict[str, Any], run_dir: Path) -> tuple[PreprocessC
                              f"not readable ({exc}); re-run fine-tuning with this ssmtl version") from None
         recorded = cache.attrs.get("preprocess")
         data.setdefault("dataset", cache.attrs.get("dataset"))
-        data.setdefault("modalities", sorted({v.modality for v in cache.volumes}))
+        if not data.get("modalities"):
+            data["modalities"] = cache.summary()["modalities"]
     return PreprocessConfig.model_validate(recorded), data
 
 
-def _output_stems(scans: list[ScanInput]) -> dict[int, str]:
-    """Scan index -> a unique file stem for its outputs (named after the scan; ``_2``, ``_3`` for repeats)."""
-    taken: set[str] = set()
+def _output_stems(scans: list[ScanInput], probabilities: bool) -> dict[int, str]:
+    """Scan index -> a unique file stem for its outputs (named after the scan; ``_2``, ``_3`` for repeats).
+
+    Raises:
+        SsmtlError: with ``probabilities``, one scan's probability map would carry another
+            scan's name (scans ``a`` and ``a_probabilities``).
+    """
+    taken: dict[str, int] = {}
     stems = {}
     for index, scan in enumerate(scans):
         if scan.item is None:
@@ -92,19 +109,21 @@ def _output_stems(scans: list[ScanInput]) -> dict[int, str]:
         while name.lower() in taken:
             n += 1
             name = f"{stem}_{n}"
-        taken.add(name.lower())
+        taken[name.lower()] = index
         stems[index] = name
+    if probabilities:
+        for index, stem in stems.items():
+            other = taken.get(f"{stem}{PROBABILITIES}".lower())
+            if other is not None:
+                raise SsmtlError(f"--probabilities: the probabilities of {scans[index].path} ({stem}{PROBABILITIES}) would "
+                                 f"carry the name of the scan {scans[other].path}; predict them into separate --out folders")
     return stems
 
 
-def _output_path(stem: str, scan: ScanInput, source_format: str, options: PredictOptions,
-                 inputs: set[Path]) -> tuple[Path, str]:
-    """(label map path, format) once the scan's own format is known; never over an input."""
+def _output_path(folder: Path, stem: str, scan: ScanInput, source_format: str, options: PredictOptions) -> tuple[Path, str]:
+    """(label map path in ``folder``, format) once the scan's own format is known."""
     fmt, extension = output_format(options.format, source_format, scan.path)
-    path = options.out / f"{stem}{extension}"
-    if real_path(path) in inputs:  # --out is an input folder
-        path = options.out / f"{stem}_seg{extension}"
-    return path, fmt
+    return folder / f"{stem}{extension}", fmt
 
 
 def _structures(labels: np.ndarray, geometry: SourceGeometry, class_names: dict[int, str]) -> dict[str, Any]:
@@ -147,36 +166,42 @@ class _Bar:
 
 def predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry, progress: bool = True,
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """:func:`_predict`; an output folder it created is removed again if it fails (a full disk)."""
-    with removed_on_failure(options.out):
-        return _predict(run_dir, inputs, options, registry=registry, progress=progress, log=log)
-
-
-def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, registry, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Segment ``inputs`` with the fine-tuned run ``run_dir``; returns (and writes) the ``predictions.json`` record.
 
     ``log`` receives one ``error: PATH: reason`` line per scan that failed and
-    ``warning: ...`` lines; the record's ``failed`` counts them.
+    ``warning: ...`` lines; the record's ``failed`` counts them. ``options.out`` is replaced
+    as a whole when at least one scan was written, and left as it was when none was.
     """
-    from ssmtl.downstream.evaluate import load_finetuned
+    from ssmtl.downstream.model import load_finetuned
 
     if options.format not in FORMATS:
         raise SsmtlError(f"--format {options.format!r}: use {' or '.join(FORMATS)}")
     if options.workers < 0:
         raise SsmtlError(f"--workers {options.workers}: expected 0 (this process) or more")
     run_dir = Path(run_dir)
+    windows = Windows(overlap=options.overlap, blend=options.blend)  # checks the options before any work
     model, run = load_finetuned(run_dir, registry)
     preprocess, training = training_preprocess(run, run_dir)
+    windows = dataclasses.replace(windows, flip_axes=allowed_flips(run, options.tta, log))
     engine = Predictor(model, resolve_device(options.device), batch_size=options.batch_size,
-                            mixed_precision=options.mixed_precision)
+                       mixed_precision=options.mixed_precision, window=preprocess.size, windows=windows)
     openers = scan_openers(registry, explicit=options.dataset, preferred=training.get("dataset"))
     scans = list_scans(inputs, openers, options.modality)
     if not scans:
         raise SsmtlError("no inputs given")
-    options.out.mkdir(parents=True, exist_ok=True)
-    stems = _output_stems(scans)
-    inputs_resolved = {real_path(s.path) for s in scans}  # a link loop stays as given, not a RuntimeError
+    stems = _output_stems(scans, options.probabilities)
+    read = [("--run", run_dir), *(("--input", Path(p)) for p in inputs), *(("--input", s.path) for s in scans)]
+    with PredictionFolder(options.out, read, force=options.force) as folder:
+        report = _predict(engine, scans, stems, folder.staging, options, run, run_dir, preprocess, training,
+                          progress=progress, log=log)
+        if report["written"]:
+            folder.commit()
+    return report
+
+
+def _predict(engine: Predictor, scans: list[ScanInput], stems: dict[int, str], staging: Path, options: PredictOptions,
+             run: dict[str, Any], run_dir: Path, preprocess: PreprocessConfig, training: dict[str, Any], *,
+             progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     class_names = {int(k): v for k, v in run["class_names"].items()}
     results: list[dict[str, Any]] = [{"input": str(s.path), "reader": s.reader, "status": "error", "error": s.error}
                                      for s in scans]
@@ -188,35 +213,60 @@ def _predict(run_dir: Path, inputs: list[Path], options: PredictOptions, *, regi
     bar = _Bar(progress, len(scans))
     bar.advance(scans=len(scans) - len(readable))
     try:
-        processed = iter_processed([scans[i].item for i in readable], preprocess, options.workers)
-        for index, (_, result) in zip(readable, processed):
+        for index, result in _prepared(scans, readable, preprocess, options.workers):
             scan, record = scans[index], results[index]
             try:
                 if isinstance(result, Failure):
                     raise InputFileError(result.path, result.reason)
                 source = result.transform.source
-                output = _output_path(stems[index], scan, source.format if source else "", options, inputs_resolved)
+                output = _output_path(staging, stems[index], scan, source.format if source else "", options)
                 record.update(_predict_one(engine, scan, result, output, options, class_names, training, log, bar))
-            except (InputFileError, OSError) as exc:
-                reason = exc.reason if isinstance(exc, InputFileError) else f"cannot write the prediction ({exc})"
-                where = exc.path if isinstance(exc, InputFileError) else scan.path
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except InputFileError as exc:
+                record.update(status="error", error=exc.reason)
+                log(f"error: {exc.path}: {exc.reason}")
+            except SsmtlError:
+                raise  # a full disk, a failing plugin: not this scan's fault, and the next scan would fail alike
+            except Exception as exc:
+                if out_of_space(exc):
+                    raise space_error(options.out, "the predictions", out_of_space(exc)) from None
+                reason = f"cannot write the prediction ({exc})" if isinstance(exc, OSError) else f"cannot predict it ({describe(exc)})"
                 record.update(status="error", error=reason)
-                log(f"error: {where}: {reason}")
+                log(f"error: {scan.path}: {reason}")
             bar.advance(scans=1)
     finally:
         bar.close()
     failed = sum(r["status"] != "ok" for r in results)
+    files = sorted(Path(r[key]).name for r in results if r["status"] == "ok" for key in ("output", "probabilities") if r.get(key))
     report = {
         "ssmtl_version": __version__, "run": str(run_dir), "device": str(engine.device),
         "mixed_precision": options.mixed_precision, "format": options.format, "resample": options.resample,
+        "inference": {"window": preprocess.size, **engine.windows.record()},
         "preprocess": preprocess.model_dump(mode="json"), "training_data": training,
         # what each written value means: the training cache's class ids, not the label files' raw values
         "classes": {str(k): v for k, v in sorted(class_names.items())},
         "scans": len(scans), "written": len(scans) - failed, "failed": failed,
-        "seconds": round(time.perf_counter() - started, 3), "predictions": results,
+        "seconds": round(time.perf_counter() - started, 3), "files": [RECORD, *files], "predictions": results,
     }
-    save_json(options.out / RECORD, report)
+    if report["written"]:
+        save_json(staging / RECORD, report)
     return report
+
+
+def _prepared(scans: list[ScanInput], readable: list[int], preprocess: PreprocessConfig, workers: int):
+    """(scan index, ProcessedVolume or Failure) for the readable scans, in order; a worker pool that
+    dies (out of memory) fails the scan it was loading and every scan after it, never the record."""
+    results = iter_processed([scans[i].item for i in readable], preprocess, workers, prepare=load_whole_scan)
+    for position, index in enumerate(readable):
+        try:
+            _, result = next(results)
+        except InputFileError as exc:
+            yield index, Failure(exc.path, exc.reason)
+            for later in readable[position + 1:]:
+                yield later, Failure(str(scans[later].path), "not predicted: the worker processes stopped (see above)")
+            return
+        yield index, result
 
 
 def _predict_one(engine: Predictor, scan: ScanInput, volume: ProcessedVolume, output: tuple[Path, str],
@@ -227,9 +277,6 @@ def _predict_one(engine: Predictor, scan: ScanInput, volume: ProcessedVolume, ou
     if modalities and volume.modality not in modalities:
         log(f"warning: {scan.path}: {'an' if volume.modality == 'mr' else 'a'} {volume.modality.upper()} scan, but the model was trained on "
             f"{'/'.join(m.upper() for m in modalities)} (pass --modality to override the detection)")
-    if any(axis.kept < axis.resampled_length for axis in (transform.rows, transform.cols)):
-        log(f"warning: {scan.path}: the field of view is larger than the training crop "
-            f"({transform.rows.size} px of {transform.rows.spacing:.3g} mm); voxels outside it are labelled background")
     bar.scan(Path(scan.path).name, volume.image.shape[0])
     prediction = engine.native(volume.image, transform, resample=options.resample, probabilities=options.probabilities,
                                on_slices=lambda n: bar.advance(slices=n))
@@ -245,11 +292,13 @@ def _predict_one(engine: Predictor, scan: ScanInput, volume: ProcessedVolume, ou
     template = scan.path if geometry.format == NIFTI and scan.path.is_file() else None
     write_label_map(path, labels, geometry, fmt, template)
     record: dict[str, Any] = {
-        "status": "ok", "error": None, "output": str(path), "format": fmt, "layout": layout,
+        "status": "ok", "error": None, "output": str(options.out / path.name), "format": fmt, "layout": layout,
         "source_format": geometry.format or None, "shape": list(labels.shape),
         "spacing_mm": [round(float(s), 6) for s in np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)],
         "affine_ras": np.asarray(geometry.affine).round(6).tolist(), "modality": volume.modality,
         "slices": int(volume.image.shape[0]), "cache_grid_mm": [round(float(s), 4) for s in volume.spacing],
+        # the grid the sliding windows covered: the scan's whole field of view at the cache spacing
+        "inference_grid": [int(n) for n in volume.image.shape[1:]],
         "resample": resolve_resampling(options.resample, transform),
         "structures": _structures(labels, geometry, class_names),
     }
@@ -259,9 +308,9 @@ def _predict_one(engine: Predictor, scan: ScanInput, volume: ProcessedVolume, ou
         stack = prediction.probabilities  # (D, C, Y, X) -> canonical (X, Y, Z, C)
         canonical_probs = np.transpose(stack, (3, 2, 0, 1))[::-1, ::-1]
         probs = canonical_probs if layout == "canonical" else canonical_to_source(canonical_probs, transform)
-        prob_path = path.with_name(path.name[: -len(_extension(path))] + "_probabilities.nii.gz")
+        prob_path = path.with_name(path.name[: -len(_extension(path))] + f"{PROBABILITIES}.nii.gz")
         write_probabilities(prob_path, probs, geometry, template)
-        record["probabilities"] = str(prob_path)
+        record["probabilities"] = str(options.out / prob_path.name)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
 

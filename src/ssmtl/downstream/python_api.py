@@ -1,5 +1,6 @@
-"""``ssmtl.finetune(...)``, ``ssmtl.evaluate(...)`` and ``ssmtl.predict(...)``: the same code
-``ssmtl finetune``, ``ssmtl evaluate`` and ``ssmtl predict`` run, from Python.
+"""``ssmtl.finetune(...)``, ``ssmtl.evaluate(...)``, ``ssmtl.predict(...)`` and
+``ssmtl.score_predictions(...)``: the same code ``ssmtl finetune``, ``ssmtl evaluate``,
+``ssmtl predict`` and ``ssmtl evaluate --predictions`` run, from Python.
 
 Fine-tuning resolves its config from the same sources as the command line, lowest to
 highest: defaults, ``config`` (a file), ``SSMTL_FINETUNE__*`` environment variables, the
@@ -16,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ssmtl.downstream.config import resolve_finetune_config
 from ssmtl.downstream.evaluate import evaluate_run
 from ssmtl.downstream.finetune import run_finetune
+from ssmtl.downstream.predictor import DEFAULT_OVERLAP, Windows
 from ssmtl.host import registry as plugin_registry
 from ssmtl.host.registry import Registry
 from ssmtl.settings.sources import as_set_flags
@@ -112,7 +114,8 @@ def finetune(
 
 
 def evaluate(run: str | Path, data: str | Path | Sequence[str | Path] | None = None, *, split: str = "test",
-             space: str = "auto", resample: str = "auto", registry: Registry | None = None) -> Evaluation:
+             space: str = "auto", resample: str = "auto", overlap: float = DEFAULT_OVERLAP, tta: bool = False,
+             registry: Registry | None = None) -> Evaluation:
     """3D Dice and HD95 per structure of a fine-tuning run, as ``ssmtl evaluate RUN`` does; writes
     ``run/eval.json``.
 
@@ -123,6 +126,8 @@ def evaluate(run: str | Path, data: str | Path | Sequence[str | Path] | None = N
         space: ``auto`` (native resolution when every volume has a way back, else the cache
             grid), ``native`` (an error when not possible) or ``cache``.
         resample: how predictions reach the native grid: ``auto``, ``linear`` or ``nearest``.
+        overlap: sliding windows over scans wider than the cache, as ``predict``.
+        tta: mirrored test-time augmentation along the axes the run's data allows, as ``predict``.
         registry: the plugins to rebuild the network with (default: the installed ones).
 
     Returns:
@@ -135,8 +140,9 @@ def evaluate(run: str | Path, data: str | Path | Sequence[str | Path] | None = N
         data = [Path(p) for p in data]
     elif data is not None:
         data = Path(data)
-    results = evaluate_run(Path(run), data, split=split, space=space, resample=resample,
-                           registry=registry or plugin_registry.get_registry())
+    results = evaluate_run(Path(run), data, split=split, space=space, resample=resample, windows=Windows(overlap=overlap),
+                           tta=tta, registry=registry or plugin_registry.get_registry(),
+                           log=lambda line: warnings.warn(line.removeprefix("warning: "), stacklevel=3))
     return Evaluation(mean_dice=results.get("mean_dice"), mean_hd95=results.get("mean_hd95"),
                       per_class=results.get("per_class") or {}, per_volume=results.get("per_volume") or [], results=results)
 
@@ -144,7 +150,8 @@ def evaluate(run: str | Path, data: str | Path | Sequence[str | Path] | None = N
 def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, *,
             format: str | None = None, probabilities: bool = False, resample: str = "auto", device: str = "auto",
             mixed_precision: str = "no", workers: int = 0, batch_size: int = 32, modality: str | None = None,
-            dataset: str | None = None, progress: bool = False, registry: Registry | None = None) -> Predictions:
+            dataset: str | None = None, overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", tta: bool = False,
+            force: bool = False, progress: bool = False, registry: Registry | None = None) -> Predictions:
     """Segment scans with a fine-tuned run, as ``ssmtl predict RUN`` does: one label map per scan in
     its own space under ``out``, and ``out/predictions.json``.
 
@@ -161,6 +168,10 @@ def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str
         batch_size: slices per forward pass.
         modality: ``ct`` or ``mr`` for every scan (default: each file's own, else detected).
         dataset: the dataset plugin that reads the scans (default: the run's, else the first that does).
+        overlap: the share of a sliding window its neighbour overlaps, in [0, 1) (whole scans wider than the cache).
+        blend: ``gaussian`` or ``constant`` weights of overlapping windows.
+        tta: also predict mirrored slices along the in-plane axes the run's data allows (run.json ``flip_axes``).
+        force: replace an ``out`` folder that holds files predict did not write (never an input).
         progress: show a progress bar.
         registry: the plugins to read scans and rebuild the network with (default: the installed ones).
 
@@ -179,7 +190,8 @@ def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     options = PredictOptions(out=Path(out), format=format, probabilities=probabilities, resample=resample,
                              device=device, mixed_precision=mixed_precision, workers=workers,
-                             batch_size=batch_size, modality=modality, dataset=dataset)
+                             batch_size=batch_size, modality=modality, dataset=dataset, overlap=overlap, blend=blend,
+                             tta=tta, force=force)
     errors: list[str] = []
 
     def log(line: str) -> None:  # errors are counted in the result; warnings reach Python's warnings
@@ -193,3 +205,29 @@ def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str
         raise SsmtlError(errors[0].removeprefix("error: ") if errors else "no scan was written")
     return Predictions(out=Path(out), written=record["written"], failed=record["failed"],
                        items=list(record["predictions"]), record=record)
+
+
+def score_predictions(predictions: str | Path, references: str | Path, *, labels: str | Path | None = None,
+                      out: str | Path | None = None) -> dict[str, Any]:
+    """Score a folder of predicted label maps (any tool's) against reference label maps, as
+    ``ssmtl evaluate --predictions DIR --references DIR`` does; writes ``scores.json`` and ``scores.csv``.
+
+    Args:
+        predictions: the folder of predictions (``case.nii.gz``; nnU-Net's or ``ssmtl predict``'s).
+        references: the folder of reference label maps (``case.nii.gz``, or ``case_seg.nii.gz`` ...).
+        labels: a ``dataset.json`` (nnU-Net v2 or Decathlon) naming the structures; default:
+            every value found, as ``label_<value>``.
+        out: the folder for the two files (default: ``predictions``).
+
+    Returns:
+        ``scores.json`` as a dict: ``mean_dice``, ``per_class``, ``per_case``, ``errors`` (cases
+        that could not be scored; their reasons also reach Python's warnings) and ``unmatched``.
+
+    Raises:
+        SsmtlError: a missing folder, a bad ``dataset.json``, no case matched, or none scored.
+    """
+    from ssmtl.downstream.score_folders import FolderScoreOptions, score_folders
+
+    options = FolderScoreOptions(Path(predictions), Path(references), None if labels is None else Path(labels),
+                                 None if out is None else Path(out))
+    return score_folders(options, log=lambda line: warnings.warn(line.removeprefix("warning: "), stacklevel=3))

@@ -21,14 +21,15 @@ NUMBER = (int, float, NONE)
 
 RUN_FIELDS = {
     "model": dict, "head": dict, "head.name": str, "num_classes": int, "class_names": dict, "data": dict,
-    "data.path": (str, list), "data.fingerprint": (str, NONE), "preprocess": (dict, NONE), "labeled_subjects": (list, NONE),
+    "data.path": (str, list), "data.fingerprint": (str, NONE), "data.modalities": (dict, list, NONE),
+    "preprocess": (dict, NONE), "labeled_subjects": (list, NONE),
     "train_subjects": (list, NONE), "init": (str, NONE), "init_manifest": (dict, NONE),
     "init_manifest.tasks": (dict, NONE), "steps": (int, NONE), "labeled_volumes": (int, NONE),
     "init_saw_test_subjects": (list, NONE), "selected_step": (int, NONE),
 }
 RUN_REQUIRED = ("model", "head", "head.name", "num_classes", "class_names", "data", "data.path")
 
-SPLIT_FIELDS = {"train": list, "val": (list, NONE), "test": list}
+SPLIT_FIELDS = {"train": list, "val": (list, NONE), "test": list, "data_fingerprint": (str, NONE)}
 
 EVAL_FIELDS = {
     "per_class": dict, "per_volume": (list, NONE), "class_names": (list, NONE), "mean_dice": NUMBER,
@@ -51,7 +52,21 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     bad = [k for k, v in run["class_names"].items() if not k.lstrip("-").isdigit() or not isinstance(v, str)]
     if bad:
         raise SsmtlError(f"{path}: run.json: 'class_names' should map class ids to names; {bad[0]!r} does not (edited or damaged?)")
+    run["data"]["modalities"] = modality_counts(run["data"].get("modalities"))
     return run
+
+
+def modality_counts(value: Any) -> dict[str, int | None]:
+    """``data.modalities`` in the one shape every reader uses: ``{modality: training volumes}``.
+
+    Runs write that dict (as a cache summary counts volumes); runs from before it wrote a
+    list of names, whose counts are unknown (None).
+    """
+    if isinstance(value, dict):
+        return {str(m): n if isinstance(n, int) else None for m, n in value.items()}
+    if isinstance(value, list):
+        return {str(m): None for m in value}
+    return {}
 
 
 def read_split_json(run_dir: Path) -> dict[str, Any]:

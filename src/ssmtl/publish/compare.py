@@ -65,6 +65,6 @@ def comparison_results(items: list[str]) -> dict[str, dict[str, Any]]:
     for label, path in comparison_labels(items):
         eval_path = path / EVAL_FILE
         if not eval_path.is_file():
-            raise SsmtlError(f"{eval_path}: not found; run `ssmtl evaluate --run {path}` first")
+            raise SsmtlError(f"{eval_path}: not found; run `ssmtl evaluate {path}` first")
         results[label] = read_eval_json(eval_path)
     return results

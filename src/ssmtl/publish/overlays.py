@@ -77,9 +77,9 @@ def _figure(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, class_
 
 def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry) -> list[Overlay]:
     """Predict and draw the picked test volumes; raises :class:`SsmtlError` when the cache is unreadable."""
-    from ssmtl.data.cache_set import open_caches
     from ssmtl.downstream.model import load_finetuned
     from ssmtl.downstream.predictor import Predictor
+    from ssmtl.downstream.run_data import open_run_cache
 
     picks = pick_volumes(evaluation.get("per_volume") or [])
     if not picks:
@@ -88,7 +88,7 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry) -> list
 
     model, run = load_finetuned(Path(run_dir), registry)
     predictor = Predictor(model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    cache = open_caches(evaluation.get("data") or run["data"]["path"])
+    cache = open_run_cache(Path(run_dir), run, evaluation.get("data"))  # never pictures of foreign data
     index = {v.name: v.index for v in cache.volumes}
     class_names = list(evaluation.get("class_names") or [])
     overlays = []

@@ -67,12 +67,12 @@ def part_state(network: nn.Module, part: nn.Module) -> dict[str, torch.Tensor]:
     return {k: t.detach().cpu().contiguous() for k, t in network.state_dict(keep_vars=True).items() if id(t) in own}
 
 
-def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Refuse to write weights that hold NaN or Inf: one clear error naming a few of them."""
+def check_finite_weights(tensors: dict[str, torch.Tensor], what: str,
+                         refusal: str = "refusing to write them (train with a lower learning rate or gradient clipping)") -> None:
+    """Refuse weights that hold NaN or Inf: one clear error naming a few of them, then ``refusal``."""
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise SsmtlError(f"{what}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {', '.join(bad[:3])}); "
-                         "refusing to write them (train with a lower learning rate or gradient clipping)")
+        raise SsmtlError(f"{what}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {', '.join(bad[:3])}); {refusal}")
 
 
 def write_export(run_dir: Path, network: nn.Module, manifest: dict[str, Any]) -> Path:
