@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def evaluate(
-    run: Optional[Path] = typer.Argument(None, metavar="[RUN]", help="Fine-tuning run directory (or --predictions and --references)."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Fine-tuning run directory (or --predictions and --references)."),
     data: Optional[List[Path]] = typer.Option(None, "--data", help="Cache (repeatable, or a folder) holding the evaluated volumes (default: the run's caches)."),
     split: str = typer.Option("test", "--split", help="Which subjects of the run's split.json: test, val or train."),
     space: str = typer.Option("auto", "--space", help="auto: at native resolution against the original label files when they are reachable, else on the cache grid; native: fail when not possible; cache: the cache grid."),
