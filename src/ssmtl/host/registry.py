@@ -55,7 +55,7 @@ _KINDS = {
     "tasks": ("ssmtl_register_tasks", TaskSpec, "ssmtl.api.tasks:TaskConfig"),
     "datasets": ("ssmtl_register_datasets", DatasetSpec, "ssmtl.api.volumes:DatasetConfig"),
     "heads": ("ssmtl_register_heads", HeadSpec, "ssmtl.api.heads:HeadConfig"),
-    "networks": ("ssmtl_register_networks", NetworkSpec, "ssmtl.api.network:NetworkConfig"),
+    "networks": ("ssmtl_register_networks", NetworkSpec, "ssmtl.api.configs:NetworkConfig"),
 }
 _DEFAULTS_HOOK = "ssmtl_defaults"
 
