@@ -190,7 +190,7 @@ def test_the_lr_is_chosen_per_method_on_validation_never_on_test(bench_cache, tm
     assert sorted(evaluated) == [("none", 3e-3)] * 2 + [("pretrained", 1e-3)] * 2  # only the kept run is ever tested
     assert len([c for c in calls if c[0] == "train"]) == 8
     text = render_markdown(results)
-    assert "default, lr 0.003: 2" in text and "default, lr 0.001: 2" in text
+    assert "| scratch | 1 | lr 0.003: 2 |" in text and "| contrastive | 1 | lr 0.001: 2 |" in text
     # a second benchmark over the same runs, whose test scores now favour the other lr, keeps the same choice
     rerun, calls = _faked(config, validation, {k: 1 - v for k, v in test.items()})
     assert [c["lr"] for c in rerun.run()["cells"]] == [c["lr"] for c in results["cells"]] and calls == []
@@ -214,6 +214,34 @@ def test_one_draw_gives_no_verdict_however_large_the_difference(bench_cache, tmp
     text = render_markdown({**results, "summary": [row]})
     assert "+0.500 mean Dice (95 % CI none: 1 draw < 3" in text and "too few draws to tell" in text
     assert "): better" not in text and "): worse" not in text
+
+
+def test_work_another_process_holds_is_left_for_later(bench_cache, tmp_path, monkeypatch):
+    """Two processes on one benchmark (JOBS=2) share its work: a run the other holds is skipped, then reused."""
+    import subprocess
+    import sys
+
+    import ssmtl.experiments.benchmark as benchmark_module
+
+    monkeypatch.setattr(benchmark_module, "POLL_SECONDS", 0.2)
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["contrastive", "scratch"], labeled_volumes=[1], draws=1,
+                             pretrain={"train.steps": 2, "model": {"base_channels": 4, "depth": 2}})
+    bench, calls = _faked(config, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5}, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5})
+    logged: list[str] = []
+    bench.log = bench.pretraining.log = logged.append
+    run_dir = bench.pretraining.run_dir(bench.methods[0], 0)
+    run_dir.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from ssmtl.storage.files import exclusive_lock\n"
+        "with exclusive_lock(Path(sys.argv[1]), Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(3)\n"),
+        str(run_dir.parent / f".{run_dir.name}.claim"), str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    bench.run()
+    holder.wait()
+    assert any("doing other work meanwhile" in line for line in logged)
+    trained = [c[1][0] for c in calls if c[0] == "train"]
+    assert trained == ["none", "pretrained"]  # scratch (listed second) went first, while the pre-training was held
+    assert any("training contrastive" in line for line in logged)  # then made here, once the claim was free
 
 
 def test_draws_sharing_a_pretraining_run_are_averaged_and_the_run_is_the_unit():
@@ -313,6 +341,8 @@ def test_parse_methods():
     assert methods[0] == Method("scratch", ())
     assert methods[2].tasks == ("contrastive", "order", "position", "reconstruct", "neighbor")
     assert methods[3] == Method("dec", ("reconstruct", "neighbor"))
+    plus = parse_methods("mt-local=multitask+local-contrastive+order", tasks | {"local-contrastive"}, task_sets)[0]
+    assert plus.tasks == (*methods[2].tasks, "local-contrastive")  # a set's tasks, then the others, each once
     with pytest.raises(SsmtlError, match="unknown task"):
         parse_methods("x=bogus", tasks, task_sets)
     with pytest.raises(SsmtlError, match="unknown method 'mocov3'; use scratch, contrastive, multitask or NAME=task"):

@@ -13,6 +13,8 @@ are reported per structure and per test volume; the methods are compared by draw
 The benchmark runs draw by draw and rewrites its results after each one, so an interrupted
 run has complete draws and a later run with more draws only adds the missing ones. Every
 run is reused when its configuration and data match (:mod:`ssmtl.experiments.store`).
+Started twice on the same folders (``JOBS=2`` in benchmarks/cpu_protocol.sh), the two
+processes share the work: each skips what the other is making and comes back to it.
 
 Layout (``runs`` defaults to ``out``)::
 
@@ -23,19 +25,23 @@ Layout (``runs`` defaults to ``out``)::
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.data.cache_set import data_record, open_caches
 from ssmtl.storage.files import save_json, save_text
-from ssmtl.experiments.cells import Cells
+from ssmtl.experiments.cells import Cells, candidate_name
 from ssmtl.experiments.cohort import cohort_record, finetune_split, pretraining_volumes
 from ssmtl.experiments.config import BenchmarkConfig
 from ssmtl.experiments.methods import SCRATCH, Method, parse_methods
 from ssmtl.experiments.pretrain_runs import PretrainRun, PretrainRuns
 from ssmtl.experiments.pseudonyms import Shareable, data_summary, file_name
 from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown, summarise_cells
+from ssmtl.experiments.store import Busy
+
+POLL_SECONDS = 10.0  # how often a benchmark with nothing left to start looks again
 
 __all__ = ["Benchmark", "BenchmarkConfig", "Method", "parse_methods"]
 
@@ -83,23 +89,54 @@ class Benchmark:
     def protocols(self) -> list[str]:
         return ["finetune"] + (["frozen"] if self.config.frozen_encoder else [])
 
-    def run(self) -> dict[str, Any]:
-        """Every draw in turn: its pre-training runs, then its cells; results rewritten after each."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        cells: list[dict[str, Any]] = []
-        runs: dict[tuple[str, int], PretrainRun] = {}
-        results: dict[str, Any] = {}
+    def work(self) -> list[tuple[int, tuple]]:
+        """Every step of the benchmark in the order it is done: per draw, its pre-training runs
+        (``("pretrain", method, k)``), then its cells (``("cell", method, protocol, budget)``)."""
+        steps: list[tuple[int, tuple]] = []
         for draw in range(self.config.draws):
             k = self.config.pretrain_run_of(draw)
-            inits = {}
-            for method in self.methods:
-                if method.pretrained:
-                    inits[method.name] = runs[(method.name, k)] = self.pretraining.run(method, k)
-            for protocol in self.protocols:
-                for method in self.methods:
-                    for budget in self.config.labeled_volumes:
-                        cells.append(self.cells.cell(method, protocol, budget, draw, inits.get(method.name)))
-            results = self.write(cells, runs)
+            steps += [(draw, ("pretrain", m, k)) for m in self.methods if m.pretrained]
+            steps += [(draw, ("cell", m, protocol, budget)) for protocol in self.protocols
+                      for m in self.methods for budget in self.config.labeled_volumes]
+        return steps
+
+    def run(self) -> dict[str, Any]:
+        """Every step, earliest draw first; results rewritten whenever a draw is complete.
+
+        A step another process is doing (:class:`~ssmtl.experiments.store.Busy`: the same
+        benchmark started twice to use two cores, or another benchmark sharing ``runs``) is
+        left for later and the next one is done; a cell waits for its pre-training run.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        todo = list(enumerate(self.work()))  # (position: the order of cells in results.json, (draw, step))
+        runs: dict[tuple[str, int], PretrainRun] = {}
+        cells: dict[int, tuple[int, dict[str, Any]]] = {}
+        written, results, said = -1, {}, False
+        while todo:
+            for i, (position, (draw, step)) in enumerate(todo):
+                try:
+                    if step[0] == "pretrain":
+                        runs[(step[1].name, step[2])] = self.pretraining.run(step[1], step[2])
+                    else:
+                        _, method, protocol, budget = step
+                        init = runs.get((method.name, self.config.pretrain_run_of(draw))) if method.pretrained else None
+                        if method.pretrained and init is None:
+                            continue  # its pre-training run is not made yet
+                        cells[position] = (draw, self.cells.cell(method, protocol, budget, draw, init))
+                except Busy as busy:
+                    if not said:
+                        self.log(f"{busy}: doing other work meanwhile (said once)")
+                        said = True
+                    continue
+                del todo[i]
+                break
+            else:
+                time.sleep(POLL_SECONDS)  # all that is left is being made by another process
+                continue
+            complete = min([d for _, (d, _) in todo], default=self.config.draws)  # the draws before it are done
+            if complete - 1 > written:
+                written = complete - 1
+                results = self.write([c for _, (d, c) in sorted(cells.items()) if d < complete], runs)
         return results
 
     def write(self, cells: list[dict[str, Any]], runs: dict[tuple[str, int], PretrainRun]) -> dict[str, Any]:
@@ -120,7 +157,7 @@ class Benchmark:
             "design": {
                 "draws": self.config.draws, "pretrain_runs": self.config.pretrain_runs,
                 "draw_to_pretrain_run": f"d mod {self.config.pretrain_runs}",
-                "candidates": [f"{c.recipe}, lr {c.lr:g}" if c.lr is not None else c.recipe for c in self.cells.candidates],
+                "candidates": [candidate_name(c) for c in self.cells.candidates],
                 "chosen_on": "the validation subjects of each draw",
                 "pretrain_steps": self.pretrain_steps,
             },
@@ -134,7 +171,8 @@ class Benchmark:
             "test_subjects": self.shareable.subjects(test_subjects),
             "class_names": list(cells[0]["per_class"] or {}) if cells else [],
             "space": sorted({c["space"] for c in cells if c.get("space")}),
-            "pretrain_runs": [{"method": m, "run": r.run, "seed": r.seed, "seconds": r.seconds} for (m, _), r in runs.items()],
+            "pretrain_runs": [{"method": m, "run": r.run, "seed": r.seed, "dir": r.path.relative_to(self.root / "pretrain").as_posix(),
+                               "seconds": r.seconds} for (m, _), r in sorted(runs.items())],
             "cells": [self.shareable.cell(c) for c in cells],
             "summary": summarise_cells(cells, references=(SCRATCH, *filter(None, [self.registry.defaults.baseline]))),
         }

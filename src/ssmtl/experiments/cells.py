@@ -48,6 +48,13 @@ def candidates(config: BenchmarkConfig) -> list[Candidate]:
     return [Candidate(name, lr, table) for name, table in config.recipes.items() for lr in lrs]
 
 
+def candidate_name(candidate: Candidate, lr: float | None = None) -> str:
+    """``lp-ft at lr 0.001``; the recipe is left out when there is only the default one."""
+    lr = candidate.lr if lr is None else lr
+    at = f"lr {lr:g}" if lr is not None else "its lr"
+    return at if candidate.recipe == "default" else f"{candidate.recipe} at {at}"
+
+
 def choose(validation: Sequence[float | None]) -> int:
     """Which candidate a cell keeps: the best validation Dice, the first on a tie.
 
@@ -135,7 +142,7 @@ class Cells:
         ft = self.finetune_config(method, protocol, budget, draw, init, candidate, where / "pending")
         key = self.key(ft, init)
         run_dir = where / f"lr{ft.train.lr:g}-{key[:12]}"
-        with claimed(run_dir, self.log):
+        with claimed(run_dir):
             run = read_key(run_dir / "run.json")
             if read_key(run_dir / CELL_KEY).get("key") == key and run:
                 return Tried(candidate, run_dir, key, run, ft.train.lr)
@@ -177,7 +184,8 @@ class Cells:
                     f"but no validation subject to choose on ({reason}); give one learning rate and no recipes, "
                     "or leave labeled training subjects for validation")
         kept = tried[choose([t.validation for t in tried])]
-        evaluation, eval_seconds = self._evaluated(kept.run_dir, kept.key)
+        with claimed(kept.run_dir):
+            evaluation, eval_seconds = self._evaluated(kept.run_dir, kept.key)
         run = kept.run
         record = {
             "method": method.name, "tasks": list(method.tasks), "init_parts": method.init_parts, "protocol": protocol,
@@ -186,7 +194,7 @@ class Cells:
             "labeled_subjects": run.get("labeled_subjects") or evaluation.get("labeled_subjects"),
             "validation_subjects": list((run.get("validation") or {}).get("subjects") or []),
             "recipe": kept.candidate.recipe, "lr": kept.lr, "chosen_on": "validation" if len(tried) > 1 else None,
-            "candidates": [{"recipe": t.candidate.recipe, "lr": t.lr, "validation_dice": t.validation,
+            "candidates": [{"recipe": t.candidate.recipe, "lr": t.lr, "run": t.run_dir.name, "validation_dice": t.validation,
                             "selected_step": t.run.get("selected_step"), "stop_reason": stop_reason(t.run)} for t in tried],
             "selected_step": run.get("selected_step"), "steps": run.get("steps"), "stop_reason": stop_reason(run),
             "seconds": {"finetune": sum(float(t.run.get("seconds") or 0.0) for t in tried), "evaluate": eval_seconds},

@@ -25,8 +25,9 @@ class Method:
 def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: Mapping[str, tuple[str, ...]]) -> list[Method]:
     """``scratch,SET,NAME=task+task[:encoder]`` -> methods (order kept, names unique).
 
-    ``SET`` is a task set of the plugins' defaults; ``NAME=`` takes a task combination, ``scratch``
-    or a SET, and a ``:encoder`` suffix fine-tunes from the pre-trained encoder only (random decoder).
+    ``SET`` is a task set of the plugins' defaults; ``NAME=`` takes a combination of tasks and
+    SETs (``multitask+local-contrastive``), ``scratch`` or a SET, and a ``:encoder`` suffix
+    fine-tunes from the pre-trained encoder only (random decoder).
     """
     named = {SCRATCH: (), **task_sets}
     items = text if isinstance(text, list) else [t for t in text.split(",")]
@@ -42,8 +43,9 @@ def parse_methods(text: str | list[str], available_tasks: set[str], task_sets: M
                 raise SsmtlError(f"--methods {raw!r}: unknown suffix ':{parts}'; use ':encoder' (load only the pre-trained encoder) or ':all'")
             if combo.strip() in named:
                 tasks = named[combo.strip()]
-            else:
-                tasks = tuple(t.strip() for t in combo.split("+") if t.strip())
+            else:  # each part a task or a task set: multitask+local-contrastive
+                parts_ = [t.strip() for t in combo.split("+") if t.strip()]
+                tasks = tuple(dict.fromkeys(t for part in parts_ for t in (named[part] if part in task_sets else (part,))))
                 if not tasks:
                     raise SsmtlError(f"--methods {raw!r}: name a combination as NAME=task+task")
         elif name in named:

@@ -86,16 +86,21 @@ class PretrainRuns:
             found = self._made[(method.tasks, run)] = self._make(self.owner[method.tasks], run)
         return found
 
+    def run_dir(self, method: Method, run: int) -> Path:
+        """Where run ``run`` of ``method`` lives: named by its seed and a digest of its configuration and data."""
+        expected = relocatable(config_to_dict(self.config_for(method.tasks, run)))
+        owner = self.owner[method.tasks]
+        return self.root / "pretrain" / owner.name / f"seed{self.seed(run)}-{digest([expected, self.fingerprint])[:12]}"
+
     def _make(self, owner: Method, run: int) -> PretrainRun:
         from ssmtl.pretraining.engine import run_pretraining
 
         config = self.config_for(owner.tasks, run)
         expected = relocatable(config_to_dict(config))
-        name = f"seed{self.seed(run)}-{digest([expected, self.fingerprint])[:12]}"
-        run_dir = self.root / "pretrain" / owner.name / name
+        run_dir = self.run_dir(owner, run)
         config = config.model_copy(update={"out": run_dir})
         what = f"pretrain {owner.name} run {run} (seed {self.seed(run)})"
-        with claimed(run_dir, self.log):
+        with claimed(run_dir):
             if self._reusable(run_dir, expected, what):
                 return PretrainRun(run_dir, run, self.seed(run), read_key(run_dir / TIMING).get("seconds"))
             resume = False

@@ -70,8 +70,8 @@ def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (
 
 def _chosen(cells) -> dict[str, Any]:
     """Which fine-tuning candidate the draws kept, where they stopped and why."""
-    kept = Counter(f"{c.get('recipe', 'default')}, lr {c['lr']:g}" if c.get("lr") is not None else c.get("recipe", "default")
-                   for c in cells)
+    kept = Counter(("" if c.get("recipe", "default") == "default" else f"{c['recipe']} at ")
+                   + (f"lr {c['lr']:g}" if c.get("lr") is not None else "its lr") for c in cells)
     steps = [c.get("selected_step") for c in cells if c.get("selected_step") is not None]
     return {"candidates": dict(kept), "selected_step_median": float(np.median(steps)) if steps else None,
             "stop_reasons": dict(Counter(c.get("stop_reason") or "unknown" for c in cells))}
@@ -155,7 +155,8 @@ def design_lines(results: dict[str, Any]) -> list[str]:
     lines = [f"Pre-training data: {_files(pre)}; fine-tuning and test data: {_files(ft)}."]
     if cohort:
         lines.append(f"Pre-training reads {cohort['subjects']} subjects: {cohort['of_the_finetuning_cohort']} of the "
-                     f"fine-tuning cohort (unlabeled there) and {cohort['pool']} from a pool that is never labeled and never tested.")
+                     f"fine-tuning cohort (unlabeled for pre-training) and {cohort['pool']} from outside it, never labeled and "
+                     "never tested here (a pool).")
     tests = len(results.get("test_subjects") or [])
     named = ("real names (--identify-subjects): for internal use, not for sharing" if results.get("identified_subjects")
              else "pseudonyms subject-001 ... in results.json")
@@ -169,7 +170,7 @@ def design_lines(results: dict[str, Any]) -> list[str]:
                         f"{runs} pre-training run(s) per pre-trained method, draw d fine-tunes from run d mod {runs}: "
                         "draws that share a run are averaged and the pre-training run is the unit of the statistics."))
         steps = ", ".join(f"{m} {s}" for m, s in (design.get("pretrain_steps") or {}).items())
-        lines.append(f"Pre-training steps: {steps or 'none'}. Fine-tuning candidates: {', '.join(design['candidates'])}"
+        lines.append(f"Pre-training steps: {steps or 'none'}. Fine-tuning candidates: {'; '.join(design['candidates'])}"
                      + ("; each draw keeps, per method, the one with the best Dice on its validation subjects (only that one is tested)."
                         if len(design["candidates"]) > 1 else "."))
     lines.append("Mean ± std over draws of the mean 3D Dice over structures and test volumes.")

@@ -7,9 +7,10 @@ therefore share exactly the runs that are identical, and never overwrite each ot
 digest in the name is a convenience; the full key stored beside the run is what is checked
 before a run is reused.
 
-Two processes may reach the same run (two settings of the protocol side by side): the first
-*claims* it (an exclusive lock on a file next to the folder) and makes it; the other waits
-for the claim and then finds the run finished.
+Several processes may work on the same runs (the same benchmark started twice to use two
+cores, or two settings that share runs): the first *claims* a run (an exclusive lock on a
+file next to its folder) and makes it; another finds it :class:`Busy`, does other work and
+comes back to it later, when it is finished (:class:`ssmtl.experiments.benchmark.Benchmark`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from ssmtl.api.errors import SsmtlError
 from ssmtl.storage.files import OutputInUse, exclusive_lock, held_here
-
-POLL_SECONDS = 5.0
 
 
 def digest(obj: Any) -> str:
@@ -59,28 +57,26 @@ def read_key(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+class Busy(SsmtlError):
+    """Another process holds the claim on a run: do other work and come back to it."""
+
+
 @contextlib.contextmanager
-def claimed(run_dir: Path, log: Callable[[str], None] = print, poll: float = POLL_SECONDS) -> Iterator[None]:
-    """Hold the claim on ``run_dir`` for the block, waiting while another process holds it.
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Hold the claim on ``run_dir`` for the block; :class:`Busy` when another process holds it.
 
     The lock file sits beside the folder (``.NAME.claim``), so removing a stale run folder
-    inside the block keeps the claim. Only taking the claim waits: an error inside the block
-    propagates as it is.
+    inside the block keeps the claim. Only taking the claim raises :class:`Busy`: an error
+    inside the block propagates as it is.
     """
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = run_dir.parent / f".{run_dir.name}.claim"
-    if held_here(lock):  # waiting for ourselves would never end
+    if held_here(lock):  # a claim of this process is never busy: it is a bug
         raise SsmtlError(f"{run_dir}: claimed twice by this process")
     stack = contextlib.ExitStack()
-    said = False
-    while True:
-        try:
-            stack.enter_context(exclusive_lock(lock, run_dir))
-            break
-        except OutputInUse as exc:
-            if not said:
-                log(f"waiting: {exc}")
-                said = True
-            time.sleep(poll)
+    try:
+        stack.enter_context(exclusive_lock(lock, run_dir))
+    except OutputInUse as exc:
+        raise Busy(str(exc).split(";")[0]) from None  # "RUN is in use by PID N"
     with stack:
         yield
