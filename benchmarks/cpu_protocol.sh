@@ -1,156 +1,168 @@
 #!/usr/bin/env bash
-# The protocol behind docs/benchmarks.md, sized for 2 idle CPU cores (estimate below).
+# The protocol behind docs/benchmarks.md, sized for 2 CPU cores, in pieces of about 3 hours.
 #
-#   bash benchmarks/cpu_protocol.sh            # from the repository root, with .venv/bin on PATH
+#   PIECE=1 bash benchmarks/cpu_protocol.sh     # from the repository root, with .venv/bin on PATH
+#   PIECE=2 bash benchmarks/cpu_protocol.sh     # ... then 3, then 4 (each its own session)
+#   PIECE=all bash benchmarks/cpu_protocol.sh   # everything in one go
 #
-# Interrupted? Run it again: every finished pre-training and cell is reused, an
-# interrupted pre-training resumes from its checkpoint. At the end it prints the verdict
-# (benchmarks/verdict.py) and writes it to $OUT/verdict.md, ready for docs/benchmarks.md.
+# Every piece resumes: all settings keep their runs in one folder, $OUT/runs, named by what
+# defines them, so every finished pre-training and fine-tuning run is reused (by any setting that
+# needs it), an interrupted pre-training resumes from its checkpoint, and a benchmark only adds
+# the draws it lacks. Interrupted? Start the same piece again. Each piece ends with the verdict
+# so far (benchmarks/verdict.py, also in $OUT/verdict.md). JOBS=2 (the default) starts every
+# benchmark twice on the same folders: the two processes share its runs (one core each).
 #
-# Data: phantom caches with realistic inter-subject variability (the default), CT and MR, of
-# SUBJECTS subjects each (default 60, the size of the MM-WHS cohort per modality; 30 % held out
-# for testing: 18), 64 px, about 32 slices. The tables in docs/benchmarks.md made before
-# 2026-12-02 used SUBJECTS=16 (5 test subjects); docs/benchmarks.md says which is which.
-# Model: U-Net base width 8, depth 4. Pre-training: PRETRAIN_STEPS per method (batch 16).
-# Every method is compared with scratch and with contrastive (MoCo v2) per (seed, test
-# subject), with a 95 % bootstrap interval. Each setting is a folder of $OUT with
-# results.json / results.md / dice_vs_labels.png.
+# Design (docs/benchmarks.md, "How the protocol works"): one labeled subject (BUDGET), 1500
+# pre-training steps per run, a width-8 U-Net at 64 px, 60 phantom subjects per domain (18 of
+# them tested). A draw = the labeled and validation subjects, the fine-tuning seed and, for
+# every pre-trained method, its own pre-training run: every draw is an independent replicate;
+# the 95 % t interval is over draws (none below 3), with the MDE at 80 % power beside it. Each
+# draw fine-tunes every method with every candidate recipe x lr (RECIPES x LRS: full fine-tuning
+# and LP-FT, at 1e-3 and 3e-3) and keeps, per method, the best on the draw's validation
+# subjects; only that one is tested. Scratch gets every candidate the others get.
 #
-# Fine-tuning uses the defaults a user gets (`--finetune-steps auto`): validate every 50 steps
-# on up to 2 labeled subjects the budget leaves unused (the same for every method), keep the
-# best step, stop after 200 steps without a new best, at most 1000 steps; with every training
-# subject labeled there is nothing left to validate on and the 1000-step schedule runs whole.
+# Settings (folders of $OUT, each with results.json / results.md / dice_vs_labels.png):
+#   ct-ct              CT->CT: scratch, contrastive (MoCo v2), multitask           the plan's draws
+#   ct-mr              pre-train on CT, fine-tune and test on MR                    the plan's draws
+#   ct-ct-pool         CT->CT with a POOL_SUBJECTS-subject unlabeled CT pool beside the 42
+#                      training subjects (another phantom seed: never labeled or tested)  POOL_DRAWS
+#   ct-ct-frozen       decoder + head on a frozen encoder, a frozen random encoder as the floor
+#                      (lrs only: LP-FT and the encoder's lr do nothing to a frozen encoder)  FROZEN_DRAWS
+#   ablation           encoder tasks alone, decoder tasks alone, the multitask encoder with a random
+#                      decoder, multitask + local contrast (against scratch and multitask)  ABLATION_DRAWS
+#   ablation-position  multitask with position positives in its contrastive task (against ct-ct's
+#                      multitask, draw by draw)                                     ABLATION_DRAWS
 #
-# What runs by default (PROTOCOL=standard; 2 h 30 min with JOBS=2 on 2 cores of an Intel
-# Xeon, torch 2.13.0+cpu, fp32, OMP_NUM_THREADS=1, HEADROOM_BUDGETS=1; docs/benchmarks.md):
-#   headroom     CT, scratch only, 1 and all training subjects labeled: does the test bed
-#                leave room between the two ends? (HEADROOM_BUDGETS=1 keeps only the
-#                1-labeled cells the other settings reuse, when the all-labeled end, three
-#                1000-step runs on every training subject, was measured before)
-#   ct-ct        CT->CT, 1 labeled: scratch, contrastive, multitask
-#   ablation     CT->CT, 1 labeled: encoder tasks alone, decoder tasks alone, and the multitask
-#                pre-training fine-tuned with a random decoder
-#   ct-mr        pre-train on CT, fine-tune and test on MR, 1 labeled
-#   ct-ct-short  CT->CT, 1 labeled: pre-training a quarter as long
-#   ct-ct-frozen CT->CT, 1 labeled, the frozen-encoder protocol (decoder + head trained on
-#                the fixed pre-trained encoder: the representation alone)
-#   mr-mr        MR->MR, 1 labeled: scratch, contrastive, multitask
-#   ct-ct-pretrain-seed1
-#                CT->CT again with every pre-training drawn from another seed (--set seed=1):
-#                the intervals cover seeds and test subjects, not pre-training runs, so this
-#                says whether a difference survives a second pre-training
-#   ct-mr-pretrain-seed1, ablation-pretrain-seed1, ct-ct-short-pretrain-seed1
-#                CT->MR, the ablation's two clear gains and the quarter-length pre-training
-#                with seed-1 pre-trainings
-# JOBS=2 (the default) runs the settings in two chains side by side (headroom .. ct-ct-frozen;
-# mr-mr and the seed-1 repeats), JOBS=1 one after the other.
-# PROTOCOL=full adds the label budgets 2 and 4 and the frozen encoder everywhere
-# (about 3 hours more). A smoke run of the whole script: PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SEEDS=2 SUBJECTS=16 OUT=/tmp/smoke.
+# Cost. Measured on 2 cores of an Intel Xeon (torch 2.13.0+cpu, fp32, one thread per process):
+# a multitask pre-training 13 min, MoCo v2 4 min, a fine-tuning run 2.0 min, testing 18 subjects
+# at native resolution 0.3 min; guessed, not measured: encoder tasks 6, decoder tasks 9,
+# multitask + local contrast 16 min. With 4 candidates a cell is 8.3 CPU min; one draw of ct-ct +
+# ct-mr is 67 CPU min. PIECE 1 measures it all again: benchmarks/plan.py turns the pilot's costs
+# and variance components into the number of draws (intervals.plan: the smallest MDE within
+# MAIN_CPU_HOURS, 11 CPU hours for ct-ct + ct-mr, pilot included) and prints the MDE of every
+# comparison ($OUT/plan.md). In CPU minutes (2 per minute on 2 cores), if the plan says 10 draws:
+#   PIECE=1  caches; the pilot: ct-ct, ct-mr with PILOT_DRAWS (3); the plan;
+#            ct-ct-pool with 3 draws                                  ~305 CPU min, ~2 h 40 min
+#   PIECE=2  ct-ct, ct-mr to half way (7); ct-ct-frozen with 3 draws   ~310 CPU min, ~2 h 45 min
+#   PIECE=3  ct-ct, ct-mr to the plan (10); ct-ct-frozen to 10          ~300 CPU min, ~2 h 40 min
+#   PIECE=4  ablation and ablation-position with 3 draws; ct-ct-pool to 5
+#                                                                       ~325 CPU min, ~2 h 55 min
+# (wall times include a few idle minutes at the end of each setting, while the second process
+# waits for the first's last run). More draws later: raise DRAWS, POOL_DRAWS ... and run a piece again.
+#
+# A smoke run of the whole script (tiny sizes; RECIPES={} until train.lp_steps exists):
+#   OUT=/tmp/smoke PRETRAIN_STEPS=8 FINETUNE_STEPS=4 SUBJECTS=16 POOL_SUBJECTS=8 SIZE=32 RECIPES='{}' \
+#   MAIN_CPU_HOURS=0.1 FROZEN_DRAWS=4 POOL_DRAWS=4 PIECE=all bash benchmarks/cpu_protocol.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SSMTL=${SSMTL:-ssmtl}
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-benchmarks/out}/cpu
-PROTOCOL=${PROTOCOL:-standard}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
-SHORT_PRETRAIN_STEPS=${SHORT_PRETRAIN_STEPS:-$(( PRETRAIN_STEPS / 4 ))}
-FINETUNE_STEPS=${FINETUNE_STEPS:-auto}
-FINETUNE_LR=${FINETUNE_LR:-3e-3}
-SEEDS=${SEEDS:-3}
-SUBJECTS=${SUBJECTS:-60}
+RUNS=$OUT/runs
+PIECE=${PIECE:-1}
 JOBS=${JOBS:-2}
-if [ "$PROTOCOL" = full ]; then BUDGETS=${BUDGETS:-1,2,4}; FROZEN_BUDGETS=$BUDGETS; else BUDGETS=${BUDGETS:-1}; FROZEN_BUDGETS=1; fi
-mkdir -p "$OUT"
+SUBJECTS=${SUBJECTS:-60}
+POOL_SUBJECTS=${POOL_SUBJECTS:-300}
+POOL_SEED=${POOL_SEED:-1}  # the cohort is phantom seed 0: another seed, other virtual patients
+SIZE=${SIZE:-64}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
+FINETUNE_STEPS=${FINETUNE_STEPS:-auto}
+BUDGET=${BUDGET:-1}
+LRS=${LRS:-1e-3,3e-3}
+RECIPES=${RECIPES:-'{"full": {}, "lp-ft": {"train": {"lp_steps": 100, "encoder_lr_scale": 0.1}}}'}
+PILOT_DRAWS=${PILOT_DRAWS:-3}
+MAIN_CPU_HOURS=${MAIN_CPU_HOURS:-11}
+POOL_DRAWS=${POOL_DRAWS:-5}
+FROZEN_DRAWS=${FROZEN_DRAWS:-10}
+ABLATION_DRAWS=${ABLATION_DRAWS:-3}
+METHODS=scratch,contrastive,multitask
+mkdir -p "$OUT/logs"
 t0=$(date +%s)
-for domain in ct mr; do
-  [ -f "$OUT/$domain.h5" ] || $SSMTL cache build --dataset phantom --out "$OUT/$domain.h5" --subjects "$SUBJECTS" --domain "$domain" --size 64 > /dev/null
-done
-ALL=$($PYTHON -c "
+elapsed() { echo "$1: $(( $(date +%s) - t0 ))s since the start of this piece"; }
+
+caches() {
+  for domain in ct mr; do
+    [ -f "$OUT/$domain.h5" ] || $SSMTL cache build --dataset phantom --out "$OUT/$domain.h5" --subjects "$SUBJECTS" \
+        --domain "$domain" --size "$SIZE" > /dev/null
+  done
+  # the pool: every subject for pre-training (no test split), from another phantom seed
+  [ -f "$OUT/pool.h5" ] || $SSMTL cache build --dataset phantom --out "$OUT/pool.h5" --subjects "$POOL_SUBJECTS" \
+      --domain ct --size "$SIZE" --seed "$POOL_SEED" --test-fraction 0 > /dev/null
+  $PYTHON - "$OUT/ct.h5" "$OUT/pool.h5" <<'EOF'
 import sys
 from ssmtl.data.cache import SliceCache
-cache = SliceCache(sys.argv[1])
-print(len({v.subject for v in cache.volumes if v.split == 'train'}))" "$OUT/ct.h5")
-HEADROOM_BUDGETS=${HEADROOM_BUDGETS:-1,$ALL}
-FT=(--seeds "$SEEDS" --finetune-steps "$FINETUNE_STEPS" --finetune-lr "$FINETUNE_LR" --set model.base_channels=8)
-COMMON=("${FT[@]}" --pretrain-steps "$PRETRAIN_STEPS")
-METHODS=scratch,contrastive,multitask
-elapsed() { echo "$1: $(( $(date +%s) - t0 ))s since start"; }
-
-# Two chains of settings that share nothing but the caches and finished cells; JOBS=2 (the
-# default) runs them side by side, one per core, JOBS=1 one after the other.
-chain_a() {
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/headroom" --methods scratch --labeled-volumes "$HEADROOM_BUDGETS" "${COMMON[@]}"
-  elapsed headroom
-  mkdir -p "$OUT/ct-ct" && cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct/" 2>/dev/null || true
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct" --methods "$METHODS" --labeled-volumes "$BUDGETS" "${COMMON[@]}"
-  elapsed ct-ct
-  # A copy of what is missing reuses the runs above and keeps a setting's own pre-trainings
-  # and cells on a re-run (anything stale is detected by the benchmark and recomputed).
-  mkdir -p "$OUT/ablation" && cp -rn "$OUT/ct-ct/." "$OUT/ablation/"
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation" --labeled-volumes 1 "${COMMON[@]}" \
-      --methods "$METHODS,encoder-only=contrastive+order+position,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
-  elapsed ablation
-  mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"
-  $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr" --methods "$METHODS" \
-      --labeled-volumes "$FROZEN_BUDGETS" "${COMMON[@]}" $([ "$PROTOCOL" = full ] && echo --frozen-encoder)
-  elapsed ct-mr
-  mkdir -p "$OUT/ct-ct-short" && cp -rn "$OUT/ct-ct/finetune" "$OUT/ct-ct-short/" 2>/dev/null || true
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short" --labeled-volumes 1 "${FT[@]}" \
-      --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS"
-  elapsed ct-ct-short
-  # the frozen-encoder cells live in their own setting (their own budgets), reusing the pre-trainings
-  mkdir -p "$OUT/ct-ct-frozen" && cp -rn "$OUT/ct-ct/." "$OUT/ct-ct-frozen/"
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-frozen" --methods "$METHODS" --labeled-volumes "$FROZEN_BUDGETS" --frozen-encoder "${COMMON[@]}"
-  elapsed ct-ct-frozen
+cohort, pool = SliceCache(sys.argv[1]), SliceCache(sys.argv[2])
+shared = {v.source for v in cohort.volumes} & {v.source for v in pool.volumes}
+assert cohort.fingerprint != pool.fingerprint and not shared, f"the pool shares {len(shared)} volumes with the cohort"
+print(f"pool: {len({v.subject for v in pool.volumes})} subjects, none of the cohort's {len({v.subject for v in cohort.volumes})} "
+      "(sources and fingerprints differ; inside a cache set their names are pool/... and ct/...)")
+EOF
 }
 
-chain_b() {
-  $SSMTL benchmark --data "$OUT/mr.h5" --out "$OUT/mr-mr" --methods "$METHODS" --labeled-volumes "$BUDGETS" \
-      $([ "$PROTOCOL" = full ] && echo --frozen-encoder) "${COMMON[@]}"
-  elapsed mr-mr
-  # CT->CT again with every pre-training from seed 1. Scratch does not pre-train: its cells are
-  # the headroom's, copied only once that setting has finished (results.json is written last),
-  # else recomputed here.
-  mkdir -p "$OUT/ct-ct-pretrain-seed1"
-  if [ -f "$OUT/headroom/results.json" ]; then cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct-pretrain-seed1/" 2>/dev/null || true; fi
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-pretrain-seed1" --methods "$METHODS" --labeled-volumes 1 \
-      "${COMMON[@]}" --set seed=1
-  elapsed ct-ct-pretrain-seed1
-  # CT->MR with the seed-1 pre-trainings (scratch's MR cells are mr-mr's)
-  mkdir -p "$OUT/ct-mr-pretrain-seed1" && rm -rf "$OUT/ct-mr-pretrain-seed1/pretrain"
-  cp -r "$OUT/ct-ct-pretrain-seed1/pretrain" "$OUT/ct-mr-pretrain-seed1/pretrain"
-  cp -rn "$OUT/mr-mr/finetune" "$OUT/ct-mr-pretrain-seed1/" 2>/dev/null || true
-  $SSMTL benchmark --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --out "$OUT/ct-mr-pretrain-seed1" --methods "$METHODS" \
-      --labeled-volumes 1 "${COMMON[@]}" --set seed=1
-  elapsed ct-mr-pretrain-seed1
-  # the ablation's decoder variants again with seed-1 pre-trainings (contrastive, multitask and
-  # scratch reused from ct-ct-pretrain-seed1)
-  mkdir -p "$OUT/ablation-pretrain-seed1" && cp -rn "$OUT/ct-ct-pretrain-seed1/." "$OUT/ablation-pretrain-seed1/"
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ablation-pretrain-seed1" --labeled-volumes 1 "${COMMON[@]}" --set seed=1 \
-      --methods "$METHODS,decoder-only=reconstruct+neighbor,multitask-encoder=multitask:encoder"
-  elapsed ablation-pretrain-seed1
-  # the quarter-length pre-training with seed 1 (in this chain because it is the shorter one;
-  # scratch's cells are the headroom's, copied once that setting has finished)
-  mkdir -p "$OUT/ct-ct-short-pretrain-seed1"
-  if [ -f "$OUT/headroom/results.json" ]; then cp -rn "$OUT/headroom/finetune" "$OUT/ct-ct-short-pretrain-seed1/" 2>/dev/null || true; fi
-  $SSMTL benchmark --data "$OUT/ct.h5" --out "$OUT/ct-ct-short-pretrain-seed1" --labeled-volumes 1 "${FT[@]}" \
-      --pretrain-steps "$SHORT_PRETRAIN_STEPS" --methods "$METHODS" --set seed=1
-  elapsed ct-ct-short-pretrain-seed1
-}
-
-if [ "$JOBS" -ge 2 ]; then
-  echo "two chains side by side; their logs: $OUT/chain-a.log, $OUT/chain-b.log"
-  chain_a > "$OUT/chain-a.log" 2>&1 & a=$!
-  chain_b > "$OUT/chain-b.log" 2>&1 & b=$!
-  trap 'kill $a $b 2>/dev/null' INT TERM
-  failed=0
-  wait "$a" || { failed=1; echo "chain a failed:"; tail -n 5 "$OUT/chain-a.log"; }
-  wait "$b" || { failed=1; echo "chain b failed:"; tail -n 5 "$OUT/chain-b.log"; }
+# One setting: `bench NAME DRAWS ARGS...`, JOBS processes side by side on the same folders (each
+# leaves the runs another is making to it and does the next; see ssmtl.experiments.benchmark).
+bench() {
+  local name=$1 draws=$2
+  shift 2
+  local pids=() j
+  for j in $(seq 1 "$JOBS"); do
+    echo "== piece $PIECE, $draws draws, $(date -u +%FT%TZ)" >> "$OUT/logs/$name.$j.log"
+    $SSMTL benchmark --out "$OUT/$name" --runs "$RUNS" --draws "$draws" --labeled-volumes "$BUDGET" \
+        --pretrain-steps "$PRETRAIN_STEPS" --steps "$FINETUNE_STEPS" --set pretrain.model.base_channels=8 \
+        "$@" >> "$OUT/logs/$name.$j.log" 2>&1 &
+    pids+=($!)
+    sleep 2  # the first claims the first run; the second starts on the next
+  done
+  trap 'kill "${pids[@]}" 2>/dev/null' INT TERM
+  local failed=0
+  for j in "${!pids[@]}"; do
+    wait "${pids[$j]}" || { failed=1; echo "$name (process $((j + 1))) failed:"; tail -n 5 "$OUT/logs/$name.$((j + 1)).log"; }
+  done
+  trap - INT TERM
   [ "$failed" = 0 ] || exit 1
-  grep -h "since start" "$OUT/chain-a.log" "$OUT/chain-b.log"
-else
-  chain_a
-  chain_b
-fi
-$PYTHON benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"
-echo "total: $(( $(date +%s) - t0 ))s"
+  elapsed "$name ($draws draws)"
+}
+
+GRID=(--finetune-lrs "$LRS" --set "finetune_recipes=$RECIPES")
+ct_ct() { bench ct-ct "$1" --data "$OUT/ct.h5" --methods "$METHODS" "${GRID[@]}"; }
+ct_mr() { bench ct-mr "$1" --data "$OUT/ct.h5" --finetune-data "$OUT/mr.h5" --methods "$METHODS" "${GRID[@]}"; }
+pool() { bench ct-ct-pool "$1" --data "$OUT/ct.h5" --data "$OUT/pool.h5" --finetune-data "$OUT/ct.h5" --methods "$METHODS" "${GRID[@]}"; }
+frozen() { bench ct-ct-frozen "$1" --data "$OUT/ct.h5" --methods "$METHODS" --frozen-encoder --finetune-lrs "$LRS"; }
+ablation() {  # encoder tasks alone, decoder tasks alone, a random decoder, and local contrast joining multitask
+  bench ablation "$1" --data "$OUT/ct.h5" "${GRID[@]}" --methods "scratch,multitask,encoder-tasks=contrastive+order+position,\
+decoder-tasks=reconstruct+neighbor,multitask-random-decoder=multitask:encoder,multitask-local=multitask+local-contrastive"
+}
+ablation_position() {  # the position positives (PCL) in every contrastive task; verdict.py pairs it with ct-ct's multitask
+  bench ablation-position "$1" --data "$OUT/ct.h5" --methods scratch,multitask "${GRID[@]}" \
+      --set pretrain.tasks.contrastive.positives=position
+}
+planned() {  # the main settings' draws: DRAWS, else the plan (made from the pilot when missing)
+  if [ -n "${DRAWS:-}" ]; then echo "$DRAWS"; return; fi
+  [ -f "$OUT/plan.json" ] || $PYTHON benchmarks/plan.py "$OUT/ct-ct" "$OUT/ct-mr" --budget-hours "$MAIN_CPU_HOURS" \
+      --json "$OUT/plan.json" > "$OUT/plan.md"
+  $PYTHON -c "import json, sys; print(max(json.load(open(sys.argv[1]))['draws'], $PILOT_DRAWS))" "$OUT/plan.json"
+}
+verdict() { $PYTHON benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"; }
+
+piece1() {
+  caches
+  ct_ct "$PILOT_DRAWS"
+  ct_mr "$PILOT_DRAWS"
+  planned > /dev/null && cat "$OUT/plan.md" 2>/dev/null || true
+  pool 3
+}
+half() { local g; g=$(planned); echo $(( PILOT_DRAWS + (g - PILOT_DRAWS + 1) / 2 )); }
+piece2() { ct_ct "$(half)"; ct_mr "$(half)"; frozen 3; }
+piece3() { ct_ct "$(planned)"; ct_mr "$(planned)"; frozen "$FROZEN_DRAWS"; }
+piece4() { ablation "$ABLATION_DRAWS"; ablation_position "$ABLATION_DRAWS"; pool "$POOL_DRAWS"; }
+
+case "$PIECE" in
+  1) piece1 ;;
+  2) piece2 ;;
+  3) piece3 ;;
+  4) piece4 ;;
+  all) piece1; piece2; piece3; piece4 ;;
+  *) echo "PIECE=$PIECE: use 1, 2, 3, 4 or all" >&2; exit 2 ;;
+esac
+verdict
+echo "piece $PIECE: $(( $(date +%s) - t0 ))s"

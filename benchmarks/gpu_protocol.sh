@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's protocol on one GPU: label budgets 1, 2 and 8 volumes, 3 seeds, fine-tuning and
+# The paper's protocol on one GPU: label budgets 1, 2 and 8 volumes, 3 draws, fine-tuning and
 # the frozen-encoder protocol, scratch vs MoCo v2 (contrastive) vs multitask.
 #
 #   bash benchmarks/gpu_protocol.sh                                   # phantom data
@@ -10,9 +10,11 @@
 # caches (realistic variability, SUBJECTS subjects at SIZE px). Settings: CT->CT, CT->MR (the
 # CT pre-trainings reused), MR->MR, and ACDC->ACDC when acdc.h5 exists. Results land in
 # $OUT/protocol/<setting>/results.{json,md} and dice_vs_labels.png; the verdict of every
-# setting (paired differences with 95 % bootstrap intervals) in $OUT/protocol/verdict.md.
+# setting (paired differences with 95 % t intervals over draws and the MDE) in $OUT/protocol/verdict.md.
+# Every draw has its own pre-training run per method (docs/benchmarks.md); all settings keep
+# their runs in $OUT/protocol/runs, so CT->MR reuses CT->CT's pre-trainings.
 # Interrupted? Run it again: finished pre-trainings and cells are reused.
-# Sizes are environment variables: PRETRAIN_STEPS, FINETUNE_STEPS, SEEDS, BUDGETS, SUBJECTS, SIZE.
+# Sizes are environment variables: PRETRAIN_STEPS, FINETUNE_STEPS, DRAWS, BUDGETS, SUBJECTS, SIZE.
 # Budget 8 needs at least 8 labeled training subjects per cache (MM-WHS: 20 labeled per
 # modality, 6 held out for testing).
 set -euo pipefail
@@ -22,7 +24,7 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/out}/protocol
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-5000}
 FINETUNE_STEPS=${FINETUNE_STEPS:-auto}  # the user default: validate, keep the best step, stop on a plateau (at most 1000)
-SEEDS=${SEEDS:-3}
+DRAWS=${DRAWS:-${SEEDS:-3}}
 BUDGETS=${BUDGETS:-1,2,8}
 SUBJECTS=${SUBJECTS:-24}
 SIZE=${SIZE:-128}
@@ -42,10 +44,10 @@ else
 fi
 echo "caches: $(( $(date +%s) - t0 ))s"
 
-COMMON=(--methods scratch,contrastive,multitask --labeled-volumes "$BUDGETS" --seeds "$SEEDS" --frozen-encoder
-        --pretrain-steps "$PRETRAIN_STEPS" --finetune-steps "$FINETUNE_STEPS" --finetune-batch-size 32
-        --set train.mixed_precision=bf16 --set train.batch_size=32 --set data.num_workers=6
-        --set train.checkpoint_every=1000)
+COMMON=(--methods scratch,contrastive,multitask --labeled-volumes "$BUDGETS" --draws "$DRAWS" --frozen-encoder
+        --runs "$OUT/runs" --pretrain-steps "$PRETRAIN_STEPS" --steps "$FINETUNE_STEPS" --batch-size 32
+        --set pretrain.train.mixed_precision=bf16 --set pretrain.train.batch_size=32 --set pretrain.data.num_workers=6
+        --set pretrain.train.checkpoint_every=1000)
 
 bench() {  # name, pretrain cache, finetune cache
   local t=$(date +%s)
@@ -54,8 +56,7 @@ bench() {  # name, pretrain cache, finetune cache
 }
 
 bench ct-ct ct ct
-mkdir -p "$OUT/ct-mr" && rm -rf "$OUT/ct-mr/pretrain" && cp -r "$OUT/ct-ct/pretrain" "$OUT/ct-mr/pretrain"  # same CT pre-training
-bench ct-mr ct mr
+bench ct-mr ct mr  # the same CT pre-trainings, from $OUT/runs
 bench mr-mr mr mr
 if [ -f "$DATA/acdc.h5" ]; then bench acdc acdc acdc; fi
 $PY benchmarks/verdict.py "$OUT" | tee "$OUT/verdict.md"

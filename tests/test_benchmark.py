@@ -1,98 +1,337 @@
-"""`ssmtl benchmark`: the paper's protocol end to end on a tiny phantom cache."""
+"""`ssmtl benchmark`: the paper's protocol end to end on a tiny phantom cache, by draws."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from ssmtl.api.errors import ConfigError, SsmtlError
 from ssmtl.cli.app import app
-from ssmtl.experiments.benchmark import Method, parse_methods
-from ssmtl.experiments.results import summarise_cells
-from ssmtl.api.errors import SsmtlError
+from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig, Method, parse_methods
+from ssmtl.experiments.cells import choose
+from ssmtl.experiments.intervals import t_interval
+from ssmtl.experiments.pseudonyms import Shareable
+from ssmtl.experiments.results import render_markdown, summarise_cells
 from ssmtl.host.registry import build_registry
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
+TINY = ("--pretrain-steps", "2", "--steps", "2", "--set", "pretrain.model.base_channels=4", "--set", "pretrain.model.depth=2")
+
+
+def _build(out: Path, subjects: int, seed: int = 0, test_fraction: float = 0.3) -> Path:
+    from ssmtl.data.build import build_cache
+    from ssmtl.data.preprocess import PreprocessConfig
+
+    return build_cache(dataset="phantom", dataset_options={"subjects": subjects, "size": 32, "num_slices": 8, "seed": seed},
+                       preprocess=PreprocessConfig(size=32), out=out, registry=build_registry(external=False),
+                       test_fraction=test_fraction)
 
 
 @pytest.fixture(scope="module")
 def bench_cache(tmp_path_factory) -> Path:
-    from ssmtl.data.build import build_cache
-    from ssmtl.data.preprocess import PreprocessConfig
-    from ssmtl.host.registry import build_registry
-
-    out = tmp_path_factory.mktemp("bench") / "ct.h5"
-    return build_cache(dataset="phantom", dataset_options={"subjects": 6, "size": 32, "num_slices": 8},
-                       preprocess=PreprocessConfig(size=32), out=out, registry=build_registry(external=False))
+    return _build(tmp_path_factory.mktemp("bench") / "ct.h5", 6)
 
 
 def bench(cache: Path, out: Path, *extra: str):
-    args = ["--no-plugins", "benchmark", "--data", str(cache), "--methods", "scratch,contrastive", "--labeled-volumes", "1",
-            "--seeds", "1", "--out", str(out), "--pretrain-steps", "2", "--finetune-steps", "2",
-            "--set", "model.base_channels=4", "--set", "model.depth=2", *extra]
+    args = ["--no-plugins", "benchmark", "--data", str(cache), "--methods", "scratch,contrastive,c-enc=contrastive:encoder",
+            "--labeled-volumes", "1", "--draws", "3", "--out", str(out), *TINY, *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return result
 
 
-def test_tiny_benchmark_outputs_and_reuse(bench_cache, tmp_path):
-    out = tmp_path / "bench"
-    printed = bench(bench_cache, out).stdout
-    # one seed is one draw, too few for an interval, and the console says so
-    assert "(+x.xxx [low, high; G draws, MDE m])" in " ".join(printed.split())
-    assert re.search(r"contrastive .*\(-?\+?\d\.\d{3} \[none: 1 draw\(s\) < 3\]\)", " ".join(printed.split())), printed
+@pytest.fixture(scope="module")
+def three_draws(bench_cache, tmp_path_factory):
+    """One real benchmark: 3 draws of scratch, contrastive and contrastive with a random decoder."""
+    out = tmp_path_factory.mktemp("three") / "bench"
+    return out, bench(bench_cache, out)
+
+
+def test_three_draws_give_intervals_with_draws_and_mde(three_draws):
+    out, result = three_draws
+    printed = " ".join(re.sub("[│┃]", " ", result.stdout).split())  # the table may wrap a cell
+    assert re.search(r"contrastive .*\(-?\+?\d\.\d{3} \[[-+]\d\.\d{3}, [-+]\d\.\d{3}; 3 draws, MDE \d\.\d{3}\]\)", printed), printed
     for name in ("results.json", "results.md", "dice_vs_labels.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert (out / "dice_vs_labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
-    assert {c["method"] for c in results["cells"]} == {"scratch", "contrastive"}
-    cell = results["cells"][0]
-    assert set(cell["per_class"]) == {"myocardium", "left_atrium", "left_ventricle", "right_atrium", "right_ventricle", "aorta"}
-    assert all("hd95" in v and "dice" in v for v in cell["per_volume"])
-    assert "| contrastive |" in (out / "results.md").read_text()
+    vs = next(r for r in results["summary"] if r["method"] == "contrastive")["vs_scratch"]
+    assert (vs["unit"], vs["units"], vs["draws"]) == ("draw", 3, 3) and not math.isnan(vs["mde80"])
+    assert vs["ci95"] == pytest.approx(list(t_interval(vs["draw_differences"])))
+    text = (out / "results.md").read_text()
+    assert "3 draw(s) per label budget" in text and "every draw is an independent replicate" in text
+    assert f"; 3 draws, MDE {vs['mde80']:.3f}]" in text and "## Verdict" in text
 
-    # splits are disjoint by subject, and identical test subjects in every cell
-    test = set(results["test_subjects"])
-    assert test and all(set(c["test_subjects"]) == test for c in results["cells"])
-    for c in results["cells"]:
-        assert not test & set(c["labeled_subjects"])
-        split = json.loads((out / "finetune" / c["method"] / "finetune" / "n1" / "seed0" / "split.json").read_text())
-        assert not set(split["train"]) & set(split["test"])
-    manifest = json.loads((out / "pretrain" / "contrastive" / "export" / "manifest.json").read_text())
-    assert not test & set(manifest["data"]["volumes"])  # pre-training never saw the test subjects
 
-    # a re-run reuses the pre-training and the cells
-    export = out / "pretrain" / "contrastive" / "export" / "model.safetensors"
-    stamp = export.stat().st_mtime_ns
-    again = bench(bench_cache, out)
-    assert "reusing" in again.output
-    assert "benchmark finetune" not in again.output and "training" not in again.output
-    assert export.stat().st_mtime_ns == stamp
+def test_cells_record_the_draw_and_pair_methods_within_it(three_draws):
+    out, _ = three_draws
+    results = json.loads((out / "results.json").read_text())
+    cells = {(c["method"], c["draw"]): c for c in results["cells"]}
+    assert set(cells) == {(m, d) for m in ("scratch", "contrastive", "c-enc") for d in range(3)}
+    for d in range(3):
+        scratch, contrastive, enc = cells[("scratch", d)], cells[("contrastive", d)], cells[("c-enc", d)]
+        assert scratch["pretrain_run"] is scratch["pretrain_seed"] is None
+        # each draw its own pre-training run; the encoder-only variant fine-tunes from the same one
+        assert contrastive["pretrain_run"] == enc["pretrain_run"] == d and contrastive["pretrain_seed"] == d
+        for key in ("labeled_subjects", "validation_subjects", "test_subjects", "finetune_seed", "lr"):
+            assert scratch[key] == contrastive[key] == enc[key], key
+        assert scratch["labeled_subjects"] and len(scratch["validation_subjects"]) == 2
+        assert not set(scratch["labeled_subjects"]) & set(scratch["validation_subjects"] + scratch["test_subjects"])
+        for c in (scratch, contrastive, enc):
+            assert c["selected_step"] == 2 and c["stop_reason"] and c["recipe"] == "default" and c["lr"] == 3e-3
+            assert [k["lr"] for k in c["candidates"]] == [3e-3] and c["chosen_on"] is None
+    assert sorted({r["seed"] for r in results["pretrain_runs"]}) == [0, 1, 2]
+    runs = sorted((out / "pretrain" / "contrastive").iterdir())
+    assert [p.name.split("-")[0] for p in runs] == ["seed0", "seed1", "seed2"]
+    assert not (out / "pretrain" / "c-enc").exists()  # shares contrastive's runs
+    for method, parts in (("contrastive", "all"), ("c-enc", "encoder")):
+        run = json.loads(next((out / "finetune" / method / "finetune" / "n1" / "draw1").rglob("run.json")).read_text())
+        assert (run["init"], run["init_parts"]) == (str(runs[1]), parts)
+    manifest = json.loads((runs[0] / "export" / "manifest.json").read_text())
+    split = json.loads(next((out / "finetune" / "scratch").rglob("split.json")).read_text())
+    assert split["test"] and not set(split["test"]) & set(manifest["data"]["volumes"])  # pre-training never saw a test subject
 
-    # a copied (or moved) benchmark directory is still reusable: paths are not identity
-    import shutil
 
+def test_shareable_outputs_carry_pseudonyms_and_no_local_paths(three_draws):
+    out, _ = three_draws
+    results = json.loads((out / "results.json").read_text())
+    written = (out / "results.json").read_text() + (out / "results.md").read_text()
+    assert "phantom_" not in written and str(out.parent) not in written and "/tmp" not in written
+    subjects = {s for c in results["cells"] for k in ("labeled_subjects", "validation_subjects", "test_subjects") for s in c[k]}
+    subjects |= {v["subject"] for c in results["cells"] for v in c["per_volume"]}
+    assert subjects and all(re.fullmatch(r"subject-\d{3}", s) for s in subjects)
+    assert "2 test subjects, the same for every cell" in (out / "results.md").read_text()
+    assert results["config"]["data"] == "ct.h5" and results["config"]["out"] is None
+
+
+def test_rerun_reuses_everything_and_survives_a_move_and_corruption(three_draws, bench_cache, tmp_path):
+    out, _ = three_draws
     moved = tmp_path / "moved"
-    shutil.copytree(out, moved)
-    relocated = bench(bench_cache, moved)
-    assert "reusing" in relocated.output
-    assert "benchmark finetune" not in relocated.output and "training" not in relocated.output
-
-    # corrupt intermediates are detected and recomputed
-    cell_eval = out / "finetune" / "scratch" / "finetune" / "n1" / "seed0" / "eval.json"
+    shutil.copytree(out, moved)  # a copied (or moved) benchmark directory is reusable: paths are not identity
+    again = bench(bench_cache, moved)
+    assert again.output.count("reusing") == 3 and "benchmark finetune" not in again.output and "training contrastive" not in again.output
+    assert json.loads((moved / "results.json").read_text())["summary"] == json.loads((out / "results.json").read_text())["summary"]
+    cell_eval = next((moved / "finetune" / "scratch").rglob("eval.json"))
     cell_eval.write_text("{not json")
+    export = next((moved / "pretrain" / "contrastive").glob("seed0-*")) / "export" / "model.safetensors"
     export.write_bytes(export.read_bytes()[:64])
-    third = bench(bench_cache, out)
-    assert "no usable export" in third.output
-    assert "finetune scratch/finetune n=1 seed=0" in third.output
-    json.loads(cell_eval.read_text())
+    third = bench(bench_cache, moved)
+    assert "no usable export" in third.output and "resuming contrastive" in " ".join(third.output.split())  # its last checkpoint
+    json.loads(cell_eval.read_text())  # evaluated again (the run itself was reused)
     from safetensors.torch import load_file
 
     assert load_file(export)  # rebuilt and readable
+
+
+# -- the lr is chosen on validation, never on test: fake fine-tuning and evaluation ---------------
+
+
+def fake_runs(validation, test, calls):
+    """``train_fn`` / ``evaluate_fn`` that score a run by (init, lr): ``validation[...]`` on the
+    draw's validation subjects, ``test[...]`` on the test subjects; ``calls`` records both."""
+    from ssmtl.data.cache_set import open_caches
+    from ssmtl.data.splits import choose_labeled, split_cache
+    from ssmtl.downstream.validation import plan_validation
+
+    def train(ft):
+        cache = open_caches(ft.data)
+        split = split_cache(cache, seed=ft.split_seed, test_fraction=ft.test_fraction)
+        labeled = choose_labeled(split["train"], ft.labeled_volumes, ft.labeled_seed)
+        plan = plan_validation(split, labeled, ft.validation, ft.val_volumes, ft.labeled_seed)
+        which = ("none" if ft.init == "none" else "pretrained", ft.train.lr)
+        calls.append(("train", which, ft.freeze_encoder))
+        Path(ft.out).mkdir(parents=True)
+        (Path(ft.out) / "run.json").write_text(json.dumps({
+            "labeled_subjects": labeled, "validation": {"subjects": plan.val, "dice": validation[which]},
+            "selected_step": 7, "steps": 9, "stopped_early": True, "seconds": 0.5, "which": list(which), "test": split["test"],
+            "weight_change": {"encoder": 0.1, "decoder": 0.2}}))
+
+    def evaluate(run_dir):
+        run = json.loads((Path(run_dir) / "run.json").read_text())
+        calls.append(("evaluate", tuple(run["which"])))
+        score = test[tuple(run["which"])]
+        per_volume = [{"subject": s, "volume": s, "mean_dice": score + 0.01 * i} for i, s in enumerate(run["test"])]
+        evaluation = {"per_volume": per_volume, "mean_dice": score, "mean_hd95": 1.0, "space": "cache",
+                      "per_class": {"lv": {"dice": score}}, "test_subjects": run["test"]}
+        (Path(run_dir) / "eval.json").write_text(json.dumps(evaluation))
+        return evaluation
+
+    return train, evaluate
+
+
+def _faked(config: BenchmarkConfig, validation, test):
+    bench = Benchmark(config, build_registry(external=False), log=lambda m: None)
+    calls: list = []
+    bench.cells.train_fn, bench.cells.evaluate_fn = fake_runs(validation, test, calls)
+    return bench, calls
+
+
+def test_the_lr_is_chosen_per_method_on_validation_never_on_test(bench_cache, tmp_path):
+    # validation prefers 3e-3 for scratch and 1e-3 for the pre-trained method; the test scores say the opposite
+    validation = {("none", 1e-3): 0.40, ("none", 3e-3): 0.60, ("pretrained", 1e-3): 0.70, ("pretrained", 3e-3): 0.50}
+    test = {("none", 1e-3): 0.90, ("none", 3e-3): 0.10, ("pretrained", 1e-3): 0.20, ("pretrained", 3e-3): 0.95}
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch", "contrastive"], labeled_volumes=[1], draws=2,
+                             finetune_lrs=[3e-3, 1e-3], pretrain={"train.steps": 2, "model": {"base_channels": 4, "depth": 2}})
+    bench, calls = _faked(config, validation, test)
+    results = bench.run()
+    for c in results["cells"]:
+        assert c["lr"] == (3e-3 if c["method"] == "scratch" else 1e-3) and c["chosen_on"] == "validation"
+        assert [(k["lr"], k["validation_dice"]) for k in c["candidates"]] == [
+            (lr, validation[("none" if c["method"] == "scratch" else "pretrained", lr)]) for lr in (1e-3, 3e-3)]
+        assert c["weight_change"] == {"encoder": 0.1, "decoder": 0.2} and c["stop_reason"] == "validation plateau"
+    evaluated = [call[1] for call in calls if call[0] == "evaluate"]
+    assert sorted(evaluated) == [("none", 3e-3)] * 2 + [("pretrained", 1e-3)] * 2  # only the kept run is ever tested
+    assert len([c for c in calls if c[0] == "train"]) == 8
+    text = render_markdown(results)
+    assert "| scratch | 1 | lr 0.003: 2 |" in text and "| contrastive | 1 | lr 0.001: 2 |" in text
+    # a second benchmark over the same runs, whose test scores now favour the other lr, keeps the same choice
+    rerun, calls = _faked(config, validation, {k: 1 - v for k, v in test.items()})
+    assert [c["lr"] for c in rerun.run()["cells"]] == [c["lr"] for c in results["cells"]] and calls == []
+
+
+def test_one_draw_gives_no_verdict_however_large_the_difference(bench_cache, tmp_path):
+    validation = {("none", 3e-3): 0.5}
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch"], labeled_volumes=[1], draws=1,
+                             frozen_encoder=True)
+    bench, calls = _faked(config, validation, {("none", 3e-3): 0.5})
+    results = bench.run()
+    # the frozen random encoder: init none with the encoder frozen, a row of its own
+    assert [(c[1], c[2]) for c in calls if c[0] == "train"] == [(("none", 3e-3), False), (("none", 3e-3), True)]
+    assert {(c["protocol"], c["method"]) for c in results["cells"]} == {("finetune", "scratch"), ("frozen", "scratch")}
+    text = render_markdown(results)
+    assert "frozen random encoder" in text
+    cells = [{**c, "method": m, "per_volume": [{**v, "mean_dice": v["mean_dice"] + shift} for v in c["per_volume"]]}
+             for c in results["cells"] if c["protocol"] == "finetune" for m, shift in (("scratch", 0.0), ("other", 0.5))]
+    row = next(r for r in summarise_cells(cells) if r["method"] == "other")
+    assert row["vs_scratch"]["verdict"] == "too few draws to tell (an interval needs 3)"
+    text = render_markdown({**results, "summary": [row]})
+    assert "+0.500 mean Dice (95 % CI none: 1 draw < 3" in text and "too few draws to tell" in text
+    assert "): better" not in text and "): worse" not in text
+
+
+def test_work_another_process_holds_is_left_for_later(bench_cache, tmp_path, monkeypatch):
+    """Two processes on one benchmark (JOBS=2) share its work: a run the other holds is skipped, then reused."""
+    import subprocess
+    import sys
+
+    import ssmtl.experiments.benchmark as benchmark_module
+
+    monkeypatch.setattr(benchmark_module, "POLL_SECONDS", 0.2)
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["contrastive", "scratch"], labeled_volumes=[1], draws=1,
+                             pretrain={"train.steps": 2, "model": {"base_channels": 4, "depth": 2}})
+    bench, calls = _faked(config, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5}, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5})
+    logged: list[str] = []
+    bench.log = bench.pretraining.log = logged.append
+    run_dir = bench.pretraining.run_dir(bench.methods[0], 0)
+    run_dir.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from ssmtl.storage.files import exclusive_lock\n"
+        "with exclusive_lock(Path(sys.argv[1]), Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(3)\n"),
+        str(run_dir.parent / f".{run_dir.name}.claim"), str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    bench.run()
+    holder.wait()
+    assert any("doing other work meanwhile" in line for line in logged)
+    trained = [c[1][0] for c in calls if c[0] == "train"]
+    assert trained == ["none", "pretrained"]  # scratch (listed second) went first, while the pre-training was held
+    assert any("training contrastive" in line for line in logged)  # then made here, once the claim was free
+
+
+def test_draws_sharing_a_pretraining_run_are_averaged_and_the_run_is_the_unit():
+    def cell(method, draw, run, score):
+        return {"method": method, "protocol": "finetune", "labeled_volumes": 1, "draw": draw, "pretrain_run": run,
+                "mean_dice": score, "mean_hd95": 1.0, "per_class": {}, "per_volume": [{"subject": "a", "mean_dice": score}]}
+
+    shifts = [0.10, 0.02, 0.30, 0.14, 0.00, 0.22]  # 6 draws on K = 3 pre-training runs: draw d uses run d mod 3
+    cells = [cell("scratch", d, None, 0.5) for d in range(6)] + [cell("multi", d, d % 3, 0.5 + s) for d, s in enumerate(shifts)]
+    vs = next(r for r in summarise_cells(cells) if r["method"] == "multi")["vs_scratch"]
+    run_means = [(shifts[k] + shifts[k + 3]) / 2 for k in range(3)]
+    assert (vs["unit"], vs["units"], vs["draws"]) == ("pre-training run", 3, 6)
+    assert vs["draw_differences"] == pytest.approx(run_means) and vs["ci95"] == pytest.approx(list(t_interval(run_means)))
+    assert "3 pre-training runs of 6 draws" in render_markdown({"summary": [next(r for r in summarise_cells(cells) if r["method"] == "multi")]})
+    two = [c for c in cells if c["draw"] < 4 and c["method"] == "scratch"] + [{**c, "pretrain_run": c["draw"] % 2} for c in cells
+                                                                               if c["draw"] < 4 and c["method"] == "multi"]
+    assert next(r for r in summarise_cells(two) if r["method"] == "multi")["vs_scratch"]["verdict"] == \
+        "too few pre-training runs to tell (an interval needs 3)"
+
+
+# -- configuration, data and pseudonyms -------------------------------------------------------
+
+
+def test_config_tables_are_validated_and_reach_every_field(bench_cache, tmp_path):
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, pretrain={"train.steps": 5, "train": {"batch_size": 4}},
+                             finetune={"train.warmup_steps": 3})
+    assert config.pretrain == {"train": {"steps": 5, "batch_size": 4}} and config.finetune == {"train": {"warmup_steps": 3}}
+    assert (config.pretrain_runs, config.pretrain_run_of(4)) == (3, 1)
+    for bad, match in ((dict(finetune={"seed": 1}), "finetune.seed: set by the benchmark .* use draws"),
+                       (dict(finetune={"train": {"lp_stepz": 1}}), "finetune.train.lp_stepz"),
+                       (dict(pretrain={"data.path": "x.h5"}), "pretrain.data.path"),
+                       (dict(finetune_lrs=[1e-3], finetune={"train.lr": 1e-3}), "in one place"),
+                       (dict(draws=2, pretrain_seeds=3), "pretrain_seeds"),
+                       (dict(finetune_recipes={"lp": {"train": {"lr": -1}}}), "finetune_recipes.lp")):
+        with pytest.raises(ValueError, match=match):
+            BenchmarkConfig(data=bench_cache, out=tmp_path, **bad)
+    with pytest.raises(ConfigError, match="pretrain.*stepz"):  # the pre-training table is checked against each method's config
+        Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["contrastive"], pretrain={"train.stepz": 1}),
+                  build_registry(external=False))
+    result = runner.invoke(app, ["--no-plugins", "benchmark", "--data", str(bench_cache), "--out", str(tmp_path / "b"),
+                                 "--set", "finetune.train.bogus=1"])
+    assert result.exit_code == 2 and "finetune.train.bogus" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["--no-plugins", "benchmark", "--data", str(bench_cache), "--out", str(tmp_path / "b"),
+                                 "--set", "draws=0"])
+    assert result.exit_code == 2 and "draws" in result.output
+
+
+def test_benchmark_fine_tunes_the_way_finetune_does_by_default(bench_cache, tmp_path):
+    """With no override, a cell's fine-tuning is `ssmtl finetune`'s (it once kept 300 fixed steps at 1e-3,
+    the schedule that scored 0.42 on the demo); scratch and a pre-trained method get the same recipe."""
+    from ssmtl.downstream.config import FinetuneTrainConfig
+
+    bench = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch"]), build_registry(external=False))
+    ft = bench.cells.finetune_config(bench.methods[0], "finetune", 1, 2, None, bench.cells.candidates[0], tmp_path / "c")
+    defaults = FinetuneTrainConfig().model_dump()
+    assert {k: v for k, v in ft.train.model_dump().items() if k != "mixed_precision"} == \
+        {k: v for k, v in defaults.items() if k != "mixed_precision"}
+    assert (ft.seed, ft.labeled_seed, ft.init, ft.freeze_encoder) == (2, 2, "none", False)
+
+
+def test_a_pool_is_counted_and_a_transductive_pretraining_refused(bench_cache, tmp_path):
+    pool = _build(tmp_path / "pool.h5", 5, seed=1, test_fraction=0.0)  # other virtual patients, never labeled or tested here
+    registry = build_registry(external=False)
+    bench = Benchmark(BenchmarkConfig(data=[bench_cache, pool], finetune_data=bench_cache, out=tmp_path / "b",
+                                      methods=["scratch", "contrastive"]), registry)
+    assert bench.cohort == {"subjects": 9, "of_the_finetuning_cohort": 4, "pool": 5, "volumes": 9}
+    with pytest.raises(SsmtlError, match="pre-training would read 2 test subject"):
+        Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path / "c", methods=["contrastive"], pretrain={"data.split": "all"}),
+                  registry)
+
+
+def test_pseudonyms_are_stable_and_the_real_names_only_on_request():
+    volumes = [("p9_ES", "p9"), ("p9_ED", "p9"), ("PIDSECRET0003", "PIDSECRET0003"), ("a", "a")]
+    shared = Shareable(volumes)
+    # numbered in the sorted order of the names, whatever order the cache lists them in
+    assert [shared.subject(s) for s in ("PIDSECRET0003", "a", "p9")] == ["subject-001", "subject-002", "subject-003"]
+    assert Shareable(volumes[::-1]).subject("a") == "subject-002"
+    assert (shared.volume("p9_ED"), shared.volume("p9_ES"), shared.volume("a")) == ("subject-003-1", "subject-003-2", "subject-002")
+    cell = shared.cell({"labeled_subjects": ["p9"], "validation_subjects": [], "test_subjects": ["PIDSECRET0003"],
+                        "per_volume": [{"subject": "PIDSECRET0003", "volume": "PIDSECRET0003", "mean_dice": 0.5}]})
+    assert "PIDSECRET" not in json.dumps(cell)
+    assert Shareable(volumes, identify=True).subject("PIDSECRET0003") == "PIDSECRET0003"
+    with pytest.raises(SsmtlError, match="not in the fine-tuning cache"):
+        shared.subject("stranger")
+
+
+def test_choose_reads_validation_only():
+    assert choose([0.2, 0.9, 0.9]) == 1 and choose([None]) == 0
+    with pytest.raises(SsmtlError, match="no validation Dice"):
+        choose([0.5, None])
 
 
 def test_parse_methods():
@@ -102,6 +341,8 @@ def test_parse_methods():
     assert methods[0] == Method("scratch", ())
     assert methods[2].tasks == ("contrastive", "order", "position", "reconstruct", "neighbor")
     assert methods[3] == Method("dec", ("reconstruct", "neighbor"))
+    plus = parse_methods("mt-local=multitask+local-contrastive+order", tasks | {"local-contrastive"}, task_sets)[0]
+    assert plus.tasks == (*methods[2].tasks, "local-contrastive")  # a set's tasks, then the others, each once
     with pytest.raises(SsmtlError, match="unknown task"):
         parse_methods("x=bogus", tasks, task_sets)
     with pytest.raises(SsmtlError, match="unknown method 'mocov3'; use scratch, contrastive, multitask or NAME=task"):
@@ -123,43 +364,11 @@ def test_parse_methods():
         parse_methods("multitask", tasks, {"pair": ("order", "position")})
 
 
-def test_encoder_only_method_shares_the_pretraining(bench_cache, tmp_path):
-    out = tmp_path / "bench"
-    result = bench(bench_cache, out, "--methods", "contrastive,c-enc=contrastive:encoder")
-    assert result.output.count("training contrastive") == 1
-    assert not (out / "pretrain" / "c-enc").exists()
-    results = json.loads((out / "results.json").read_text())
-    assert results["init_parts"] == {"contrastive": "all", "c-enc": "encoder"}
-    runs = {m: json.loads((out / "finetune" / m / "finetune" / "n1" / "seed0" / "run.json").read_text()) for m in ("contrastive", "c-enc")}
-    assert runs["contrastive"]["init"] == runs["c-enc"]["init"] == str(out / "pretrain" / "contrastive")
-    assert (runs["contrastive"]["init_parts"], runs["c-enc"]["init_parts"]) == ("all", "encoder")
-
-
-def test_summary_pairs_by_seed():
-    def cell(method, seed, dice):
-        return {"method": method, "protocol": "finetune", "labeled_volumes": 1, "seed": seed, "mean_dice": dice,
-                "mean_hd95": 1.0, "per_class": {"a": {"dice": dice}}}
-
-    cells = [cell("scratch", 0, 0.5), cell("scratch", 1, 0.7), cell("multi", 0, 0.6), cell("multi", 1, 0.6)]
-    rows = {r["method"]: r for r in summarise_cells(cells)}
-    assert rows["scratch"]["dice_mean"] == pytest.approx(0.6)
-    assert rows["scratch"]["dice_std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std of 0.5, 0.7
-    diff = rows["multi"]["vs_scratch"]
-    assert diff["mean"] == pytest.approx(0.0) and diff["wins"] == 1 and diff["pairs"] == 2
-    assert diff["std"] == pytest.approx(0.1414213, rel=1e-5)  # paired diffs +0.1, -0.1
-    assert "vs_base" not in rows["multi"]  # scratch is the only reference unless a baseline is named
-    cells += [cell("base", 0, 0.55), cell("base", 1, 0.5)]
-    rows = {r["method"]: r for r in summarise_cells(cells, references=("scratch", "base"))}
-    assert rows["multi"]["vs_base"]["mean"] == pytest.approx(0.075) and rows["multi"]["vs_base"]["wins"] == 2
-    assert "vs_base" not in rows["base"] and "vs_scratch" not in rows["scratch"]
-
-
 def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_path):
     import types
 
     from ssmtl.api import DefaultsSpec, hookimpl
     from ssmtl.host.registry import builtin_plugins
-    from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
 
     bench = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), build_registry(external=False))
     assert [m.name for m in bench.methods] == bench.config.methods == ["scratch", "contrastive", "multitask"]
@@ -172,20 +381,3 @@ def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_
     registry = build_registry(external=False, builtins=[b for b in builtin_plugins() if not b.endswith(".defaults")], extra=[mine])
     other = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), registry)
     assert [(m.name, m.tasks) for m in other.methods] == [("scratch", ()), ("pair", ("order", "position"))]
-
-
-def test_benchmark_fine_tunes_the_way_finetune_does_by_default():
-    """A user comparing methods with `ssmtl benchmark` gets the fine-tuning `ssmtl finetune` gives them
-    (it once kept 300 fixed steps at 1e-3, the schedule that scored 0.42 on the demo)."""
-    import inspect
-
-    from ssmtl.cli.benchmark_cmd import benchmark
-    from ssmtl.downstream.config import FinetuneTrainConfig
-    from ssmtl.experiments.benchmark import BenchmarkConfig
-
-    train = FinetuneTrainConfig()
-    config = BenchmarkConfig(data=Path("x.h5"), out=Path("o"))
-    assert (config.finetune_steps, config.finetune_lr, config.finetune_batch_size) == (train.steps, train.lr, train.batch_size)
-    cli = {name: p.default.default for name, p in inspect.signature(benchmark).parameters.items()
-           if name.startswith("finetune_") and name != "finetune_data"}
-    assert cli == {"finetune_steps": str(train.steps), "finetune_batch_size": train.batch_size, "finetune_lr": train.lr}

@@ -27,3 +27,26 @@ def test_steady_throughput_skips_the_warm_up_and_skipped_steps(tmp_path):
     lines.insert(3, {"step": 3, "skipped": True, "nonfinite": ["order"]})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert scaling.steady_slices_per_s(tmp_path, warmup=2) == 100.0
+
+
+def test_plan_counts_a_shared_pretraining_run_once_and_finds_the_draws_for_an_mde():
+    import plan
+
+    from ssmtl.experiments.intervals import minimal_detectable_effect
+
+    def cell(draw, runs, finetune, evaluate, subjects=4):
+        return {"draw": draw, "lr": 1e-3, "recipe": "default", "test_subjects": ["s"] * subjects,
+                "candidates": [{"run": r, "lr": 1e-3 if i == 0 else 3e-3, "recipe": "default"} for i, r in enumerate(runs)],
+                "seconds": {"finetune": finetune, "evaluate": evaluate}}
+
+    # two settings of 2 draws share the CT pre-training runs (same folder): 600 s each, counted once
+    ct_ct = {"pretrain_runs": [{"dir": f"multitask/seed{d}-x", "seconds": 600.0} for d in range(2)],
+             "cells": [cell(d, [f"a{d}", f"b{d}"], 240.0, 24.0) for d in range(2)]}
+    ct_mr = {"pretrain_runs": ct_ct["pretrain_runs"], "cells": [cell(d, [f"c{d}"], 120.0, 12.0) for d in range(2)]}
+    cost = plan.costs([ct_ct, ct_mr])
+    assert cost["pilot_draws"] == 2 and cost["subjects"] == 4
+    assert cost["pretrain_minutes_per_draw"] == 10.0  # 2 runs x 600 s over 2 draws, not twice that
+    assert cost["finetune_minutes_per_draw"] == 6.0 and cost["evaluate_minutes_per_subject"] == 36.0 / 60 / 4
+    g = plan.draws_for(0.05, 0.0137, 0.0102, 18)
+    assert minimal_detectable_effect(0.0137, 0.0102, g, 18) <= 0.05 < minimal_detectable_effect(0.0137, 0.0102, g - 1, 18)
+    assert plan.draws_for(0.001, 1.0, 1.0, 18) is None  # beyond any budget

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from ssmtl.cli.app import app
+from ssmtl.cli.benchmark_cmd import BENCHMARK_FLAGS
 from ssmtl.cli.config_options import default_text, field_info
 from ssmtl.cli.finetune_cmd import FINETUNE_FLAGS
 from ssmtl.cli.pretrain_cmd import PRETRAIN_FLAGS
@@ -76,16 +77,20 @@ def test_extras_keep_their_brackets(ssmtl_cli):
 @pytest.mark.parametrize("command, model, flags", [
     ("pretrain", "ssmtl.pretraining.config:RunConfig", PRETRAIN_FLAGS),
     ("finetune", "ssmtl.downstream.config:FinetuneConfig", FINETUNE_FLAGS),
+    ("benchmark", "ssmtl.experiments.config:BenchmarkConfig", BENCHMARK_FLAGS),
 ])
 def test_generated_flags_show_the_models_defaults_and_requirements(ssmtl_cli, command, model, flags):
     model = _load(model)
     shown = _help(ssmtl_cli, command)
     for flag in flags:
-        info = field_info(model, flag.path)
+        # a field of another command's config (the benchmark's --lr is fine-tuning's train.lr) shows that default
+        info = field_info(flag.field[0](), flag.field[1]) if flag.field else field_info(model, flag.path)
         assert _flat(info.description or "") in shown, flag.path
         where = "required" if flag.required else f"default: {default_text(info)}"
         assert _flat(f"[{flag.path}; {where}]") in shown, flag.path
         assert flag.name in shown
+    if command == "benchmark":  # one name per concept: fine-tuning's --lr and --steps, as in `ssmtl finetune`
+        assert "--lr" in shown and "--steps" in shown and "--finetune-lr<" not in shown
     if command == "pretrain":  # the issue's own examples
         assert _flat("[train.steps; default: 1000]") in shown and _flat("[train.batch_size; default: 16]") in shown
         assert _flat("[data.path; required]") in shown and _flat("[out; required]") in shown

@@ -20,13 +20,14 @@ def _cell(method, seed, scores, budget=1, failures=None):
     mean = sum(scores.values()) / len(scores)
     per_class = {"lv": {"dice": mean, "missed": (failures or {}).get("missed", 0),
                         "false_positive": (failures or {}).get("false_positive", 0)}}
-    return {"method": method, "protocol": "finetune", "labeled_volumes": budget, "seed": seed, "mean_dice": mean,
+    return {"method": method, "protocol": "finetune", "labeled_volumes": budget, "draw": seed, "mean_dice": mean,
             "mean_hd95": 1.0, "per_class": per_class, "per_volume": per_volume}
 
 
 def _results(rows, seeds, subjects):
-    return {"summary": list(rows.values()), "config": {"pretrain_steps": 10, "finetune_steps": 5, "seeds": seeds},
-            "pretrain_data": {"path": "p.h5"}, "finetune_data": {"path": "f.h5"}, "test_subjects": subjects}
+    return {"summary": list(rows.values()), "design": {"draws": seeds, "pretrain_runs": seeds, "candidates": ["default, lr 0.003"],
+                                                       "pretrain_steps": {"m": 10}},
+            "pretrain_data": {"file": "p.h5"}, "finetune_data": {"file": "f.h5"}, "test_subjects": subjects}
 
 
 def test_volume_scores_average_a_subjects_volumes_and_skip_nan():
@@ -65,7 +66,7 @@ def test_one_draw_on_one_subject_is_never_called_better():
     rows = {r["method"]: r for r in summarise_cells([_cell("scratch", 0, {"a": 0.1}), _cell("m", 0, {"a": 0.9})],
                                                       references=("scratch",))}
     text = render_markdown(_results(rows, 1, ["a"]))
-    assert "+0.800 [none: 1 draw(s) < 3]" in text and "too few draws to tell" in text and ": better" not in text
+    assert "+0.800 [none: 1 draw < 3]" in text and "too few draws to tell" in text and ": better" not in text
 
 
 def test_verdict_reads_the_interval():
@@ -104,7 +105,7 @@ def test_summary_and_markdown_carry_draws_mde_and_failures():
     text = render_markdown(results)
     interval = f"{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}; 3 draws, MDE {vs['mde80']:.3f}"
     assert f"| multi | {vs['pair_mean']:+.3f} [{interval}] (3/3) |" in text  # the difference table; 3 of 3 seeds favour multi
-    assert "## Verdict" in text and "The draw is the unit" in text and "none below 3 draws" in text
+    assert "## Verdict" in text and "The unit of replication is the draw" in text and "none below 3 units" in text
     assert (f"**multi** vs scratch: {vs['pair_mean']:+.3f} mean Dice (95 % CI {interval.replace(', ', ' to ', 1)}; "
             "3 test subject(s) each): no clear difference") in text
     assert "(seed, test subject)" not in text and "bootstrap" not in text

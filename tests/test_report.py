@@ -94,13 +94,13 @@ def test_not_a_run(tmp_path):
 def test_a_benchmark_report(ssmtl_cli, ssmtl_tiny_cache, tmp_path):
     out = tmp_path / "bench"
     result = ssmtl_cli("--no-plugins", "benchmark", "--data", ssmtl_tiny_cache, "--methods", "scratch,contrastive",
-                       "--labeled-volumes", "1", "--seeds", "1", "--out", out, "--pretrain-steps", "2",
-                       "--finetune-steps", "2", "--set", "model.base_channels=4", "--set", "model.depth=2")
+                       "--labeled-volumes", "1", "--draws", "1", "--out", out, "--pretrain-steps", "2",
+                       "--steps", "2", "--set", "pretrain.model.base_channels=4", "--set", "pretrain.model.depth=2")
     assert result.exit_code == 0, result.output
     page = write_report(out, registry=get_registry()).read_text()
     assert _self_contained(page)
     assert len(_images(page)) == 2  # Dice vs labels, and the one pre-training's curves
-    assert "<h2>Dice vs label budget</h2>" in page and "<h3>contrastive</h3>" in page
+    assert "<h2>Dice vs label budget</h2>" in page and "<h3>contrastive/seed0-" in page  # pretrain/<method>/<run>
     assert page.count("<table>") >= 2 and "<td>contrastive</td>" in page  # the results tables, as HTML
 
 

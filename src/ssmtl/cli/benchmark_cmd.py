@@ -1,67 +1,97 @@
-"""``ssmtl benchmark``: scratch vs MoCo v2 vs multi-task, by label budget, across domains."""
+"""``ssmtl benchmark``: scratch vs MoCo v2 vs multi-task, by label budget and draw, across domains.
+
+Its flags are generated from :class:`~ssmtl.experiments.config.BenchmarkConfig` (and, for the
+pre-training and fine-tuning tables, from the configs of ``ssmtl pretrain`` and ``ssmtl
+finetune``, whose defaults they show); ``--set PATH=VALUE`` reaches any field, e.g.
+``pretrain.model.base_channels=8`` or ``finetune.train.warmup_steps=50``.
+"""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import List, Optional
+from typing import Any
 
 import typer
 
-from ssmtl.cli.pretrain_cmd import one_or_many
 from ssmtl.cli.common import console, err_console, handle_errors, registry
+from ssmtl.cli.config_options import ConfigFlag, config_command, flag_values, require
+from ssmtl.cli.pretrain_cmd import ConfigFile, Sets, one_or_many
+
+
+def _benchmark_config_model():
+    from ssmtl.experiments.config import BenchmarkConfig
+
+    return BenchmarkConfig
+
+
+def _pretrain_model():
+    from ssmtl.pretraining.config import RunConfig
+
+    return RunConfig
+
+
+def _finetune_model():
+    from ssmtl.downstream.config import FinetuneConfig
+
+    return FinetuneConfig
+
+
+#: the benchmark's flags; the last four set fields of the pre-training and fine-tuning tables
+BENCHMARK_FLAGS = [
+    ConfigFlag("data", "--data", required=True, help="Repeat it to read several caches as one dataset."),
+    ConfigFlag("finetune_data"),
+    ConfigFlag("out", "--out", "-o", required=True),
+    ConfigFlag("runs"),
+    ConfigFlag("methods", comma=True, help="Comma-separated or repeated."),
+    ConfigFlag("labeled_volumes", comma=True, help="Comma-separated or repeated."),
+    ConfigFlag("draws"),
+    ConfigFlag("pretrain_seeds"),
+    ConfigFlag("finetune_lrs", comma=True, help="Comma-separated or repeated."),
+    ConfigFlag("frozen_encoder"),
+    ConfigFlag("identify_subjects"),
+    ConfigFlag("split_seed"),
+    ConfigFlag("pretrain.train.steps", "--pretrain-steps", field=(_pretrain_model, "train.steps"),
+               help="Every pre-training run's steps."),
+    ConfigFlag("finetune.train.steps", "--steps", field=(_finetune_model, "train.steps"), help="Every fine-tuning cell's steps."),
+    ConfigFlag("finetune.train.lr", "--lr", field=(_finetune_model, "train.lr"),
+               help="Every fine-tuning cell's peak learning rate (without --finetune-lrs)."),
+    ConfigFlag("finetune.train.batch_size", "--batch-size", field=(_finetune_model, "train.batch_size"),
+               help="Every fine-tuning cell's batch."),
+]
 
 
 def register(app: typer.Typer) -> None:
-    app.command("benchmark")(benchmark)
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    from ssmtl.api.errors import SsmtlError
-
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SsmtlError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+    config_command(app, "benchmark", _benchmark_config_model, BENCHMARK_FLAGS)(benchmark)
 
 
 @handle_errors
-def benchmark(
-    data: List[Path] = typer.Option(..., "--data", help="Cache to pre-train on (its train subjects), or a folder of caches; repeatable: several caches read as one dataset."),
-    finetune_data: Optional[List[Path]] = typer.Option(None, "--finetune-data", help="Labeled cache to fine-tune and test on (default: --data), a folder, repeatable. Another modality = cross-domain."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated: scratch, a task set of the plugins' defaults (built-in: contrastive = MoCo v2, multitask = contrastive+order+position+reconstruct+neighbor; see `ssmtl plugins`), NAME=task+task, or NAME=METHOD:encoder to fine-tune from the pre-trained encoder only (random decoder; shares METHOD's pre-training). Default: scratch and every task set."),
-    labeled_volumes: str = typer.Option("1,2,4", "--labeled-volumes", help="Label budgets in subjects, comma-separated."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds per (method, budget): labeled subjects and initialisation."),
-    out: Path = typer.Option(..., "--out", "-o", help="Benchmark directory; re-running reuses what is already done."),
-    pretrain_steps: int = typer.Option(500, "--pretrain-steps", help="Pre-training steps per method."),
-    # the three fine-tuning defaults are `ssmtl finetune`'s, written out so that the CLI does not import
-    # torch to show them (test_benchmark ties them to FinetuneTrainConfig)
-    finetune_steps: str = typer.Option("auto", "--finetune-steps", help="Fine-tuning steps per cell, or auto (stop on a validation plateau; see `ssmtl finetune --steps`). Default: what `ssmtl finetune` does."),
-    finetune_batch_size: int = typer.Option(16, "--finetune-batch-size", help="Slices per fine-tuning step."),
-    finetune_lr: float = typer.Option(3e-3, "--finetune-lr", help="Fine-tuning peak learning rate (default: `ssmtl finetune`'s)."),
-    frozen_encoder: bool = typer.Option(False, "--frozen-encoder", help="Also train decoder + head on each frozen pre-trained encoder (representation quality)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Pre-training override KEY=VALUE for every method (e.g. model.base_channels=8); the scratch baseline gets the same model."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Test split seed when the fine-tuning cache stores no split."),
-) -> None:
+def benchmark(ctx: typer.Context, config: ConfigFile = None, set_: Sets = None) -> None:
     """Run the paper's protocol and write results.json, results.md and dice_vs_labels.png.
 
-    Pre-training runs once per method; every (method, budget, seed) cell fine-tunes and is
-    tested on the same held-out subjects. Interrupted? Run the same command again.
+    Every (method, budget, draw) cell fine-tunes on the draw's labeled subjects, keeps the
+    candidate (lr, recipe) with the best validation Dice and is tested on the same held-out
+    subjects; methods are compared by draw (a t interval over draws, with the minimal
+    detectable effect). Interrupted? Run the same command again.
 
-    Example: ssmtl benchmark --data ct.h5 --finetune-data mr.h5 --methods scratch,contrastive,multitask --labeled-volumes 1,2 --seeds 3 --out bench/
+    Example: ssmtl benchmark --data ct.h5 --finetune-data mr.h5 --methods scratch,contrastive,multitask --labeled-volumes 1 --draws 5 --out bench/
     """
     from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig
-    from ssmtl.settings.sources import validate_model
+    from ssmtl.settings.sources import deep_merge, parse_set_flags, read_config_file, set_path, validate_model
 
-    config = validate_model(BenchmarkConfig, {
-        "data": one_or_many(data), "finetune_data": one_or_many(finetune_data), "out": out, "methods": [m for m in methods.split(",") if m.strip()] if methods is not None else None,
-        "labeled_volumes": _ints(labeled_volumes, "--labeled-volumes"), "seeds": seeds, "pretrain_steps": pretrain_steps,
-        "finetune_steps": finetune_steps, "finetune_batch_size": finetune_batch_size, "finetune_lr": finetune_lr,
-        "frozen_encoder": frozen_encoder, "pretrain_sets": list(set_ or []), "split_seed": split_seed,
-    }, prefix="benchmark")
-    bench = Benchmark(config, registry(), log=lambda m: err_console.print(f"[bold]benchmark[/] {m}", highlight=False))
+    values: dict[str, Any] = read_config_file(config) if config is not None else {}
+    for path, value in flag_values(ctx).items():
+        if path in ("data", "finetune_data"):
+            value = one_or_many(value)
+        set_path(values, path, value)
+    for path, value in parse_set_flags(set_ or []):
+        set_path(values, path, value)
+    values = deep_merge({"pretrain": {}, "finetune": {}}, values)
+    require(BENCHMARK_FLAGS, {"data": values.get("data"), "out": values.get("out")})
+    bench_config = validate_model(BenchmarkConfig, values, prefix="benchmark")
+    bench = Benchmark(bench_config, registry(), log=lambda m: err_console.print(f"[bold]benchmark[/] {m}", highlight=False))
     results = bench.run()
     console.print(render_table(results))
+    out = bench_config.out
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'dice_vs_labels.png'}")
 
 
@@ -73,7 +103,7 @@ def render_table(results):
     from ssmtl.experiments.results import interval_text
 
     budgets = sorted({r["labeled_volumes"] for r in results["summary"]})
-    table = Table(title="3D Dice (mean ± std over seeds)", title_justify="left")
+    table = Table(title="3D Dice (mean ± std over draws)", title_justify="left")
     table.add_column("method")
     table.add_column("protocol")
     for b in budgets:
@@ -94,6 +124,6 @@ def render_table(results):
             values.append(text)
         table.add_row(row_key[0], row_key[1], *values)
     table.caption = escape("(+x.xxx [low, high; G draws, MDE m]) = paired difference against scratch, mean over "
-                           f"draws (seeds), 95 % t interval over the G draws, none below {MIN_DRAWS}; MDE: the "
-                           "difference G draws detect with 80 % power")
+                           f"draws, 95 % t interval over the G draws (or pre-training runs, where draws share one), "
+                           f"none below {MIN_DRAWS}; MDE: the difference they detect with 80 % power")
     return table

@@ -50,16 +50,19 @@ class ConfigFlag:
         short: a one-letter alias (``-n``).
         required: the command needs a value from some source (a flag, a file, the environment).
         field: where the field is described when ``path`` leads into a table the command's
-            model does not type (the benchmark's ``finetune.train.lr``): ``(model, path)``.
+            model does not type (the benchmark's ``finetune.train.lr``): ``(load_model, path)``,
+            ``load_model`` a function that imports and returns the model.
         help: a sentence added after the field's description (what the flag means here).
+        comma: a list field whose values may also be given comma-separated (``--labeled-volumes 1,2``).
     """
 
     path: str
     flag: str | None = None
     short: str | None = None
     required: bool = False
-    field: tuple[type[BaseModel], str] | None = None
+    field: tuple[Callable[[], type[BaseModel]], str] | None = None
     help: str = ""
+    comma: bool = False
 
     @property
     def name(self) -> str:
@@ -140,8 +143,17 @@ def config_command(app: typer.Typer, name: str, load_model: Callable[[], type[Ba
 
 
 def flag_values(ctx) -> dict[str, Any]:
-    """``{path: value}`` of the generated flags the user gave (a list for a repeated flag)."""
-    return {path: value for path, value in ctx.meta.get(_VALUES, {}).items() if value not in (None, [], ())}
+    """``{path: value}`` of the generated flags the user gave (a list for a repeated flag; the
+    items of a ``comma`` flag split at commas)."""
+    flags = {flag.path: flag for flag in ctx.meta.get(_PARAMS, ((), []))[0]}
+    values = {}
+    for path, value in ctx.meta.get(_VALUES, {}).items():
+        if value in (None, [], ()):
+            continue
+        if flags.get(path) is not None and flags[path].comma:
+            value = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+        values[path] = value
+    return values
 
 
 def require(flags: list[ConfigFlag], resolved: dict[str, Any]) -> None:
@@ -158,7 +170,8 @@ def require(flags: list[ConfigFlag], resolved: dict[str, Any]) -> None:
 
 def make_options(model: type[BaseModel], flags: list[ConfigFlag]) -> list:
     """Typer's own options for ``flags``, built the public way: from a signature."""
-    parameters = [_parameter(flag, *(flag.field or (model, flag.path))) for flag in flags]
+    parameters = [_parameter(flag, *((flag.field[0](), flag.field[1]) if flag.field else (model, flag.path)))
+                  for flag in flags]
 
     def holder(**values: Any) -> None:  # never called
         pass
@@ -178,7 +191,7 @@ def _parameter(flag: ConfigFlag, model: type[BaseModel], path: str) -> inspect.P
     text = " ".join(t for t in (info.description or "", flag.help) if t)
     # where the value goes and what it is when the flag is left out: the model's own default
     where = "required" if flag.required else (f"default: {shown}" if shown is not None else "")
-    text += f" [{path}{'; ' + where if where else ''}]"
+    text += f" [{flag.path}{'; ' + where if where else ''}]"
     names = [f"{flag.name}/--no-{flag.name[2:]}" if is_bool else flag.name] + ([flag.short] if flag.short else [])
     option = typer.Option(*names, help=text, metavar=None if is_bool else _metavar(annotation, repeat),
                           show_default=False)

@@ -40,8 +40,9 @@ Task = Annotated[Optional[List[str]], typer.Option(
 ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", "-c", metavar="FILE", help="A TOML, YAML or JSON config file (below SSMTL_* variables, flags and --set).")]
 Sets = Annotated[Optional[List[str]], typer.Option(
-    "--set", metavar="PATH=VALUE", help="Any field of the config: PATH=VALUE, e.g. model.base_channels=8 or tasks.order.num_slices=4 "
-    "(repeatable; `ssmtl config show` lists every path).")]
+    "--set", metavar="PATH=VALUE", help="Any field of the command's config, by its dotted path, after the flags; repeatable "
+    "(e.g. pretrain: model.base_channels=8, tasks.order.num_slices=4; finetune: train.lp_steps=100; benchmark: "
+    "pretrain.model.base_channels=8, finetune.train.warmup_steps=50). `ssmtl config show --for COMMAND` lists the paths.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last valid checkpoint.")]
 
 

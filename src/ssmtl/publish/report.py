@@ -143,11 +143,13 @@ def benchmark_report(bench_dir: Path) -> str:
         plot_dice_vs_labels(results, plot)
         body += ["<h2>Dice vs label budget</h2>", html.image(plot.read_bytes(), "mean 3D Dice by label budget")]
     body += ["<h2>Tables</h2>", html.markdown(render_markdown(results))]
-    pretrain_runs = sorted(p for p in (bench_dir / "pretrain").glob("*") if (p / METRICS).is_file())
+    # pretrain/<method>/<run>/ (a benchmark keeps several runs per method)
+    pretrain_runs = sorted(p.parent for p in (bench_dir / "pretrain").rglob(METRICS))
     if pretrain_runs:
         body.append("<h2>Pre-training curves</h2>")
         for run in pretrain_runs:
-            body += [f"<h3>{html.text(run.name)}</h3>", *_curves(run, run.name)]
+            name = run.relative_to(bench_dir / "pretrain").as_posix()
+            body += [f"<h3>{html.text(name)}</h3>", *_curves(run, name)]
     body += ["<h2>Configuration</h2>", f"<pre>{html.text(json.dumps(shareable(results.get('config')), indent=2, default=str))}</pre>"]
     return html.page(f"ssmtl benchmark: {bench_dir.name}", body)
 
