@@ -119,15 +119,15 @@ def phantom_cache(folder: Path, size: int, subjects: int = 8, num_slices: int = 
 
 
 def run_config(tasks: list[str], sets: list[str], data: Path | None = None, mixed_precision: str = "no"):
-    """A RunConfig as ``ssmtl pretrain --task ... --set ... --mixed-precision ...`` resolves it.
+    """A PretrainConfig as ``ssmtl pretrain --task ... --set ... --mixed-precision ...`` resolves it.
 
     The environment is ignored. ``mixed_precision`` goes in as a flag, as the CLI
     passes it (``--set train.mixed_precision=no`` would read YAML's ``no`` as false).
     """
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
 
     flags = {"train.mixed_precision": mixed_precision, "data.path": str(data) if data is not None else None}
-    return resolve_run_config(flags=flags, tasks=tasks, sets=sets, environ={}, registry=registry())
+    return resolve_pretrain_config(flags=flags, tasks=tasks, sets=sets, environ={}, registry=registry())
 
 
 def accelerator_for(config, device: torch.device):

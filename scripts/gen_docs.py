@@ -4,7 +4,7 @@
 * ``docs/cli.md``: every command of the Typer app (walked as the Click command
   tree that ``typer.main.get_command`` builds): usage, help, arguments, options.
 * ``docs/config.md``: the run configuration, from its JSON Schema
-  (:func:`ssmtl.pretraining.config.run_config_schema`), one table per section and per
+  (:func:`ssmtl.pretraining.config.pretrain_config_schema`), one table per section and per
   built-in task.
 * ``docs/hooks.md``: the hand-written hook reference, with the output of
   ``ssmtl --no-plugins plugins`` refreshed between its GENERATED markers, and the function
@@ -199,16 +199,16 @@ def _section_rows(model: dict[str, Any], prefix: str) -> list[list[str]]:
 
 
 def config_reference() -> str:
-    from ssmtl.pretraining.config import default_tasks, run_config_schema
+    from ssmtl.pretraining.config import default_tasks, pretrain_config_schema
     from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
-    schema = run_config_schema(registry)
+    schema = pretrain_config_schema(registry)
     defs = schema["$defs"]
     header = ["key", "type", "default", "constraint", "description"]
     lines = [
         NOTE, "", "# Configuration reference", "",
-        "One `RunConfig` describes a pre-training run; `ssmtl config schema` prints its JSON Schema and "
+        "One `PretrainConfig` describes a pre-training run; `ssmtl config schema` prints its JSON Schema and "
         "`ssmtl config show` the resolved values. Sources, lowest to highest precedence: the defaults "
         "below, a TOML/YAML/JSON file (`--config`), `SSMTL_*` environment variables, CLI flags, then "
         "`--set KEY=VALUE`. Unknown keys are errors.", "",

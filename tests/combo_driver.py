@@ -16,13 +16,13 @@ COMBOS = [list(p) for p in itertools.combinations(ALL_TASKS, 2)] + [ALL_TASKS]
 
 
 def run_all(cache: str, root: str) -> None:
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
     for i, tasks in enumerate(COMBOS):
-        config = resolve_run_config(
+        config = resolve_pretrain_config(
             flags={"data.path": cache, "out": f"{root}/combo{i}", "train.steps": 2, "train.batch_size": 2},
             tasks=tasks, sets=tiny_sets(tasks), registry=registry, environ={},
         )

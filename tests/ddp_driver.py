@@ -38,7 +38,7 @@ def main(cache: str, out: str) -> None:
     from torch import nn
 
     from ssmtl.host.registry import build_registry
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.training.accelerator import make_accelerator
     from ssmtl.pretraining.engine import Trainer
 
@@ -53,7 +53,7 @@ def main(cache: str, out: str) -> None:
     nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(record_conversion)
     for mode in ("sync", "shuffle"):
         converted.clear()
-        config = resolve_run_config(
+        config = resolve_pretrain_config(
             flags={"data.path": cache, "train.batch_size": BATCH}, tasks=["contrastive"],
             # max_queue_fraction=10: the queue (64) holds every key of the run, whatever the 32 slices cap it at
             sets=tiny_sets(["contrastive"]) + [f"tasks.contrastive.bn_mode={mode}", "tasks.contrastive.max_queue_fraction=10"],

@@ -154,22 +154,22 @@ def test_weighted_sampling_follows_the_weights():
 
 
 def test_the_engine_samples_one_cache_as_before_and_weights_a_set(tmp_path):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import make_sampler
 
     a = write_cache(tmp_path / "a.h5", [4, 4])
     b = write_cache(tmp_path / "b.h5", [6])
-    one = resolve_run_config(flags={"data.path": a, "out": tmp_path / "r"}, registry=get_registry())
+    one = resolve_pretrain_config(flags={"data.path": a, "out": tmp_path / "r"}, registry=get_registry())
     sampler = make_sampler(one, SequenceDataset(open_caches(a), 2), 0, 1, 0, 5)
     assert type(sampler) is StepBatchSampler  # one cache, no weights: the very same batches as before
 
-    config = resolve_run_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[3,1]"], registry=get_registry())
+    config = resolve_pretrain_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[3,1]"], registry=get_registry())
     dataset = SequenceDataset(open_caches(config.data.path), 2)
     sampler = make_sampler(config, dataset, 0, 1, 0, 5)
     assert isinstance(sampler, WeightedStepBatchSampler)
     volumes_of_group = [sorted({int(dataset.windows[i, 0]) for i in g}) for g in sampler.groups]
     assert volumes_of_group == [[0, 1], [2]]
-    bad = resolve_run_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[1]"], registry=get_registry())
+    bad = resolve_pretrain_config(flags={"data.path": [a, b], "out": tmp_path / "r"}, sets=["data.weights=[1]"], registry=get_registry())
     with pytest.raises(SsmtlError, match="data.weights has 1 value"):
         make_sampler(bad, dataset, 0, 1, 0, 5)
 

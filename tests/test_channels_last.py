@@ -15,12 +15,12 @@ TASKS = ["contrastive", "order", "reconstruct", "neighbor"]
 
 
 def _pretrain(cache: Path, out: Path, channels_last: bool) -> list[dict]:
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
-    config = resolve_run_config(
+    config = resolve_pretrain_config(
         flags={"data.path": str(cache), "out": str(out), "train.steps": 2, "train.batch_size": 2,
                "train.channels_last": channels_last},
         tasks=TASKS, sets=tiny_sets(TASKS), environ={}, registry=registry,
@@ -47,14 +47,14 @@ def test_channels_last_run_matches_default_layout(tiny_cache, tmp_path):
 
 
 def test_channels_last_converts_weights_and_views(tiny_cache):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.training.accelerator import make_accelerator
     from ssmtl.pretraining.engine import Trainer
     from ssmtl.host.registry import build_registry
     from ssmtl.data.sampling import SequenceDataset, collate_sequences
 
     registry = build_registry(external=False)
-    config = resolve_run_config(
+    config = resolve_pretrain_config(
         flags={"data.path": str(tiny_cache), "train.batch_size": 2, "train.channels_last": True},
         tasks=TASKS, sets=tiny_sets(TASKS), environ={}, registry=registry,
     )

@@ -75,7 +75,7 @@ def test_extras_keep_their_brackets(ssmtl_cli):
 
 
 @pytest.mark.parametrize("command, model, flags", [
-    ("pretrain", "ssmtl.pretraining.config:RunConfig", PRETRAIN_FLAGS),
+    ("pretrain", "ssmtl.pretraining.config:PretrainConfig", PRETRAIN_FLAGS),
     ("finetune", "ssmtl.downstream.config:FinetuneConfig", FINETUNE_FLAGS),
     ("benchmark", "ssmtl.experiments.config:BenchmarkConfig", BENCHMARK_FLAGS),
 ])
@@ -127,7 +127,7 @@ def _inner(annotation):
 
 
 @pytest.mark.parametrize("command, model, flags", [
-    ("pretrain", "ssmtl.pretraining.config:RunConfig", PRETRAIN_FLAGS),
+    ("pretrain", "ssmtl.pretraining.config:PretrainConfig", PRETRAIN_FLAGS),
     ("finetune", "ssmtl.downstream.config:FinetuneConfig", FINETUNE_FLAGS),
 ])
 def test_each_generated_flag_lands_on_its_field(ssmtl_cli, command, model, flags):
@@ -163,7 +163,7 @@ def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, obj
 
 
 @pytest.mark.parametrize("command, model", [
-    ("pretrain", "ssmtl.pretraining.config:RunConfig"), ("finetune", "ssmtl.downstream.config:FinetuneConfig"),
+    ("pretrain", "ssmtl.pretraining.config:PretrainConfig"), ("finetune", "ssmtl.downstream.config:FinetuneConfig"),
 ])
 def test_set_reaches_every_field(ssmtl_cli, command, model):
     model = _load(model)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from ssmtl.pretraining.config import (
-    RunConfig,
+    PretrainConfig,
     config_to_dict,
     env_layer,
-    resolve_run_config,
-    run_config_schema,
-    validate_run_config,
+    resolve_pretrain_config,
+    pretrain_config_schema,
+    validate_pretrain_config,
 )
 from ssmtl.api.errors import ConfigError
 from ssmtl.host.registry import build_registry
@@ -32,11 +32,11 @@ def builtin_registry():
 
 @pytest.fixture
 def resolve(builtin_registry):
-    """resolve_run_config with the built-in registry and an empty environment by default."""
+    """resolve_pretrain_config with the built-in registry and an empty environment by default."""
 
     def _resolve(**kwargs):
         kwargs.setdefault("environ", {})
-        return resolve_run_config(registry=builtin_registry, **kwargs)
+        return resolve_pretrain_config(registry=builtin_registry, **kwargs)
 
     return _resolve
 
@@ -243,7 +243,7 @@ def test_bad_config_files(resolve, tmp_path):
 
 def test_no_tasks_is_an_error(builtin_registry):
     with pytest.raises(ConfigError, match="at least one task"):
-        validate_run_config({"tasks": {}}, builtin_registry)
+        validate_pretrain_config({"tasks": {}}, builtin_registry)
 
 
 # -- round trips -------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_config_to_dict_round_trips(resolve, builtin_registry):
     data = config_to_dict(config)
     json.dumps(data)  # plain JSON
     assert data["tasks"]["order"] == {**OrderConfig().model_dump(), "weight": 0.5, "num_slices": 4}
-    again = validate_run_config(json.loads(json.dumps(data)), builtin_registry)
+    again = validate_pretrain_config(json.loads(json.dumps(data)), builtin_registry)
     assert again == config
     assert isinstance(again.tasks["order"], OrderConfig)
 
@@ -262,12 +262,12 @@ def test_config_to_dict_round_trips(resolve, builtin_registry):
 def test_run_config_pickles(resolve):
     config = resolve(tasks=["order"], sets=["tasks.order.num_slices=4"])
     clone = pickle.loads(pickle.dumps(config))
-    assert clone == config and isinstance(clone, RunConfig)
+    assert clone == config and isinstance(clone, PretrainConfig)
     assert isinstance(clone.tasks["order"], OrderConfig) and clone.tasks["order"].num_slices == 4
 
 
 def test_run_config_unpickles_in_a_fresh_interpreter(resolve):
-    """A spawned worker imports RunConfig statically; unpickling must not need the parent's state."""
+    """A spawned worker imports PretrainConfig statically; unpickling must not need the parent's state."""
     config = resolve(tasks=["order"], sets=["tasks.order.num_slices=4", "train.steps=17"])
     code = (
         "import pickle, sys; c = pickle.load(sys.stdin.buffer); "
@@ -277,14 +277,14 @@ def test_run_config_unpickles_in_a_fresh_interpreter(resolve):
         [sys.executable, "-c", code], input=pickle.dumps(config), capture_output=True, timeout=120
     )
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().split() == ["RunConfig", "OrderConfig", "4", "17"]
+    assert result.stdout.decode().split() == ["PretrainConfig", "OrderConfig", "4", "17"]
 
 
 # -- schema ---------------------------------------------------------------------------------
 
 
 def test_schema_has_discriminated_task_union(builtin_registry):
-    schema = run_config_schema(builtin_registry)
+    schema = pretrain_config_schema(builtin_registry)
     tasks = schema["properties"]["tasks"]
     assert tasks["type"] == "object"
     items = tasks["additionalProperties"]
@@ -299,5 +299,5 @@ def test_schema_has_discriminated_task_union(builtin_registry):
     order = schema["$defs"]["OrderConfig"]
     assert order["properties"]["name"]["const"] == "order"
     assert order["properties"]["num_slices"]["minimum"] == 2
-    # the rest of RunConfig is still there
+    # the rest of PretrainConfig is still there
     assert {"train", "model", "data", "augment", "weighting", "seed"} <= set(schema["properties"])

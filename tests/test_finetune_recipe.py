@@ -287,12 +287,12 @@ def test_weight_change_in_run_json_from_the_start_to_the_kept_weights(tiny_cache
 def test_a_frozen_random_encoder_is_a_recorded_control(tiny_cache, tmp_path, registry):
     from accelerate.utils import set_seed
 
-    from ssmtl.downstream.model import build_network
+    from ssmtl.downstream.model import initial_network
 
     config = _config(tiny_cache, tmp_path / "ft", freeze_encoder=True, seed=5, train={"encoder_lr_scale": 0.1})
     run_finetune(config, registry=registry, progress=False)
     set_seed(5)
-    random_start, _ = build_network(config.with_defaults(registry), registry)  # the run's seeded random init
+    random_start, _ = initial_network(config.with_defaults(registry), registry)  # the run's seeded random init
     kept = load_file(tmp_path / "ft" / "model.safetensors")
     for key, value in random_start.encoder.state_dict().items():
         assert torch.equal(kept[f"network.encoder.{key}"], value), key

@@ -24,7 +24,7 @@ from ssmtl.data.cache_set import open_caches
 from ssmtl.data.laterality import run_flip_axes
 from ssmtl.data.preprocess import PreprocessConfig
 from ssmtl.host.registry import build_registry, get_registry
-from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_pretrain_config
 from ssmtl.pretraining.module import build_pretrain_module
 
 SIZE = 16
@@ -141,7 +141,7 @@ def test_a_malformed_declaration_is_an_input_error(cache_factory):
 
 def _module(flip_axes, settings):
     sets = [f"{k}={json.dumps(v)}" for k, v in settings.items()]
-    config = resolve_run_config(registry=get_registry(), flags={"model.base_channels": 4, "model.depth": 2},
+    config = resolve_pretrain_config(registry=get_registry(), flags={"model.base_channels": 4, "model.depth": 2},
                                 tasks=["contrastive", "order"], environ={},
                                 sets=["tasks.contrastive.queue_size=16", *sets])
     return build_pretrain_module(config, get_registry(), flip_axes).train()

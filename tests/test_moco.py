@@ -25,7 +25,7 @@ from ssmtl.api.ssl import (
 )
 from ssmtl.api.ssl.split_bn import split_batchnorm
 from ssmtl.host.registry import get_registry
-from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_pretrain_config
 from ssmtl.pretraining.module import build_pretrain_module
 
 SMALL = {"model.base_channels": 8, "model.depth": 2, "seed": 0}
@@ -119,7 +119,7 @@ def test_split_bn_forward_shuffles_then_unshuffles():
 
 
 def _task(sets=(), total_steps: int | None = 100, batch: int = 8, k: int = 1):
-    config = resolve_run_config(registry=get_registry(), flags=SMALL, tasks=["contrastive"], sets=["tasks.contrastive.queue_size=64", *sets], environ={})
+    config = resolve_pretrain_config(registry=get_registry(), flags=SMALL, tasks=["contrastive"], sets=["tasks.contrastive.queue_size=64", *sets], environ={})
     module = build_pretrain_module(config, get_registry())
     task = module.tasks["contrastive"]
     notes = task.on_data(DataInfo(num_volumes=2, num_slices=1000, sequence_length=k, global_batch=batch,

@@ -25,7 +25,7 @@ from ssmtl.api import ConfigError, NetworkConfig, NetworkInfo, NetworkOutput, Ne
 from ssmtl.training.export import load_pretrained_network, write_export
 from ssmtl.host.networks import build_network, network_config
 from ssmtl.host.registry import build_registry
-from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_pretrain_config
 
 from helpers import ALL_TASKS, tiny_sets
 
@@ -106,13 +106,13 @@ def test_builtin_networks_and_the_default(registry):
 
 
 def test_a_model_table_without_a_name_is_the_default_network(registry):
-    config = resolve_run_config(sets=["model.base_channels=8"], environ={}, registry=registry)
+    config = resolve_pretrain_config(sets=["model.base_channels=8"], environ={}, registry=registry)
     assert config.model.name == "unet" and config.model.base_channels == 8
     assert config.model_dump(mode="json")["model"]["name"] == "unet"  # saved runs name their network
-    monai = resolve_run_config(sets=[f"model.name={MONAI}", "model.features=[4, 4, 8, 8, 16, 4]"], environ={}, registry=registry)
+    monai = resolve_pretrain_config(sets=[f"model.name={MONAI}", "model.features=[4, 4, 8, 8, 16, 4]"], environ={}, registry=registry)
     assert type(monai.model).__name__ == "MonaiBasicUNetConfig" and monai.model.features == (4, 4, 8, 8, 16, 4)
     # a saved config.json reads back to the same network config
-    again = resolve_run_config(flags={"model": monai.model_dump(mode="json")["model"]}, environ={}, registry=registry)
+    again = resolve_pretrain_config(flags={"model": monai.model_dump(mode="json")["model"]}, environ={}, registry=registry)
     assert again.model == monai.model
 
 
@@ -123,7 +123,7 @@ def test_a_model_table_without_a_name_is_the_default_network(registry):
 ])
 def test_bad_network_options_are_named(registry, sets, row):
     with pytest.raises(ConfigError) as info:
-        resolve_run_config(sets=sets, environ={}, registry=registry)
+        resolve_pretrain_config(sets=sets, environ={}, registry=registry)
     assert info.value.rows == [row]
 
 

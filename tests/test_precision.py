@@ -12,12 +12,12 @@ from helpers import ALL_TASKS, tiny_sets
 
 
 def _pretrain(cache, out, precision: str, steps: int = 3, extra: list[str] | None = None):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False)
-    config = resolve_run_config(
+    config = resolve_pretrain_config(
         flags={"data.path": str(cache), "out": str(out), "train.steps": steps, "train.batch_size": 2,
                "train.mixed_precision": precision},
         tasks=ALL_TASKS, sets=tiny_sets(ALL_TASKS) + (extra or []), registry=registry, environ={},

@@ -104,13 +104,13 @@ def _nan_plugin():
 
 
 def test_nonfinite_losses_skip_steps_then_stop(tiny_cache, tmp_path):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
     from ssmtl.host.registry import build_registry
 
     registry = build_registry(external=False, extra=[_nan_plugin()])
-    config = resolve_run_config(
+    config = resolve_pretrain_config(
         flags={"data.path": str(tiny_cache), "out": str(tmp_path / "run"), "train.steps": 10, "train.batch_size": 2},
         tasks=["order", "nan"], sets=tiny_sets(["order"]) + ["train.max_nonfinite_steps=3", "train.max_skipped_share=1"],
         registry=registry,
@@ -146,7 +146,7 @@ def _sometimes_nan_plugin(every: int):
 def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache, tmp_path):
     """The 4th and 8th of 8 steps are NaN: 2 skips are 25 % of the run. Over the share the run stops at the
     skip that crosses it, with no export; a share that allows them finishes and exports."""
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
     from ssmtl.host.registry import build_registry
@@ -154,7 +154,7 @@ def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache,
     registry = build_registry(external=False, extra=[_sometimes_nan_plugin(4)])
 
     def config(out, share):
-        return resolve_run_config(
+        return resolve_pretrain_config(
             flags={"data.path": str(tiny_cache), "out": str(tmp_path / out), "train.steps": 8, "train.batch_size": 2},
             tasks=["order", "sometimes-nan"], sets=tiny_sets(["order"]) + [f"train.max_skipped_share={share}"],
             registry=registry,
@@ -170,7 +170,7 @@ def test_a_run_with_too_many_skipped_steps_fails_and_exports_nothing(tiny_cache,
 
 
 def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monkeypatch):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
     from ssmtl.pretraining.engine import run_pretraining
     from ssmtl.api.errors import SsmtlError
     import ssmtl.training.rundir as rundir
@@ -179,7 +179,7 @@ def test_unwritable_or_full_out_fails_before_training(tiny_cache, tmp_path, monk
     registry = build_registry(external=False)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    config = resolve_run_config(registry=get_registry(), 
+    config = resolve_pretrain_config(registry=get_registry(), 
         flags={"data.path": str(tiny_cache), "out": str(blocker / "run"), "train.steps": 1},
         sets=tiny_sets(["contrastive", "order"]),
     )

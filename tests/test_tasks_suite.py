@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ssmtl.training.augment import AugmentConfig, make_augmenter
 
 from ssmtl.api.geometry import apply_affine, correspondence
-from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_pretrain_config
 from ssmtl.training.optim import parameter_groups
 from ssmtl.pretraining.module import build_pretrain_module, sequence_length
 from ssmtl.api.errors import ConfigError
@@ -72,7 +72,7 @@ def make_batch(b: int = 4, k: int = 2, size: int = SIZE, depth: int = 16, seed: 
 
 
 def make_module(tasks: list[str], sets: list[str] = ()):
-    config = resolve_run_config(registry=get_registry(), flags=SMALL, tasks=tasks, sets=list(sets), environ={})
+    config = resolve_pretrain_config(registry=get_registry(), flags=SMALL, tasks=tasks, sets=list(sets), environ={})
     return config, build_pretrain_module(config, get_registry())
 
 
@@ -156,13 +156,13 @@ def test_every_option_is_documented():
 )
 def test_bad_options_fail_naming_the_field(task, option, value):
     with pytest.raises(ConfigError) as err:
-        resolve_run_config(registry=get_registry(), flags=SMALL, tasks=[task], sets=[f"tasks.{task}.{option}={value}"], environ={})
+        resolve_pretrain_config(registry=get_registry(), flags=SMALL, tasks=[task], sets=[f"tasks.{task}.{option}={value}"], environ={})
     assert f"tasks.{task}.{option}" in str(err.value)
 
 
 def test_mask_ratio_1_5_message():
     with pytest.raises(ConfigError, match=r"tasks\.reconstruct\.mask_ratio"):
-        resolve_run_config(registry=get_registry(), tasks=["reconstruct"], sets=["tasks.reconstruct.mask_ratio=1.5"], environ={})
+        resolve_pretrain_config(registry=get_registry(), tasks=["reconstruct"], sets=["tasks.reconstruct.mask_ratio=1.5"], environ={})
 
 
 def test_sequence_length_needed():

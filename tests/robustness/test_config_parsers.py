@@ -98,10 +98,10 @@ def test_hostile_values_name_their_variable_or_flag():
 def test_every_environment_error_names_the_variable(ssmtl_tiny_cache, environ, message):
     from ssmtl.api import ConfigError
     from ssmtl.host.registry import get_registry
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
 
     with pytest.raises(ConfigError) as info:
-        resolve_run_config(registry=get_registry(), flags={"data.path": ssmtl_tiny_cache}, environ=environ)
+        resolve_pretrain_config(registry=get_registry(), flags={"data.path": ssmtl_tiny_cache}, environ=environ)
     assert message in str(info.value)
 
 

@@ -95,14 +95,14 @@ NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 @HYPOTHESIS
 @given(lr=NUMBERS, weight=NUMBERS, rotate=NUMBERS, seed=NUMBERS)
 def test_any_number_in_a_config_is_refused_or_finite_and_in_range(ssmtl_tiny_cache, lr, weight, rotate, seed):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
 
     sets = [f"train.lr={lr!r}" if not isinstance(lr, str) else f"train.lr={lr}",
             f"tasks.order.weight={weight!r}" if not isinstance(weight, str) else f"tasks.order.weight={weight}",
             f"augment.rotate={rotate!r}" if not isinstance(rotate, str) else f"augment.rotate={rotate}",
             f"seed={seed!r}" if not isinstance(seed, str) else f"seed={seed}"]
     try:
-        config = resolve_run_config(registry=get_registry(), flags={"data.path": ssmtl_tiny_cache}, tasks=["order"], sets=sets, environ={})
+        config = resolve_pretrain_config(registry=get_registry(), flags={"data.path": ssmtl_tiny_cache}, tasks=["order"], sets=sets, environ={})
     except ConfigError as exc:
         assert any(field in str(exc) for field in ("train.lr", "tasks.order.weight", "augment.rotate", "seed")), str(exc)
         return

@@ -59,15 +59,15 @@ def test_each_message_names_the_real_problem(ssmtl_tiny_cache, tmp_path):
 
 
 def test_a_flag_overrides_a_bad_variable_and_a_missing_allowed_plugin_is_reported(tmp_path):
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
 
     # the flag wins, so the variable's bad value is never used and never blamed
-    config = resolve_run_config(registry=get_registry(), flags={"train.lr": 0.5}, environ={"SSMTL_TRAIN__LR": "fast"})
+    config = resolve_pretrain_config(registry=get_registry(), flags={"train.lr": 0.5}, environ={"SSMTL_TRAIN__LR": "fast"})
     assert config.train.lr == 0.5
     from ssmtl.api import ConfigError
 
     with pytest.raises(ConfigError, match="environment variable SSMTL_TRAIN__STEPZ='5': .*train.stepz"):
-        resolve_run_config(registry=get_registry(), environ={"SSMTL_TRAIN__STEPZ": "5"})
+        resolve_pretrain_config(registry=get_registry(), environ={"SSMTL_TRAIN__STEPZ": "5"})
     from ssmtl.settings.sources import check_environment
 
     known = {"train": None, "seed": None, "finetune": ["seed", "train"]}

@@ -51,12 +51,12 @@ def test_non_finite_numbers_and_bad_seeds_are_refused_at_validation(ssmtl_tiny_c
     # the rest of the fields, in-process (a subprocess per field would cost seconds each)
     from ssmtl.api import ConfigError
     from ssmtl.downstream.config import resolve_finetune_config
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
 
     for key in ("train.lr=1e400", "train.lr=.nan", "tasks.contrastive.temperature=inf", "augment.rotate=inf", "augment.gamma=[0.5, .inf]",
                 "weighting.temperature=-.inf", "model.base_channels=.inf"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
-            resolve_run_config(registry=get_registry(), flags={"data.path": cache}, sets=[key], environ={})
+            resolve_pretrain_config(registry=get_registry(), flags={"data.path": cache}, sets=[key], environ={})
     for key in ("class_balance=.nan", "labeled_seed=4294967296", "train.lr=inf", "test_fraction=.nan"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
             resolve_finetune_config(flags={"data": cache, "out": out}, sets=[key], environ={}, registry=get_registry())
@@ -75,13 +75,13 @@ def test_every_config_base_refuses_non_finite_numbers_and_plugins_inherit_it(ssm
     from ssmtl.data.preprocess import PreprocessConfig
     from ssmtl.downstream.config import FinetuneConfig
     from ssmtl.experiments.benchmark import BenchmarkConfig
-    from ssmtl.pretraining.config import RunConfig, WeightingConfig
+    from ssmtl.pretraining.config import PretrainConfig, WeightingConfig
 
     registry = ssmtl_registry_factory(builtins=True)
     plugin_models = [spec.config_model for kind in ("tasks", "datasets", "heads", "networks")
                      for spec in registry.kind(kind).values()]
     assert len(plugin_models) >= 10
-    for model in plugin_models + [LoopConfig, PreprocessConfig, FinetuneConfig, BenchmarkConfig, RunConfig, WeightingConfig]:
+    for model in plugin_models + [LoopConfig, PreprocessConfig, FinetuneConfig, BenchmarkConfig, PretrainConfig, WeightingConfig]:
         assert model.model_config.get("allow_inf_nan") is False, model.__name__
         assert model.model_config.get("extra") == "forbid", model.__name__
 

@@ -25,9 +25,9 @@ def _benchmark_config_model():
 
 
 def _pretrain_model():
-    from ssmtl.pretraining.config import RunConfig
+    from ssmtl.pretraining.config import PretrainConfig
 
-    return RunConfig
+    return PretrainConfig
 
 
 def _finetune_model():

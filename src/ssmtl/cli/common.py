@@ -114,9 +114,9 @@ def check_environment() -> None:
     known: dict[str, Any] = {}
     if any(k not in NON_CONFIG_ENV for k in names):  # only then pay for importing the config models
         from ssmtl.downstream.config import ENV as FINETUNE_ENV, FinetuneConfig
-        from ssmtl.pretraining.config import RunConfig
+        from ssmtl.pretraining.config import PretrainConfig
 
-        known = {name: None for name in RunConfig.model_fields}
+        known = {name: None for name in PretrainConfig.model_fields}
         known[FINETUNE_ENV[len(ENV_PREFIX):].rstrip("_").lower()] = list(FinetuneConfig.model_fields)
     if names:
         check(known)

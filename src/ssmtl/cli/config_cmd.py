@@ -10,7 +10,7 @@ import typer
 from ssmtl.cli.common import handle_errors, registry
 from ssmtl.cli.config_options import config_command
 from ssmtl.cli.finetune_cmd import FINETUNE_FLAGS, _finetune_config_model, resolve_finetune
-from ssmtl.cli.pretrain_cmd import PRETRAIN_FLAGS, ConfigFile, Sets, Task, _run_config_model, resolve_pretrain
+from ssmtl.cli.pretrain_cmd import PRETRAIN_FLAGS, ConfigFile, Sets, Task, _pretrain_config_model, resolve_pretrain
 
 app = typer.Typer(help="Inspect the configuration of a training command: its JSON Schema and its resolved values.",
                   no_args_is_help=True)
@@ -25,7 +25,7 @@ def _chosen(args: list[str]):
     named = next((a.partition("=")[2] for a in args if a.startswith("--for=")), named)
     if named == "finetune":
         return _finetune_config_model, [_optional(f) for f in FINETUNE_FLAGS]
-    return _run_config_model, [_optional(f) for f in PRETRAIN_FLAGS]
+    return _pretrain_config_model, [_optional(f) for f in PRETRAIN_FLAGS]
 
 
 def _optional(flag):
@@ -42,9 +42,9 @@ def schema(command: str = For) -> None:
     from ssmtl.api.errors import SsmtlError
 
     if command == "pretrain":
-        from ssmtl.pretraining.config import run_config_schema
+        from ssmtl.pretraining.config import pretrain_config_schema
 
-        document = run_config_schema(registry())
+        document = pretrain_config_schema(registry())
     elif command == "finetune":
         from ssmtl.downstream.config import FinetuneConfig
 

@@ -12,13 +12,13 @@ from ssmtl.cli.common import console, err_console, handle_errors, is_main_proces
 from ssmtl.cli.config_options import ConfigFlag, config_command, flag_values, require
 
 
-def _run_config_model():
-    from ssmtl.pretraining.config import RunConfig
+def _pretrain_config_model():
+    from ssmtl.pretraining.config import PretrainConfig
 
-    return RunConfig
+    return PretrainConfig
 
 
-#: the fields of the pre-training config (RunConfig) with a flag of their own; every other
+#: the fields of the pre-training config (PretrainConfig) with a flag of their own; every other
 #: field is reached with --set PATH=VALUE
 PRETRAIN_FLAGS = [
     ConfigFlag("data.path", "--data", required=True,
@@ -47,17 +47,17 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --ou
 
 
 def register(app: typer.Typer) -> None:
-    config_command(app, "pretrain", _run_config_model, PRETRAIN_FLAGS)(pretrain)
+    config_command(app, "pretrain", _pretrain_config_model, PRETRAIN_FLAGS)(pretrain)
 
 
 def resolve_pretrain(ctx: typer.Context, task: list[str] | None, config: Path | None, sets: list[str] | None):
     """Every source -> one validated pre-training config (flags left out override nothing)."""
-    from ssmtl.pretraining.config import resolve_run_config
+    from ssmtl.pretraining.config import resolve_pretrain_config
 
     flags: dict[str, Any] = flag_values(ctx)
     if "data.path" in flags:
         flags["data.path"] = one_or_many(flags["data.path"])
-    return resolve_run_config(file=config, flags=flags, tasks=task, sets=sets, registry=registry())
+    return resolve_pretrain_config(file=config, flags=flags, tasks=task, sets=sets, registry=registry())
 
 
 @handle_errors

@@ -174,11 +174,6 @@ class VolumeTransform:
     def canonical_spacing(self) -> tuple[float, float, float]:
         return tuple(float(v) for v in np.linalg.norm(self.canonical_affine[:3, :3], axis=0))
 
-    @property
-    def cache_spacing(self) -> tuple[float, float, float]:
-        """(slice, row, column) pixel size in mm."""
-        return self.canonical_spacing[2], self.rows.spacing, self.cols.spacing
-
     def is_identity(self) -> bool:
         """True when the cache grid is the canonical grid voxel for voxel (no resampling, crop or pad)."""
         return all(np.array_equal(axis.sampled_source_index(), np.arange(axis.source_length))

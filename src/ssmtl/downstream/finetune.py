@@ -51,7 +51,7 @@ from ssmtl.downstream.model import (
     FinetuneModel,
     SegmentationObjective,
     build_head,
-    build_network,
+    initial_network,
     cache_classes,
     check_network,
     resolve_init,
@@ -138,7 +138,7 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
         for v in train_volumes + val_volumes:
             cache.read_label(v)  # class ids the cache does not name are refused now, not in a loader worker
         set_seed(config.seed)
-        network, manifest = build_network(config, registry)
+        network, manifest = initial_network(config, registry)
         check_network(network, cache)
         head = build_head(registry, config.head, config.head_options, network, num_classes)
         init = _init_record(config, manifest, split["test"])

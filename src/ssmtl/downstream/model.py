@@ -15,7 +15,7 @@ from ssmtl.api.heads import DownstreamHead
 from ssmtl.api.network import SharedNetwork
 from ssmtl.training.augment import AugmentConfig
 from ssmtl.training.export import check_finite_weights, EXPORT_DIR, load_pretrained_network
-from ssmtl.host.networks import build_network as build_shared_network, network_config
+from ssmtl.host.networks import build_network, network_config
 from ssmtl.host.plugin_calls import checked_loss, plugin_call, refuse
 from ssmtl.settings.sources import validate_model
 from ssmtl.data.cache import SliceCache
@@ -70,11 +70,11 @@ def resolve_init(init: str) -> Path | None:
     return path
 
 
-def build_network(config: FinetuneConfig, registry) -> tuple[SharedNetwork, dict[str, Any] | None]:
+def initial_network(config: FinetuneConfig, registry) -> tuple[SharedNetwork, dict[str, Any] | None]:
     """The initial network: the export's (strict load) or a fresh one; plus the export manifest."""
     run_dir = resolve_init(config.init)
     if run_dir is None:
-        return build_shared_network(network_config(config.model, registry), registry), None
+        return build_network(network_config(config.model, registry), registry), None
     network, manifest = load_pretrained_network(run_dir, registry)
     if config.model is not None and config.model != network.config:
         raise SsmtlError(
@@ -82,7 +82,7 @@ def build_network(config: FinetuneConfig, registry) -> tuple[SharedNetwork, dict
             f"({network.config.model_dump()}); drop the model options when starting from an export"
         )
     if config.init_parts == "encoder":
-        fresh = build_shared_network(network.config, registry)  # random decoder, from the seeded RNG
+        fresh = build_network(network.config, registry)  # random decoder, from the seeded RNG
         fresh.encoder.load_state_dict(network.encoder.state_dict(), strict=True)
         network = fresh
     return network, manifest
@@ -165,7 +165,7 @@ def load_finetuned(run_dir: Path, registry) -> tuple[FinetuneModel, dict[str, An
     """Rebuild network + head from ``run.json`` and load ``model.safetensors`` with ``strict=True``."""
     run_dir = Path(run_dir)
     run = read_run_json(run_dir)
-    network = build_shared_network(network_config(run["model"], registry), registry)
+    network = build_network(network_config(run["model"], registry), registry)
     head_options = {k: v for k, v in run["head"].items() if k != "name"}
     head = build_head(registry, run["head"]["name"], head_options, network, int(run["num_classes"]))
     model = FinetuneModel(network, head, registry)

@@ -17,7 +17,7 @@ The design it describes (docs/benchmarks.md, "How the protocol works"):
   best Dice on that draw's *validation* subjects; only that one is tested. The choice never
   sees a test subject, and because it is made inside every draw, the interval over draws
   covers it.
-* **Override tables.** ``pretrain`` applies to every pre-training (a ``RunConfig`` table:
+* **Override tables.** ``pretrain`` applies to every pre-training (a ``PretrainConfig`` table:
   ``{"train": {"steps": 1500}, "model": {"base_channels": 8}}`` or dotted keys
   ``{"train.steps": 1500}``), ``finetune`` to every fine-tuning cell (a ``FinetuneConfig``
   table), and scratch gets both like every method. The fields the benchmark sets itself

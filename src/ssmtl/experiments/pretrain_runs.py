@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ssmtl.api.errors import ConfigError
-from ssmtl.pretraining.config import RunConfig, config_to_dict, resolve_run_config
+from ssmtl.pretraining.config import PretrainConfig, config_to_dict, resolve_pretrain_config
 from ssmtl.settings.sources import as_set_flags
 from ssmtl.storage.files import save_json
 from ssmtl.experiments.config import BenchmarkConfig, flatten
@@ -67,11 +67,11 @@ class PretrainRuns:
     def seed(self, run: int) -> int:
         return self.base_seed + run
 
-    def config_for(self, tasks: tuple[str, ...], run: int, out: Path | None = None) -> RunConfig:
+    def config_for(self, tasks: tuple[str, ...], run: int, out: Path | None = None) -> PretrainConfig:
         """Run ``run``'s configuration for ``tasks`` (options of tasks it does not use are dropped)."""
         options = {k: v for k, v in self.options.items() if not (k.startswith("tasks.") and k.split(".")[1] not in tasks)}
         try:
-            return resolve_run_config(
+            return resolve_pretrain_config(
                 flags={"data.path": self.config.data, "out": out or self.root / "pretrain", "seed": self.seed(run)},
                 tasks=list(tasks), sets=as_set_flags(options), registry=self.registry, environ={},
             )

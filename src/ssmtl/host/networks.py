@@ -35,7 +35,7 @@ def context_registry(info: Any) -> Any:
     registry = (getattr(info, "context", None) or {}).get("registry")
     if registry is None:
         raise ValueError("needs the plugin registry to resolve plugin names: validate with "
-                         "context={'registry': registry} (resolve_run_config / resolve_finetune_config do)")
+                         "context={'registry': registry} (resolve_pretrain_config / resolve_finetune_config do)")
     return registry
 
 

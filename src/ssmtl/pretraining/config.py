@@ -9,8 +9,8 @@ Task configs are a union discriminated by the task name: each registered task
 brings its own pydantic model. ``tasks`` is a table keyed by task name
 (``[tasks.order]`` in TOML, ``--set tasks.order.num_slices=4`` on the CLI); the
 validator resolves each entry to its plugin's model through the registry. Resolving
-in a ``mode="before"`` validator (instead of building the RunConfig class at run
-time with ``create_model``) keeps RunConfig a static, picklable class that spawned
+in a ``mode="before"`` validator (instead of building the PretrainConfig class at run
+time with ``create_model``) keeps PretrainConfig a static, picklable class that spawned
 worker processes can import.
 """
 
@@ -68,7 +68,7 @@ class DataConfig(BaseModel):
     split: Literal["train", "all"] = Field("train", description="Which subjects pre-training reads: 'train' keeps the cache's held-out val/test subjects out (honest evaluation); 'all' reads every volume.")
 
 
-class TrainConfig(LoopConfig):
+class PretrainTrainConfig(LoopConfig):
     """Optimisation and bookkeeping of pre-training (the shared loop's fields, plus the engine's)."""
 
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
@@ -91,7 +91,7 @@ class WeightingConfig(BaseModel):
     normalise_steps: int = Field(50, ge=1, description="weighting.normalise: optimizer steps over which each task's mean loss (its divisor) is taken; during them the divisor is the mean so far, then it is fixed.")
 
 
-class RunConfig(BaseModel):
+class PretrainConfig(BaseModel):
     """Everything a pre-training run needs. Saved as config.json in every run."""
 
     model_config = CONFIG_RULES
@@ -103,7 +103,7 @@ class RunConfig(BaseModel):
         description="The shared network: `name` picks the network plugin (default: the plugins' default network), the other keys are its options.",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     tasks: dict[str, SerializeAsAny[TaskConfig]] = Field(
         None,  # type: ignore[assignment]  (the validator turns "not given" into the plugins' default tasks)
@@ -193,7 +193,7 @@ def resolve_task_configs(value: Any, registry) -> tuple[dict[str, TaskConfig], l
 def env_layer(environ: Mapping[str, str] | None) -> dict[str, Any]:
     """``SSMTL_SECTION__FIELD=value``; ``SSMTL_TASKS=a,b`` lists the enabled tasks."""
     environ = os.environ if environ is None else environ
-    layer = env_overrides(ENV_PREFIX, [f for f in RunConfig.model_fields if f != "tasks"], environ)
+    layer = env_overrides(ENV_PREFIX, [f for f in PretrainConfig.model_fields if f != "tasks"], environ)
     raw = environ.get(f"{ENV_PREFIX}TASKS")
     if raw is not None:
         layer["tasks"] = {n.strip(): {} for n in raw.split(",") if n.strip()}
@@ -235,7 +235,7 @@ def _replace_tasks(merged: dict[str, Any], tasks: Any) -> None:
     }
 
 
-def resolve_run_config(
+def resolve_pretrain_config(
     *,
     file: Path | None = None,
     flags: Mapping[str, Any] | None = None,
@@ -243,7 +243,7 @@ def resolve_run_config(
     sets: list[str] | None = None,
     environ: Mapping[str, str] | None = None,
     registry,
-) -> RunConfig:
+) -> PretrainConfig:
     """Merge all sources in precedence order and validate once."""
     merged: dict[str, Any] = {"tasks": {n: {} for n in default_tasks(registry)}}
     layers: list[dict[str, Any]] = []
@@ -267,16 +267,16 @@ def resolve_run_config(
             )
         set_path(merged, key, value)
     try:
-        return validate_run_config(merged, registry)
+        return validate_pretrain_config(merged, registry)
     except ConfigError as exc:
         environ = os.environ if environ is None else environ
-        origins = env_origins(ENV_PREFIX, RunConfig.model_fields, environ)
+        origins = env_origins(ENV_PREFIX, PretrainConfig.model_fields, environ)
         later = dotted_paths(flag_layer(flags)) + [key for key, _ in parse_set_flags(sets or [])]
         later += ["tasks"] if tasks else []
         raise blame_environment(exc, origins, later, environ=environ) from None
 
 
-def validate_run_config(data: Mapping[str, Any], registry) -> RunConfig:
+def validate_pretrain_config(data: Mapping[str, Any], registry) -> PretrainConfig:
     """Validate a merged dict; raise :class:`ConfigError` with one row per problem."""
     data = dict(data)
     resolved, rows = resolve_task_configs(data.get("tasks", {n: {} for n in default_tasks(registry)}), registry)
@@ -286,7 +286,7 @@ def validate_run_config(data: Mapping[str, Any], registry) -> RunConfig:
     if network is not None:
         data["model"] = network
     try:
-        config = RunConfig.model_validate(data, context={"registry": registry})
+        config = PretrainConfig.model_validate(data, context={"registry": registry})
     except ValidationError as exc:
         task_rows = bool(rows)
         more = [r for r in error_rows(exc) if not r[0].startswith("tasks") and not (network_rows and r[0].startswith("model"))]
@@ -299,7 +299,7 @@ def validate_run_config(data: Mapping[str, Any], registry) -> RunConfig:
     return config
 
 
-def config_to_dict(config: RunConfig) -> dict[str, Any]:
+def config_to_dict(config: PretrainConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
@@ -310,16 +310,16 @@ def _union(models: list[type[BaseModel]]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="name")]
 
 
-def run_config_schema(registry) -> dict[str, Any]:
-    """JSON Schema of RunConfig with ``tasks`` and ``model`` as the unions of every registered task
+def pretrain_config_schema(registry) -> dict[str, Any]:
+    """JSON Schema of PretrainConfig with ``tasks`` and ``model`` as the unions of every registered task
     and network model."""
     fields: dict[str, Any] = {}
     tasks = [spec.config_model for spec in registry.tasks.values()]
     if tasks:
-        fields["tasks"] = (dict[str, _union(tasks)], Field(default_factory=dict, description=RunConfig.model_fields["tasks"].description))
+        fields["tasks"] = (dict[str, _union(tasks)], Field(default_factory=dict, description=PretrainConfig.model_fields["tasks"].description))
     networks = network_models(registry)
     if networks:
-        fields["model"] = (_union(networks), Field(default_factory=dict, description=RunConfig.model_fields["model"].description))
+        fields["model"] = (_union(networks), Field(default_factory=dict, description=PretrainConfig.model_fields["model"].description))
     if not fields:
-        return RunConfig.model_json_schema()
-    return create_model("RunConfig", __base__=RunConfig, **fields).model_json_schema()
+        return PretrainConfig.model_json_schema()
+    return create_model("PretrainConfig", __base__=PretrainConfig, **fields).model_json_schema()

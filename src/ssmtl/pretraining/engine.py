@@ -34,12 +34,12 @@ from ssmtl.data.cache_set import CacheSet, check_slice_shapes, data_record, open
 from ssmtl.data.laterality import run_flip_axes
 from ssmtl.data.sampling import SequenceDataset, StepBatchSampler, WeightedStepBatchSampler, collate_sequences
 from ssmtl.pretraining.compile import compile_in_place
-from ssmtl.pretraining.config import RunConfig, config_to_dict
+from ssmtl.pretraining.config import PretrainConfig, config_to_dict
 from ssmtl.pretraining.module import PretrainModule, build_pretrain_module, ddp_ignored_names, sequence_length
 from ssmtl.pretraining.weighting import micro_batches_per_pass
 
 
-def select_volumes(cache: SliceCache | CacheSet, config: RunConfig) -> list[int]:
+def select_volumes(cache: SliceCache | CacheSet, config: PretrainConfig) -> list[int]:
     chosen = []
     for v in cache.volumes:
         if config.data.modality and v.modality != config.data.modality:
@@ -66,7 +66,7 @@ class Trainer(TrainingLoop):
     loop's :meth:`step` on them. ``run_pretraining`` and the benchmarks use the same
     object, so what is timed is exactly what trains."""
 
-    def __init__(self, config: RunConfig, registry: Registry, accelerator, *, num_volumes: int, num_slices: int,
+    def __init__(self, config: PretrainConfig, registry: Registry, accelerator, *, num_volumes: int, num_slices: int,
                  flip_axes: tuple[int, ...] = ()):
         self.config, self.registry = config, registry
         module = build_pretrain_module(config, registry, flip_axes)
@@ -107,7 +107,7 @@ class Trainer(TrainingLoop):
                 task.after_optimizer_step(self.unwrapped.network, step)
 
 
-def make_sampler(config: RunConfig, dataset: SequenceDataset, rank: int, world: int, start: int, stop: int) -> StepBatchSampler:
+def make_sampler(config: PretrainConfig, dataset: SequenceDataset, rank: int, world: int, start: int, stop: int) -> StepBatchSampler:
     """Uniform over the sequences, or, with ``data.weights``, weighted per cache."""
     weights, cache = config.data.weights, dataset.cache
     if weights is None:
@@ -123,7 +123,7 @@ def make_sampler(config: RunConfig, dataset: SequenceDataset, rank: int, world: 
                                     world=world, start=start, stop=stop)
 
 
-def make_loader(config: RunConfig, dataset: SequenceDataset, accelerator, start_step: int) -> torch.utils.data.DataLoader:
+def make_loader(config: PretrainConfig, dataset: SequenceDataset, accelerator, start_step: int) -> torch.utils.data.DataLoader:
     accum = config.train.grad_accum
     sampler = make_sampler(config, dataset, accelerator.process_index, accelerator.num_processes,
                            start_step * accum, config.train.steps * accum)
@@ -143,7 +143,7 @@ def _device_batches(loader, device) -> Iterator[SequenceBatch]:
         yield batch.to(device)
 
 
-def run_pretraining(config: RunConfig, registry: Registry, *, resume: bool = False, progress: bool = True) -> PretrainResult:
+def run_pretraining(config: PretrainConfig, registry: Registry, *, resume: bool = False, progress: bool = True) -> PretrainResult:
     """Pre-train ``config.tasks`` on ``config.data.path`` into ``config.out``.
 
     The run's life (run directory, lock, resume, ``config.json``, trackers, the loop, the

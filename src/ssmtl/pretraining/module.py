@@ -19,7 +19,7 @@ from ssmtl.training.augment import make_augmenter
 from ssmtl.api.network import SharedNetwork
 from ssmtl.host.networks import build_network
 from ssmtl.host.plugin_calls import checked_task_output, plugin_call, refuse
-from ssmtl.pretraining.config import RunConfig
+from ssmtl.pretraining.config import PretrainConfig
 from ssmtl.pretraining.weighting import LossWeighting, build_weighting
 
 
@@ -90,7 +90,7 @@ def _encoder_bn_groups(tasks: dict[str, PretextTask]) -> int:
     return next(iter(asked.values()), 1)
 
 
-def build_tasks(config: RunConfig, network: SharedNetwork, registry) -> dict[str, PretextTask]:
+def build_tasks(config: PretrainConfig, network: SharedNetwork, registry) -> dict[str, PretextTask]:
     tasks = {}
     for name, task_config in config.tasks.items():
         spec = registry.task(name)
@@ -104,7 +104,7 @@ def build_tasks(config: RunConfig, network: SharedNetwork, registry) -> dict[str
     return tasks
 
 
-def sequence_length(config: RunConfig, tasks: dict[str, PretextTask]) -> int:
+def sequence_length(config: PretrainConfig, tasks: dict[str, PretextTask]) -> int:
     need = max(t.sequence_length for t in tasks.values())
     k = config.data.sequence_length or need
     if k < need:
@@ -113,7 +113,7 @@ def sequence_length(config: RunConfig, tasks: dict[str, PretextTask]) -> int:
     return k
 
 
-def build_pretrain_module(config: RunConfig, registry, flip_axes: tuple[int, ...] = ()) -> PretrainModule:
+def build_pretrain_module(config: PretrainConfig, registry, flip_axes: tuple[int, ...] = ()) -> PretrainModule:
     """Network + tasks + weighting, with the decoder frozen when no task trains it; every random
     view mirrors only along ``flip_axes`` (the data's declaration, :mod:`ssmtl.data.laterality`)."""
     torch.manual_seed(config.seed)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ssmtl.host import registry as plugin_registry
 from ssmtl.host.registry import Registry
-from ssmtl.pretraining.config import resolve_run_config
+from ssmtl.pretraining.config import resolve_pretrain_config
 from ssmtl.pretraining.engine import PretrainResult, run_pretraining
 from ssmtl.settings.sources import as_set_flags
 
@@ -64,6 +64,6 @@ def pretrain(
     registry = registry or plugin_registry.get_registry()
     flags = {"data.path": list(data) if isinstance(data, (list, tuple)) else data, "out": out, "train.steps": steps, "train.batch_size": batch_size, "seed": seed,
              "train.log_with": list(log_with) if log_with else None}
-    run_config = resolve_run_config(file=config, flags=flags, tasks=list(tasks) if tasks else None,
+    run_config = resolve_pretrain_config(file=config, flags=flags, tasks=list(tasks) if tasks else None,
                                     sets=as_set_flags(settings), registry=registry)
     return run_pretraining(run_config, registry, resume=resume, progress=progress)

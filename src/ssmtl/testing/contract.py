@@ -12,7 +12,7 @@ broken promise:
    not validate defaults), the given options validate, it rejects an unknown field
    (``extra="forbid"``: a typo in ``--set tasks.x.optoin=1`` must not pass
    silently), survives a JSON round trip (runs save ``config.json`` and resume
-   from it) and resolves inside a :class:`~ssmtl.pretraining.config.RunConfig`.
+   from it) and resolves inside a :class:`~ssmtl.pretraining.config.PretrainConfig`.
 3. **Heads.** The factory builds a :class:`~ssmtl.api.tasks.PretextTask` on a tiny
    network's :class:`~ssmtl.api.network.NetworkInfo` (the default U-Net, or any
    network plugin's: ``model={"name": ...}``); ``trains`` names only
@@ -152,7 +152,7 @@ def _check_config(spec: TaskSpec, registry, overrides: dict[str, Any]) -> TaskCo
         raise _fail(name, f"config changes in a JSON round trip: {config!r} -> {again!r}")
     resolved, errors = resolve_task_configs({name: overrides}, registry)
     if errors or not isinstance(resolved.get(name), model):
-        raise _fail(name, f"config does not resolve inside a RunConfig: {errors}")
+        raise _fail(name, f"config does not resolve inside a PretrainConfig: {errors}")
     return config
 
 

@@ -6,7 +6,7 @@ decoder-level loss). Here the positive pairs come from the augmentation itself:
 both random views (``sequence`` and ``sequence_b``) sample the same raw slice
 through known affine transforms, so the location in view b that shows the same
 anatomy as a location in view a is known exactly
-(:func:`ssmtl.training.augment.correspondence`).
+(:func:`ssmtl.api.correspondence`).
 
 Per step:
 
