@@ -14,6 +14,7 @@ pseudonyms (given a :class:`~ssmtl.data.pseudonyms.Pseudonyms` table) or their c
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -39,6 +40,20 @@ def path_name(text: str) -> str:
         return text
     path = PurePosixPath(text) if PurePosixPath(text).is_absolute() or text.startswith("~") else PureWindowsPath(text)
     return path.name or "."
+
+
+#: an absolute path inside free text (a message): POSIX, ``~/``, or a Windows drive
+_PATH_IN_TEXT = re.compile(r"(?<![\w.:/\\~])(?:~?/|[A-Za-z]:\\)[^\s'\"<>,;()]+")
+
+
+def without_paths(text: str) -> str:
+    """Free text (an error message shown on a page) with every absolute path replaced by its last component."""
+
+    def name(match: re.Match) -> str:
+        path = match.group(0).rstrip(".:")  # the sentence's punctuation is not the path's
+        return path_name(path) + match.group(0)[len(path):]
+
+    return _PATH_IN_TEXT.sub(name, text)
 
 
 def _names(key: str, values: list[Any], names: Pseudonyms) -> list[Any]:

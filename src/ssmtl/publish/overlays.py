@@ -102,7 +102,8 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry, identif
     overlays = []
     for rank, scored in picks:
         if scored["volume"] not in index:
-            raise SsmtlError(f"{cache.path}: has no volume {scored['volume']!r} (evaluated on another cache?)")
+            raise SsmtlError(f"{cache.path}: has no volume {names.volume(scored['volume'])!r} of the evaluation "
+                             "(evaluated on another cache?)")
         image, label = cache.read_volume(index[scored["volume"]])
         prediction = predictor.cache_grid(image)
         reference = label if label is not None else np.zeros_like(prediction)

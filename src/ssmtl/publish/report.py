@@ -38,7 +38,7 @@ from ssmtl.storage.outputs import check_output, claimed_output, OutputKind
 from ssmtl.training.rundir import METRICS
 from ssmtl.publish import html
 from ssmtl.data.pseudonyms import WITHHELD
-from ssmtl.data.shareable import path_name, shareable
+from ssmtl.data.shareable import path_name, shareable, without_paths
 from ssmtl.publish.model_card import identified_warning
 from ssmtl.publish.runs import RunInfo, read_run
 
@@ -129,7 +129,7 @@ def _evaluation(info: RunInfo, registry) -> list[str]:
     try:
         overlays = render_overlays(info.path, results, registry, identify=info.names.identify)
     except SsmtlError as exc:
-        return out + [f'<p class="note">No overlays: {html.text(exc)}</p>']
+        return out + [f'<p class="note">No overlays: {html.text(without_paths(str(exc)))}</p>']
     out.append("<p>The best, the median and the worst test volume by mean Dice; each on the slice with the most labeled "
                "foreground: the image, the reference labels, the prediction.</p>")
     out += [html.image(o.png, f"{o.rank} volume {o.volume}", f"{o.rank}: {o.volume}, slice {o.slice_index}") for o in overlays]
