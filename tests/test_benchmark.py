@@ -314,16 +314,25 @@ def test_a_pool_is_counted_and_a_transductive_pretraining_refused(bench_cache, t
 
 
 def test_pseudonyms_are_stable_and_the_real_names_only_on_request():
+    from ssmtl.data.pseudonyms import Pseudonyms, assign_pseudonyms, volume_pseudonyms
+
     volumes = [("p9_ES", "p9"), ("p9_ED", "p9"), ("PIDSECRET0003", "PIDSECRET0003"), ("a", "a")]
-    shared = Shareable(volumes)
-    # numbered in the sorted order of the names, whatever order the cache lists them in
-    assert [shared.subject(s) for s in ("PIDSECRET0003", "a", "p9")] == ["subject-001", "subject-002", "subject-003"]
-    assert Shareable(volumes[::-1]).subject("a") == "subject-002"
-    assert (shared.volume("p9_ED"), shared.volume("p9_ES"), shared.volume("a")) == ("subject-003-1", "subject-003-2", "subject-002")
+
+    def shareable(listing, identify=False):
+        if identify:  # the real names: a table of names to themselves
+            return Shareable(Pseudonyms({s: s for _, s in listing}, {v: v for v, _ in listing}, identify=True))
+        table = assign_pseudonyms(subject for _, subject in listing)
+        return Shareable(Pseudonyms(table, volume_pseudonyms(listing, table)))
+
+    shared = shareable(volumes)
+    # the cache's own pseudonyms: the same whatever order the cache lists its volumes in
+    assert {shared.subject(s) for s in ("PIDSECRET0003", "a", "p9")} == {"subject-001", "subject-002", "subject-003"}
+    assert shareable(volumes[::-1]).subject("a") == shared.subject("a")
+    assert {shared.volume("p9_ED"), shared.volume("p9_ES")} == {shared.subject("p9") + "-v1", shared.subject("p9") + "-v2"}
     cell = shared.cell({"labeled_subjects": ["p9"], "validation_subjects": [], "test_subjects": ["PIDSECRET0003"],
                         "per_volume": [{"subject": "PIDSECRET0003", "volume": "PIDSECRET0003", "mean_dice": 0.5}]})
     assert "PIDSECRET" not in json.dumps(cell)
-    assert Shareable(volumes, identify=True).subject("PIDSECRET0003") == "PIDSECRET0003"
+    assert shareable(volumes, identify=True).subject("PIDSECRET0003") == "PIDSECRET0003"
     with pytest.raises(SsmtlError, match="not in the fine-tuning cache"):
         shared.subject("stranger")
 

@@ -160,8 +160,14 @@ def test_nested_folder_with_several_series(tmp_path, registry):
                       preprocess=PreprocessConfig(size=16), out=tmp_path / "ct.h5", registry=registry,
                       test_fraction=0.5)
     cache = SliceCache(out)
-    assert [v.name for v in cache.volumes] == ["patA_chest", "patA_chest_recon", "patB"]
-    assert [v.subject for v in cache.volumes] == ["A", "A", "B"]
+    # PatientIDs and series names enter the cache as pseudonyms; the real names stay as the local identity
+    assert [v.identity for v in cache.volumes] == [{"subject": "A", "volume": "patA/chest"},
+                                                   {"subject": "A", "volume": "patA/chest/recon"},
+                                                   {"subject": "B", "volume": "patB"}]
+    a, b = cache.volumes[0].subject, cache.volumes[2].subject
+    assert {a, b} == {"subject-001", "subject-002"} and [v.subject for v in cache.volumes] == [a, a, b]
+    assert [v.name for v in cache.volumes] == [f"{a}-v1", f"{a}-v2", b]
+    assert [v.pseudonym for v in cache.volumes] == [a, a, b]
     assert [v.has_label for v in cache.volumes] == [True, False, False]
     assert {v.modality for v in cache.volumes} == {"ct"}
     # the two series of patient A are one subject, hence in one split

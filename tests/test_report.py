@@ -15,6 +15,8 @@ from PIL import Image
 
 import ssmtl
 from ssmtl.api import SsmtlError
+from ssmtl.data.cache import SliceCache
+from ssmtl.data.pseudonyms import Pseudonyms
 from ssmtl.training.curves import CURVES_FILE
 from ssmtl.publish import html
 from ssmtl.publish.overlays import pick_volumes
@@ -56,8 +58,9 @@ def test_a_finetuning_report_shows_tables_curves_and_the_best_median_and_worst_v
     cache = json.loads((run / "run.json").read_text())["data"]["path"]
     assert str(tmp_path) not in page and str(Path(cache).parent) not in page  # names, never local paths
     ranked = sorted(evaluation["per_volume"], key=lambda v: v["mean_dice"], reverse=True)
+    names = Pseudonyms.of(SliceCache(cache))  # volumes are shown by their pseudonyms, never by their names
     for rank, volume in zip(("best", "median", "worst"), (ranked[0], ranked[1], ranked[-1])):
-        assert f"{rank}: {volume['volume']}, slice" in page
+        assert f"{rank}: {names.volume(volume['volume'])}, slice" in page and volume["volume"] not in page
     assert "<th>structure</th><th>Dice</th><th>HD95 (mm)</th>" in page
     assert f'<td>mean</td><td class="num">{evaluation["mean_dice"]:.3f}</td>' in page
     assert "&quot;labeled_volumes&quot;: 1" in page  # the config, escaped
@@ -81,6 +84,7 @@ def test_a_report_without_a_readable_cache_says_so(finetuned_run, tmp_path):
     (run / "eval.json").write_text(json.dumps(evaluation))
     page = write_report(run, registry=get_registry()).read_text()
     assert "No overlays:" in page and "gone.h5: cache file not found" in page
+    assert str(tmp_path) not in page  # the message names the file, not where it was
 
 
 def test_not_a_run(tmp_path):

@@ -134,6 +134,11 @@ class VolumeItem(ABC):
     #: (``cache build --shard`` computes the split over the whole listing from it); None: unknown.
     #: A class attribute, not a dataclass field: subclasses set it or define a property.
     has_label = None
+    #: True when the subject and volume names identify a person (a DICOM PatientID, the folder
+    #: names of a hospital export): the cache builder then stores pseudonyms in their place
+    #: (``subject-007``) and keeps the real names only as the volume's local ``identity``.
+    #: Grouping is unchanged: items with one subject still share a split. A class attribute.
+    identifying_names = False
 
     @abstractmethod
     def load(self) -> RawVolume:

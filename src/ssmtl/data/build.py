@@ -7,6 +7,11 @@ contract (both optional, read with ``getattr``):
   several (ACDC's ``patient001_ED`` / ``patient001_ES``); default: the subject.
 * ``source.split``: ``{subject: "train" | "val" | "test"}`` chosen by the data
   (a manifest's split column); it is stored instead of a random split.
+* ``item.identifying_names``: True when the item's subject and volume names identify a
+  person (a DICOM PatientID, the folders of a hospital export): the cache stores their
+  pseudonyms instead and keeps the real names only in the volume's local ``identity``
+  attribute (:func:`~ssmtl.data.pseudonyms.pseudonymise_items`). Every volume records its
+  subject's ``pseudonym``, the name files made to be shared use.
 
 The cache's ``flip_axes`` attribute (the in-plane axes along which a mirrored slice is
 still plausible anatomy; see :func:`declared_flip_axes`) is the dataset config's
@@ -41,6 +46,7 @@ from ssmtl.api.rules import MAX_SEED
 from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.data.ingest import Failure, iter_processed, release_freed_memory
 from ssmtl.data.preprocess import PreprocessConfig, ProcessedVolume
+from ssmtl.data.pseudonyms import pseudonymise_items
 from ssmtl.data.shards import listed_labels, listing_digest, shard_items
 from ssmtl.data.splits import SPLITS, make_split
 from ssmtl.api.volumes import VolumeItem, VolumeSource, check_flip_axes
@@ -163,12 +169,13 @@ def build_cache(
         where = dataset_options.get("path") or dataset_options.get("images") or dataset
         raise InputFileError(where, "the dataset has no volumes")
     refuse_overlap(Path(out), _inputs(config, source))
-    preset = preset_split(source)
+    listing, pseudonyms, renamed = pseudonymise_items(source.items)  # before anything records a subject
+    preset = {renamed.get(s, s): v for s, v in preset_split(source).items()}
     listed: tuple[list[str], set[str]] | None = None  # a shard's split is the full listing's
-    items = source.items
+    items = listing
     if shard is not None:
-        items, listing = shard_items(source.items, shard)
-        listed = (listing, listed_labels(source.items))
+        items, shard_listing = shard_items(listing, shard)
+        listed = (shard_listing, listed_labels(listing))
     attrs = {
         "ssmtl_version": __version__,
         "dataset": dataset,
@@ -193,7 +200,7 @@ def build_cache(
                     raise InputFileError(failure.path, failure.reason)
                 tally.skipped.append({"path": failure.path, "reason": failure.reason})
             else:
-                _write(writer, item, result, tally)
+                _write(writer, item, result, tally, pseudonyms[item.subject])
             del result
             release_freed_memory()
             if on_volume is not None:
@@ -218,9 +225,10 @@ def _inputs(config, source: VolumeSource) -> list[tuple[str, Path]]:
     return paths
 
 
-def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, tally: _Tally) -> None:
+def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, tally: _Tally, pseudonym: str) -> None:
     attrs: dict[str, Any] = {
         "source": item.source,
+        "pseudonym": pseudonym,
         "modality": processed.modality,
         "spacing": np.asarray(processed.spacing, dtype=np.float64),
         "original_spacing": np.asarray(processed.original_spacing, dtype=np.float64),
@@ -228,6 +236,8 @@ def _write(writer: CacheWriter, item: VolumeItem, processed: ProcessedVolume, ta
         "orientation": "RAS",
         "transform": processed.transform.to_json(),
     }
+    if getattr(item, "identity", None):
+        attrs["identity"] = item.identity
     if processed.label is not None:
         attrs["class_voxels"] = tally.count_classes(processed.label, processed.modality)
         tally.labeled.add(item.subject)

@@ -10,7 +10,8 @@ Layout (format version 2)::
     /volumes/<name>/label   uint8   (D, H, W), chunks=(1, H, W)   (optional)
                             attrs: subject, source, modality, split, spacing (z, y, x mm),
                                    original_spacing, original_shape, class_voxels,
-                                   transform, sha256_image, sha256_label
+                                   transform, sha256_image, sha256_label,
+                                   pseudonym, identity (optional)
     /index/volume, /index/slice, /index/position     one row per slice (side table)
     /index/names            volume group names in build order
 
@@ -28,6 +29,12 @@ out by ``--skip-bad``: path and reason), ``flip_axes`` (the in-plane axes, 0 = r
 declared them; absent in caches built before it existed, which read as ``[]``: see
 :mod:`ssmtl.data.laterality`). ``fingerprint`` is the SHA-256 of the
 volumes' checksums in index order; ``ssmtl cache verify`` recomputes all of them.
+
+``pseudonym`` (absent in caches built before it) is the subject's name in files made to be shared, and
+``identity`` (JSON ``{"subject", "volume"}``) the real names of a volume whose names were
+pseudonymised as it entered the cache (a DICOM series: its ``subject`` is the pseudonym of its
+PatientID); see :mod:`ssmtl.data.pseudonyms`. A cache is local: it holds images, source paths
+and these identities, and is never shared.
 
 ``chunks=(1, H, W)`` is set explicitly: one chunk per slice makes random slice
 reads cheap (auto-chunking was ~40x slower for random reads).
@@ -109,6 +116,8 @@ class VolumeMeta:
     split: str
     original_spacing: tuple[float, ...] | None = None
     transform: dict[str, Any] | None = None  # VolumeTransform.to_json(); None in format 1 caches
+    pseudonym: str | None = None  # the subject's name in shareable files (:mod:`ssmtl.data.pseudonyms`); None: older cache
+    identity: dict[str, str] | None = None  # the real subject and volume names of a volume pseudonymised at entry
 
 
 def _spacing_attr(value: Any) -> tuple[float, ...] | None:
@@ -172,6 +181,8 @@ class SliceCache:
             split=str(a.get("split", "")),
             original_spacing=_spacing_attr(a.get("original_spacing")),
             transform=_decode_attr(a["transform"]) if "transform" in a else None,
+            pseudonym=str(_decode_attr(a["pseudonym"])) if "pseudonym" in a else None,
+            identity=_identity(a.get("identity")),
         )
 
     # -- lazy per-process handle --------------------------------------------------------
@@ -303,13 +314,22 @@ class SliceCache:
             "flip_axes": self.attrs.get("flip_axes"),  # None: built before caches declared it (no flips)
             "way_back": summarise_transforms([v.transform for v in self.volumes]),
             "subjects": [
-                {"name": v.name, "subject": v.subject, "slices": v.num_slices, "modality": v.modality,
+                {"name": v.name, "subject": v.subject, "pseudonym": v.pseudonym, "identity": v.identity,
+                 "slices": v.num_slices, "modality": v.modality,
                  "labeled": v.has_label, "split": v.split, "spacing": list(v.spacing),
                  "original_spacing": list(v.original_spacing) if v.original_spacing else None, "source": v.source,
                  "transform": v.transform}
                 for v in self.volumes
             ],
         }
+
+
+def _identity(value: Any) -> dict[str, str] | None:
+    """The ``identity`` attribute: ``{"subject": ..., "volume": ...}``, or None (absent or not that)."""
+    decoded = _decode_attr(value) if value is not None else None
+    if not isinstance(decoded, dict):
+        return None
+    return {k: str(decoded[k]) for k in ("subject", "volume") if isinstance(decoded.get(k), str)} or None
 
 
 def _decode_attr(value: Any) -> Any:

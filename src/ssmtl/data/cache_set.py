@@ -146,7 +146,8 @@ class CacheSet:
             for v in cache.volumes:
                 self._where.append((c, v.index))
                 self.volumes.append(replace(v, index=len(self.volumes), name=f"{label}/{v.name}",
-                                            subject=f"{label}/{v.subject}"))
+                                            subject=f"{label}/{v.subject}",
+                                            pseudonym=f"{label}/{v.pseudonym}" if v.pseudonym else None))
 
     # -- routing ---------------------------------------------------------------------------
     def cache_of(self, volume: int) -> int:

@@ -70,7 +70,7 @@ class Benchmark:
         self.model_config = reference.model
         self.cells = Cells(config, registry, self.root, self.ft_path, self.ft_cache.fingerprint, reference.model,
                            reference.train.mixed_precision or "no", log, progress)
-        self.shareable = Shareable(((v.name, v.subject) for v in self.ft_cache.volumes), identify=config.identify_subjects)
+        self.shareable = Shareable.of(self.ft_cache, identify=config.identify_subjects)
         self.cohort = self._check_cohort(reference)
         self.pretrain_steps = {m.name: self.pretraining.config_for(m.tasks, 0).train.steps for m in self.methods if m.pretrained}
 

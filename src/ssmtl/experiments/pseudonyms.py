@@ -1,11 +1,9 @@
 """What a benchmark's shareable outputs may say about subjects and files.
 
 results.json and results.md are made to be published. Subject and volume names can be
-patient identifiers (a DICOM PatientID, a hospital's file naming), so they are written as
-stable pseudonyms, ``subject-001`` ..., numbered in the sorted order of the fine-tuning
-cache's subjects: the same subject has the same pseudonym in every cell, draw and re-run of
-a benchmark on that cache, and results.md prints counts. A number carries nothing of the
-name (a hash of a low-entropy id such as a PatientID could be reversed by trying them all).
+patient identifiers (a DICOM PatientID, a hospital's file naming), so they are written as the
+fine-tuning cache's pseudonyms (:mod:`ssmtl.data.pseudonyms`: ``subject-001`` ..., the same
+names the model cards and reports of those runs show), and results.md prints counts.
 ``identify_subjects`` (``--identify-subjects``) keeps the real names, for internal use.
 
 Paths are written as file names: an absolute local path says who ran it and where. The
@@ -14,49 +12,40 @@ fingerprints identify the data.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ssmtl.api.errors import SsmtlError
-
-SUBJECT = "subject-{:03d}"
+from ssmtl.data.pseudonyms import WITHHELD, Pseudonyms
+from ssmtl.data.shareable import path_name
 
 
 class Shareable:
-    """Maps subject and volume names of one cache to what the shareable outputs print."""
+    """Maps the subject and volume names of the fine-tuning cache to what the shareable outputs print.
 
-    def __init__(self, volumes: Iterable[tuple[str, str]], identify: bool = False):
-        """``volumes``: ``(volume name, subject)`` of every volume of the fine-tuning cache."""
-        self.identify = identify
-        by_subject: dict[str, list[str]] = {}
-        for volume, subject in volumes:
-            by_subject.setdefault(subject, []).append(volume)
-        self._subjects = {s: SUBJECT.format(i) for i, s in enumerate(sorted(by_subject), start=1)}
-        self._volumes: dict[str, str] = {}
-        for subject, names in by_subject.items():
-            names = sorted(set(names))
-            for j, name in enumerate(names, start=1):
-                alias = self._subjects[subject]
-                self._volumes[name] = alias if len(names) == 1 else f"{alias}-{j}"
+    Unlike a report (which withholds a name it cannot look up), a benchmark refuses one: every
+    name in its records comes from the fine-tuning cache, so an unknown one is a bug to name.
+    """
+
+    def __init__(self, names: Pseudonyms):
+        self.names = names
+
+    @classmethod
+    def of(cls, cache, identify: bool = False) -> "Shareable":
+        return cls(Pseudonyms.of(cache, identify))
+
+    def _shown(self, kind: str, name: str, shown: str) -> str:
+        if shown == WITHHELD and not self.names.identify:
+            raise SsmtlError(f"{kind} {name!r} is not in the fine-tuning cache; it cannot be pseudonymised")
+        return shown
 
     def subject(self, name: str) -> str:
-        if self.identify:
-            return name
-        try:
-            return self._subjects[name]
-        except KeyError:
-            raise SsmtlError(f"subject {name!r} is not in the fine-tuning cache; it cannot be pseudonymised") from None
+        return self._shown("subject", name, self.names.subject(name))
 
     def subjects(self, names: Sequence[str] | None) -> list[str] | None:
         return None if names is None else [self.subject(n) for n in names]
 
     def volume(self, name: str) -> str:
-        if self.identify:
-            return name
-        try:
-            return self._volumes[name]
-        except KeyError:
-            raise SsmtlError(f"volume {name!r} is not in the fine-tuning cache; it cannot be pseudonymised") from None
+        return self._shown("volume", name, self.names.volume(name))
 
     def cell(self, record: dict[str, Any]) -> dict[str, Any]:
         """A cell record with every subject and volume name replaced."""
@@ -74,8 +63,8 @@ def file_name(path: Any) -> str | list[str] | None:
     if path is None:
         return None
     if isinstance(path, (list, tuple)):
-        return [Path(str(p)).name for p in path]
-    return Path(str(path)).name
+        return [path_name(str(p)) for p in path]
+    return path_name(str(path))
 
 
 def data_summary(record: dict[str, Any]) -> dict[str, Any]:

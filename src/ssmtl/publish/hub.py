@@ -18,6 +18,12 @@ another run, never over anything but an earlier export (with ``--force``), and o
 at a time. The folder is written under a temporary name and renamed into place. Weights that
 hold NaN or Inf are refused, and the written file is run against torch before the folder is
 published (:func:`ssmtl.publish.formats.check_parity`).
+
+Nothing in the folder names a subject or an absolute local path: the card names subjects by
+their pseudonyms and paths by their last component (:mod:`ssmtl.data.shareable`); the weights
+carry no metadata, TorchScript no debug records. ``identify_subjects`` (``--identify-subjects``)
+names subjects by their real ids, for internal use: the card says so, the marker records it,
+and such a folder is never pushed to a hub.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from ssmtl.storage.outputs import check_output, claimed_output, OutputKind, writ
 from ssmtl.host.networks import native_class
 from ssmtl.publish.bundle import check_bundle_part, MODEL_FILE, write_bundle
 from ssmtl.publish.formats import FORMATS, INPUT_NAME, WEIGHTS_FILE, check_parity, example_input, write_part
-from ssmtl.publish.model_card import check_license, LICENSE_FILE, license_text, render_model_card, shareable
+from ssmtl.data.shareable import shareable
+from ssmtl.publish.model_card import check_license, LICENSE_FILE, license_text, render_model_card
 from ssmtl.publish.parts import PartModule, default_part, select_part
 from ssmtl.publish.runs import RunInfo, load_network, read_run
 
@@ -118,18 +125,20 @@ def export_inputs(run_dir: Path, info: RunInfo) -> list[tuple[str, Any]]:
 
 
 def export_run(run_dir: Path, format: str = "safetensors", *, part: str | None = None, out: Path | None = None,
-               size: int | None = None, force: bool = False, license: str | None = None, registry) -> HubExport:
+               size: int | None = None, force: bool = False, license: str | None = None,
+               identify_subjects: bool = False, registry) -> HubExport:
     """Write ``part`` (default: ``network`` of a pre-training run, ``finetuned`` of a fine-tuning
     run) of ``run_dir`` in ``format`` to ``out`` (default ``RUN/hub/PART-FORMAT``).
 
     ``size`` is the slice size traced formats are built and checked at (default: the size the run
-    was trained at); ``license`` a hub license identifier (default: unset, explained in LICENSE)."""
+    was trained at); ``license`` a hub license identifier (default: unset, explained in LICENSE);
+    ``identify_subjects``: the card names subjects by their real ids (default: pseudonyms)."""
     run_dir = Path(run_dir)
     fmt = format
     if fmt not in EXPORT_FORMATS:
         raise SsmtlError(f"--format {fmt}: unknown format; use one of {', '.join(EXPORT_FORMATS)}")
     license = check_license(license)
-    info = read_run(run_dir, registry)
+    info = read_run(run_dir, registry, identify_subjects)
     chosen = part or default_part(info.kind)
     out = Path(out) if out is not None else run_dir / HUB_DIR / f"{chosen}-{fmt}"
     inputs = export_inputs(run_dir, info)
@@ -161,7 +170,8 @@ def export_run(run_dir: Path, format: str = "safetensors", *, part: str | None =
             save_text(tmp / "docs" / "README.md", render_model_card(info, config, license, metadata=False))
         if license is None:
             save_text(tmp / LICENSE_FILE, license_text(info))
-        write_marker(tmp, EXPORT, {"format": fmt, "part": selected.name, "run": info.name, "ssmtl_version": __version__})
+        write_marker(tmp, EXPORT, {"format": fmt, "part": selected.name, "run": info.name, "ssmtl_version": __version__,
+                                   **({"identify_subjects": True} if identify_subjects else {})})
         files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     return HubExport(path=out, part=selected.name, format=fmt, files=files, parity=parity)
 
@@ -171,6 +181,9 @@ def export_and_push(run_dir: Path, format: str = "safetensors", *, push_to_hub: 
     """:func:`export_run`, then (``push_to_hub``) the upload; what the push needs is checked first."""
     from ssmtl.publish.push import prepare_push, push_folder
 
+    if push_to_hub and options.get("identify_subjects"):
+        raise SsmtlError("--identify-subjects names subjects by their real ids, for internal use: such a folder is "
+                         "never pushed to a hub; leave out --identify-subjects to push (subjects get pseudonyms)")
     target = prepare_push(push_to_hub, private) if push_to_hub else None
     result = export_run(run_dir, format, **options)
     if target is not None:

@@ -9,21 +9,23 @@ license (``--license``, one of the Hugging Face hub's identifiers), the card say
 and the folder's ``LICENSE`` explains what to decide before sharing.
 
 **Shareable.** A card carries no absolute local path (paths become their last component)
-and no subject identifier (subject lists become counts): subject ids are often file names or
-DICOM patient ids.
+and no subject identifier: subject ids are often file names or DICOM patient ids, so the card
+names subjects by their pseudonyms (``subject-007``: :mod:`ssmtl.data.pseudonyms`), or only
+counts them when the cache is gone. ``ssmtl export --identify-subjects`` names them by their
+real ids, for internal use, and says so at the top of the card.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
 
 from ssmtl._version import __version__
 from ssmtl.api.errors import SsmtlError
+from ssmtl.data.shareable import path_name, shareable
 from ssmtl.publish.runs import modality_names, RunInfo
 
 PAPER = ("Dong, Kampffmeyer & Voiculescu, *Self-supervised multi-task representation learning for "
@@ -39,11 +41,6 @@ cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive
 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0
 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr unknown
 """.split())
-#: record keys that list subjects (often file names or patient ids): a card says how many, not which
-_SUBJECT_LISTS = frozenset({"labeled_subjects", "train_subjects", "test_subjects", "val_subjects", "subjects", "volumes",
-                            "init_saw_test_subjects", "per_volume"})
-
-
 def check_license(license: str | None) -> str | None:
     """A hub license identifier (lower case), or None for the default; anything else is refused."""
     if license is None:
@@ -66,22 +63,6 @@ def license_text(info: RunInfo) -> str:
             "Before sharing, decide the terms and either export again with `ssmtl export --license ID` (a license "
             "identifier of the Hugging Face hub, e.g. cc-by-nc-4.0) or replace this file and the `license_name` of "
             "README.md with the actual terms.\n")
-
-
-def _is_absolute(text: str) -> bool:
-    return PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or text.startswith("~")
-
-
-def shareable(value: Any) -> Any:
-    """``value`` without absolute local paths (each becomes its last component) or lists of subjects (counts)."""
-    if isinstance(value, dict):
-        return {k: (len(v) if k in _SUBJECT_LISTS and isinstance(v, list) else shareable(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [shareable(v) for v in value]
-    if isinstance(value, str) and _is_absolute(value):
-        path = PurePosixPath(value) if PurePosixPath(value).is_absolute() or value.startswith("~") else PureWindowsPath(value)
-        return path.name or "."
-    return value
 
 
 def _model_index(info: RunInfo, config: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -179,8 +160,24 @@ def _data(info: RunInfo) -> list[str]:
         lines.append(f"- pre-training read {data.get('trained_on')} volumes (the cache's training subjects; "
                      "held-out validation and test subjects stay out by default)")
     else:
-        lines.append(f"- fine-tuned on {len(info.labeled_subjects)} labeled subject(s)")
+        lines.append(f"- fine-tuned on {len(info.labeled_subjects)} labeled subject(s){named(info, info.labeled_subjects)}")
     return lines
+
+
+def named(info: RunInfo, subjects: list[str]) -> str:
+    """`` (subject-002, subject-007)``: the subjects as a shareable file names them; nothing when
+    the cache is gone and no pseudonym can be looked up."""
+    if not subjects or not (info.names.known or info.names.identify):
+        return ""
+    return " (" + ", ".join(info.names.subjects(subjects)) + ")"
+
+
+def identified_warning(info: RunInfo) -> str | None:
+    """The line a file written with ``--identify-subjects`` opens with, or None."""
+    if not info.names.identify:
+        return None
+    return ("Internal use only: this file names subjects by their real identifiers (written with "
+            "--identify-subjects). Do not share or publish it; write it again without that flag to share it.")
 
 
 def _training(info: RunInfo) -> list[str]:
@@ -194,7 +191,7 @@ def _training(info: RunInfo) -> list[str]:
                   f"seed {info.config.get('seed')}"]
     else:
         start = ("random initialisation (scratch)" if info.init in (None, "none")
-                 else f"the pre-training run `{shareable(str(info.init))}` (tasks: {tasks})")
+                 else f"the pre-training run `{path_name(str(info.init))}` (tasks: {tasks})")
         lines += [f"- started from {start}", f"- head `{(info.head or {}).get('name')}`: {info.num_classes} classes",
                   f"- {info.steps} fine-tuning steps"]
     return lines
@@ -208,9 +205,9 @@ def _evaluation(info: RunInfo) -> list[str]:
                     "the fine-tuned run (`ssmtl evaluate`)."]
         return ["This run was not evaluated; `ssmtl evaluate RUN` writes `eval.json`, and a new export "
                 "then reports it here."]
-    n = len(results.get("test_subjects") or [])
-    lines = [f"3D Dice and HD95 per structure on the {n} held-out `{results.get('split', 'test')}` subject(s) "
-             f"({results.get('space', 'cache')} grid):", "", "| structure | Dice | HD95 (mm) |", "|---|---|---|"]
+    tested = list(results.get("test_subjects") or [])
+    lines = [f"3D Dice and HD95 per structure on the {len(tested)} held-out `{results.get('split', 'test')}` subject(s)"
+             f"{named(info, tested)} ({results.get('space', 'cache')} grid):", "", "| structure | Dice | HD95 (mm) |", "|---|---|---|"]
     for name in results.get("class_names") or []:
         scores = (results.get("per_class") or {}).get(name) or {}
         lines.append(f"| {name} | {_fmt(scores.get('dice'), 3)} | {_fmt(scores.get('hd95'), 2)} |")
@@ -259,9 +256,11 @@ def render_model_card(info: RunInfo, config: dict[str, Any], license: str | None
     """The card: YAML front matter (``metadata``), then the text. ``license``: a hub identifier, or None (unset)."""
     part, fmt = config["part"], config["format"]
     what = config["part_description"]
+    warning = identified_warning(info)
     lines = [
         *([_front_matter(info, config, license)] if metadata else []),
         f"# {info.name}: {part} ({fmt})", "",
+        *([f"**{warning}**", ""] if warning else []),
         f"{what[0].upper()}{what[1:]}, from the ssmtl {'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} "
         f"run `{info.name}`. ssmtl implements self-supervised multi-task pre-training on the 2D slices of CT and MR "
         f"volumes ({PAPER}).", "",

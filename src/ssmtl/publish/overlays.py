@@ -4,6 +4,10 @@ For the best, the median and the worst test volume (by mean 3D Dice in ``eval.js
 run's model predicts the whole volume from the cache, and one slice is shown three times:
 the image, the reference labels over it, the prediction over it. The slice is the one
 with the most labeled foreground, where a mistake is easiest to see.
+
+A volume is named by its pseudonym (:mod:`ssmtl.data.pseudonyms`), in the caption and in the
+title drawn into the picture (text in pixels, which no search of the page would find), or by
+its real name with ``identify``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ PICKS = ("best", "median", "worst")
 @dataclass
 class Overlay:
     rank: str  # best, median or worst
-    volume: str
+    volume: str  # as shown: its pseudonym, or its real name with identify
     mean_dice: float | None
     slice_index: int
     png: bytes
+    title: str = ""  # the text drawn above the picture
 
 
 def pick_volumes(per_volume: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -75,8 +80,10 @@ def _figure(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, class_
     return buffer.getvalue()
 
 
-def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry) -> list[Overlay]:
-    """Predict and draw the picked test volumes; raises :class:`SsmtlError` when the cache is unreadable."""
+def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry, identify: bool = False) -> list[Overlay]:
+    """Predict and draw the picked test volumes, named by pseudonym (real names with ``identify``);
+    raises :class:`SsmtlError` when the cache is unreadable."""
+    from ssmtl.data.pseudonyms import Pseudonyms
     from ssmtl.downstream.model import load_finetuned
     from ssmtl.downstream.predictor import Predictor
     from ssmtl.downstream.run_data import open_run_cache
@@ -90,17 +97,19 @@ def render_overlays(run_dir: Path, evaluation: dict[str, Any], registry) -> list
     predictor = Predictor(model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     cache = open_run_cache(Path(run_dir), run, evaluation.get("data"))  # never pictures of foreign data
     index = {v.name: v.index for v in cache.volumes}
+    names = Pseudonyms.of(cache, identify)
     class_names = list(evaluation.get("class_names") or [])
     overlays = []
     for rank, scored in picks:
         if scored["volume"] not in index:
-            raise SsmtlError(f"{cache.path}: has no volume {scored['volume']!r} (evaluated on another cache?)")
+            raise SsmtlError(f"{cache.path}: has no volume {names.volume(scored['volume'])!r} of the evaluation "
+                             "(evaluated on another cache?)")
         image, label = cache.read_volume(index[scored["volume"]])
         prediction = predictor.cache_grid(image)
         reference = label if label is not None else np.zeros_like(prediction)
         z = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(axis=1)))
-        dice = scored.get("mean_dice")
-        title = f"{rank}: {scored['volume']} (mean Dice {dice:.3f}), slice {z}" if dice is not None else f"{rank}: {scored['volume']}"
-        overlays.append(Overlay(rank, scored["volume"], dice, z,
-                                _figure(image[z], reference[z], prediction[z], class_names, title)))
+        dice, shown = scored.get("mean_dice"), names.volume(scored["volume"])
+        title = f"{rank}: {shown} (mean Dice {dice:.3f}), slice {z}" if dice is not None else f"{rank}: {shown}"
+        overlays.append(Overlay(rank, shown, dice, z, _figure(image[z], reference[z], prediction[z], class_names, title),
+                                title))
     return overlays

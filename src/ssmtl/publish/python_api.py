@@ -22,7 +22,7 @@ from ssmtl.publish.runs import load_network as load_run_network
 
 def export(run: str | Path, format: str = "safetensors", *, part: str | None = None, out: str | Path | None = None,
            size: int | None = None, force: bool = False, license: str | None = None, push_to_hub: str | None = None,
-           private: bool = False, registry: Registry | None = None) -> HubExport:
+           private: bool = False, identify_subjects: bool = False, registry: Registry | None = None) -> HubExport:
     """Export a run's weights as a model-hub folder, as ``ssmtl export RUN`` does.
 
     Args:
@@ -41,6 +41,8 @@ def export(run: str | Path, format: str = "safetensors", *, part: str | None = N
         push_to_hub: ``OWNER/NAME``: upload the folder to the Hugging Face hub afterwards (needs
             ``pip install 'ssmtl[hub]'`` and a token); checked before anything is written.
         private: create the hub repository private.
+        identify_subjects: name subjects by their real ids in the model card, for internal use
+            (default: pseudonyms such as ``subject-007``); refused with ``push_to_hub``.
         registry: the plugins to rebuild the network with (default: the installed ones).
 
     Returns:
@@ -52,16 +54,19 @@ def export(run: str | Path, format: str = "safetensors", *, part: str | None = N
             that cannot be made.
     """
     return export_and_push(Path(run), format, part=part, out=None if out is None else Path(out), size=size, force=force,
-                           license=license, push_to_hub=push_to_hub, private=private,
+                           license=license, push_to_hub=push_to_hub, private=private, identify_subjects=identify_subjects,
                            registry=registry or plugin_registry.get_registry())
 
 
-def report(run: str | Path, out: str | Path | None = None, *, registry: Registry | None = None) -> Path:
+def report(run: str | Path, out: str | Path | None = None, *, identify_subjects: bool = False,
+           registry: Registry | None = None) -> Path:
     """Write one self-contained HTML page about a run or a benchmark, as ``ssmtl report RUN`` does.
 
     Args:
         run: a pre-training run, a fine-tuning run or a benchmark directory.
         out: the HTML file (default ``RUN/report.html``).
+        identify_subjects: name subjects and volumes by their real ids, for internal use
+            (default: pseudonyms such as ``subject-007``, so the page can be shared).
         registry: the plugins to rebuild the network with (default: the installed ones).
 
     Returns:
@@ -70,7 +75,7 @@ def report(run: str | Path, out: str | Path | None = None, *, registry: Registry
     Raises:
         SsmtlError: not a run or benchmark directory, or an unreadable run.
     """
-    return write_report(run, out, registry=registry or plugin_registry.get_registry())
+    return write_report(run, out, registry=registry or plugin_registry.get_registry(), identify_subjects=identify_subjects)
 
 
 def load_network(run: str | Path, *, registry: Registry | None = None) -> nn.Module:

@@ -11,8 +11,10 @@
 Images are embedded as base64 PNG and there is no external asset (:mod:`ssmtl.publish.html`).
 
 Paths on the page are names only (the run's, the cache's: no absolute local path, as in an
-export); the per-volume table and the overlays do show the test volumes by name and image,
-which is what the page is for. The page is the only file a report writes, under the one output rule (:mod:`ssmtl.storage.outputs`):
+export), and subjects and volumes are named by their pseudonyms (``subject-007``:
+:mod:`ssmtl.data.pseudonyms`) in the tables, the captions and the titles drawn into the
+pictures, so the page can be shared; ``identify_subjects`` (``--identify-subjects``) names them
+by their real ids for internal use, and the page then says so at its top. The page is the only file a report writes, under the one output rule (:mod:`ssmtl.storage.outputs`):
 never over the run's own files or caches, never into another run, never over a file that is
 not an earlier report page (which it replaces: a report is drawn again whenever asked), and
 one process at a time. The run itself is left byte for byte as it was.
@@ -35,7 +37,9 @@ from ssmtl.storage.files import load_json, save_text
 from ssmtl.storage.outputs import check_output, claimed_output, OutputKind
 from ssmtl.training.rundir import METRICS
 from ssmtl.publish import html
-from ssmtl.publish.model_card import shareable
+from ssmtl.data.pseudonyms import WITHHELD
+from ssmtl.data.shareable import path_name, shareable, without_paths
+from ssmtl.publish.model_card import identified_warning
 from ssmtl.publish.runs import RunInfo, read_run
 
 REPORT_FILE = "report.html"
@@ -87,9 +91,17 @@ def _summary(info: RunInfo) -> list[str]:
         ["modalities", ", ".join(f"{m}: {n}" for m, n in (data.get("modalities") or {}).items()) or "–"],
     ]
     if info.kind == "finetune":
-        rows += [["started from", info.init], ["head", (info.head or {}).get("name")],
-                 ["labeled subjects", ", ".join(info.labeled_subjects)]]
+        rows += [["started from", path_name(str(info.init))], ["head", (info.head or {}).get("name")],
+                 ["labeled subjects", _subjects(info, info.labeled_subjects)]]
     return ["<h2>Run</h2>", html.table(None, rows)]
+
+
+def _subjects(info: RunInfo, subjects: list[str]) -> str:
+    """Subjects as the page names them: pseudonyms (real ids with identify), or a count when the
+    cache that knows their pseudonyms is gone."""
+    if info.names.known or info.names.identify:
+        return ", ".join(info.names.subjects(subjects))
+    return f"{len(subjects)} ({WITHHELD}: the cache is not readable to look up their pseudonyms)"
 
 
 def _evaluation(info: RunInfo, registry) -> list[str]:
@@ -108,24 +120,28 @@ def _evaluation(info: RunInfo, registry) -> list[str]:
                       total=["mean", _number(results.get("mean_dice"), 3), _number(results.get("mean_hd95"), 2)]),
            "<h3>Per volume</h3>",
            html.table(["volume", "mean Dice", *classes],
-                      [[v.get("volume"), _number(v.get("mean_dice"), 3), *(_number((v.get("dice") or {}).get(c), 3) for c in classes)]
-                       for v in results.get("per_volume") or []])]
+                      sorted([[info.names.volume(str(v.get("volume"))), _number(v.get("mean_dice"), 3),
+                               *(_number((v.get("dice") or {}).get(c), 3) for c in classes)]
+                              for v in results.get("per_volume") or []], key=lambda row: row[0]))]
     from ssmtl.publish.overlays import render_overlays
 
     out.append("<h2>Predictions on held-out slices</h2>")
     try:
-        overlays = render_overlays(info.path, results, registry)
+        overlays = render_overlays(info.path, results, registry, identify=info.names.identify)
     except SsmtlError as exc:
-        return out + [f'<p class="note">No overlays: {html.text(exc)}</p>']
+        return out + [f'<p class="note">No overlays: {html.text(without_paths(str(exc)))}</p>']
     out.append("<p>The best, the median and the worst test volume by mean Dice; each on the slice with the most labeled "
                "foreground: the image, the reference labels, the prediction.</p>")
     out += [html.image(o.png, f"{o.rank} volume {o.volume}", f"{o.rank}: {o.volume}, slice {o.slice_index}") for o in overlays]
     return out
 
 
-def run_report(run_dir: Path, registry, info: RunInfo | None = None) -> str:
-    info = info if info is not None else read_run(run_dir, registry)
+def run_report(run_dir: Path, registry, info: RunInfo | None = None, identify_subjects: bool = False) -> str:
+    info = info if info is not None else read_run(run_dir, registry, identify_subjects)
     body = _header(f"ssmtl report: {info.name}", f"{'pre-training' if info.kind == 'pretrain' else 'fine-tuning'} run {info.name}")
+    warning = identified_warning(info)
+    if warning:
+        body.append(f'<p class="note"><strong>{html.text(warning)}</strong></p>')
     body += _summary(info)
     body += ["<h2>Curves</h2>", *_curves(info.path, info.name)]
     body += _evaluation(info, registry)
@@ -154,8 +170,9 @@ def benchmark_report(bench_dir: Path) -> str:
     return html.page(f"ssmtl benchmark: {bench_dir.name}", body)
 
 
-def write_report(target: str | Path, out: str | Path | None = None, *, registry) -> Path:
-    """Write the report of a run or benchmark directory to ``out`` (default ``TARGET/report.html``)."""
+def write_report(target: str | Path, out: str | Path | None = None, *, registry, identify_subjects: bool = False) -> Path:
+    """Write the report of a run or benchmark directory to ``out`` (default ``TARGET/report.html``);
+    ``identify_subjects``: name a run's subjects by their real ids (default: pseudonyms)."""
     target = Path(target)
     if not target.is_dir():
         raise SsmtlError(f"{target}: no such run or benchmark directory")
@@ -165,7 +182,7 @@ def write_report(target: str | Path, out: str | Path | None = None, *, registry)
         check_output(out, inputs, REPORT)
         page = benchmark_report(target)
     else:
-        info = read_run(target, registry)
+        info = read_run(target, registry, identify_subjects)
         inputs = [("run", target), ("cache of the run", info.data.get("path")),
                   ("cache of the evaluation", (info.evaluation or {}).get("data"))]
         check_output(out, inputs, REPORT)  # before drawing anything: a refused output costs nothing

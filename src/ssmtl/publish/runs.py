@@ -8,7 +8,8 @@ Two kinds of runs leave weights:
   the shared network plus a head that gives class logits.
 
 :func:`read_run` gathers what describes a run (config, data, tasks, steps, evaluation)
-for model cards and reports; :func:`load_network` rebuilds its module from the saved
+for model cards and reports, with the table that names its subjects in them (pseudonyms, or
+the real names with ``identify_subjects``: :mod:`ssmtl.data.pseudonyms`); :func:`load_network` rebuilds its module from the saved
 configs and weights alone (safetensors, ``strict=True``), in eval mode.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ssmtl.api.errors import SsmtlError
+from ssmtl.data.pseudonyms import Pseudonyms
 from ssmtl.training.export import EXPORT_DIR, load_pretrained_network, read_manifest
 from ssmtl.storage.files import load_json_object
 from ssmtl.downstream.records import read_eval_json, read_run_json
@@ -50,6 +52,7 @@ class RunInfo:
     evaluation: dict[str, Any] | None = None  # eval.json
     trained_size: tuple[int, int] | None = None  # the slice size it was trained at, from its records (None: unknown)
     preprocess: dict[str, Any] | None = None  # how its training cache prepared slices (fine-tuning runs record it)
+    names: Pseudonyms = field(default_factory=Pseudonyms)  # how shareable files name its subjects and volumes
 
     @property
     def name(self) -> str:
@@ -68,20 +71,22 @@ def run_kind(run_dir: Path) -> RunKind:
                      "nor a finished fine-tuning run (no run.json)")
 
 
-def _cache_facts(path: str | list[str] | None, fingerprint: str | None) -> dict[str, Any]:
-    """Subjects, modalities, slice shape and preprocessing of a cache (or a set), when it is still
-    readable and still the data the run recorded (same fingerprint): a cache rebuilt at the same
-    path since describes other data."""
+def _cache_facts(path: str | list[str] | None, fingerprint: str | None, identify: bool) -> tuple[dict[str, Any], Pseudonyms]:
+    """Subjects, modalities, slice shape and preprocessing of a cache (or a set), and its names table,
+    when it is still readable and still the data the run recorded (same fingerprint): a cache rebuilt
+    at the same path since describes other data."""
+    unknown = Pseudonyms(identify=identify, known=False)
     if not path:
-        return {}
+        return {}, unknown
     from ssmtl.data.cache_set import open_caches
 
     try:
-        summary = open_caches(path).summary()
+        cache = open_caches(path)
+        summary = cache.summary()
     except SsmtlError:
-        return {}
+        return {}, unknown
     if fingerprint is not None and summary.get("fingerprint") != fingerprint:
-        return {}
+        return {}, unknown
     return {
         "subjects": len({volume["subject"] for volume in summary["subjects"]}),
         "volumes": summary["volumes"],
@@ -89,7 +94,7 @@ def _cache_facts(path: str | list[str] | None, fingerprint: str | None) -> dict[
         "slice_shape": summary.get("slice_shape") or (summary.get("slice_shapes") or [None])[0],
         "preprocess": summary.get("preprocess"),
         "dataset": summary.get("dataset"),
-    }
+    }, Pseudonyms.of(cache, identify)
 
 
 def _network(table: dict[str, Any], registry) -> dict[str, Any]:
@@ -110,8 +115,9 @@ def modality_names(data: dict[str, Any]) -> list[str]:
     return sorted(modalities.keys() if isinstance(modalities, dict) else map(str, modalities))
 
 
-def read_run(run_dir: Path, registry) -> RunInfo:
-    """Everything :class:`RunInfo` holds, from the run's own files."""
+def read_run(run_dir: Path, registry, identify_subjects: bool = False) -> RunInfo:
+    """Everything :class:`RunInfo` holds, from the run's own files; ``identify_subjects``: its names
+    table answers real names (for files that stay inside the institution)."""
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
     config_path = run_dir / "config.json"
@@ -121,18 +127,21 @@ def read_run(run_dir: Path, registry) -> RunInfo:
         manifest = read_manifest(run_dir)
         data = dict(manifest.get("data") or {})
         data["trained_on"] = len(data.get("volumes") or [])
-        facts = _cache_facts(data.get("path"), data.get("fingerprint"))
+        facts, names = _cache_facts(data.get("path"), data.get("fingerprint"), identify_subjects)
         return RunInfo(
             path=run_dir, kind=kind, network=_network(manifest.get("model") or {}, registry), config=manifest.get("config") or config,
             steps=manifest.get("steps"), tasks=manifest.get("tasks") or {}, data={**data, **facts},
             native_class=manifest.get("native_class"), evaluation=evaluation,
             trained_size=_size(data.get("slice_shape")) or _size(facts.get("slice_shape")), preprocess=facts.get("preprocess"),
+            names=names,
         )
     run = read_run_json(run_dir)
     data = dict(run.get("data") or {})
     data["trained_on"] = len(run.get("labeled_subjects") or [])
     init_manifest = run.get("init_manifest") or {}
-    facts = _cache_facts(data.get("path"), data.get("fingerprint"))
+    facts, names = _cache_facts(data.get("path"), data.get("fingerprint"), identify_subjects)
+    if not names.known and evaluation and evaluation.get("data"):  # evaluated on a copy of the cache
+        names = Pseudonyms.of_data(evaluation["data"], data.get("fingerprint"), identify_subjects)
     preprocess = run.get("preprocess") if isinstance(run.get("preprocess"), dict) else facts.get("preprocess")
     recorded_size = (preprocess or {}).get("size")
     return RunInfo(
@@ -141,6 +150,7 @@ def read_run(run_dir: Path, registry) -> RunInfo:
         head=run.get("head"), num_classes=run.get("num_classes"), class_names=run.get("class_names") or {},
         init=run.get("init"), labeled_subjects=list(run.get("labeled_subjects") or []), evaluation=evaluation,
         trained_size=_size([recorded_size, recorded_size]) or _size(facts.get("slice_shape")), preprocess=preprocess,
+        names=names,
     )
 
 

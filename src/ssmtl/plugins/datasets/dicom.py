@@ -18,7 +18,11 @@ paired in one of three ways:
 exported by dcm2niix (often flipped relative to the DICOM row order) pairs fine.
 
 Subjects are the ``PatientID`` (series of one patient stay in one split) unless
-``subject_from: series``; the cache group of each volume is the series name.
+``subject_from: series``. Neither enters the cache: DICOM items declare
+``identifying_names``, so the cache stores the pseudonym of each subject (``subject-007``)
+as its subject and names its volumes after it (``subject-007``, ``subject-007-v2``); the
+PatientID and the series name stay only in the volume's local ``identity`` attribute
+(:mod:`ssmtl.data.pseudonyms`, docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ class DicomConfig(LabeledDatasetConfig):
         "patient_id",
         description=(
             "Subject of a series: its PatientID (falling back to the series name when empty), so that series "
-            "of one patient share a split; or the series name."
+            "of one patient share a split; or the series name. Either is pseudonymised as it enters the "
+            "cache (subject-007); the real name is kept only in the volume's local identity attribute."
         ),
     )
 
@@ -91,6 +96,7 @@ class DicomItem(ImageLabelItem):
     """One DICOM series (``image_path`` is its folder), optionally with its label map; pixels load lazily."""
 
     series: DicomSeries
+    identifying_names = True  # PatientIDs and the folder names of hospital exports: pseudonymised in the cache
 
     def read_image(self):
         array, spacing, affine, geometry = read_series(self.series)
