@@ -23,8 +23,8 @@ too: when the time ratio is close to the FLOP ratio, the cost is the tasks' own
 compute. For the baseline and the multitask run the result also has a breakdown: the
 forward pass (graph built, then dropped) and its parts (online encoder, decoder,
 MoCo key encoder; module hooks), backward + optimizer = step - forward, the
-encoder/decoder passes of a step (the same hooks) and the views they ran on (an
-observer in ``PretrainModule.step_observers``).
+encoder/decoder passes of a step (the same hooks) and the views they ran on (the step's
+``StepContext``, kept by wrapping ``PretrainModule.context``).
 
 Usage: ``python benchmarks/multitask_cost.py [--size 64] [--batch-size 16]
 [--steps 2] [--blocks 8] [--mixed-precision no] [--set KEY=VALUE ...] [--threads N]
@@ -104,8 +104,14 @@ def breakdown(trainer, batches: list, steps: int, device: torch.device) -> dict:
     forward, step_times, part_times = [], [], {n: [] for n in parts}
     calls: dict = {}
     views: dict = {}
-    observe = lambda ctx: views.update(encoded=list(ctx.encoded_views), decoded=list(ctx.decoded_views))  # noqa: E731
-    module.step_observers.append(observe)
+    contexts: list = []
+    make_context = module.context
+
+    def observed(*args, **kwargs):  # keep the step's context: the views it encoded and decoded, once the tasks ran
+        contexts.append(make_context(*args, **kwargs))
+        return contexts[-1]
+
+    module.context = observed  # an instance attribute shadowing the method until the end
     try:
         for s in range(steps):
             batch = batches[s % len(batches)]
@@ -117,6 +123,7 @@ def breakdown(trainer, batches: list, steps: int, device: torch.device) -> dict:
             common.synchronize(device)
             forward.append(time.perf_counter() - t0)
             del total  # the graph is dropped: nothing is back-propagated
+            views.update(encoded=list(contexts[-1].encoded_views), decoded=list(contexts[-1].decoded_views))
             for n in parts:
                 part_times[n].append(timer.seconds[n])
             calls = dict(timer.calls)
@@ -128,7 +135,7 @@ def breakdown(trainer, batches: list, steps: int, device: torch.device) -> dict:
             step_times.append(time.perf_counter() - t0)
     finally:
         timer.remove()
-        module.step_observers.remove(observe)
+        del module.context
     fwd, step = statistics.median(forward), statistics.median(step_times)
     net = {n: statistics.median(v) for n, v in part_times.items()}
     ms = lambda s: round(s * 1e3, 2)  # noqa: E731

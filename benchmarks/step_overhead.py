@@ -186,8 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
         cache_path = common.phantom_cache(Path(tmp), args.size)
         config = common.run_config(
             ["contrastive"],
+            # bn_mode=none: the hand loop normalises each batch whole, as plain MoCo in one process
+            # does; split BN (the task's default) is a method choice with its own cost (docs/tasks.md),
+            # not framework overhead, so both sides compute the same thing
             [f"train.batch_size={args.batch_size}", f"model.base_channels={args.base_channels}",
-             "train.steps=100000", "data.num_workers=0"],
+             "train.steps=100000", "data.num_workers=0", "tasks.contrastive.bn_mode=none"],
             cache_path, args.mixed_precision,
         )
         accelerator = common.accelerator_for(config, device)
