@@ -80,7 +80,7 @@ def field_info(model: type[BaseModel], path: str) -> FieldInfo:
         info = model.model_fields[part]
         if i == len(parts) - 1:
             return info
-        inner = _inner(info.annotation)
+        inner = inner_type(info.annotation)
         if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
             raise KeyError(f"{path}: {part} is not a table of {model.__name__}")
         model = inner
@@ -169,9 +169,14 @@ def require(flags: list[ConfigFlag], resolved: dict[str, Any]) -> None:
 
 
 def make_options(model: type[BaseModel], flags: list[ConfigFlag]) -> list:
-    """Typer's own options for ``flags``, built the public way: from a signature."""
-    parameters = [_parameter(flag, *((flag.field[0](), flag.field[1]) if flag.field else (model, flag.path)))
-                  for flag in flags]
+    """Typer's own options for ``flags``."""
+    return typer_options([_parameter(flag, *((flag.field[0](), flag.field[1]) if flag.field else (model, flag.path)))
+                          for flag in flags])
+
+
+def typer_options(parameters: list[inspect.Parameter]) -> list:
+    """Typer's own options for these parameters, built the public way: from a signature
+    (also what :mod:`ssmtl.cli.dataset_options` generates its options with)."""
 
     def holder(**values: Any) -> None:  # never called
         pass
@@ -185,7 +190,7 @@ def make_options(model: type[BaseModel], flags: list[ConfigFlag]) -> list:
 def _parameter(flag: ConfigFlag, model: type[BaseModel], path: str) -> inspect.Parameter:
     info = field_info(model, path)
     annotation = info.annotation
-    is_bool = _inner(annotation) is bool
+    is_bool = inner_type(annotation) is bool
     repeat = _is_container(annotation)
     shown = default_text(info)
     text = " ".join(t for t in (info.description or "", flag.help) if t)
@@ -195,7 +200,7 @@ def _parameter(flag: ConfigFlag, model: type[BaseModel], path: str) -> inspect.P
     names = [f"{flag.name}/--no-{flag.name[2:]}" if is_bool else flag.name] + ([flag.short] if flag.short else [])
     option = typer.Option(*names, help=text, metavar=None if is_bool else _metavar(annotation, repeat),
                           show_default=False)
-    scalar = _inner(annotation)
+    scalar = inner_type(annotation)
     # a plain int or float field is parsed by the flag itself, so a bad value is named by the flag
     # ("Invalid value for '--steps'"); anything else goes to the model as text and is named by its field
     simple = scalar if scalar in (int, float) else str
@@ -204,27 +209,27 @@ def _parameter(flag: ConfigFlag, model: type[BaseModel], path: str) -> inspect.P
                              annotation=Annotated[kind, option])
 
 
-def _inner(annotation: Any) -> Any:
+def inner_type(annotation: Any) -> Any:
     """``X | None`` -> X; ``Annotated[X, ...]`` -> X."""
     if typing.get_origin(annotation) is Annotated:
         annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return _inner(args[0])
+            return inner_type(args[0])
     return annotation
 
 
 def _is_container(annotation: Any) -> bool:
     """A list field (or one that may be a list: ``Path | list[Path]``): given by repeating the flag."""
-    inner = _inner(annotation)
+    inner = inner_type(annotation)
     options = typing.get_args(inner) if typing.get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
     return any((typing.get_origin(a) or a) in (list, tuple, set, frozenset) for a in options)
 
 
 def _metavar(annotation: Any, repeat: bool) -> str:
     """Typer's way of showing a type (``<int>``, ``<ct|mr>``), from the field's annotation."""
-    inner = _inner(annotation)
+    inner = inner_type(annotation)
     options = typing.get_args(inner) if typing.get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
     shown = []
     for option in (o for o in options if o is not type(None)):

@@ -19,7 +19,6 @@ third-party dataset gets the same flags and ``--help`` as a built-in one.
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -30,6 +29,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from typer.core import TyperCommand
 from typing_extensions import Annotated
+
+from ssmtl.cli.config_options import inner_type, typer_options
 
 _PARAMS = "ssmtl.dataset_options.params"  # ctx.meta keys: made once per invocation
 _VALUES = "ssmtl.dataset_options.values"
@@ -76,7 +77,7 @@ class DatasetOptionsCommand(TyperCommand):
                 if name != "name" and flag(name) not in taken and name not in taken:
                     by_field.setdefault(name, []).append((dataset, info))
         only = named if named in datasets else None
-        return _typer_options([_option(name, by_field[name], only) for name in sorted(by_field)])
+        return typer_options([_option(name, by_field[name], only) for name in sorted(by_field)])
 
 
 def dataset_values(ctx, spec) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def _option(name: str, owners: list[tuple[str, FieldInfo]], only: str | None) ->
             by_text.setdefault(info.description or "", []).append(dataset)
         help_text = " ".join(f"{', '.join(datasets)}: {text}".strip() for text, datasets in by_text.items())
     annotation = owners[0][1].annotation
-    is_bool = all(_inner(info.annotation) is bool for _, info in owners)
+    is_bool = all(inner_type(info.annotation) is bool for _, info in owners)
     option = typer.Option(
         f"{flag(name)}/--no-{flag(name)[2:]}" if is_bool else flag(name),
         help=help_text, hidden=only is not None and not mine,
@@ -135,35 +136,14 @@ def _default_text(info: FieldInfo) -> str:
     return f" (default: {str(default).lower() if isinstance(default, bool) else default})"
 
 
-def _typer_options(parameters: list[inspect.Parameter]) -> list:
-    """Typer's own options for these parameters, built the public way: from a signature."""
-
-    def holder(**values: Any) -> None:  # never called
-        pass
-
-    holder.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    app = typer.Typer(add_completion=False)
-    app.command()(holder)
-    return list(typer.main.get_command(app).params)
-
-
-def _inner(annotation: Any) -> Any:
-    """``X | None`` -> X."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
 def _is_container(annotation: Any) -> bool:
-    inner = _inner(annotation)
+    inner = inner_type(annotation)
     return (typing.get_origin(inner) or inner) in _CONTAINERS
 
 
 def _metavar(annotation: Any) -> str:
     """Typer's way of showing a type (``<int>``, ``<ct|mr>``), from the field's annotation."""
-    inner = _inner(annotation)
+    inner = inner_type(annotation)
     if typing.get_origin(inner) is Literal:
         return "<" + "|".join(str(a) for a in typing.get_args(inner)) + ">"
     if _is_container(inner):

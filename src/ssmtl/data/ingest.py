@@ -51,13 +51,17 @@ class Failure:
     in_plugin: bool = False  # the dataset plugin's load() raised something other than InputFileError
 
 
-def load_and_preprocess(item: VolumeItem, preprocess: PreprocessConfig) -> ProcessedVolume | Failure:
+def load_and_preprocess(item: VolumeItem, preprocess: PreprocessConfig, field_of_view: str = "crop", *,
+                        isolate: bool = False) -> ProcessedVolume | Failure:
     """Load one item and preprocess it; bad input becomes a :class:`Failure`.
 
     ``load()`` reads files written by other tools, so any exception it raises is
     blamed on the item's source (with the exception type, so a plugin bug is still
     recognisable); preprocessing is ssmtl's own code and only its
-    :class:`InputFileError` counts as bad input.
+    :class:`InputFileError` counts as bad input, unless ``isolate``: then any error of this
+    item's preprocessing is its own failure too (``ssmtl predict``: one scan never stops the
+    others). ``field_of_view``: ``crop`` (the cache's crop) or ``whole`` (the scan's whole
+    field of view at the cache spacing, for whole-scan inference).
     """
     try:
         raw = item.load()
@@ -66,11 +70,17 @@ def load_and_preprocess(item: VolumeItem, preprocess: PreprocessConfig) -> Proce
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        return Failure(item.source, describe(exc), in_plugin=True)
+        return Failure(item.source, describe(exc) if not isolate else f"cannot read it ({describe(exc)})", in_plugin=True)
     try:
-        processed = preprocess_volume(raw, preprocess, source=item.source)
+        processed = preprocess_volume(raw, preprocess, source=item.source, field_of_view=field_of_view)
     except InputFileError as exc:
         return Failure(exc.path, exc.reason)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not isolate:
+            raise
+        return Failure(item.source, f"cannot preprocess it ({describe(exc)})")
     del raw
     release_freed_memory()
     return processed

@@ -43,7 +43,7 @@ from ssmtl.downstream.metrics import (
     presence_per_class,
     summarise,
 )
-from ssmtl.storage.files import save_json
+from ssmtl.storage.files import json_safe, save_json
 from ssmtl.data.splits import volumes_of
 from ssmtl.downstream.predictor import allowed_flips, Predictor, resolve_device, Windows
 from ssmtl.downstream.records import read_split_json
@@ -51,17 +51,6 @@ from ssmtl.downstream.native_eval import NativeReferences, NoWayBack, SPACES
 from ssmtl.downstream.run_data import open_run_cache
 
 EVAL_FILE = "eval.json"
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None recursively (JSON has no NaN; ``null`` means "undefined" here)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _open_cache(run_dir: Path, run: dict[str, Any], data, subjects: list[str]) -> SliceCache | CacheSet:
@@ -152,7 +141,7 @@ def evaluate_run(
         for scores, cached in zip(per_volume, on_cache):
             scores["cache_grid"] = {k: cached[k] for k in ("dice", "hd95", "mean_dice")}
     failures = count_failures(per_volume, foreground)
-    results = _json_safe({
+    results = json_safe({
         "space": "native" if native_space else "cache",
         "space_reason": reason,
         "resample": resample if native_space else None,

@@ -49,7 +49,7 @@ from ssmtl.api.errors import InputFileError, SsmtlError
 from ssmtl.downstream.label_maps import dataset_json_labels, LABEL_MAP_FILES, read_label_map
 from ssmtl.downstream.metrics import (ABSENT, count_failures, dice_per_class, FALSE_POSITIVE, hd95_per_class, MISSED,
                                       nanmean, presence_per_class, summarise)
-from ssmtl.storage.files import save_json, save_text
+from ssmtl.storage.files import json_safe, save_json, save_text
 from ssmtl.storage.outputs import refuse_overlap
 
 SCORES_JSON, SCORES_CSV = "scores.json", "scores.csv"
@@ -220,7 +220,7 @@ def score_folders(options: FolderScoreOptions, log: Callable[[str], None] = prin
     per_case = [_complete(case, names) for case in per_case]
     summary = summarise([{k: c[k] for k in ("dice", "hd95")} for c in per_case])
     failures = count_failures(per_case, names)
-    record = _json_safe({
+    record = json_safe({
         "ssmtl_version": __version__, "space": "reference", "labels": {str(v): n for v, n in structures.items()},
         "mean_dice": summary.get("mean_dice", math.nan), "mean_hd95": summary.get("mean_hd95", math.nan),
         "per_class": {n: {**summary["per_class"].get(n, {"dice": math.nan, "hd95": math.nan}), **failures[n]} for n in names},
@@ -233,16 +233,6 @@ def score_folders(options: FolderScoreOptions, log: Callable[[str], None] = prin
     save_text(out / SCORES_CSV, _csv(record))
     record["written"] = [str(out / SCORES_JSON), str(out / SCORES_CSV)]
     return record
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _csv(record: dict[str, Any]) -> str:

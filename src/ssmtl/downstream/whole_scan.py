@@ -16,31 +16,9 @@ in this process or in a worker.
 
 from __future__ import annotations
 
-from ssmtl.api.errors import InputFileError
-from ssmtl.api.volumes import VolumeItem
-from ssmtl.data.ingest import Failure, release_freed_memory
-from ssmtl.data.preprocess import PreprocessConfig, preprocess_volume, ProcessedVolume
-from ssmtl.host.plugin_calls import describe
+import functools
 
+from ssmtl.data.ingest import load_and_preprocess
 
-def load_whole_scan(item: VolumeItem, preprocess: PreprocessConfig) -> ProcessedVolume | Failure:
-    """Load ``item`` and preprocess its whole field of view; any failure is a :class:`Failure` naming the scan."""
-    try:
-        raw = item.load()
-    except InputFileError as exc:
-        return Failure(exc.path, exc.reason)
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # a reader's own error on a file another tool wrote: this scan's problem
-        return Failure(item.source, f"cannot read it ({describe(exc)})", in_plugin=True)
-    try:
-        processed = preprocess_volume(raw, preprocess, source=item.source, field_of_view="whole")
-    except InputFileError as exc:
-        return Failure(exc.path, exc.reason)
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # e.g. a degenerate 1 x 1 x 1 volume: this scan cannot be predicted, the others can
-        return Failure(item.source, f"cannot preprocess it ({describe(exc)})")
-    del raw
-    release_freed_memory()
-    return processed
+#: ``load_whole_scan(item, preprocess)``: picklable, so predict's worker processes run it too
+load_whole_scan = functools.partial(load_and_preprocess, field_of_view="whole", isolate=True)

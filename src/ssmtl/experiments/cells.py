@@ -28,7 +28,8 @@ from ssmtl.storage.files import save_json
 from ssmtl.experiments.config import BenchmarkConfig
 from ssmtl.experiments.methods import Method
 from ssmtl.experiments.pretrain_runs import PretrainRun
-from ssmtl.experiments.store import claimed, digest, file_digest, read_key
+from ssmtl.experiments.store import claimed, digest, read_key
+from ssmtl.storage.files import sha256_file
 
 CELL_KEY = "cell.json"
 
@@ -133,7 +134,7 @@ class Cells:
         if init is None:
             return None
         if init.path not in self._export_ids:
-            self._export_ids[init.path] = file_digest(init.path / "export" / "model.safetensors")
+            self._export_ids[init.path] = sha256_file(init.path / "export" / "model.safetensors")
         return self._export_ids[init.path]
 
     def _trained(self, where: Path, method: Method, protocol: str, budget: int, draw: int, init: PretrainRun | None,

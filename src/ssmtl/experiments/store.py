@@ -39,15 +39,6 @@ def relocatable(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (the exported weights a cell starts from)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_key(path: Path) -> dict[str, Any]:
     """A run's key file as a dict; empty when missing or unreadable (then the run is redone)."""
     try:

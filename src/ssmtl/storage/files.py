@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -299,3 +301,24 @@ def load_json_object(path: Path, what: str, fields: Mapping[str, type | tuple[ty
                      required: Iterable[str] = ()) -> dict[str, Any]:
     """:func:`load_json`, then :func:`check_shape`."""
     return check_shape(load_json(path, what), path, what, fields, required)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN -> None recursively: JSON has no NaN, and ``null`` says "undefined" (a score of a
+    structure absent from both the prediction and the reference)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

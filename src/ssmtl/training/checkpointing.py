@@ -14,25 +14,16 @@ step counter lives in JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssmtl.storage.files import fsync_directory, fsync_file
+from ssmtl.storage.files import fsync_directory, fsync_file, sha256_file
 
 MANIFEST = "checkpoint.json"
 PREFIX = "step-"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
@@ -45,7 +36,7 @@ def temporary_dir(root: Path, step: int) -> Path:
 
 def finalize(tmp: Path, final: Path, state: dict) -> None:
     """Record checksums and the trainer state, then atomically publish ``tmp`` as ``final``."""
-    files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps({"state": state, "files": files}, indent=2))
     for p in tmp.iterdir():
         if p.is_file():
@@ -81,7 +72,7 @@ def verify(path: Path) -> CheckpointInfo:
             f = path / name
             if not f.is_file() or "/" in name:
                 raise ValueError(f"missing file {name}")
-            if f.stat().st_size != rec["bytes"] or _sha256(f) != rec["sha256"]:
+            if f.stat().st_size != rec["bytes"] or sha256_file(f) != rec["sha256"]:
                 raise ValueError(f"file {name} does not match its checksum (truncated or modified)")
     except (KeyError, TypeError, AttributeError):
         raise ValueError("checkpoint.json is not a checkpoint manifest (edited or damaged)") from None
