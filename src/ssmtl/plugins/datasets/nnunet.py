@@ -7,7 +7,7 @@ Layout (``--path Dataset001_Heart``)::
         imagesTr/case000_0000.nii.gz   labelsTr/case000.nii.gz
         imagesTs/case100_0000.nii.gz   labelsTs/case100.nii.gz   (both optional)
 
-A case is ``CASE_XXXX<file_ending>``: the case id, then the four-digit channel. The
+A case is ``CASE_NNNN<file_ending>``: the case id, then the four-digit channel. The
 case id is the subject. ``dataset.json`` says:
 
 * ``channel_names``: the channels (``{"0": "CT"}``). ssmtl's networks take one channel
@@ -77,7 +77,7 @@ class NnunetConfig(DatasetConfig):
         None, description="nnU-Net raw dataset folder (Dataset001_Heart/) holding dataset.json, imagesTr/, labelsTr/, "
                           "optionally imagesTs/ and labelsTs/. Required.")
     channel: int | None = Field(
-        None, ge=0, description="The input channel to cache (XXXX in CASE_XXXX) when cases have several. "
+        None, ge=0, description="The input channel to cache (NNNN in CASE_NNNN) when cases have several. "
                                 "None: the dataset must have one channel.")
     include_test: bool = Field(
         True, description="Also cache imagesTs/: unlabeled, or labeled from labelsTs/ and then the cache's test split.")
@@ -134,7 +134,7 @@ def list_cases(folder: Path, layout: Layout) -> dict[str, Path]:
     """case id -> its image of the chosen channel, for every case in ``folder`` (sorted by case id).
 
     Raises:
-        InputFileError: a file of the dataset's format not named ``CASE_XXXX``, a channel
+        InputFileError: a file of the dataset's format not named ``CASE_NNNN``, a channel
             not declared (or, without dataset.json, a second channel and no ``--channel``),
             or a case without the chosen channel.
     """
@@ -146,7 +146,7 @@ def list_cases(folder: Path, layout: Layout) -> dict[str, Path]:
         stem = layout.kind.stem(path)
         parsed = split_channel(stem)
         if parsed is None:
-            raise InputFileError(path, f"not named CASE_XXXX{layout.kind.extension(path)}: nnU-Net's images end in "
+            raise InputFileError(path, f"not named CASE_NNNN{layout.kind.extension(path)}: nnU-Net's images end in "
                                        f"their four-digit channel, e.g. {stem}_0000{layout.kind.extension(path)}")
         case, channel = parsed
         if layout.channels is not None and channel not in layout.channels:
