@@ -8,6 +8,8 @@ scan's own space must put the ball at the same world position, whatever the grid
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -43,6 +45,28 @@ def ball_scan(shape, affine: np.ndarray, center, radius_mm: float, rng) -> tuple
     label = (distance <= radius_mm).astype(np.uint8)
     image = np.where(label == 1, BALL_HU, BACKGROUND_HU) + rng.normal(0.0, NOISE_HU, shape)
     return image.astype(np.float32), label
+
+
+def balls_scan(shape, affine: np.ndarray, centers, radius_mm: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(image in HU, uint8 label) of several balls of ``radius_mm`` around the world ``centers``."""
+    world = world_coordinates(shape, affine)
+    label = np.zeros(shape, dtype=np.uint8)
+    for center in centers:
+        label |= (np.linalg.norm(world - np.asarray(center, dtype=np.float64), axis=-1) <= radius_mm).astype(np.uint8)
+    image = np.where(label == 1, BALL_HU, BACKGROUND_HU) + rng.normal(0.0, NOISE_HU, shape)
+    return image.astype(np.float32), label
+
+
+def fixed_spacing_copy(run: Path, copy: Path, spacing_mm: float) -> Path:
+    """A copy of a fine-tuning run whose run.json records a fixed cache spacing of ``spacing_mm``
+    (the ball model's caches fitted each scan into 32 px, about 1.9 mm per pixel): its field of
+    view is then 32 x ``spacing_mm``, and wider scans are predicted in sliding windows."""
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    record = json.loads((copy / "run.json").read_text())
+    assert record["preprocess"]["size"] == 32 and record["preprocess"]["spacing"] is None
+    record["preprocess"]["spacing"] = spacing_mm
+    (copy / "run.json").write_text(json.dumps(record))
+    return copy
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:

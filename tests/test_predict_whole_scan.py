@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ingest_helpers import invoke
-from native_helpers import ball_scan, grid_affine, save
+from native_helpers import ball_scan, fixed_spacing_copy, grid_affine, save
 
 from ssmtl.api import RawVolume
 from ssmtl.api.datasets.arrays import from_slices
@@ -111,14 +111,7 @@ def test_tta_is_only_along_the_axes_the_data_allows():
 @pytest.fixture(scope="module")
 def fixed_spacing_run(ball_run, tmp_path_factory):
     """A copy of the ball model whose run.json records a fixed cache spacing (60.8 mm field of view)."""
-    _, _, run = ball_run
-    copy = tmp_path_factory.mktemp("fixed") / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
-    record = json.loads((copy / "run.json").read_text())
-    assert record["preprocess"]["size"] == 32 and record["preprocess"]["spacing"] is None
-    record["preprocess"]["spacing"] = CACHE_MM
-    (copy / "run.json").write_text(json.dumps(record))
-    return copy
+    return fixed_spacing_copy(ball_run[2], tmp_path_factory.mktemp("fixed") / "run", CACHE_MM)
 
 
 def test_a_ball_outside_the_old_centre_crop_is_found(fixed_spacing_run, tmp_path):

@@ -5,7 +5,8 @@ The folder follows the MONAI bundle specification::
     configs/metadata.json    what the model is (version, task, classes, network_data_format)
     configs/logging.conf     how MONAI's workflow logs
     configs/inference.json   the whole inference: load, reorient, prepare the slices as the
-                             training cache did, infer slice by slice, map back, save
+                             training cache did (over the whole field of view), infer them in
+                             sliding windows as ``ssmtl predict`` does, map back, save
     models/model.ts          network + head as TorchScript (images -> class logits), with
                              metadata.json and inference.json inside as extra files
     scripts/ssmtl_slices.py  ssmtl's slice preparation and its inverse as one MONAI transform
@@ -36,6 +37,7 @@ import torch
 from ssmtl._version import __version__
 from ssmtl.api.errors import SsmtlError
 from ssmtl.api.heads import DownstreamHead
+from ssmtl.downstream.predictor import GAUSSIAN_SIGMA, Windows
 from ssmtl.storage.files import save_json, save_text
 from ssmtl.publish.formats import save_torchscript
 from ssmtl.publish.parts import PartModule
@@ -44,8 +46,10 @@ from ssmtl.publish.runs import modality_names, RunInfo
 MODEL_FILE = "models/model.ts"
 SCRIPT_FILE = "scripts/ssmtl_slices.py"
 SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
-#: slices per network call, as ``ssmtl predict``'s default batch
+#: slices per batch and windows per network call, as ``ssmtl predict``'s default ``--batch-size``
 SLICES_PER_CALL = 32
+#: ``ssmtl predict``'s default windows (overlap and blend; no test-time flips)
+PREDICT_WINDOWS = Windows()
 #: configs/logging.conf, which MONAI's workflows read (Python's logging.config file format)
 LOGGING = """[loggers]
 keys=root
@@ -100,7 +104,7 @@ def inference_config(info: RunInfo, size: int) -> dict[str, Any]:
         "slices": {  # how the training cache prepared slices (ssmtl's PreprocessConfig), and how to map back
             "size": int(pre.get("size", size)), "spacing": pre.get("spacing"),
             "ct_window": list(pre.get("ct_window", (-250.0, 750.0))), "mr_percentiles": list(pre.get("mr_percentiles", (1.0, 99.0))),
-            "modality": "auto", "field_of_view": "crop", "resample": "auto",
+            "modality": "auto", "field_of_view": "whole", "resample": "auto",
         },
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image", "image_only": True},
@@ -111,8 +115,11 @@ def inference_config(info: RunInfo, size: int) -> dict[str, Any]:
              "modality": "@slices#modality", "field_of_view": "@slices#field_of_view", "resample": "@slices#resample"},
         ]},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': f} for f in @datalist]", "transform": "@preprocessing"},
-        "inferer": {"_target_": "SliceInferer", "roi_size": ["@slices#size", "@slices#size"], "spatial_dim": 0,
-                    "sw_batch_size": SLICES_PER_CALL, "overlap": 0.25, "mode": "constant"},
+        # ssmtl predict's windows: the cache's slice size, overlapping by half, blended with nnU-Net's Gaussian
+        # (scripts.ssmtl_slices.infer_slices gives it SLICES_PER_CALL slices at a time, as predict's batches)
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": ["@slices#size", "@slices#size"],
+                    "sw_batch_size": SLICES_PER_CALL, "overlap": PREDICT_WINDOWS.overlap, "mode": PREDICT_WINDOWS.blend,
+                    "sigma_scale": GAUSSIAN_SIGMA},
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",

@@ -16,12 +16,17 @@ on, shape (1, D, H, W):
    field of view into ``size`` pixels), bilinear, antialiased when downsampling; torch's
    ``interpolate`` with ``scale_factor`` and ``align_corners=False``;
 3. centre crop/pad to ``size`` x ``size`` (``field_of_view="crop"``, as the cache), padding
-   with the volume's minimum; or no crop (``"whole"``: padded to at least ``size``, for a
-   sliding window);
+   with the volume's minimum; or no crop (``"whole"``, what ``ssmtl predict`` does: every
+   resampled pixel, an axis shorter than ``size`` padded to it as the cache pads it, for a
+   sliding window over the whole field of view);
 4. intensities: CT clipped to ``ct_window`` and mapped to [0, 1]; MR clipped to the
-   ``mr_percentiles`` of the foreground, then z-scored over the slice stack.
+   ``mr_percentiles`` of the foreground, then z-scored over the slice stack. Over the whole
+   field of view the percentiles, mean and standard deviation are those of the cache's
+   ``size`` x ``size`` centre crop (padding included, as the cache z-scores it), so that inside
+   that crop the pixels are exactly the ones the cache held.
 
-:func:`predict_all` is the bundle's run loop. The inverse of :class:`SsmtlSlicesd` (through MONAI's ``Invertd``) takes class probabilities (C, D, H, W) back to the
+:func:`predict_all` is the bundle's run loop; :func:`infer_slices` predicts the slices in batches
+and sliding windows as ``ssmtl predict`` does. The inverse of :class:`SsmtlSlicesd` (through MONAI's ``Invertd``) takes class probabilities (C, D, H, W) back to the
 canonical grid (C, X, Y, Z) at the scan's own resolution: each voxel takes the pixel covering
 its centre (``nearest``) or the bilinear interpolation of the four around it (``linear``);
 ``auto`` uses nearest where the slices are at least as fine as the scan along both in-plane
@@ -83,27 +88,42 @@ def _resample(stack: np.ndarray, rows: dict[str, Any], cols: dict[str, Any], out
             resampled[:, _window(rows, "source"), _window(cols, "source")]
 
 
-def _normalise(image: np.ndarray, modality: str, rows: dict[str, Any], cols: dict[str, Any], ct_window: Sequence[float],
-               mr_percentiles: Sequence[float]) -> None:
-    if modality == "ct":
-        low, high = (float(v) for v in ct_window)
-        np.clip(image, low, high, out=image)
-        image -= low
-        image /= high - low
-        return
-    values = image[:, _window(rows, "cache"), _window(cols, "cache")]  # the resampled data, not the padding
+def _normalise_ct(image: np.ndarray, ct_window: Sequence[float]) -> None:
+    low, high = (float(v) for v in ct_window)
+    np.clip(image, low, high, out=image)
+    image -= low
+    image /= high - low
+
+
+def _mr_clip_range(values: np.ndarray, mr_percentiles: Sequence[float]) -> tuple[float, float]:
+    """The ``mr_percentiles`` of the foreground of ``values`` (background air would dominate otherwise)."""
     vmin, vmax = float(values.min()), float(values.max())
     foreground = values[values > vmin + _MR_FOREGROUND_FRACTION * (vmax - vmin)]
     if foreground.size < _MR_MIN_FOREGROUND:
         foreground = values.ravel()
     low, high = (float(v) for v in np.percentile(foreground, [float(p) for p in mr_percentiles]))
+    return low, high
+
+
+def _normalise_mr(image: np.ndarray, clip_range: tuple[float, float], statistics: np.ndarray | None = None) -> None:
+    """Clip to ``clip_range``, then z-score with the mean and std of ``statistics`` clipped alike (default: the image)."""
+    low, high = clip_range
     np.clip(image, low, high, out=image)
-    mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
+    reference = image if statistics is None else np.clip(statistics, low, high)
+    mean, std = float(reference.mean(dtype=np.float64)), float(reference.std(dtype=np.float64))
     if std <= _CONSTANT_RELATIVE_STD * max(abs(low), abs(high), 1.0):
         image.fill(0.0)
         return
     image -= mean
     image /= std
+
+
+def _cache_crop(image: np.ndarray, whole: Sequence[dict[str, Any]], crop: Sequence[dict[str, Any]], fill: float) -> np.ndarray:
+    """The ``size x size`` slices the training cache held, cut out of the whole field of view (padding: ``fill``)."""
+    out = np.full((image.shape[0], crop[0]["size"], crop[1]["size"]), fill, dtype=image.dtype)
+    inside = [slice(w["pad_start"] + c["crop_start"], w["pad_start"] + c["crop_start"] + c["kept"]) for w, c in zip(whole, crop)]
+    out[:, _window(crop[0], "cache"), _window(crop[1], "cache")] = image[:, inside[0], inside[1]]
+    return out
 
 
 def _covering(plan: dict[str, Any]) -> np.ndarray:
@@ -170,12 +190,22 @@ class SsmtlSlicesd(MapTransform, InvertibleTransform):
         stack = np.flip(canonical.transpose(2, 1, 0), axis=(1, 2))  # (D, Y, X): rows anterior first, columns right first
         depth, height, width = stack.shape
         target = self.spacing if self.spacing is not None else max(height * sy, width * sx) / self.size
-        crop = self.field_of_view == "crop"
-        rows, cols = plan_axis(height, sy, target, self.size, crop), plan_axis(width, sx, target, self.size, crop)
+        crop = plan_axis(height, sy, target, self.size), plan_axis(width, sx, target, self.size)
+        whole = self.field_of_view == "whole"
+        rows, cols = (plan_axis(height, sy, target, self.size, False), plan_axis(width, sx, target, self.size, False)) \
+            if whole else crop
         modality = detect_modality(canonical) if self.modality == "auto" else self.modality
-        prepared = np.full((depth, rows["size"], cols["size"]), float(canonical.min()), dtype=np.float32)
+        air = float(canonical.min())
+        prepared = np.full((depth, rows["size"], cols["size"]), air, dtype=np.float32)
         _resample(stack, rows, cols, prepared)
-        _normalise(prepared, modality, rows, cols, self.ct_window, self.mr_percentiles)
+        if modality == "ct":
+            _normalise_ct(prepared, self.ct_window)
+        elif not whole:  # percentiles over the resampled data, not the padding; z-scored over the slices
+            _normalise_mr(prepared, _mr_clip_range(prepared[:, _window(rows, "cache"), _window(cols, "cache")], self.mr_percentiles))
+        else:  # the statistics of the cache's crop, so that inside it the pixels are the ones the network was trained on
+            cached = _cache_crop(prepared, (rows, cols), crop, air)
+            clip_range = _mr_clip_range(cached[:, _window(crop[0], "cache"), _window(crop[1], "cache")], self.mr_percentiles)
+            _normalise_mr(prepared, clip_range, statistics=cached)
         resample = self.resample
         if resample == "auto":
             resample = "nearest" if min(rows["scale"], cols["scale"]) >= 1.0 else "linear"
@@ -202,13 +232,31 @@ class SsmtlSlicesd(MapTransform, InvertibleTransform):
         return d
 
 
+def infer_slices(image: torch.Tensor, inferer, network, device) -> torch.Tensor:
+    """(1, D, H, W) prepared slices -> (C, D, H, W) class logits, computed as ``ssmtl predict`` computes them.
+
+    ``inferer`` is a 2D sliding window (MONAI's ``SlidingWindowInferer``, a window of the cache's slice
+    size). The slices go ``inferer.sw_batch_size`` at a time, as a batch of ``ssmtl predict``: a slice of
+    the window's size is one plain pass of the network, a wider one is windowed by ``inferer``, whose
+    windows of all slices of the batch share the network calls. Same batches, same windows, same
+    blending: the same numbers.
+    """
+    slices = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    slices = slices[0].to(device=device, dtype=torch.float32)
+    window, per_call = tuple(int(n) for n in inferer.roi_size), int(inferer.sw_batch_size)
+    logits = []
+    for lo in range(0, slices.shape[0], per_call):
+        x = slices[lo:lo + per_call, None]
+        logits.append((network(x) if tuple(x.shape[-2:]) == window else inferer(x, network)).detach().cpu())
+    return torch.cat(logits).transpose(0, 1).contiguous()  # (D, C, H, W) -> (C, D, H, W)
+
+
 def predict_all(dataset, inferer, network, postprocessing, device) -> int:
-    """The bundle's run loop: every scan of ``dataset`` prepared, inferred slice by slice, mapped back
-    and saved by ``postprocessing``; returns how many. (MONAI's evaluators would need pytorch-ignite.)"""
+    """The bundle's run loop: every scan of ``dataset`` prepared, inferred slice by slice (:func:`infer_slices`),
+    mapped back and saved by ``postprocessing``; returns how many. (MONAI's evaluators would need pytorch-ignite.)"""
     count = 0
     with torch.no_grad():
         for item in dataset:
-            logits = inferer(item["image"][None].to(device), network)[0].detach().cpu()
-            postprocessing({**item, "pred": logits})
+            postprocessing({**item, "pred": infer_slices(item["image"], inferer, network, device)})
             count += 1
     return count
