@@ -22,7 +22,8 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        self.console = Console(stderr=True)
+        # soft_wrap: a plain progress line in a log is one line, however narrow the log's 80 columns
+        self.console = Console(stderr=True, soft_wrap=True)
         self.bar = RichProgress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
