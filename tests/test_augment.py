@@ -254,3 +254,34 @@ def test_intensity_identity_settings_keep_input():
 def test_config_rejects_bad_ranges(kwargs):
     with pytest.raises(ValidationError):
         AugmentConfig(**kwargs)
+
+
+def _affine_before_flip_axes(n: int, config: AugmentConfig) -> torch.Tensor:
+    """random_affine as it was before flips were declared per axis (columns only, always drawn):
+    the reference for the random stream a seed draws."""
+    import math
+
+    def uniform(lo, hi):
+        return torch.rand(n) * (hi - lo) + lo
+
+    angle = uniform(-config.rotate, config.rotate) * (math.pi / 180)
+    scale = uniform(*config.crop_scale)
+    flip = torch.where(torch.rand(n) < config.flip, -1.0, 1.0)
+    margin = (1 - scale) + config.translate
+    tx, ty = uniform(-1, 1) * margin, uniform(-1, 1) * margin
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    return torch.stack([torch.stack([cos * flip, -sin, tx], -1), torch.stack([sin * flip, cos, ty], -1)], 1)
+
+
+def test_a_seed_draws_the_views_it_drew_before_flips_were_declared():
+    config = AugmentConfig()
+    torch.manual_seed(0)
+    expected = _affine_before_flip_axes(64, config)
+    after_expected = torch.rand(5)
+    torch.manual_seed(0)
+    assert torch.equal(random_affine(64, config, "cpu", flip_axes=(1,)), expected)
+    assert torch.equal(torch.rand(5), after_expected)  # the stream after it is the same too
+    torch.manual_seed(0)
+    unflipped = random_affine(64, config, "cpu")  # lateralised data: the same draws, no mirror
+    assert torch.equal(torch.rand(5), after_expected)
+    assert torch.equal(unflipped[:, :, 1:], expected[:, :, 1:]) and torch.equal(unflipped[:, :, 0].abs(), expected[:, :, 0].abs())

@@ -13,9 +13,10 @@ intensity transforms are contrast, brightness, gamma, blur and noise.
 Mirror flips happen only along the in-plane axes the data allows (``flip_axes``, the
 cache's declaration, :mod:`ssmtl.data.laterality`): 0 = rows, 1 = columns. Every
 caller passes them; the default ``()`` flips nothing, the safe side for lateralised
-anatomy. The random draws do not depend on ``flip_axes`` (a flip decision is drawn for
-both axes and dropped where not allowed), so a seed gives the same rotations, crops and
-intensities whichever flips the data allows.
+anatomy. The column decision is drawn whether or not columns may flip (where the stream
+always drew it), and the row decision last, only where rows may flip: a seed gives the same
+rotations, crops and intensities as before flips were declared, and whether columns may flip
+changes nothing else.
 """
 
 from __future__ import annotations
@@ -43,16 +44,17 @@ def random_affine(n: int, config: AugmentConfig, device, flip_axes: Sequence[int
     """
     angle = _uniform(n, -config.rotate, config.rotate, device) * (math.pi / 180)
     scale = _uniform(n, *config.crop_scale, device)
-    # (n, 2) decisions, drawn whatever is allowed: column 0 mirrors x (the columns, axis 1),
-    # column 1 mirrors y (the rows, axis 0)
-    mirror = torch.rand(n, 2, device=device) < config.flip
+    # the column mirror (x, axis 1) is decided whatever is allowed, where it always was in the
+    # random stream, so a seed draws the same views as before flips were declared per axis
     keep = torch.ones(n, device=device)
-    fx = torch.where(mirror[:, 0], -1.0, 1.0) if 1 in flip_axes else keep
-    fy = torch.where(mirror[:, 1], -1.0, 1.0) if 0 in flip_axes else keep
+    mirror_x = torch.rand(n, device=device) < config.flip
+    fx = torch.where(mirror_x, -1.0, 1.0) if 1 in flip_axes else keep
     # keep the crop inside the slice: the shift is bounded by the unused margin
     margin = (1 - scale) + config.translate
     tx = _uniform(n, -1, 1, device) * margin
     ty = _uniform(n, -1, 1, device) * margin
+    # the row mirror (y, axis 0), which no data allowed before: drawn last, and only when allowed
+    fy = torch.where(torch.rand(n, device=device) < config.flip, -1.0, 1.0) if 0 in flip_axes else keep
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     # rotation-scale times diag(fx, fy): the output is mirrored first, then rotated
     theta = torch.stack(
