@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# one torch thread unless the caller chose: the demo's models are tiny, and a fixed thread
+# count makes its numbers the same on every machine (the README's transcript)
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
 # One pytest worker per core (TEST_WORKERS=1: one process), each with one intra-op thread
 # unless the caller chose: the test models are tiny, and two threads per process on two shared
