@@ -98,6 +98,25 @@ def test_special_files_are_refused_through_the_command_line(tmp_path, fifo):
     assert_all_held(run_cases(cases))
 
 
+def test_a_cache_that_is_not_a_regular_file_says_what_it_is(tmp_path, fifo):
+    """Once, a FIFO or a link loop given as a cache was "cache file not found" (a folder is a folder of caches)."""
+    cache_fifo = fifo(tmp_path / "fifo.h5")
+    folder = tmp_path / "folder.h5"
+    folder.mkdir()
+    loop = link_loop(tmp_path / "loop.h5")
+    out = tmp_path / "run"
+    cases = [
+        Case(f"pretrain --data {name}", ssmtl_cli("pretrain", "--data", path, "--out", out, "--steps", "1"),
+             message=f"{path}: {message}", absent=[out], watch=[tmp_path])
+        for name, path, message in [("fifo", cache_fifo, "is a FIFO (named pipe), not a regular file"),
+                                    ("folder", folder, "the folder holds no *.h5 cache"),
+                                    ("loop", loop, "is a symbolic link loop")]
+    ]
+    cases.append(Case("cache info on a missing cache", ssmtl_cli("cache", "info", tmp_path / "gone.h5"),
+                      message=f"{tmp_path / 'gone.h5'}: cache file not found (build one with `ssmtl cache build`)"))
+    assert_all_held(run_cases(cases))
+
+
 def test_a_link_loop_in_a_manifest_is_a_bad_input_that_skip_bad_skips(tmp_path):
     save_nifti(tmp_path / "good.nii.gz", np.linspace(-100, 300, 16 * 16 * 4, dtype=np.float32).reshape(16, 16, 4))
     link_loop(tmp_path / "loop.nii.gz")

@@ -64,6 +64,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from ssmtl.api.datasets.files import check_regular_file, file_kind
 from ssmtl.api.errors import InputFileError
 from ssmtl.data.cache_checks import check_cache_contents, check_label_values
 from ssmtl.data.transform import summarise_transforms
@@ -141,8 +142,9 @@ class SliceCache:
         self.rdcc_nbytes = rdcc_mb * 1024 * 1024
         self._handle: h5py.File | None = None
         self._pid: int | None = None
-        if not self.path.is_file():
+        if file_kind(self.path) == "missing":
             raise InputFileError(self.path, "cache file not found (build one with `ssmtl cache build`)")
+        check_regular_file(self.path)  # a folder, a FIFO, a device, a broken link: says which, opens nothing
         try:
             with h5py.File(self.path, "r", locking=False) as f:
                 if f.attrs.get("format") != FORMAT:
