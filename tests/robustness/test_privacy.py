@@ -278,6 +278,8 @@ def test_the_helper_makes_a_benchmark_record_shareable(pipeline):
     assert shown["finetune_data"]["path"] == "cache.h5" and shown["test_subjects"] == [test.pseudonym]
     assert shown["cells"][0]["per_volume"] == [{"subject": test.pseudonym, "volume": test.name, "dice": 0.5}]
     assert shareable(record)["test_subjects"] == 1  # without a table: a count
+    keys = {"data": {"source_keys": [cache.volumes[0].source_key, test.source_key]}}  # hashes of local files
+    assert shareable(keys)["data"]["source_keys"] == 2 == shareable(keys, Pseudonyms.of(cache))["data"]["source_keys"]
     identified = shareable(record, Pseudonyms.of(cache, identify=True))
     assert identified["test_subjects"] == [test.identity["subject"]]
     assert identified["cells"][0]["per_volume"][0]["volume"] == test.identity["volume"]

@@ -120,6 +120,13 @@ class VolumeMeta:
     pseudonym: str | None = None  # the subject's name in shareable files (:mod:`ssmtl.data.pseudonyms`); None: older cache
     identity: dict[str, str] | None = None  # the real subject and volume names of a volume pseudonymised at entry
 
+    @property
+    def source_key(self) -> str:
+        """The volume's source file as a short one-way key (16 hex digits of its SHA-256): the same
+        scan in two caches, or under a cache set's ``cache/`` prefix, has the same key, and a
+        run manifest that lists keys names no local path."""
+        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
+
 
 def _spacing_attr(value: Any) -> tuple[float, ...] | None:
     if value is None:

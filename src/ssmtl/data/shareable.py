@@ -27,6 +27,8 @@ SUBJECT_LISTS = frozenset({"labeled_subjects", "train_subjects", "test_subjects"
 VOLUME_LISTS = frozenset({"volumes", "train_volumes"})
 #: record keys whose lists hold one record per volume, naming its ``subject`` and ``volume``
 VOLUME_RECORDS = frozenset({"per_volume"})
+#: record keys whose lists are keys of local files (hashes of source paths): shared as their count
+COUNTED_LISTS = frozenset({"source_keys"})
 
 
 def is_local_path(text: str) -> bool:
@@ -72,7 +74,8 @@ def shareable(value: Any, names: Pseudonyms | None = None) -> Any:
     table built with ``identify``), their count without."""
     if isinstance(value, dict):
         lists = SUBJECT_LISTS | VOLUME_LISTS | VOLUME_RECORDS
-        return {k: ((_names(k, v, names) if names is not None else len(v)) if k in lists and isinstance(v, list)
+        return {k: (len(v) if k in COUNTED_LISTS and isinstance(v, list)
+                    else (_names(k, v, names) if names is not None else len(v)) if k in lists and isinstance(v, list)
                     else shareable(v, names)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [shareable(v, names) for v in value]

@@ -57,12 +57,19 @@ from ssmtl.downstream.model import (
     resolve_init,
 )
 
-def _init_record(config: FinetuneConfig, manifest: dict[str, Any] | None, test: list[str]) -> dict[str, Any]:
-    """What run.json says about the initial weights, including whether pre-training saw test subjects."""
+def _init_record(config: FinetuneConfig, manifest: dict[str, Any] | None, cache, test: list[str]) -> dict[str, Any]:
+    """What run.json says about the initial weights, including whether pre-training saw test subjects:
+    a test subject counts as seen when pre-training read one of its scans, matched by source
+    (``source_keys``: the same scan under another name or a cache set's prefix, and not another
+    cohort's subject of the same name) or, in manifests older than those keys, by subject name."""
     if manifest is None:
         return {"init": "none", "init_manifest": None, "init_saw_test_subjects": []}
     data = manifest.get("data") or {}
-    seen = sorted(set(data.get("volumes") or []) & set(test))
+    if "source_keys" in data:  # by scan: another cohort's phantom_ct_002 is not this one's
+        keys = set(data["source_keys"] or [])
+        seen = sorted({v.subject for v in cache.volumes if v.subject in set(test) and v.source_key in keys})
+    else:
+        seen = sorted(set(data.get("volumes") or []) & set(test))
     return {
         "init": str(resolve_init(config.init)),
         "init_parts": config.init_parts,
@@ -141,7 +148,7 @@ def run_finetune(config: FinetuneConfig, registry: Registry, *, progress: bool =
         network, manifest = initial_network(config, registry)
         check_network(network, cache)
         head = build_head(registry, config.head, config.head_options, network, num_classes)
-        init = _init_record(config, manifest, split["test"])
+        init = _init_record(config, manifest, cache, split["test"])
         if init["init_saw_test_subjects"] and main:
             print(
                 f"warning: the pre-training of {init['init']} used {len(init['init_saw_test_subjects'])} of the "

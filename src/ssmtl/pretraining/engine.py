@@ -182,6 +182,7 @@ def run_pretraining(config: PretrainConfig, registry: Registry, *, resume: bool 
             "steps": config.train.steps,
             "sequence_length": k,
             "data": {**data_record(cache, config.data.path), "volumes": [cache.volumes[v].subject for v in volumes],
+                     "source_keys": sorted({cache.volumes[v].source_key for v in volumes}),  # by scan, not name
                      "flip_axes": list(flip_axes),
                      "slice_shape": list(cache.slice_shape)},  # the trained size, for exports once the cache is gone
             "trained": sorted({part for t in unwrapped.tasks.values() for part in t.trains}),
