@@ -190,7 +190,12 @@ def test_the_lr_is_chosen_per_method_on_validation_never_on_test(bench_cache, tm
     assert sorted(evaluated) == [("none", 3e-3)] * 2 + [("pretrained", 1e-3)] * 2  # only the kept run is ever tested
     assert len([c for c in calls if c[0] == "train"]) == 8
     text = render_markdown(results)
-    assert "| scratch | 1 | lr 0.003: 2 |" in text and "| contrastive | 1 | lr 0.001: 2 |" in text
+    assert "| scratch | 1 | lr 0.003: 2 | 7 | validation plateau: 2 | 0.100 / 0.200 |" in text
+    assert "| contrastive | 1 | lr 0.001: 2 | 7 | validation plateau: 2 | 0.100 / 0.200 |" in text
+    scratch = [c for c in results["cells"] if c["method"] == "scratch"]
+    moved = [{**scratch[0], "weight_change": {"encoder": 0.1, "decoder": 0.5}}, {**scratch[1], "weight_change": {"encoder": 0.4}},
+             {**scratch[1], "draw": 2, "weight_change": None}]  # a run from before weight_change: left out of the median
+    assert summarise_cells(moved)[0]["chosen"]["weight_change_median"] == pytest.approx({"encoder": 0.25, "decoder": 0.5})
     # a second benchmark over the same runs, whose test scores now favour the other lr, keeps the same choice
     rerun, calls = _faked(config, validation, {k: 1 - v for k, v in test.items()})
     assert [c["lr"] for c in rerun.run()["cells"]] == [c["lr"] for c in results["cells"]] and calls == []

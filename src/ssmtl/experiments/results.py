@@ -73,8 +73,12 @@ def _chosen(cells) -> dict[str, Any]:
     kept = Counter(("" if c.get("recipe", "default") == "default" else f"{c['recipe']} at ")
                    + (f"lr {c['lr']:g}" if c.get("lr") is not None else "its lr") for c in cells)
     steps = [c.get("selected_step") for c in cells if c.get("selected_step") is not None]
+    change = {part: [c["weight_change"][part] for c in cells if isinstance((c.get("weight_change") or {}).get(part), (int, float))]
+              for part in ("encoder", "decoder")}
     return {"candidates": dict(kept), "selected_step_median": float(np.median(steps)) if steps else None,
-            "stop_reasons": dict(Counter(c.get("stop_reason") or "unknown" for c in cells))}
+            "stop_reasons": dict(Counter(c.get("stop_reason") or "unknown" for c in cells)),
+            # how far fine-tuning moved each part from its start, |w - w0| / |w0|: does it erase pre-training?
+            "weight_change_median": {part: float(np.median(v)) for part, v in change.items() if v}}
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -222,13 +226,17 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 def _detail_tables(protocol: str, rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"### {protocol}: fine-tuning kept (draws per candidate), selected step and why it stopped", "",
-             "| method | labeled | kept | median selected step | stop |", "|---|---|---|---|---|"]
+             "Weight change: the median over draws of ||w - w0|| / ||w0|| from the start (pre-trained or random) to the "
+             "kept weights, encoder / decoder.", "",
+             "| method | labeled | kept | median selected step | stop | weight change |", "|---|---|---|---|---|---|"]
     for r in rows:
         chosen = r.get("chosen") or {}
         kept = "; ".join(f"{k}: {v}" for k, v in (chosen.get("candidates") or {}).items()) or "–"
         step = chosen.get("selected_step_median")
         stops = "; ".join(f"{k}: {v}" for k, v in (chosen.get("stop_reasons") or {}).items()) or "–"
-        lines.append(f"| {r['method']} | {r['labeled_volumes']} | {kept} | {'–' if step is None else f'{step:g}'} | {stops} |")
+        change = chosen.get("weight_change_median") or {}
+        moved = " / ".join(f"{change[p]:.3f}" if p in change else "–" for p in ("encoder", "decoder")) if change else "–"
+        lines.append(f"| {r['method']} | {r['labeled_volumes']} | {kept} | {'–' if step is None else f'{step:g}'} | {stops} | {moved} |")
     lines += ["", f"### {protocol}: Dice per structure (mean over draws)", ""]
     classes = list(rows[0]["per_class_dice"]) if rows else []
     lines += ["| method | labeled | " + " | ".join(classes) + " | HD95 (mm) |", "|---|---|" + "---|" * (len(classes) + 1)]
