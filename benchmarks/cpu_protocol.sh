@@ -4,6 +4,7 @@
 #   PIECE=1 bash benchmarks/cpu_protocol.sh     # from the repository root, with .venv/bin on PATH
 #   PIECE=2 bash benchmarks/cpu_protocol.sh     # ... then 3, then 4 (each its own session)
 #   PIECE=all bash benchmarks/cpu_protocol.sh   # everything in one go
+#   DRAWS=5 PIECE=main bash benchmarks/cpu_protocol.sh   # only CT->CT and CT->MR, to 5 draws
 #
 # Every piece resumes: all settings keep their runs in one folder, $OUT/runs, named by what
 # defines them, so every finished pre-training and fine-tuning run is reused (by any setting that
@@ -155,14 +156,18 @@ half() { local g; g=$(planned); echo $(( PILOT_DRAWS + (g - PILOT_DRAWS + 1) / 2
 piece2() { ct_ct "$(half)"; ct_mr "$(half)"; frozen 3; }
 piece3() { ct_ct "$(planned)"; ct_mr "$(planned)"; frozen "$FROZEN_DRAWS"; }
 piece4() { ablation "$ABLATION_DRAWS"; ablation_position "$ABLATION_DRAWS"; pool "$POOL_DRAWS"; }
+# the two main settings only, to DRAWS (else the plan): one draw at a time keeps them level when a
+# session may end mid-way, e.g. `for d in 4 5 6; do DRAWS=$d PIECE=main bash benchmarks/cpu_protocol.sh; done`
+main_settings() { ct_ct "$(planned)"; ct_mr "$(planned)"; }
 
 case "$PIECE" in
   1) piece1 ;;
   2) piece2 ;;
   3) piece3 ;;
   4) piece4 ;;
+  main) main_settings ;;
   all) piece1; piece2; piece3; piece4 ;;
-  *) echo "PIECE=$PIECE: use 1, 2, 3, 4 or all" >&2; exit 2 ;;
+  *) echo "PIECE=$PIECE: use 1, 2, 3, 4, main or all" >&2; exit 2 ;;
 esac
 verdict
 echo "piece $PIECE: $(( $(date +%s) - t0 ))s"
