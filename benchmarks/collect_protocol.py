@@ -5,7 +5,8 @@
 For every setting (a folder of OUT with a results.json): results.json with its ``summary``
 recomputed from the raw ``cells`` by this checkout's ``summarise_cells`` (the cells, the raw
 record, are copied unchanged; the summary is derived from them, so a summary field added after
-the run, such as the median weight change, appears), results.md rendered from it, and
+the run, such as the median weight change, appears; so are the draws done, which results written
+by older code gave as the draws planned), results.md rendered from it, and
 dice_vs_labels.png. Then plan.json and plan.md (the pilot's plan), the logs of every benchmark
 process (which runs each made or reused, and when) and verdict.md, written by
 ``benchmarks/verdict.py`` over DEST. Refuses to write anything that names an absolute local path.
@@ -20,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ssmtl.experiments.results import SCRATCH, render_markdown, summarise_cells
+from ssmtl.experiments.results import SCRATCH, draws_done, render_markdown, summarise_cells
 
 REFERENCES = (SCRATCH, "contrastive")  # what `ssmtl benchmark` compares with: scratch and the default baseline
 ABSOLUTE = re.compile(r"""["'`(\s](/(?:home|root|tmp|work|Users|mnt|data|scratch)/|[A-Za-z]:\\)""")
@@ -39,6 +40,9 @@ def collect(out: Path, dest: Path) -> list[str]:
         setting = results_json.parent
         results = json.loads(results_json.read_text())
         results["summary"] = summarise_cells(results["cells"], references=REFERENCES)
+        design = results["design"]  # results written mid-run by older code named the draws planned as done
+        modulus = int(str(design.get("draw_to_pretrain_run", "")).rpartition(" ")[2] or design["pretrain_runs"])
+        results["design"] = {**design, **draws_done(results["cells"], design.get("draws_planned", design["draws"]), modulus)}
         target = dest / setting.name
         target.mkdir(parents=True, exist_ok=True)
         text = json.dumps(results, indent=2, allow_nan=True) + "\n"

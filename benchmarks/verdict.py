@@ -57,7 +57,10 @@ def settings(root: Path) -> list[Path]:
 def design_line(results: dict) -> str:
     design = results["design"]
     runs = design["pretrain_runs"]
-    per_run = "one pre-training run per draw" if runs == design["draws"] else f"{runs} pre-training runs per method (draw d uses run d mod {runs})"
+    per_run = ("one pre-training run per draw" if runs == design["draws"] else
+               f"{runs} pre-training runs per method (draw d uses run {design.get('draw_to_pretrain_run', f'd mod {runs}')})")
+    planned = design.get("draws_planned", design["draws"])
+    per_run += f"; {planned} draws planned, not all done yet" if planned > design["draws"] else ""
     steps = ", ".join(f"{m} {s}" for m, s in design["pretrain_steps"].items()) or "none"
     pool = results.get("cohort") or {}
     pool_text = f"; pre-training reads {pool['subjects']} subjects, {pool['pool']} of them from outside the cohort" if pool.get("pool") else ""

@@ -395,3 +395,24 @@ def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_
     registry = build_registry(external=False, builtins=[b for b in builtin_plugins() if not b.endswith(".defaults")], extra=[mine])
     other = Benchmark(BenchmarkConfig(data=bench_cache, out=tmp_path), registry)
     assert [(m.name, m.tasks) for m in other.methods] == [("scratch", ()), ("pair", ("order", "position"))]
+
+
+def test_a_benchmark_stopped_mid_way_reports_the_draws_it_has(bench_cache, tmp_path):
+    """results.json is written after every complete draw; its design names those draws, and the planned ones."""
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch"], labeled_volumes=[1], draws=4)
+    bench, calls = _faked(config, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
+    train = bench.cells.train_fn
+
+    def stops_in_the_third_draw(ft):
+        if len([c for c in calls if c[0] == "train"]) == 2:
+            raise KeyboardInterrupt
+        train(ft)
+
+    bench.cells.train_fn = stops_in_the_third_draw
+    with pytest.raises(KeyboardInterrupt):
+        bench.run()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted({c["draw"] for c in results["cells"]}) == [0, 1]
+    assert {k: results["design"][k] for k in ("draws", "draws_planned", "pretrain_runs", "draw_to_pretrain_run")} == {
+        "draws": 2, "draws_planned": 4, "pretrain_runs": 2, "draw_to_pretrain_run": "d mod 4"}
+    assert "2 draw(s) per label budget (of 4 planned: the benchmark has not finished)" in (tmp_path / "results.md").read_text()

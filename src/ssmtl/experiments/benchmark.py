@@ -38,7 +38,7 @@ from ssmtl.experiments.config import BenchmarkConfig
 from ssmtl.experiments.methods import SCRATCH, Method, parse_methods
 from ssmtl.experiments.pretrain_runs import PretrainRun, PretrainRuns
 from ssmtl.experiments.pseudonyms import Shareable, data_summary, file_name
-from ssmtl.experiments.results import plot_dice_vs_labels, render_markdown, summarise_cells
+from ssmtl.experiments.results import draws_done, plot_dice_vs_labels, render_markdown, summarise_cells
 from ssmtl.experiments.store import Busy
 
 POLL_SECONDS = 10.0  # how often a benchmark with nothing left to start looks again
@@ -155,8 +155,7 @@ class Benchmark:
         results = {
             "config": config,
             "design": {
-                "draws": self.config.draws, "pretrain_runs": self.config.pretrain_runs,
-                "draw_to_pretrain_run": f"d mod {self.config.pretrain_runs}",
+                **draws_done(cells, self.config.draws, self.config.pretrain_runs),
                 "candidates": [candidate_name(c) for c in self.cells.candidates],
                 "chosen_on": "the validation subjects of each draw",
                 "pretrain_steps": self.pretrain_steps,

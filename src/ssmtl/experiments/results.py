@@ -15,7 +15,7 @@ from ssmtl.storage.files import atomic_write
 from ssmtl.experiments.methods import SCRATCH
 from ssmtl.experiments.paired import compare, MIN_DRAWS
 
-__all__ = ["SCRATCH", "summarise_cells", "interval_text", "verdict_lines", "render_markdown", "plot_dice_vs_labels"]
+__all__ = ["SCRATCH", "draws_done", "summarise_cells", "interval_text", "verdict_lines", "render_markdown", "plot_dice_vs_labels"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -66,6 +66,15 @@ def summarise_cells(cells: list[dict[str, Any]], references: tuple[str, ...] = (
                                       **compare(draws, ref)}
         rows.append(row)
     return rows
+
+
+def draws_done(cells: list[dict[str, Any]], planned: int, pretrain_runs: int) -> dict[str, Any]:
+    """The design fields that depend on how far the benchmark got: ``draws`` (those the cells hold;
+    a benchmark writes its results after every complete draw), ``draws_planned``, and the
+    ``pretrain_runs`` those draws used (draw d uses run d mod ``pretrain_runs``)."""
+    done = sorted({int(c["draw"]) for c in cells})
+    return {"draws": len(done), "draws_planned": planned, "pretrain_runs": len({d % pretrain_runs for d in done}),
+            "draw_to_pretrain_run": f"d mod {pretrain_runs}"}
 
 
 def _chosen(cells) -> dict[str, Any]:
@@ -167,11 +176,14 @@ def design_lines(results: dict[str, Any]) -> list[str]:
     lines.append(f"{tests} test subjects, the same for every cell ({named}).")
     if design:
         runs = design["pretrain_runs"]
-        lines.append(f"{design['draws']} draw(s) per label budget: the labeled and validation subjects and the fine-tuning "
+        planned = design.get("draws_planned", design["draws"])
+        so_far = f" (of {planned} planned: the benchmark has not finished)" if planned > design["draws"] else ""
+        lines.append(f"{design['draws']} draw(s) per label budget{so_far}: the labeled and validation subjects and the fine-tuning "
                      "seed of a draw are the same for every method. "
                      + (f"Each pre-trained method is pre-trained once per draw ({runs} runs): every draw is an independent replicate."
                         if runs == design["draws"] else
-                        f"{runs} pre-training run(s) per pre-trained method, draw d fine-tunes from run d mod {runs}: "
+                        f"{runs} pre-training run(s) per pre-trained method, draw d fine-tunes from run "
+                        f"{design.get('draw_to_pretrain_run', f'd mod {runs}')}: "
                         "draws that share a run are averaged and the pre-training run is the unit of the statistics."))
         steps = ", ".join(f"{m} {s}" for m, s in (design.get("pretrain_steps") or {}).items())
         lines.append(f"Pre-training steps: {steps or 'none'}. Fine-tuning candidates: {'; '.join(design['candidates'])}"
