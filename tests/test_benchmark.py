@@ -9,11 +9,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from benchmark_fakes import faked
 from typer.testing import CliRunner
 
 from ssmtl.api.errors import ConfigError, SsmtlError
 from ssmtl.cli.app import app
-from ssmtl.experiments.benchmark import Benchmark, BenchmarkConfig, Method, parse_methods
+from ssmtl.experiments.benchmark import (
+    Benchmark,
+    BenchmarkConfig,
+    Method,
+    parse_methods,
+)
 from ssmtl.experiments.cells import choose
 from ssmtl.experiments.intervals import t_interval
 from ssmtl.experiments.pseudonyms import Shareable
@@ -133,53 +139,13 @@ def test_rerun_reuses_everything_and_survives_a_move_and_corruption(three_draws,
 # -- the lr is chosen on validation, never on test: fake fine-tuning and evaluation ---------------
 
 
-def fake_runs(validation, test, calls):
-    """``train_fn`` / ``evaluate_fn`` that score a run by (init, lr): ``validation[...]`` on the
-    draw's validation subjects, ``test[...]`` on the test subjects; ``calls`` records both."""
-    from ssmtl.data.cache_set import open_caches
-    from ssmtl.data.splits import choose_labeled, split_cache
-    from ssmtl.downstream.validation import plan_validation
-
-    def train(ft):
-        cache = open_caches(ft.data)
-        split = split_cache(cache, seed=ft.split_seed, test_fraction=ft.test_fraction)
-        labeled = choose_labeled(split["train"], ft.labeled_volumes, ft.labeled_seed)
-        plan = plan_validation(split, labeled, ft.validation, ft.val_volumes, ft.labeled_seed)
-        which = ("none" if ft.init == "none" else "pretrained", ft.train.lr)
-        calls.append(("train", which, ft.freeze_encoder))
-        Path(ft.out).mkdir(parents=True)
-        (Path(ft.out) / "run.json").write_text(json.dumps({
-            "labeled_subjects": labeled, "validation": {"subjects": plan.val, "dice": validation[which]},
-            "selected_step": 7, "steps": 9, "stopped_early": True, "seconds": 0.5, "which": list(which), "test": split["test"],
-            "weight_change": {"encoder": 0.1, "decoder": 0.2}}))
-
-    def evaluate(run_dir):
-        run = json.loads((Path(run_dir) / "run.json").read_text())
-        calls.append(("evaluate", tuple(run["which"])))
-        score = test[tuple(run["which"])]
-        per_volume = [{"subject": s, "volume": s, "mean_dice": score + 0.01 * i} for i, s in enumerate(run["test"])]
-        evaluation = {"per_volume": per_volume, "mean_dice": score, "mean_hd95": 1.0, "space": "cache",
-                      "per_class": {"lv": {"dice": score}}, "test_subjects": run["test"]}
-        (Path(run_dir) / "eval.json").write_text(json.dumps(evaluation))
-        return evaluation
-
-    return train, evaluate
-
-
-def _faked(config: BenchmarkConfig, validation, test):
-    bench = Benchmark(config, build_registry(external=False), log=lambda m: None)
-    calls: list = []
-    bench.cells.train_fn, bench.cells.evaluate_fn = fake_runs(validation, test, calls)
-    return bench, calls
-
-
 def test_the_lr_is_chosen_per_method_on_validation_never_on_test(bench_cache, tmp_path):
     # validation prefers 3e-3 for scratch and 1e-3 for the pre-trained method; the test scores say the opposite
     validation = {("none", 1e-3): 0.40, ("none", 3e-3): 0.60, ("pretrained", 1e-3): 0.70, ("pretrained", 3e-3): 0.50}
     test = {("none", 1e-3): 0.90, ("none", 3e-3): 0.10, ("pretrained", 1e-3): 0.20, ("pretrained", 3e-3): 0.95}
     config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch", "contrastive"], labeled_volumes=[1], draws=2,
                              finetune_lrs=[3e-3, 1e-3], pretrain={"train.steps": 2, "model": {"base_channels": 4, "depth": 2}})
-    bench, calls = _faked(config, validation, test)
+    bench, calls = faked(config, validation, test)
     results = bench.run()
     for c in results["cells"]:
         assert c["lr"] == (3e-3 if c["method"] == "scratch" else 1e-3) and c["chosen_on"] == "validation"
@@ -197,7 +163,7 @@ def test_the_lr_is_chosen_per_method_on_validation_never_on_test(bench_cache, tm
              {**scratch[1], "draw": 2, "weight_change": None}]  # a run from before weight_change: left out of the median
     assert summarise_cells(moved)[0]["chosen"]["weight_change_median"] == pytest.approx({"encoder": 0.25, "decoder": 0.5})
     # a second benchmark over the same runs, whose test scores now favour the other lr, keeps the same choice
-    rerun, calls = _faked(config, validation, {k: 1 - v for k, v in test.items()})
+    rerun, calls = faked(config, validation, {k: 1 - v for k, v in test.items()})
     assert [c["lr"] for c in rerun.run()["cells"]] == [c["lr"] for c in results["cells"]] and calls == []
 
 
@@ -205,7 +171,7 @@ def test_one_draw_gives_no_verdict_however_large_the_difference(bench_cache, tmp
     validation = {("none", 3e-3): 0.5}
     config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch"], labeled_volumes=[1], draws=1,
                              frozen_encoder=True)
-    bench, calls = _faked(config, validation, {("none", 3e-3): 0.5})
+    bench, calls = faked(config, validation, {("none", 3e-3): 0.5})
     results = bench.run()
     # the frozen random encoder: init none with the encoder frozen, a row of its own
     assert [(c[1], c[2]) for c in calls if c[0] == "train"] == [(("none", 3e-3), False), (("none", 3e-3), True)]
@@ -231,7 +197,7 @@ def test_work_another_process_holds_is_left_for_later(bench_cache, tmp_path, mon
     monkeypatch.setattr(benchmark_module, "POLL_SECONDS", 0.2)
     config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["contrastive", "scratch"], labeled_volumes=[1], draws=1,
                              pretrain={"train.steps": 2, "model": {"base_channels": 4, "depth": 2}})
-    bench, calls = _faked(config, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5}, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5})
+    bench, calls = faked(config, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5}, {("none", 3e-3): 0.5, ("pretrained", 3e-3): 0.5})
     logged: list[str] = []
     bench.log = bench.pretraining.log = logged.append
     run_dir = bench.pretraining.run_dir(bench.methods[0], 0)
@@ -400,7 +366,7 @@ def test_default_methods_are_scratch_and_the_plugins_task_sets(bench_cache, tmp_
 def test_a_benchmark_stopped_mid_way_reports_the_draws_it_has(bench_cache, tmp_path):
     """results.json is written after every complete draw; its design names those draws, and the planned ones."""
     config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch"], labeled_volumes=[1], draws=4)
-    bench, calls = _faked(config, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
+    bench, calls = faked(config, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
     train = bench.cells.train_fn
 
     def stops_in_the_third_draw(ft):
