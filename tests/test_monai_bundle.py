@@ -68,6 +68,26 @@ def _run_bundle(bundle, scans, out, modality: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _bundle_and_predict(bundle, run, scans, tmp_path, modality: str, table: dict):
+    """Run the bundle and ``ssmtl predict`` on the same scans; return predict's predictions.json and,
+    per scan of ``table`` (name -> (shape, affine)), predict's label map and the bundle's, both
+    checked for shape, dtype and affine."""
+    _run_bundle(bundle, scans, tmp_path / "bundle-out", modality)
+    args = ("--modality", "ct") if modality == "ct" else ()
+    result = invoke("predict", str(run), "--input", str(scans), "--out", str(tmp_path / "predict-out"), *args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "predict-out" / "predictions.json").read_text())
+    maps = {}
+    for name, (shape, affine) in table.items():
+        ours = nib.load(str(tmp_path / "predict-out" / f"{name}.nii.gz"))
+        theirs = nib.load(str(tmp_path / "bundle-out" / f"{name}_seg.nii.gz"))
+        expected, got = np.asarray(ours.dataobj), np.asarray(theirs.dataobj)
+        assert got.shape == expected.shape == shape and got.dtype == np.uint8
+        np.testing.assert_allclose(theirs.affine, affine, atol=1e-4)
+        maps[name] = (expected, got)
+    return record, maps
+
+
 def test_the_bundle_is_a_monai_bundle(bundle):
     from monai.bundle import ConfigParser, verify_net_in_out
 
@@ -103,19 +123,10 @@ def test_the_bundle_is_a_monai_bundle(bundle):
 @pytest.mark.parametrize("modality", ["ct", "auto"])  # auto: the ball scans have no air, so they are taken for MR
 def test_monai_writes_the_label_maps_ssmtl_predict_writes(ball_run, bundle, scans, tmp_path, modality):
     _, _, run = ball_run
-    _run_bundle(bundle, scans, tmp_path / "bundle-out", modality)
-    args = ("--modality", "ct") if modality == "ct" else ()
-    result = invoke("predict", str(run), "--input", str(scans), "--out", str(tmp_path / "predict-out"), *args)
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "predict-out" / "predictions.json").read_text())
+    record, maps = _bundle_and_predict(bundle, run, scans, tmp_path, modality, SCANS)
     seen = {(p["modality"], p["resample"]) for p in record["predictions"]}
     assert seen == {(modality if modality == "ct" else "mr", "linear"), (modality if modality == "ct" else "mr", "nearest")}
-    for name, (shape, affine) in SCANS.items():
-        ours = nib.load(str(tmp_path / "predict-out" / f"{name}.nii.gz"))
-        theirs = nib.load(str(tmp_path / "bundle-out" / f"{name}_seg.nii.gz"))
-        expected, got = np.asarray(ours.dataobj), np.asarray(theirs.dataobj)
-        assert got.shape == expected.shape == shape and got.dtype == np.uint8
-        np.testing.assert_allclose(theirs.affine, affine, atol=1e-4)
+    for name, (expected, got) in maps.items():
         assert expected.any(), f"{name}: nothing segmented; the comparison would be empty"
         assert np.array_equal(got, expected), f"{name}: {int((got != expected).sum())} voxels differ"
 
@@ -212,20 +223,11 @@ def wide_run_and_bundle(ball_run, tmp_path_factory):
 def test_on_scans_wider_than_the_cache_monai_writes_what_predict_writes(wide_run_and_bundle, wide_scans, tmp_path, modality):
     run, bundle = wide_run_and_bundle
     scans, outside = wide_scans
-    _run_bundle(bundle, scans, tmp_path / "bundle-out", modality)
-    args = ("--modality", "ct") if modality == "ct" else ()
-    result = invoke("predict", str(run), "--input", str(scans), "--out", str(tmp_path / "predict-out"), *args)
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "predict-out" / "predictions.json").read_text())
+    record, maps = _bundle_and_predict(bundle, run, scans, tmp_path, modality, WIDE_SCANS)
     assert record["inference"] == {"window": 32, "overlap": 0.5, "blend": "gaussian", "tta_flip_axes": []}
     assert sorted(p["inference_grid"][1] for p in record["predictions"]) == [66, 68]  # more than two windows wide
     assert {p["resample"] for p in record["predictions"]} == {"linear", "nearest"}
-    for name, (shape, affine) in WIDE_SCANS.items():
-        ours = nib.load(str(tmp_path / "predict-out" / f"{name}.nii.gz"))
-        theirs = nib.load(str(tmp_path / "bundle-out" / f"{name}_seg.nii.gz"))
-        expected, got = np.asarray(ours.dataobj), np.asarray(theirs.dataobj)
-        assert got.shape == expected.shape == shape and got.dtype == np.uint8
-        np.testing.assert_allclose(theirs.affine, affine, atol=1e-4)
+    for name, (expected, got) in maps.items():
         # predict found the balls the old centre crop cut away: the comparison covers the whole scan
         assert expected[outside[name]].mean() > 0.5, f"{name}: predict missed the balls outside the old crop"
         assert np.array_equal(got, expected), f"{name}: {int((got != expected).sum())} voxels differ"
