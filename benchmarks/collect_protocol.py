@@ -15,22 +15,20 @@ process (which runs each made or reused, and when) and verdict.md, written by
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from ssmtl.data.shareable import without_paths
 from ssmtl.experiments.results import SCRATCH, draws_done, render_markdown, summarise_cells
 
 REFERENCES = (SCRATCH, "contrastive")  # what `ssmtl benchmark` compares with: scratch and the default baseline
-ABSOLUTE = re.compile(r"""["'`(\s](/(?:home|root|tmp|work|Users|mnt|data|scratch)/|[A-Za-z]:\\)""")
-
-
 def _check(text: str, where: Path) -> str:
-    match = ABSOLUTE.search(text)
-    if match:
-        raise SystemExit(f"error: {where}: names an absolute local path ({text[match.start():match.start() + 60]!r}); not copied")
+    """``text``, unless it names an absolute local path (what shareable files never do)."""
+    if without_paths(text) != text:
+        first = next(i for i, (a, b) in enumerate(zip(text, without_paths(text))) if a != b)
+        raise SystemExit(f"error: {where}: names an absolute local path ({text[first:first + 60]!r}); not copied")
     return text
 
 
@@ -40,9 +38,9 @@ def collect(out: Path, dest: Path) -> list[str]:
         setting = results_json.parent
         results = json.loads(results_json.read_text())
         results["summary"] = summarise_cells(results["cells"], references=REFERENCES)
-        design = results["design"]  # results written mid-run by older code named the draws planned as done
-        modulus = int(str(design.get("draw_to_pretrain_run", "")).rpartition(" ")[2] or design["pretrain_runs"])
-        results["design"] = {**design, **draws_done(results["cells"], design.get("draws_planned", design["draws"]), modulus)}
+        config = results["config"]  # results written mid-run by older code named the draws planned as done
+        results["design"] = {**results["design"],
+                             **draws_done(results["cells"], config["draws"], config["pretrain_seeds"] or config["draws"])}
         target = dest / setting.name
         target.mkdir(parents=True, exist_ok=True)
         text = json.dumps(results, indent=2, allow_nan=True) + "\n"
