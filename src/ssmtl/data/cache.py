@@ -149,9 +149,11 @@ class SliceCache:
         self.rdcc_nbytes = rdcc_mb * 1024 * 1024
         self._handle: h5py.File | None = None
         self._pid: int | None = None
-        if file_kind(self.path) == "missing":
+        kind = file_kind(self.path)  # from stat alone: a FIFO is never opened
+        if kind == "missing":
             raise InputFileError(self.path, "cache file not found (build one with `ssmtl cache build`)")
-        check_regular_file(self.path)  # a folder, a FIFO, a device, a broken link: says which, opens nothing
+        if kind != "file":
+            check_regular_file(self.path)  # a folder, a FIFO, a device, a broken link: says which
         try:
             with h5py.File(self.path, "r", locking=False) as f:
                 if f.attrs.get("format") != FORMAT:

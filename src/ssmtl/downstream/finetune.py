@@ -65,11 +65,12 @@ def _init_record(config: FinetuneConfig, manifest: dict[str, Any] | None, cache,
     if manifest is None:
         return {"init": "none", "init_manifest": None, "init_saw_test_subjects": []}
     data = manifest.get("data") or {}
+    tested = set(test)
     if "source_keys" in data:  # by scan: another cohort's phantom_ct_002 is not this one's
         keys = set(data["source_keys"] or [])
-        seen = sorted({v.subject for v in cache.volumes if v.subject in set(test) and v.source_key in keys})
+        seen = sorted({v.subject for v in cache.volumes if v.subject in tested and v.source_key in keys})
     else:
-        seen = sorted(set(data.get("volumes") or []) & set(test))
+        seen = sorted(set(data.get("volumes") or []) & tested)
     return {
         "init": str(resolve_init(config.init)),
         "init_parts": config.init_parts,
