@@ -56,8 +56,9 @@ def run(cmd: list[str], cwd: Path | None = None, timeout: int = 300) -> subproce
 def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, done_marker: str = "export") -> None:
     """Start a run and kill -9 it a random moment after checkpoint ``step`` is published.
 
-    A fast machine may finish the run before the kill lands; then the attempt is
-    repeated with a shorter delay, so the test always exercises a real kill.
+    A fast machine may finish the run before the kill lands, or run on far enough to prune
+    checkpoint ``step``; then the attempt is repeated with a shorter delay, so the test always
+    exercises a real kill that leaves checkpoint ``step`` in place.
     """
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for delay_max in (0.2, 0.05, 0.0):
@@ -70,9 +71,9 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, done_marker
             time.sleep(0.005)
         time.sleep(random.uniform(0.0, delay_max))  # somewhere in the next steps, maybe mid-checkpoint
         proc.send_signal(signal.SIGKILL)
-        if proc.wait() == -signal.SIGKILL and not (run_dir / done_marker).exists():
+        if proc.wait() == -signal.SIGKILL and not (run_dir / done_marker).exists() and target.is_dir():
             return
-    pytest.fail("the run always finished before it could be killed")
+    pytest.fail(f"the run always finished, or pruned checkpoint {step}, before it could be killed")
 
 
 class NetworkPasses:

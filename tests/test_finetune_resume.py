@@ -120,7 +120,8 @@ def test_the_recipe_resumes_exactly_inside_and_across_the_lp_phase(tiny_cache, t
     import shutil
 
     out = tmp_path / "run"
-    args = finetune_args(tiny_cache, out) + RECIPE
+    # every checkpoint kept: with 3 kept, a kill that lands late would find checkpoint 2 pruned
+    args = finetune_args(tiny_cache, out) + RECIPE + ["--set", "train.keep_checkpoints=10"]
     kill_after_checkpoint(args, out, resume_at, done_marker="model.safetensors")
     for later in (p for p in (out / "checkpoints").iterdir() if int(p.name.split("-")[-1]) > resume_at):
         shutil.rmtree(later)  # resume from exactly this step, whatever the kill left
