@@ -382,3 +382,37 @@ def test_a_benchmark_stopped_mid_way_reports_the_draws_it_has(bench_cache, tmp_p
     assert {k: results["design"][k] for k in ("draws", "draws_planned", "pretrain_runs", "draw_to_pretrain_run")} == {
         "draws": 2, "draws_planned": 4, "pretrain_runs": 2, "draw_to_pretrain_run": "d mod 4"}
     assert "2 draw(s) per label budget (of 4 planned: the benchmark has not finished)" in (tmp_path / "results.md").read_text()
+
+
+def test_a_resumed_benchmark_stopped_early_keeps_the_table_it_had(bench_cache, tmp_path):
+    """A resumed run walks its reused draws from the first; stopped there, results.json still
+    holds every draw it held before (it once fell from 9 draws to 1), and a finished run writes."""
+    config = BenchmarkConfig(data=bench_cache, out=tmp_path, methods=["scratch"], labeled_volumes=[1], draws=3)
+    bench, _ = faked(config, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
+    bench.run()
+    assert json.loads((tmp_path / "results.json").read_text())["design"]["draws"] == 3
+
+    more = config.model_copy(update={"draws": 4})
+    bench, _ = faked(more, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
+    cell, seen = bench.cells.cell, []
+
+    def stops_in_the_second_reused_draw(*args):
+        seen.append(args)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return cell(*args)
+
+    bench.cells.cell = stops_in_the_second_reused_draw
+    with pytest.raises(KeyboardInterrupt):
+        bench.run()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted({c["draw"] for c in results["cells"]}) == [0, 1, 2] and results["design"]["draws"] == 3
+
+    bench, _ = faked(more, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
+    bench.run()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted({c["draw"] for c in results["cells"]}) == [0, 1, 2, 3] and results["design"]["draws"] == 4
+    # another configuration's file is replaced as soon as a draw is complete
+    other = config.model_copy(update={"draws": 2, "split_seed": 1})
+    bench, _ = faked(other, {("none", 3e-3): 0.5}, {("none", 3e-3): 0.5})
+    assert bench.draws_written() == 0

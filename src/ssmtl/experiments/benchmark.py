@@ -25,6 +25,7 @@ Layout (``runs`` defaults to ``out``)::
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -112,6 +113,7 @@ class Benchmark:
         runs: dict[tuple[str, int], PretrainRun] = {}
         cells: dict[int, tuple[int, dict[str, Any]]] = {}
         written, results, said = -1, {}, False
+        on_disk = self.draws_written()  # a resumed run keeps that file until it has as many draws again
         while todo:
             for i, (position, (draw, step)) in enumerate(todo):
                 try:
@@ -134,10 +136,29 @@ class Benchmark:
                 time.sleep(POLL_SECONDS)  # all that is left is being made by another process
                 continue
             complete = min([d for _, (d, _) in todo], default=self.config.draws)  # the draws before it are done
-            if complete - 1 > written:
+            if complete - 1 > written and (complete >= on_disk or not todo):
                 written = complete - 1
                 results = self.write([c for _, (d, c) in sorted(cells.items()) if d < complete], runs)
         return results
+
+    def config_record(self) -> dict[str, Any]:
+        """The configuration as results.json records it: file names, no local paths."""
+        config = self.config.model_dump(mode="json")
+        config.update(data=file_name(config["data"]), finetune_data=file_name(config["finetune_data"]), out=None, runs=None)
+        return config
+
+    def draws_written(self) -> int:
+        """The complete draws in a results.json this benchmark's configuration wrote before (any
+        number of draws); 0 where there is none, it does not parse, or another configuration wrote it.
+        A resumed run walks its reused draws from the first, so without this a run stopped early
+        would leave a table of fewer draws than the one it replaced."""
+        try:
+            old = json.loads((self.out / "results.json").read_text())
+            same = {k: v for k, v in old["config"].items() if k != "draws"} == {
+                k: v for k, v in self.config_record().items() if k != "draws"}
+            return int(old["design"]["draws"]) if same else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
     def write(self, cells: list[dict[str, Any]], runs: dict[tuple[str, int], PretrainRun]) -> dict[str, Any]:
         """results.json, results.md and the plot from the cells so far (shareable: see
@@ -150,10 +171,8 @@ class Benchmark:
         leaked = sorted({s for c in cells for s in (c["labeled_subjects"] or []) + c["validation_subjects"] if s in tested})
         if leaked:
             raise SsmtlError(f"{len(leaked)} test subject(s) were used for fine-tuning or validation")
-        config = self.config.model_dump(mode="json")
-        config.update(data=file_name(config["data"]), finetune_data=file_name(config["finetune_data"]), out=None, runs=None)
         results = {
-            "config": config,
+            "config": self.config_record(),
             "design": {
                 **draws_done(cells, self.config.draws, self.config.pretrain_runs),
                 "candidates": [candidate_name(c) for c in self.cells.candidates],
