@@ -21,13 +21,17 @@ import sys
 from pathlib import Path
 
 from ssmtl.data.shareable import without_paths
+from ssmtl.experiments.config import BenchmarkConfig
 from ssmtl.experiments.results import SCRATCH, draws_done, render_markdown, summarise_cells
 
 REFERENCES = (SCRATCH, "contrastive")  # what `ssmtl benchmark` compares with: scratch and the default baseline
+
+
 def _check(text: str, where: Path) -> str:
     """``text``, unless it names an absolute local path (what shareable files never do)."""
-    if without_paths(text) != text:
-        first = next(i for i, (a, b) in enumerate(zip(text, without_paths(text))) if a != b)
+    clean = without_paths(text)
+    if clean != text:
+        first = next(i for i, (a, b) in enumerate(zip(text, clean)) if a != b)
         raise SystemExit(f"error: {where}: names an absolute local path ({text[first:first + 60]!r}); not copied")
     return text
 
@@ -38,9 +42,10 @@ def collect(out: Path, dest: Path) -> list[str]:
         setting = results_json.parent
         results = json.loads(results_json.read_text())
         results["summary"] = summarise_cells(results["cells"], references=REFERENCES)
-        config = results["config"]  # results written mid-run by older code named the draws planned as done
-        results["design"] = {**results["design"],
-                             **draws_done(results["cells"], config["draws"], config["pretrain_seeds"] or config["draws"])}
+        # results written mid-run by older code named the draws planned as done; the recorded config
+        # holds file names, not paths, so it is read back without validation
+        config = BenchmarkConfig.model_construct(**results["config"])
+        results["design"] = {**results["design"], **draws_done(results["cells"], config.draws, config.pretrain_runs)}
         target = dest / setting.name
         target.mkdir(parents=True, exist_ok=True)
         text = json.dumps(results, indent=2, allow_nan=True) + "\n"
